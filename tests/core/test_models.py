@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
@@ -241,3 +242,145 @@ def test_default_model_header_agrees_with_the_gguf_package(default_model_path):
     assert ours.data_start == theirs.data_offset
     assert sum(t.n_elements for t in ours.tensors) == sum(int(t.n_elements) for t in theirs.tensors)
     assert ours.metadata["tokenizer.ggml.tokens"].length == len(theirs.fields["tokenizer.ggml.tokens"].data)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Discovery: every source is faked under tmp_path, with HOME and the environment pointed there.
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    for var in ("HF_HUB_CACHE", "HF_HOME", "XDG_CACHE_HOME", "OLLAMA_MODELS", models.MODELS_ENV):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(models, "REPO_MODELS_DIR", tmp_path / "repo-models")  # the real one may hold a user's files
+    (tmp_path / "home").mkdir()
+    return tmp_path / "home"
+
+
+def _found(entries, source):
+    return {entry.name: entry for entry in entries if entry.source == source}
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, dst)
+    return dst
+
+
+def test_models_folder_and_env_paths(home, tmp_path, monkeypatch, tiny_gguf, corrupt):
+    _copy(tiny_gguf, tmp_path / "models" / "good.gguf")
+    _copy(tiny_gguf, tmp_path / "models" / "nested" / "deeper.GGUF")
+    _copy(tiny_gguf, tmp_path / "models" / "big-00002-of-00003.gguf")  # a later split part: not a model of its own
+    _copy(corrupt["bad_magic"], tmp_path / "models" / "broken.gguf")
+    (tmp_path / "models" / "notes.txt").write_text("not a model")
+    single = _copy(tiny_gguf, tmp_path / "elsewhere" / "single.gguf")
+    folder = tmp_path / "folder"
+    _copy(tiny_gguf, folder / "in-folder.gguf")
+    monkeypatch.setenv(models.MODELS_ENV, os.pathsep.join([str(single), str(folder), str(tmp_path / "gone.gguf")]))
+
+    entries = models.discover_models(include_system=False)
+    local = _found(entries, "models/")
+    assert set(local) == {"good", "deeper", "broken"}
+    assert local["good"].info.n_params == count_params() and local["good"].error is None
+    assert local["broken"].info is None and "not a GGUF file" in local["broken"].error
+    env = _found(entries, f"${models.MODELS_ENV}")
+    assert set(env) == {"single", "in-folder", "gone"}
+    assert env["gone"].error == "no such file"
+
+
+def test_same_file_listed_once_under_its_first_source(home, tmp_path, tiny_gguf):
+    path = _copy(tiny_gguf, tmp_path / "models" / "twice.gguf")
+    (tmp_path / "models" / "link.gguf").symlink_to(path)
+    entries = models.discover_models(extra_paths=[path], include_system=False)
+    matches = [e for e in entries if e.path.resolve() == path.resolve()]
+    assert [(e.source, e.name) for e in matches] == [("argument", "twice")]
+
+
+def test_huggingface_cache(home, tmp_path, monkeypatch, tiny_gguf):
+    repo = home / ".cache" / "huggingface" / "hub" / "models--org--Tiny-GGUF"
+    blob = _copy(tiny_gguf, repo / "blobs" / "0123abcd")
+    for snapshot in ("aaa111", "bbb222"):  # two revisions sharing one blob
+        link = repo / "snapshots" / snapshot / "tiny-Q8_0.gguf"
+        link.parent.mkdir(parents=True)
+        link.symlink_to(Path("../../blobs/0123abcd"))
+    _copy(tiny_gguf, tmp_path / "hfhome" / "hub" / "models--other--M" / "snapshots" / "c" / "sub" / "m.gguf")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hfhome"))
+
+    hf = _found(models.discover_models(), "huggingface")
+    assert set(hf) == {"org/Tiny-GGUF/tiny-Q8_0.gguf", "other/M/sub/m.gguf"}
+    assert hf["org/Tiny-GGUF/tiny-Q8_0.gguf"].path.resolve() == blob.resolve()
+    assert hf["other/M/sub/m.gguf"].info.architecture == "llama"
+
+
+def test_lm_studio_folders(home, tiny_gguf, corrupt):
+    _copy(tiny_gguf, home / ".lmstudio" / "models" / "pub" / "Repo-GGUF" / "model-Q4.gguf")
+    _copy(corrupt["clip"], home / ".lmstudio" / "models" / "pub" / "Repo-GGUF" / "mmproj-f16.gguf")
+    _copy(tiny_gguf, home / ".cache" / "lm-studio" / "models" / "old" / "legacy.gguf")
+    found = _found(models.discover_models(), "lm-studio")
+    assert set(found) == {"pub/Repo-GGUF/model-Q4", "pub/Repo-GGUF/mmproj-f16", "old/legacy"}
+    assert found["pub/Repo-GGUF/model-Q4"].info.is_text_generator
+    assert "vision projector" in found["pub/Repo-GGUF/mmproj-f16"].error
+
+
+def _manifest(root: Path, parts: tuple[str, ...], layers: list[tuple[str, str]]) -> None:
+    path = root.joinpath("manifests", *parts)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    body = {"schemaVersion": 2, "layers": [{"mediaType": m, "digest": d, "size": 1} for m, d in layers]}
+    path.write_text(json.dumps(body))
+
+
+def test_ollama_blob_store(home, tmp_path, monkeypatch, tiny_gguf, corrupt):
+    root = tmp_path / "ollama"
+    monkeypatch.setenv("OLLAMA_MODELS", str(root))
+    model, other, orphan, projector = "a" * 64, "b" * 64, "c" * 64, "d" * 64
+    _copy(tiny_gguf, root / "blobs" / f"sha256-{model}")
+    _copy(tiny_gguf, root / "blobs" / f"sha256-{orphan}")
+    _copy(corrupt["clip"], root / "blobs" / f"sha256-{projector}")
+    (root / "blobs" / f"sha256-{'e' * 64}").write_text("MIT License ...")  # a license layer: not GGUF
+    model_layer, license_layer = "application/vnd.ollama.image.model", "application/vnd.ollama.image.license"
+    _manifest(root, ("registry.ollama.ai", "library", "tiny", "latest"),
+              [(model_layer, f"sha256:{model}"), (license_layer, f"sha256:{'e' * 64}"),
+               ("application/vnd.ollama.image.projector", f"sha256:{projector}")])
+    _manifest(root, ("registry.ollama.ai", "library", "tiny", "q8"), [(model_layer, f"sha256:{model}")])
+    _manifest(root, ("registry.ollama.ai", "someone", "custom", "v1"), [(model_layer, f"sha256:{other}")])
+    _manifest(root, ("hf.co", "org", "repo", "Q4_K_M"), [(model_layer, "sha256:../../../etc/passwd")])
+    (root / "manifests" / "registry.ollama.ai" / "library" / "junk").write_text("{not json")
+
+    found = _found(models.discover_models(), "ollama")
+    assert set(found) == {"tiny:latest, tiny:q8", "someone/custom:v1", f"sha256-{orphan[:12]} (no manifest)"}
+    assert found["tiny:latest, tiny:q8"].info.n_vocab == 300
+    assert found["someone/custom:v1"].error == "no such file"  # manifest names a blob that is not there
+    assert found[f"sha256-{orphan[:12]} (no manifest)"].info is not None
+
+
+def test_system_sources_can_be_left_out(home, tiny_gguf):
+    _copy(tiny_gguf, home / ".lmstudio" / "models" / "p" / "r" / "m.gguf")
+    assert _found(models.discover_models(), "lm-studio")
+    assert not _found(models.discover_models(include_system=False), "lm-studio")
+
+
+def test_model_table(tmp_path, tiny_gguf, corrupt):
+    entries = [models.ModelEntry(tiny_gguf, "tiny", "models/", info=read_gguf(tiny_gguf)),
+               models.ModelEntry(corrupt["bert"], "bert", "argument",
+                                 error="architecture 'bert' is an embedding model, not a text generator")]
+    lines = models.format_model_table(entries).splitlines()
+    assert lines[0].split() == ["NAME", "ARCH", "PARAMS", "QUANT", "SIZE", "CONTEXT", "CHAT", "SOURCE", "PATH"]
+    assert lines[1].split() == ["tiny", "llama", models.format_params(count_params()), "F32",
+                                *models.format_size(tiny_gguf.stat().st_size).split(), "1024", "yes", "models/",
+                                str(tiny_gguf)]
+    assert lines[2].endswith("ERROR: architecture 'bert' is an embedding model, not a text generator")
+    assert lines[0].index("PATH") == lines[1].index(str(tiny_gguf)) == lines[2].index(str(corrupt["bert"]))
+    assert "No GGUF models found" in models.format_model_table([])
+
+
+@pytest.mark.parametrize("n, text", [(0, "-"), (950, "950"), (42_528, "43K"), (134_515_008, "135M"),
+                                     (1_543_714_304, "1.5B"), (70_553_706_496, "71B")])
+def test_format_params(n, text):
+    assert models.format_params(n) == text
+
+
+@pytest.mark.parametrize("n, text", [(512, "512 B"), (179_168, "179 kB"), (98_362_432, "98 MB"),
+                                     (4_920_734_016, "4.9 GB")])
+def test_format_size(n, text):
+    assert models.format_size(n) == text
