@@ -1,7 +1,8 @@
 """A careful reader of GGUF headers: every count and length is checked against the bytes that are really there.
 
 The gguf package's GGUFReader maps every array (a 49k-token vocabulary takes it about two seconds) and trusts the
-counts it reads; llama.cpp aborts on some malformed files. This reader walks the header once over an mmap, keeps only
+counts it reads; llama.cpp aborts on some malformed files. This reader walks the header once through a sliding 1 MiB
+window of plain reads (an mmap would turn a file shrinking under it into SIGBUS), keeps only
 scalars, short strings and short arrays, and turns every problem into a GGUFError whose message names the file and the
 reason: nothing a hostile file says makes it allocate more than the file holds, or loop longer than the file is long.
 Type codes and block sizes come from the gguf package.
@@ -9,14 +10,13 @@ Type codes and block sizes come from the gguf package.
 
 from __future__ import annotations
 
-import mmap
 import os
 import stat
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Mapping, Optional
+from typing import Any, BinaryIO, Mapping, Optional
 
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 
@@ -32,6 +32,7 @@ MAX_KVS = 1 << 20
 MAX_ARRAY_ITEMS = 1 << 25  # vocabularies and merge lists are below 2^20
 MAX_KEY_LENGTH = 1 << 16
 MAX_STRING_LENGTH = 1 << 24  # chat templates are kilobytes
+_WINDOW = 1 << 20
 KEEP_ARRAY_ITEMS = 64  # longer arrays are checked and skipped, only their length kept
 
 _SCALARS: dict[int, struct.Struct] = {
@@ -100,19 +101,32 @@ def format_count(n: int) -> str:
 
 
 class _Walker:
-    def __init__(self, buf: mmap.mmap | bytes, size: int):
-        self.buf = buf
+    def __init__(self, handle: BinaryIO, size: int):
+        self.handle = handle
         self.size = size
+        self.buf = b""  # the bytes of the file from self.base on
+        self.base = 0
         self.pos = 0
         self.where = "the header"
+
+    def window(self, end: int) -> None:
+        """Make the bytes [pos, end) available in buf (end must be within the file)."""
+        if self.base <= self.pos and end <= self.base + len(self.buf):
+            return
+        self.handle.seek(self.pos)
+        self.buf = self.handle.read(max(end - self.pos, _WINDOW))
+        self.base = self.pos
+        if len(self.buf) < end - self.pos:
+            raise _Bad("the file changed (got shorter) while it was being read")
 
     def need(self, n: int, what: str) -> None:
         if self.pos + n > self.size:
             raise _Bad(f"truncated: the file ends at byte {self.size} inside {what}")
+        self.window(self.pos + n)
 
     def unpack(self, fmt: struct.Struct, what: str) -> Any:
         self.need(fmt.size, what)
-        (value,) = fmt.unpack_from(self.buf, self.pos)
+        (value,) = fmt.unpack_from(self.buf, self.pos - self.base)
         self.pos += fmt.size
         return value
 
@@ -128,17 +142,23 @@ class _Walker:
 
     def string(self, noun: str, subject: str, limit: int = MAX_STRING_LENGTH) -> str:
         n = self.length(noun, subject, limit)
-        raw = self.buf[self.pos:self.pos + n]
+        self.window(self.pos + n)
+        start = self.pos - self.base
         self.pos += n
-        return bytes(raw).decode("utf-8", errors="replace")
+        return self.buf[start:start + n].decode("utf-8", errors="replace")
 
     def skip_strings(self, count: int, key: str) -> None:
         """Step over `count` strings without decoding them: the hot loop for vocabularies."""
-        unpack_from, buf, size, pos = _U64.unpack_from, self.buf, self.size, self.pos
+        unpack_from, size, pos = _U64.unpack_from, self.size, self.pos
+        buf, base, buf_end = self.buf, self.base, self.base + len(self.buf)
         for index in range(count):
-            if pos + 8 > size:
-                raise _Bad(f"truncated: the file ends at byte {size} inside item {index} of {key!r}")
-            n = unpack_from(buf, pos)[0]
+            if pos + 8 > buf_end:
+                if pos + 8 > size:
+                    raise _Bad(f"truncated: the file ends at byte {size} inside item {index} of {key!r}")
+                self.pos = pos
+                self.window(pos + 8)
+                buf, base, buf_end = self.buf, self.base, self.base + len(self.buf)
+            n = unpack_from(buf, pos - base)[0]
             pos += 8 + n
             if pos > size:
                 if n > MAX_STRING_LENGTH:
@@ -146,7 +166,7 @@ class _Walker:
                 raise _Bad(f"truncated: the file ends at byte {size} inside item {index} of {key!r}")
         self.pos = pos
 
-    def value(self, vtype: int, key: str, depth: int = 0) -> Any:
+    def value(self, vtype: int, key: str) -> Any:
         scalar = _SCALARS.get(vtype)
         if scalar is not None:
             return self.unpack(scalar, f"the value of {key!r}")
@@ -154,8 +174,6 @@ class _Walker:
             return self.string("string length", repr(key))
         if vtype != GGUFValueType.ARRAY:
             raise _Bad(f"unknown value type {vtype} for key {key!r}")
-        if depth:
-            raise _Bad(f"key {key!r} holds an array of arrays, which GGUF readers do not support")
         item_type = self.unpack(_U32, f"the array type of {key!r}")
         if item_type == GGUFValueType.ARRAY:
             raise _Bad(f"key {key!r} holds an array of arrays, which GGUF readers do not support")
@@ -164,7 +182,7 @@ class _Walker:
         item_size = _SCALARS[item_type].size if item_type in _SCALARS else 8
         count = self.length("array length", repr(key), MAX_ARRAY_ITEMS, item_size)
         if count <= KEEP_ARRAY_ITEMS:
-            items = tuple(self.value(item_type, key, depth + 1) for _ in range(count))
+            items = tuple(self.value(item_type, key) for _ in range(count))
             return ArrayValue(item_type, count, items)
         if item_type == GGUFValueType.STRING:
             self.skip_strings(count, key)
@@ -234,13 +252,14 @@ def _tensor(name: str, shape: tuple[int, ...], type_id: int, offset: int, alignm
     return TensorEntry(name, shape, type_id, offset, n_elements, n_elements // block_size * type_size)
 
 
-def _walk(buf: mmap.mmap | bytes, size: int) -> GGUFHeader:
+def _walk(handle: BinaryIO, size: int) -> GGUFHeader:
     if size < 4:
         raise _Bad(f"truncated: {size} bytes is too short to be a GGUF file")
-    magic = bytes(buf[:4])
+    walker = _Walker(handle, size)
+    walker.need(4, "the magic")
+    magic = walker.buf[:4]
     if magic != MAGIC:
         raise _Bad(f"not a GGUF file (magic {magic!r}, expected {MAGIC!r})")
-    walker = _Walker(buf, size)
     walker.pos = 4
     version = walker.unpack(_U32, "the header")
     if version not in SUPPORTED_VERSIONS:
@@ -289,8 +308,7 @@ def read_header(path: str | os.PathLike[str]) -> GGUFHeader:
             size = os.fstat(handle.fileno()).st_size
             if size == 0:
                 raise _Bad("empty file (0 bytes)")
-            with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-                return _walk(buf, size)
+            return _walk(handle, size)
     except _Bad as exc:
         raise GGUFError(shown, str(exc)) from None
     except PermissionError:
