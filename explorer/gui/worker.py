@@ -1,0 +1,228 @@
+"""The one QObject on the one QThread that owns the engine.
+
+The GUI never calls the engine: it asks EngineHost, which forwards each request as a queued signal to EngineWorker
+living on its own QThread. The worker creates the engine there (through an injected factory), runs it there and
+closes it there, and answers with signals carrying frozen values tagged with the request's run id.
+
+Stop is a threading.Event per run, set directly from the GUI thread: a queued "stop" slot could not run while the
+worker is busy iterating the engine, but the engine checks the event before every decode step.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Callable, Iterable, Optional, Sequence
+
+from PySide6.QtCore import QObject, QThread, Signal, Slot
+
+from ..core.errors import ExplorerError
+from ..core.types import Query, QueryGroup, RunStarted, SamplingParams
+
+EngineFactory = Callable[..., object]  # (model_path, n_gpu_layers=None, n_ctx=None) -> engine
+
+EMIT_INTERVAL_S = 0.03  # the GUI repaints at ~30 Hz; batching events at the same pace keeps the signal count low
+
+
+def default_engine_factory(model_path: str, n_gpu_layers: Optional[int] = None, n_ctx: Optional[int] = None):
+    from ..core.engine import Engine  # imported here: loading llama.cpp is the worker's business, not the GUI's
+
+    return Engine(model_path, n_gpu_layers=n_gpu_layers, n_ctx=n_ctx)
+
+
+def error_message(exc: BaseException) -> str:
+    """The text a user sees: our own errors as they are, anything else named by its type."""
+    if isinstance(exc, ExplorerError):
+        return str(exc)
+    return f"Engine error: {type(exc).__name__}: {exc}"
+
+
+class EngineWorker(QObject):
+    """Lives on the worker thread; every slot runs there, one request at a time, in the order they were asked."""
+
+    model_loading = Signal(str)  # path
+    model_loaded = Signal(object)  # ModelInfo
+    model_failed = Signal(str)  # message
+    events = Signal(int, object)  # run id, tuple of events
+    scores_ready = Signal(int, str, object)  # run id, group id, tuple of Score
+    failed = Signal(int, str)  # run id, message
+    finished = Signal(int)  # run id; always the last signal of a generate / branch / score request
+
+    def __init__(self, engine_factory: EngineFactory = default_engine_factory):
+        super().__init__()
+        self._factory = engine_factory
+        self._engine = None
+
+    # -- slots (queued from EngineHost) ----------------------------------------------------------------------------
+    @Slot(str, object, object)
+    def load_model(self, path: str, n_gpu_layers: Optional[int], n_ctx: Optional[int]) -> None:
+        self.model_loading.emit(path)
+        # The old model goes first: two multi-GB models side by side may not fit (VRAM especially).
+        self._close_engine()
+        try:
+            engine = self._factory(path, n_gpu_layers=n_gpu_layers, n_ctx=n_ctx)
+            info = engine.info
+        except BaseException as exc:  # noqa: BLE001 -- anything reaching Qt's event loop would abort the thread
+            self.model_failed.emit(error_message(exc))
+            return
+        self._engine = engine
+        self.model_loaded.emit(info)
+
+    @Slot(int, object, int, object, bool, object, object)
+    def generate(self, run_id: int, queries: Sequence[Query | str], k: int, params: SamplingParams, chat: bool,
+                 system: Optional[str], cancel: threading.Event) -> None:
+        self._stream(run_id, lambda engine: engine.generate(list(queries), k, params, cancel=cancel, chat=chat,
+                                                            system=system))
+
+    @Slot(int, object, str, int, object, int, object, object)
+    def branch(self, run_id: int, group: QueryGroup, rollout_id: str, position: int, forced_token: Optional[int],
+               k: int, params: SamplingParams, cancel: threading.Event) -> None:
+        self._stream(run_id, lambda engine: engine.branch(group, rollout_id, position, forced_token, k, params,
+                                                          cancel=cancel))
+
+    @Slot(int, str, str, object, bool, object, int)
+    def score(self, run_id: int, group_id: str, query: str, responses: Sequence[str], chat: bool,
+              system: Optional[str], top_n: int) -> None:
+        try:
+            engine = self._require_engine()
+            scores = tuple(engine.score(query, list(responses), chat=chat, system=system, top_n=top_n))
+        except BaseException as exc:  # noqa: BLE001
+            self.failed.emit(run_id, error_message(exc))
+        else:
+            self.scores_ready.emit(run_id, group_id, scores)
+        self.finished.emit(run_id)
+
+    @Slot()
+    def shutdown(self) -> None:
+        self._close_engine()
+        # Quit from here, not from the GUI: a quit() posted while a slot runs can end the loop before a queued
+        # shutdown request is delivered, and the engine would then never be closed on its own thread.
+        QThread.currentThread().quit()
+
+    # -- helpers ---------------------------------------------------------------------------------------------------
+    def _require_engine(self):
+        if self._engine is None:
+            raise ExplorerError("No model is loaded: pick a model first.")
+        return self._engine
+
+    def _close_engine(self) -> None:
+        engine, self._engine = self._engine, None
+        if engine is not None:
+            try:
+                engine.close()
+            except Exception:  # noqa: BLE001 -- a failing close must not keep the next model from loading
+                pass
+
+    def _stream(self, run_id: int, start: Callable[[object], Iterable]) -> None:
+        pending: list = []
+        last_emit = time.monotonic()
+        try:
+            engine = self._require_engine()
+            for event in start(engine):
+                pending.append(event)
+                now = time.monotonic()
+                # RunStarted goes out at once so the panes appear before the first tokens
+                if isinstance(event, RunStarted) or now - last_emit >= EMIT_INTERVAL_S:
+                    self.events.emit(run_id, tuple(pending))
+                    pending.clear()
+                    last_emit = now
+        except BaseException as exc:  # noqa: BLE001
+            if pending:  # what was generated before the failure is kept
+                self.events.emit(run_id, tuple(pending))
+                pending.clear()
+            self.failed.emit(run_id, error_message(exc))
+        if pending:
+            self.events.emit(run_id, tuple(pending))
+        self.finished.emit(run_id)
+
+
+class EngineHost(QObject):
+    """The GUI side: owns the QThread and the worker, hands out run ids and cancel events.
+
+    Requests are queued signals to the worker, so they run in order on the worker thread; a run asked for while
+    another streams cancels the old one first, so the new one starts as soon as the old loop has ended.
+    """
+
+    _load_requested = Signal(str, object, object)
+    _generate_requested = Signal(int, object, int, object, bool, object, object)
+    _branch_requested = Signal(int, object, str, int, object, int, object, object)
+    _score_requested = Signal(int, str, str, object, bool, object, int)
+    _shutdown_requested = Signal()
+
+    def __init__(self, engine_factory: EngineFactory = default_engine_factory, parent: Optional[QObject] = None):
+        super().__init__(parent)
+        self._thread = QThread()
+        self._thread.setObjectName("engine-worker")
+        self.worker = EngineWorker(engine_factory)
+        self.worker.moveToThread(self._thread)
+        self._load_requested.connect(self.worker.load_model)
+        self._generate_requested.connect(self.worker.generate)
+        self._branch_requested.connect(self.worker.branch)
+        self._score_requested.connect(self.worker.score)
+        self._shutdown_requested.connect(self.worker.shutdown)
+        self._thread.finished.connect(self.worker.deleteLater)
+        self._next_id = 0
+        self._cancels: dict[int, threading.Event] = {}
+        self.worker.finished.connect(self._forget)
+        self._thread.start()
+
+    @property
+    def thread(self) -> QThread:
+        return self._thread
+
+    def _new_run(self) -> tuple[int, threading.Event]:
+        self._next_id += 1
+        cancel = threading.Event()
+        self._cancels[self._next_id] = cancel
+        return self._next_id, cancel
+
+    @Slot(int)
+    def _forget(self, run_id: int) -> None:
+        self._cancels.pop(run_id, None)
+
+    def is_alive(self) -> bool:
+        return self._thread.isRunning()
+
+    def load_model(self, path: str, n_gpu_layers: Optional[int] = None, n_ctx: Optional[int] = None) -> None:
+        self._load_requested.emit(str(path), n_gpu_layers, n_ctx)
+
+    def generate(self, queries: Sequence[Query | str], k: int, params: SamplingParams, chat: bool = True,
+                 system: Optional[str] = None) -> int:
+        self.stop_all()
+        run_id, cancel = self._new_run()
+        self._generate_requested.emit(run_id, tuple(queries), k, params, chat, system, cancel)
+        return run_id
+
+    def branch(self, group: QueryGroup, rollout_id: str, position: int, forced_token: Optional[int], k: int,
+               params: SamplingParams) -> int:
+        self.stop_all()
+        run_id, cancel = self._new_run()
+        self._branch_requested.emit(run_id, group, rollout_id, position, forced_token, k, params, cancel)
+        return run_id
+
+    def score(self, group_id: str, query: str, responses: Sequence[str], chat: bool = True,
+              system: Optional[str] = None, top_n: int = 5) -> int:
+        run_id, _ = self._new_run()
+        self._score_requested.emit(run_id, group_id, query, tuple(responses), chat, system, top_n)
+        return run_id
+
+    def stop(self, run_id: int) -> None:
+        cancel = self._cancels.get(run_id)
+        if cancel is not None:
+            cancel.set()
+
+    def stop_all(self) -> None:
+        for cancel in self._cancels.values():
+            cancel.set()
+
+    def shutdown(self, timeout_ms: int = 2000) -> bool:
+        """Cancel everything, close the engine on its thread, end the thread. False if it did not end in time
+        (a model load cannot be interrupted); the caller must then keep this object alive until it does."""
+        if not self._thread.isRunning():
+            return True
+        self.stop_all()
+        self._shutdown_requested.emit()  # the worker closes the engine, then ends its thread's event loop
+        return self._thread.wait(timeout_ms)
+
+    def wait(self, timeout_ms: Optional[int] = None) -> bool:
+        return self._thread.wait() if timeout_ms is None else self._thread.wait(timeout_ms)

@@ -1,0 +1,69 @@
+"""Fixtures for the window tests: a fake engine factory that remembers what it built, a fake GGUF file, settings and
+recovery folders under tmp_path so no test ever touches the user's own."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+from fake_engine import FakeEngine  # noqa: E402  (tests/ is put on sys.path by tests/conftest.py)
+
+
+class FakeFactory:
+    """An engine factory for EngineWorker: builds FakeEngines and keeps them so tests can inspect and steer them.
+
+    `configure(engine)` runs on each new engine before it is handed over (e.g. to set hold_at_step)."""
+
+    def __init__(self):
+        self.engines: list[FakeEngine] = []
+        self.configure = None
+        self.created = threading.Event()
+
+    def __call__(self, model_path, n_gpu_layers=None, n_ctx=None):
+        engine = FakeEngine(model_path, n_gpu_layers=n_gpu_layers, n_ctx=n_ctx)
+        if self.configure is not None:
+            self.configure(engine)
+        self.engines.append(engine)
+        self.created.set()
+        return engine
+
+    @property
+    def engine(self) -> FakeEngine:
+        return self.engines[-1]
+
+
+@pytest.fixture
+def fake_factory() -> FakeFactory:
+    return FakeFactory()
+
+
+@pytest.fixture
+def fake_model(tmp_path: Path) -> Path:
+    """A file the fake engine accepts as a model (it checks the GGUF magic only)."""
+    path = tmp_path / "fake-model.gguf"
+    path.write_bytes(b"GGUF" + bytes(60))
+    return path
+
+
+@pytest.fixture
+def bad_model(tmp_path: Path) -> Path:
+    path = tmp_path / "not-a-model.gguf"
+    path.write_bytes(b"this is not a gguf file at all")
+    return path
+
+
+@pytest.fixture
+def gui_settings(tmp_path: Path):
+    from PySide6.QtCore import QSettings
+
+    return QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat)
+
+
+@pytest.fixture
+def main_thread_id() -> int:
+    return threading.get_ident()
