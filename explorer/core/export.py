@@ -214,21 +214,21 @@ def _token_from(d: dict) -> TokenInfo:
     entropy = d["entropy"]
     sampling = d["sampling_logprob"]
     return TokenInfo(
-        id=d["id"],
+        id=int(d["id"]),  # JSON Schema counts 1.0 as an integer; the types want real ints
         token=d["token"],
         bytes=bytes(d["bytes"]),
         logprob=_lp(d["logprob"]),
         sampling_logprob=None if sampling is None else float(sampling),
         entropy=math.nan if entropy is None else float(entropy),
-        rank=d["rank"],
-        top=tuple(TopLogprob(a["id"], a["token"], bytes(a["bytes"]), _lp(a["logprob"])) for a in d["top_logprobs"]),
+        rank=int(d["rank"]),
+        top=tuple(TopLogprob(int(a["id"]), a["token"], bytes(a["bytes"]), _lp(a["logprob"])) for a in d["top_logprobs"]),
     )
 
 
 def _tokens_from(d: dict, where: str) -> tuple[TokenInfo, ...]:
     tokens = tuple(_token_from(t) for t in d["tokens"])
     ids = d.get("token_ids")
-    if ids is not None and list(ids) != [t.id for t in tokens]:
+    if ids is not None and [int(i) for i in ids] != [t.id for t in tokens]:
         raise RolloutFileError(f"at {where}: token_ids do not match the ids in tokens")
     return tokens
 
@@ -240,13 +240,13 @@ def _opt_float(x: Optional[float]) -> Optional[float]:
 def _rollout_from(d: dict, where: str) -> Rollout:
     return Rollout(
         id=d["id"],
-        index=d["index"],
-        seed=d["seed"],
+        index=int(d["index"]),
+        seed=int(d["seed"]),
         text=d["text"],
         tokens=_tokens_from(d, where),
         finish_reason=d["finish_reason"],
         parent_id=d.get("parent_id"),
-        branch_position=d.get("branch_position"),
+        branch_position=None if d.get("branch_position") is None else int(d["branch_position"]),
         reward=_opt_float(d.get("reward")),
         advantage=_opt_float(d.get("advantage")),
         reward_error=d.get("reward_error"),
@@ -260,7 +260,7 @@ def _group_from(d: dict, where: str) -> QueryGroup:
         query=d["query"],
         chat=d["chat"],
         prompt=d["prompt"],
-        prompt_token_ids=tuple(d["prompt_token_ids"]),
+        prompt_token_ids=tuple(int(i) for i in d["prompt_token_ids"]),
         rollouts=tuple(_rollout_from(r, f"{where}.rollouts[{i}]") for i, r in enumerate(d["rollouts"])),
         scores=tuple(Score(s["response"], _tokens_from(s, f"{where}.scores[{i}]")) for i, s in enumerate(d["scores"])),
         reference=d.get("reference"),
@@ -448,3 +448,10 @@ def loads(text: str, source: str = "<string>") -> RolloutSet:
 def load(path: PathLike) -> RolloutSet:
     """Read and validate a rollout-set file ('-' reads stdin). Raises RolloutFileError with a one-line reason."""
     return loads(_read_text(path), "<stdin>" if str(path) == "-" else str(path))
+
+
+def export_jsonl(rs: RolloutSet, path: PathLike) -> int:
+    """One rollout per line for RL tooling; see explorer.core.jsonl (kept there to keep this module short)."""
+    from .jsonl import export_jsonl as write
+
+    return write(rs, path)
