@@ -1,0 +1,438 @@
+"""Side-by-side rollout panes: one per rollout of the selected query, streaming as tokens arrive."""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+from PySide6.QtCore import QSignalBlocker, Qt, Signal
+from PySide6.QtGui import QFont, QGuiApplication, QPainter, QPalette, QPen
+from PySide6.QtWidgets import (
+    QComboBox,
+    QFrame,
+    QHBoxLayout,
+    QLabel,
+    QScrollArea,
+    QSizePolicy,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..core.collect import RunCollector
+from .style import SHADING_MODES, ShadingLegend, accent, finish_colour, muted_text
+from .tokens import (
+    TokenTextView,
+    decode_pieces,
+    fit_pieces,
+    format_logprob,
+    format_perplexity,
+    format_probability,
+    new_decoder,
+)
+
+SORT_KEYS = ("index", "logprob", "reward", "advantage")
+COMPACT_ABOVE = 8  # more panes than this: compact mode
+PANE_MIN_WIDTH = 280
+COMPACT_PANE_WIDTH = 190
+_FINISH_TEXT = {"stop": "stop", "length": "length", "stop_string": "stop string", "cancelled": "cancelled"}
+
+
+class RolloutPane(QFrame):
+    """One rollout: a header of facts and the shaded text, appended as the collector grows it."""
+
+    token_clicked = Signal(str, int)
+
+    def __init__(self, collector: RunCollector, live, mode: str = "prob", parent: Optional[QWidget] = None):
+        super().__init__(parent)
+        self._collector = collector
+        self._live = live
+        self.rollout_id: str = live.id
+        self._compact = False
+        self._highlighted = False
+        self._final = None  # the Rollout last rendered, once the rollout finished
+        self._n_tokens = 0  # tokens of live.tokens already in the view
+        self._n_parts = 0  # text parts of live.text_parts already in the view
+        self._decoder = new_decoder()
+        self._logprob = 0.0
+        self._header_key = None
+
+        self.setFrameShape(QFrame.Shape.StyledPanel)
+        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
+        self.title = QLabel()
+        self.title.setTextFormat(Qt.TextFormat.RichText)
+        self.stats = QLabel()
+        self.stats.setTextFormat(Qt.TextFormat.RichText)
+        self.stats.setWordWrap(True)
+        self.copy_button = QToolButton()
+        self.copy_button.setText("Copy")
+        self.copy_button.setToolTip("Copy this rollout's text to the clipboard")
+        self.copy_button.setAutoRaise(True)
+        self.copy_button.clicked.connect(self.copy_text)
+        self.view = TokenTextView(self, mode)
+        self.view.setFrameShape(QFrame.Shape.NoFrame)
+        self.view.token_clicked.connect(lambda index: self.token_clicked.emit(self.rollout_id, index))
+
+        top = QHBoxLayout()
+        top.setContentsMargins(0, 0, 0, 0)
+        top.addWidget(self.title, 1)
+        top.addWidget(self.copy_button)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(6, 4, 4, 4)
+        layout.setSpacing(2)
+        layout.addLayout(top)
+        layout.addWidget(self.stats)
+        layout.addWidget(self.view, 1)
+        self.set_compact(False)
+
+    # -- state ------------------------------------------------------------------------------------------------------
+    @property
+    def index(self) -> int:
+        return self._live.index
+
+    @property
+    def logprob(self) -> float:
+        return self._final.logprob if self._final is not None else self._logprob
+
+    @property
+    def final(self):
+        return self._final
+
+    def text(self) -> str:
+        return self.view.text()
+
+    def copy_text(self) -> None:
+        QGuiApplication.clipboard().setText(self._final.text if self._final is not None
+                                            else "".join(self._live.text_parts))
+
+    def set_compact(self, compact: bool) -> None:
+        self._compact = compact
+        font = QFont(self.font())
+        if compact:
+            font.setPointSizeF(max(font.pointSizeF() - 1.5, 6.5))
+        self.title.setFont(font)
+        self.stats.setFont(font)
+        self.copy_button.setText("Copy")
+        view_font = QFont(self.view.font())
+        base = QFont(self.font()).pointSizeF()
+        view_font.setPointSizeF(max(base - 1.0, 6.5) if compact else base)
+        self.view.setFont(view_font)
+        if compact:
+            self.setMinimumWidth(COMPACT_PANE_WIDTH)
+            self.setMaximumWidth(COMPACT_PANE_WIDTH + 60)
+        else:
+            self.setMinimumWidth(PANE_MIN_WIDTH)
+            self.setMaximumWidth(16777215)
+        self._header_key = None
+        self._update_header()
+
+    def set_highlighted(self, on: bool) -> None:
+        if on != self._highlighted:
+            self._highlighted = on
+            self.update()
+
+    def paintEvent(self, event):  # noqa: N802 (Qt override)
+        super().paintEvent(event)
+        if self._highlighted:
+            painter = QPainter(self)
+            painter.setPen(QPen(accent(self.palette()), 3))
+            painter.drawRect(self.rect().adjusted(1, 1, -2, -2))
+            painter.end()
+
+    # -- streaming --------------------------------------------------------------------------------------------------
+    def refresh(self) -> tuple[bool, bool]:
+        """Pull what the collector has beyond what the view shows. Returns (anything changed, finished changed)."""
+        live = self._live
+        final = live.final
+        if final is not self._final:
+            self._final = final
+            if final is not None:
+                self._take_final(final)
+                self._update_header()
+                return True, True
+        if final is not None:
+            return self._update_header(), False
+        tokens, parts = live.tokens, live.text_parts
+        if len(tokens) == self._n_tokens and len(parts) == self._n_parts:
+            return self._update_header(), False
+        new_tokens = tokens[self._n_tokens:]
+        new_parts = parts[self._n_parts:]
+        text = "".join(new_parts)
+        pieces = decode_pieces(new_tokens, self._decoder)
+        if "".join(pieces) != text:
+            # the engine's text does not match the token bytes here (a branch prefix, a trimmed stop string):
+            # the text parts are authoritative; start decoding afresh from the next token
+            pieces = list(new_parts) if len(new_parts) == len(new_tokens) else fit_pieces(pieces, text)
+            self._decoder = new_decoder()
+        self.view.append_tokens(new_tokens, pieces)
+        self._n_tokens, self._n_parts = len(tokens), len(parts)
+        self._logprob += math.fsum(t.logprob for t in new_tokens if t.logprob is not None)
+        self._update_header()
+        return True, False
+
+    def _take_final(self, final) -> None:
+        """The collector swapped in the finished Rollout: append its tail if it extends what is shown, else redraw."""
+        shown = self.view.text()
+        if self.view.token_count <= len(final.tokens) and final.text.startswith(shown):
+            tail_tokens = final.tokens[self.view.token_count:]
+            tail_text = final.text[len(shown):]
+            if tail_tokens or tail_text:
+                pieces = fit_pieces(decode_pieces(tail_tokens, self._decoder), tail_text)
+                if not tail_tokens:  # text without tokens: nothing to attribute it to but the last token; redraw
+                    self._redraw(final)
+                else:
+                    self.view.append_tokens(tail_tokens, pieces)
+        else:
+            self._redraw(final)
+        self._n_tokens, self._n_parts = len(final.tokens), 1
+
+    def _redraw(self, final) -> None:
+        self.view.set_tokens(final.tokens, fit_pieces(decode_pieces(final.tokens), final.text))
+
+    # -- header -----------------------------------------------------------------------------------------------------
+    def _finish_text(self) -> tuple[str, Optional[str]]:
+        if self._final is not None and self._final.finish_reason:
+            reason = self._final.finish_reason
+            return _FINISH_TEXT.get(reason, reason), reason
+        return ("streaming…" if self._collector.running else "unfinished"), None
+
+    def _update_header(self) -> bool:
+        final = self._final
+        n = len(final.tokens) if final is not None else self.view.token_count
+        finish, reason = self._finish_text()
+        reward = final.reward if final is not None else None
+        advantage = final.advantage if final is not None else None
+        key = (n, finish, reward, advantage, self.logprob, self._compact, self.palette().cacheKey())
+        if key == self._header_key:
+            return False
+        self._header_key = key
+        pal = self.palette()
+        muted = muted_text(pal).name()
+        live = self._live
+        logprob = self.logprob
+        ppl = math.exp(-logprob / n) if n and -logprob / n < 700 else (math.inf if n else None)
+        finish_html = (f'<span style="color:{finish_colour(reason).name()};font-weight:bold">{finish}</span>'
+                       if reason else f'<i style="color:{muted}">{finish}</i>')
+        branch = ""
+        if live.parent_id is not None:
+            parent = live.parent_id.rsplit(".", 1)[-1]
+            branch = f' <span style="color:{muted}">⑂{parent}@{live.branch_position}</span>'
+        if self._compact:
+            self.title.setText(f"<b>#{live.index}</b>{branch} <span style='color:{muted}'>{n} tok</span> {finish_html}")
+            facts = [f"log π {format_logprob(logprob)}", f"ppl {format_perplexity(ppl)}"]
+        else:
+            self.title.setText(f"<b>#{live.index}</b>{branch} <span style='color:{muted}'>seed {live.seed} · "
+                               f"{n} tokens ·</span> {finish_html}")
+            facts = [f"log π {format_logprob(logprob)}",
+                     f"π(y|x) {format_probability(logprob, html_markup=True) if n else '—'}",
+                     f"ppl {format_perplexity(ppl)}"]
+        if reward is not None:
+            facts.append(f"R {reward:.3g}")
+        if advantage is not None:
+            facts.append(f"A {advantage:+.3g}")
+        if final is not None and final.reward_error:
+            facts.append(f'<span style="color:{finish_colour("cancelled").name()}">reward error</span>')
+        # each fact stays on one line; the row wraps between facts only
+        self.stats.setText(f" <span style='color:{muted}'>·</span> ".join(f.replace(" ", "&nbsp;") if "<" not in f
+                                                                           else f for f in facts))
+        tip = [f"rollout {live.id}, index {live.index}, seed {live.seed}", f"{n} tokens, {finish}",
+               f"log pi(y|x) = {format_logprob(logprob)}", f"pi(y|x) = {format_probability(logprob)}",
+               f"perplexity = {format_perplexity(ppl)}"]
+        if final is not None and final.reward_error:
+            tip.append(f"reward error: {final.reward_error}")
+        self.stats.setToolTip("\n".join(tip))
+        return True
+
+    def sort_value(self, key: str):
+        """Ascending sort key: most likely / highest reward first; missing values last; ties by index."""
+        if key == "logprob":
+            return (0, -self.logprob, self.index)
+        if key in ("reward", "advantage"):
+            value = getattr(self._final, key, None) if self._final is not None else None
+            return (1, 0.0, self.index) if value is None else (0, -value, self.index)
+        return (0, self.index, 0)
+
+
+class RolloutPanes(QWidget):
+    """The panes of one query group, side by side, scrolling horizontally; a legend and the shading/sort choices."""
+
+    token_clicked = Signal(str, int)  # rollout id, token position
+    shading_changed = Signal(str)
+    sort_changed = Signal(str)
+
+    def __init__(self, parent: Optional[QWidget] = None):
+        super().__init__(parent)
+        self._collector: Optional[RunCollector] = None
+        self._group_id: Optional[str] = None
+        self._panes: dict[str, RolloutPane] = {}
+        self._order: list[str] = []
+        self._mode = "prob"
+        self._sort = "index"
+        self._highlighted: set[str] = set()
+
+        self.legend = ShadingLegend(self, self._mode)
+        self.shading_box = QComboBox()
+        self.shading_box.addItem("Shade by probability", "prob")
+        self.shading_box.addItem("Shade by entropy", "entropy")
+        self.shading_box.setToolTip("Colour tokens by their raw probability or by the entropy at that step")
+        self.shading_box.currentIndexChanged.connect(lambda _: self.set_shading(self.shading_box.currentData()))
+        self.sort_box = QComboBox()
+        for label, key in (("Order: index", "index"), ("Order: log π (best first)", "logprob"),
+                           ("Order: reward", "reward"), ("Order: advantage", "advantage")):
+            self.sort_box.addItem(label, key)
+        self.sort_box.currentIndexChanged.connect(lambda _: self.set_sort(self.sort_box.currentData()))
+        self.toolbar = QWidget()
+        bar = QHBoxLayout(self.toolbar)
+        bar.setContentsMargins(2, 0, 2, 0)
+        bar.addWidget(self.legend)
+        bar.addStretch(1)
+        bar.addWidget(self.shading_box)
+        bar.addWidget(self.sort_box)
+
+        self.placeholder = QLabel("No rollouts to show yet: pick a query and press Run.")
+        self.placeholder.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.placeholder.setStyleSheet("color: palette(mid);")
+        self._container = QWidget()
+        self._row = QHBoxLayout(self._container)
+        self._row.setContentsMargins(0, 0, 0, 0)
+        self._row.setSpacing(6)
+        self._scroll = QScrollArea()
+        self._scroll.setWidgetResizable(True)
+        self._scroll.setFrameShape(QFrame.Shape.NoFrame)
+        self._scroll.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self._scroll.setWidget(self._container)
+
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.setSpacing(4)
+        layout.addWidget(self.toolbar)
+        layout.addWidget(self.placeholder, 1)
+        layout.addWidget(self._scroll, 1)
+        self._scroll.hide()
+
+    # -- public API -------------------------------------------------------------------------------------------------
+    @property
+    def group_id(self) -> Optional[str]:
+        return self._group_id
+
+    @property
+    def shading(self) -> str:
+        return self._mode
+
+    @property
+    def sort_key(self) -> str:
+        return self._sort
+
+    def panes(self) -> list[RolloutPane]:
+        """The panes in their on-screen order, left to right."""
+        return [self._panes[rid] for rid in self._order]
+
+    def pane(self, rollout_id: str) -> Optional[RolloutPane]:
+        return self._panes.get(rollout_id)
+
+    def show_group(self, collector: Optional[RunCollector], group_id: Optional[str]) -> None:
+        for pane in self._panes.values():
+            self._row.removeWidget(pane)
+            pane.deleteLater()
+        self._panes.clear()
+        self._order.clear()
+        self._highlighted.clear()
+        self._collector = collector
+        self._group_id = group_id if collector is not None else None
+        self.refresh()
+        self._update_visibility()
+
+    def refresh(self) -> None:
+        collector, group_id = self._collector, self._group_id
+        if collector is None or group_id is None:
+            return
+        lives = collector.live_rollouts(group_id)
+        if len(lives) != len(self._panes):
+            self._add_panes(lives)
+        resort = False
+        for rid in self._order:
+            _, finished = self._panes[rid].refresh()
+            resort |= finished
+        if resort and self._sort != "index":
+            self._apply_sort()
+
+    def set_shading(self, mode: str) -> None:
+        if mode not in SHADING_MODES:
+            raise ValueError(f"unknown shading mode {mode!r}; expected one of {', '.join(SHADING_MODES)}")
+        with QSignalBlocker(self.shading_box):
+            self.shading_box.setCurrentIndex(SHADING_MODES.index(mode))
+        if mode == self._mode:
+            return
+        self._mode = mode
+        self.legend.set_mode(mode)
+        for pane in self._panes.values():
+            pane.view.set_shading(mode)
+        self.shading_changed.emit(mode)
+
+    def set_sort(self, key: str) -> None:
+        if key not in SORT_KEYS:
+            raise ValueError(f"unknown sort key {key!r}; expected one of {', '.join(SORT_KEYS)}")
+        with QSignalBlocker(self.sort_box):
+            self.sort_box.setCurrentIndex(SORT_KEYS.index(key))
+        changed = key != self._sort
+        self._sort = key
+        self._apply_sort()  # also on an unchanged key: logprobs move while streaming, a re-pick re-sorts
+        if changed:
+            self.sort_changed.emit(key)
+
+    def highlight_rollouts(self, ids) -> None:
+        self._highlighted = set(ids)
+        first = None
+        for rid in self._order:
+            on = rid in self._highlighted
+            self._panes[rid].set_highlighted(on)
+            if on and first is None:
+                first = self._panes[rid]
+        if first is not None:
+            self._scroll.ensureWidgetVisible(first, 20, 0)
+
+    def scroll_to_token(self, rollout_id: str, position: int) -> None:
+        pane = self._panes.get(rollout_id)
+        if pane is None:
+            return
+        self._scroll.ensureWidgetVisible(pane, 20, 0)
+        if 0 <= position < pane.view.token_count:
+            pane.view.mark_token(position)
+
+    # -- internals --------------------------------------------------------------------------------------------------
+    def _add_panes(self, lives) -> None:
+        for live in lives:
+            if live.id in self._panes:
+                continue
+            pane = RolloutPane(self._collector, live, self._mode, self._container)
+            pane.token_clicked.connect(self.token_clicked)
+            pane.set_highlighted(live.id in self._highlighted)
+            self._panes[live.id] = pane
+            self._order.append(live.id)
+            self._row.addWidget(pane, 1)
+        compact = len(self._panes) > COMPACT_ABOVE
+        for pane in self._panes.values():
+            if pane._compact != compact:
+                pane.set_compact(compact)
+        for pane in self._panes.values():  # new panes show what they have before the sort looks at them
+            pane.refresh()
+        self._apply_sort()
+        self._update_visibility()
+
+    def _apply_sort(self) -> None:
+        order = sorted(self._order, key=lambda rid: self._panes[rid].sort_value(self._sort))
+        if order == self._order:
+            return
+        self._order = order
+        for rid in order:
+            self._row.removeWidget(self._panes[rid])
+        for rid in order:
+            self._row.addWidget(self._panes[rid], 1)
+
+    def _update_visibility(self) -> None:
+        has = bool(self._panes)
+        self._scroll.setVisible(has)
+        self.placeholder.setVisible(not has)
+        if not has:
+            self.placeholder.setText("No rollouts to show yet: pick a query and press Run." if self._group_id is None
+                                     else "This query has no rollouts yet.")

@@ -1,0 +1,450 @@
+"""Token-level display shared by the rollout panes and the scoring panel.
+
+- number formatting for probabilities that may underflow,
+- the hover tooltip (a pure function: TokenInfo -> HTML),
+- mapping a text onto its tokens (pieces: one string per token whose concatenation is the text),
+- TokenTextView: a read-only text view that appends shaded tokens and knows which token is under the mouse.
+"""
+
+from __future__ import annotations
+
+import codecs
+import html
+import math
+from bisect import bisect_right
+from typing import Optional, Sequence
+
+from PySide6.QtCore import QEvent, QPoint, QRect, Qt, Signal
+from PySide6.QtGui import QColor, QFontDatabase, QPalette, QTextCharFormat, QTextCursor, QTextOption
+from PySide6.QtWidgets import QApplication, QPlainTextEdit, QTextEdit, QToolTip, QWidget
+
+from ..core.types import TokenInfo
+from .style import SHADING_MODES, blend, is_dark, shade_colour, shade_level
+
+_LN10 = math.log(10.0)
+MINUS = "\u2212"
+
+
+# -- numbers --------------------------------------------------------------------------------------------------------
+def _signed(text: str) -> str:
+    return text.replace("-", MINUS)
+
+
+def format_logprob(logprob: Optional[float]) -> str:
+    if logprob is None or math.isnan(logprob):
+        return "—"
+    if math.isinf(logprob):
+        return _signed("-inf") if logprob < 0 else "inf"
+    return _signed(f"{logprob:.3f}" if abs(logprob) < 100 else f"{logprob:.1f}")
+
+
+def format_probability(logprob: Optional[float], html_markup: bool = False) -> str:
+    """exp(logprob) in scientific notation, e.g. 3.2e-14; as 10^x when exp underflows a double."""
+    if logprob is None or math.isnan(logprob):
+        return "—"
+    if logprob == -math.inf:
+        return "0"
+    if logprob >= math.log(0.001):
+        return f"{math.exp(logprob):.3g}"
+    p = math.exp(logprob)
+    if p >= 1e-300:  # well inside the normal doubles: the mantissa is exact enough to print
+        return _signed(f"{p:.1e}")
+    exponent = logprob / _LN10
+    if html_markup:
+        return f"10<sup>{_signed(f'{exponent:.1f}')}</sup>"
+    return _signed(f"10^{exponent:.1f}")
+
+
+def format_percent(p: float) -> str:
+    if p >= 0.0995:
+        return f"{100 * p:.1f}%"
+    if p >= 0.000995:
+        return f"{100 * p:.2f}%"
+    if p <= 0:
+        return "0%"
+    return _signed(f"{p:.1e}")
+
+
+def format_perplexity(ppl: Optional[float]) -> str:
+    if ppl is None or math.isnan(ppl):
+        return "—"
+    if math.isinf(ppl):
+        return "inf"
+    return f"{ppl:.3f}" if ppl < 100 else f"{ppl:.4g}"
+
+
+# -- token labels and the tooltip -----------------------------------------------------------------------------------
+def token_label(text: str, raw: bytes) -> str:
+    """A token made visible: whitespace shown as symbols, bytes that are not whole UTF-8 characters shown as hex."""
+    try:
+        text = raw.decode("utf-8") if raw else text
+    except UnicodeDecodeError:
+        return "".join(f"<{b:02X}>" for b in raw)
+    if text == "":
+        return "∅"
+    return text.replace(" ", "␣").replace("\n", "↵").replace("\t", "⇥").replace("\r", "␍")
+
+
+def _bar_row(label: str, prob: float, chosen: bool, rank: int, colours: dict, bar_width: int) -> str:
+    filled = max(1, int(round(prob * bar_width))) if prob > 0 else 0
+    bar = colours["bar_chosen"] if chosen else colours["bar"]
+    cells = f'<td width="{filled}" bgcolor="{bar}" height="9"></td>' if filled else ""
+    if bar_width - filled > 0:
+        cells += f'<td width="{bar_width - filled}" bgcolor="{colours["track"]}" height="9"></td>'
+    bar_html = f'<table cellspacing="0" cellpadding="0" border="0"><tr>{cells}</tr></table>'
+    weight = "font-weight:bold;" if chosen else ""
+    row_bg = f' bgcolor="{colours["chosen_bg"]}"' if chosen else ""
+    marker = "▶" if chosen else ""
+    return (f'<tr{row_bg}><td style="color:{colours["muted"]}">{marker}{rank}</td>'
+            f'<td style="{weight}white-space:pre">{html.escape(label)}</td>'
+            f'<td valign="middle">{bar_html}</td>'
+            f'<td align="right" style="{weight}">{format_percent(prob)}</td></tr>')
+
+
+def token_tooltip_html(token: TokenInfo, position: Optional[int] = None, dark: bool = False,
+                       bar_width: int = 110) -> str:
+    """The hover card of one token: probability, logprob, rank, entropy, and the top-N alternatives with bars."""
+    colours = {
+        "muted": "#a0a4ab" if dark else "#5f6368",
+        "bar": "#7d8590" if dark else "#9aa0a6",
+        "bar_chosen": "#f49a32" if dark else "#e8710a",
+        "track": "#3a3d42" if dark else "#e6e8eb",
+        "chosen_bg": "#4a3b22" if dark else "#fdebd3",
+    }
+    muted = colours["muted"]
+    where = f" · position {position}" if position is not None else ""
+    head = (f'<div style="white-space:pre"><b style="font-size:large">{html.escape(token_label(token.token, token.bytes))}'
+            f'</b> <span style="color:{muted}">id {token.id}{where}</span></div>')
+    facts = [
+        ("probability", f"<b>{format_percent(token.prob)}</b>"),
+        ("log p", format_logprob(token.logprob)),
+        ("rank", str(token.rank)),
+        ("entropy", f"{token.entropy:.3f} nats" if token.entropy is not None else "—"),
+    ]
+    if token.sampling_logprob is not None:
+        sp = math.exp(token.sampling_logprob) if math.isfinite(token.sampling_logprob) else 0.0
+        facts.append(("sampler p", format_percent(sp)))
+    fact_rows = "".join(f'<tr><td style="color:{muted}">{k}</td><td>&nbsp;{v}</td></tr>' for k, v in facts)
+    parts = [head, f'<table cellspacing="0" cellpadding="1">{fact_rows}</table>']
+    if token.top:
+        rows = []
+        chosen_listed = False
+        for rank, alt in enumerate(token.top, start=1):
+            chosen = alt.id == token.id
+            chosen_listed |= chosen
+            prob = math.exp(alt.logprob) if alt.logprob is not None and math.isfinite(alt.logprob) else 0.0
+            rows.append(_bar_row(token_label(alt.token, alt.bytes), prob, chosen, rank, colours, bar_width))
+        if not chosen_listed:
+            rows.append(_bar_row(token_label(token.token, token.bytes), token.prob, True, token.rank, colours,
+                                 bar_width))
+        parts.append(f'<div style="color:{muted}">top {len(token.top)} alternatives</div>'
+                     f'<table cellspacing="2" cellpadding="0">{"".join(rows)}</table>')
+    return "".join(parts)
+
+
+# -- text <-> tokens ------------------------------------------------------------------------------------------------
+def new_decoder():
+    return codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+
+def decode_pieces(tokens: Sequence[TokenInfo], decoder=None) -> list[str]:
+    """The text each token completes: a character split across tokens belongs to the token that completes it."""
+    decoder = decoder or new_decoder()
+    return [decoder.decode(t.bytes) for t in tokens]
+
+
+def fit_pieces(pieces: Sequence[str], text: str) -> list[str]:
+    """Pieces whose concatenation is exactly `text`, following `pieces` (what the token bytes decode to).
+
+    The displayed text is authoritative (it may be trimmed at a stop string or differ in leading whitespace); tokens
+    keep the spans their own bytes give them, shifted to where their text sits inside `text`, clipped at its ends.
+    """
+    joined = "".join(pieces)
+    if joined == text:
+        return list(pieces)
+    if not pieces:
+        return []
+    shift = joined.find(text) if text else 0
+    if shift < 0:
+        shift = 0
+    out: list[str] = []
+    pos = -shift
+    for piece in pieces:
+        start, end = max(pos, 0), max(pos + len(piece), 0)
+        out.append(text[min(start, len(text)):min(end, len(text))])
+        pos += len(piece)
+    taken = sum(len(p) for p in out)
+    if taken < len(text):  # the text runs on past what the tokens decode to: the last token carries the rest
+        out[-1] += text[taken:]
+    return out
+
+
+def _u16len(s: str) -> int:
+    """Length in UTF-16 code units: Qt document positions count these, Python counts code points."""
+    if s.isascii():
+        return len(s)
+    return len(s) + sum(1 for ch in s if ord(ch) > 0xFFFF)
+
+
+# -- the view -------------------------------------------------------------------------------------------------------
+class TokenTextView(QPlainTextEdit):
+    """Read-only text made of tokens; each token's background shows its probability (or its entropy)."""
+
+    token_clicked = Signal(int)  # token index
+
+    def __init__(self, parent: Optional[QWidget] = None, mode: str = "prob"):
+        super().__init__(parent)
+        if mode not in SHADING_MODES:
+            raise ValueError(f"unknown shading mode {mode!r}")
+        self._mode = mode
+        self._tokens: list[TokenInfo] = []
+        self._starts: list[int] = []  # UTF-16 offset where each token's text begins
+        self._levels: list[int] = []
+        self._length = 0  # UTF-16 length of the document text
+        self._formats: dict[tuple[str, int], QTextCharFormat] = {}
+        self._format_palette_key = None
+        self._hover = -1
+        self._marked = -1
+        self._press_pos: Optional[QPoint] = None
+        self.setReadOnly(True)
+        self.setUndoRedoEnabled(False)
+        self.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.setWordWrapMode(QTextOption.WrapMode.WrapAtWordBoundaryOrAnywhere)
+        self.setFont(QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont))
+        self.viewport().setMouseTracking(True)
+        self.viewport().setCursor(Qt.CursorShape.ArrowCursor)
+
+    # -- content ----------------------------------------------------------------------------------------------------
+    @property
+    def mode(self) -> str:
+        return self._mode
+
+    @property
+    def token_count(self) -> int:
+        return len(self._tokens)
+
+    def token(self, index: int) -> TokenInfo:
+        return self._tokens[index]
+
+    def text(self) -> str:
+        return self.toPlainText()
+
+    def clear_tokens(self) -> None:
+        self._tokens.clear()
+        self._starts.clear()
+        self._levels.clear()
+        self._length = 0
+        self._hover = self._marked = -1
+        self.setExtraSelections([])
+        self.clear()
+
+    def set_tokens(self, tokens: Sequence[TokenInfo], pieces: Sequence[str]) -> None:
+        self.clear_tokens()
+        self.append_tokens(tokens, pieces)
+
+    def append_tokens(self, tokens: Sequence[TokenInfo], pieces: Sequence[str]) -> None:
+        """Append tokens whose texts are `pieces` (one per token, possibly empty), shaded; follows the end if the
+        view was scrolled to the bottom."""
+        if len(tokens) != len(pieces):
+            raise ValueError(f"{len(tokens)} tokens but {len(pieces)} text pieces")
+        if not tokens:
+            return
+        bar = self.verticalScrollBar()
+        follow = bar.value() >= bar.maximum() - 2
+        cursor = QTextCursor(self.document())
+        cursor.movePosition(QTextCursor.MoveOperation.End)
+        cursor.beginEditBlock()
+        run_text: list[str] = []
+        run_level = None
+        for token, piece in zip(tokens, pieces):
+            level = shade_level(self._mode, token.prob, token.entropy)
+            self._tokens.append(token)
+            self._starts.append(self._length)
+            self._levels.append(level)
+            if not piece:
+                continue
+            self._length += _u16len(piece)
+            if level != run_level and run_text:  # equal neighbours share one insert: fewer layout passes
+                cursor.insertText("".join(run_text), self._format(run_level))
+                run_text = []
+            run_level = level
+            run_text.append(piece)
+        if run_text:
+            cursor.insertText("".join(run_text), self._format(run_level))
+        cursor.endEditBlock()
+        if follow:
+            bar.setValue(bar.maximum())
+
+    def set_shading(self, mode: str) -> None:
+        if mode not in SHADING_MODES:
+            raise ValueError(f"unknown shading mode {mode!r}; expected one of {', '.join(SHADING_MODES)}")
+        if mode == self._mode:
+            return
+        self._mode = mode
+        self._levels = [shade_level(mode, t.prob, t.entropy) for t in self._tokens]
+        self._reformat()
+
+    def _palette_key(self):
+        pal = self.palette()
+        return pal.color(QPalette.ColorRole.Base).rgba(), pal.color(QPalette.ColorRole.Text).rgba()
+
+    def _format(self, level: int) -> QTextCharFormat:
+        key = self._palette_key()
+        if key != self._format_palette_key:
+            self._formats.clear()
+            self._format_palette_key = key
+        fmt = self._formats.get((self._mode, level))
+        if fmt is None:
+            fmt = QTextCharFormat()
+            colour = shade_colour(self._mode, level, self.palette())
+            if colour is not None:
+                fmt.setBackground(colour)
+            self._formats[(self._mode, level)] = fmt
+        return fmt
+
+    def _reformat(self) -> None:
+        """Re-shade every token in place (mode or palette changed): runs of equal level get one format each."""
+        cursor = QTextCursor(self.document())
+        cursor.beginEditBlock()
+        n = len(self._tokens)
+        i = 0
+        while i < n:
+            j = i + 1
+            while j < n and self._levels[j] == self._levels[i]:
+                j += 1
+            start, end = self._starts[i], (self._starts[j] if j < n else self._length)
+            if end > start:
+                cursor.setPosition(start)
+                cursor.setPosition(end, QTextCursor.MoveMode.KeepAnchor)
+                cursor.setCharFormat(self._format(self._levels[i]))
+            i = j
+        cursor.endEditBlock()
+
+    def changeEvent(self, event):  # noqa: N802 (Qt override)
+        super().changeEvent(event)
+        if event.type() == QEvent.Type.PaletteChange and self._tokens:
+            self._reformat()
+            self._update_marks()
+
+    # -- geometry ---------------------------------------------------------------------------------------------------
+    def token_span(self, index: int) -> tuple[int, int]:
+        """Document positions [start, end) of a token's text (empty for a token that completes nothing)."""
+        end = self._starts[index + 1] if index + 1 < len(self._starts) else self._length
+        return self._starts[index], end
+
+    def token_rect(self, index: int) -> QRect:
+        """Viewport rectangle around the first character of a token (tests click here; tooltips anchor here)."""
+        start, end = self.token_span(index)
+        cursor = QTextCursor(self.document())
+        cursor.setPosition(start)
+        left = self.cursorRect(cursor)
+        cursor.setPosition(min(start + 1, max(end, start)))
+        right = self.cursorRect(cursor)
+        width = right.left() - left.left() if right.top() == left.top() else self.fontMetrics().averageCharWidth()
+        return QRect(left.left(), left.top(), max(width, 1), left.height())
+
+    def token_at(self, pos: QPoint) -> Optional[int]:
+        """The token under a viewport point, or None (margins, past the end of a line, empty view)."""
+        if not self._tokens or self._length == 0:
+            return None
+        cursor = self.cursorForPosition(pos)
+        p = cursor.position()
+        rect = self.cursorRect(cursor)
+        char = p - 1 if pos.x() < rect.left() else p  # cursorForPosition snaps to the nearest gap between chars
+        if char < 0 or char >= self._length:
+            return None
+        cursor.setPosition(char)
+        left = self.cursorRect(cursor)
+        if not (left.top() <= pos.y() < left.bottom() + 1):
+            return None
+        if self.document().characterAt(char) in ("\u2029", "\n"):  # the end of a line is not a token to hover
+            return None
+        cursor.setPosition(char + 1)
+        right = self.cursorRect(cursor)
+        if right.top() == left.top() and not (left.left() <= pos.x() < right.left()):
+            return None
+        return bisect_right(self._starts, char) - 1
+
+    # -- marks: the hovered token (underline) and the token scrolled to (highlight) ---------------------------------
+    def mark_token(self, index: int) -> None:
+        """Highlight one token and scroll it into view (-1 clears)."""
+        self._marked = index if 0 <= index < len(self._tokens) else -1
+        self._update_marks()
+        if self._marked >= 0:
+            cursor = self.textCursor()
+            cursor.setPosition(self.token_span(self._marked)[0])
+            self.setTextCursor(cursor)
+            self.ensureCursorVisible()
+
+    def _update_marks(self) -> None:
+        selections = []
+        pal = self.palette()
+        for index, strong in ((self._marked, True), (self._hover, False)):
+            if index < 0 or index >= len(self._tokens):
+                continue
+            start, end = self.token_span(index)
+            if end <= start:
+                continue
+            sel = QTextEdit.ExtraSelection()
+            cursor = QTextCursor(self.document())
+            cursor.setPosition(start)
+            cursor.setPosition(end, QTextCursor.MoveMode.KeepAnchor)
+            sel.cursor = cursor
+            fmt = QTextCharFormat()
+            if strong:
+                fmt.setBackground(pal.color(QPalette.ColorRole.Highlight))
+                fmt.setForeground(pal.color(QPalette.ColorRole.HighlightedText))
+            else:
+                fmt.setFontUnderline(True)
+                fmt.setUnderlineColor(blend(pal.color(QPalette.ColorRole.Base), pal.color(QPalette.ColorRole.Text),
+                                            0.85))
+            sel.format = fmt
+            selections.append(sel)
+        self.setExtraSelections(selections)
+
+    def _set_hover(self, index: int) -> None:
+        if index != self._hover:
+            self._hover = index
+            self._update_marks()
+
+    # -- mouse ------------------------------------------------------------------------------------------------------
+    def viewportEvent(self, event):  # noqa: N802 (Qt override)
+        if event.type() == QEvent.Type.ToolTip:
+            index = self.token_at(event.pos())
+            if index is None:
+                QToolTip.hideText()
+                event.ignore()
+            else:
+                html_text = token_tooltip_html(self._tokens[index], index, is_dark(self.palette()))
+                QToolTip.showText(event.globalPos(), html_text, self.viewport(), self.token_rect(index))
+            return True
+        if event.type() == QEvent.Type.Leave:
+            self._set_hover(-1)
+        return super().viewportEvent(event)
+
+    def mouseMoveEvent(self, event):  # noqa: N802 (Qt override)
+        super().mouseMoveEvent(event)
+        index = self.token_at(event.position().toPoint())
+        self._set_hover(-1 if index is None else index)
+
+    def mousePressEvent(self, event):  # noqa: N802 (Qt override)
+        self._press_pos = event.position().toPoint()
+        super().mousePressEvent(event)
+
+    def mouseReleaseEvent(self, event):  # noqa: N802 (Qt override)
+        super().mouseReleaseEvent(event)
+        pos = event.position().toPoint()
+        pressed, self._press_pos = self._press_pos, None
+        if event.button() != Qt.MouseButton.LeftButton or pressed is None:
+            return
+        if (pos - pressed).manhattanLength() >= QApplication.startDragDistance():
+            return  # a drag selects text; only a click picks a token
+        index = self.token_at(pos)
+        if index is not None:
+            self.token_clicked.emit(index)
+
+
+def shaded_colour_name(mode: str, token: TokenInfo, palette: Optional[QPalette] = None) -> Optional[str]:
+    """The background a token gets (hex), or None when it stays unshaded: for tests and for exports of the view."""
+    colour: Optional[QColor] = shade_colour(mode, shade_level(mode, token.prob, token.entropy), palette)
+    return colour.name() if colour is not None else None
