@@ -1,0 +1,256 @@
+"""The token tree: structure from hand-built rollouts, streaming == whole, layout stability, chains, series."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from explorer.core.tree import ROOT, TokenTree, TreeForest
+from explorer.core.tree_layout import colormap_lut, describe_node, display_token, mean_series, probability_colors
+from explorer.core.types import (GroupHeader, QueryGroup, Rollout, RolloutFinished, RolloutHeader, RunStarted,
+                                 SamplingParams, TokenBatch, TokenEvent, TokenInfo, TopLogprob)
+
+# A tiny "model": for each prefix (tuple of token ids) the next-token distribution, as {token: prob}.
+VOCAB = {1: "A", 2: "B", 3: "C", 4: "D", 5: "E", 6: "F", 7: "G", 8: "H", 9: "X", 10: "Y"}
+
+
+def dist(prefix: tuple[int, ...]) -> dict[int, float]:
+    """A deterministic distribution per prefix, so rollouts sharing a prefix share probabilities and ghosts."""
+    rng = np.random.default_rng(abs(hash(prefix)) % (2 ** 32))
+    p = rng.dirichlet(np.ones(len(VOCAB)) * 0.6)
+    return dict(zip(VOCAB, p))
+
+
+def info(prefix: tuple[int, ...], token: int, top_n: int = 3) -> TokenInfo:
+    d = dist(prefix)
+    ranked = sorted(d, key=lambda t: -d[t])
+    entropy = -sum(p * math.log(p) for p in d.values())
+    top = tuple(TopLogprob(t, VOCAB[t], VOCAB[t].encode(), math.log(d[t])) for t in ranked[:top_n])
+    return TokenInfo(token, VOCAB[token], VOCAB[token].encode(), math.log(d[token]), math.log(d[token]), entropy,
+                     ranked.index(token) + 1, top)
+
+
+def rollout(rid: str, ids: list[int], top_n: int = 3, **extra) -> Rollout:
+    tokens = tuple(info(tuple(ids[:i]), t, top_n) for i, t in enumerate(ids))
+    index = int(rid.rsplit("r", 1)[-1])
+    return Rollout(rid, index, index, "".join(VOCAB[t] for t in ids), tokens, "stop", **extra)
+
+
+def tree_of(*rollouts: Rollout) -> TokenTree:
+    tree = TokenTree("q0", "the prompt")
+    for r in rollouts:
+        tree.add_rollout(r)
+    return tree
+
+
+def node_of(tree: TokenTree, ids: list[int]) -> int:
+    node = ROOT
+    for t in ids:
+        node = next(c.node for c in tree.children(node) if c.token_id == t)
+    return node
+
+
+def random_rollouts(n: int, length: int, seed: int) -> list[Rollout]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for r in range(n):
+        ids: list[int] = []
+        for _ in range(int(rng.integers(length // 2, length + 1))):
+            d = dist(tuple(ids))
+            keys = list(d)
+            ids.append(int(rng.choice(keys, p=np.array([d[k] for k in keys]))))
+        out.append(rollout(f"q0.r{r}", ids))
+    return out
+
+
+def test_structure_counts_frequencies_and_branch_points():
+    r0, r1, r2 = rollout("q0.r0", [1, 2, 3]), rollout("q0.r1", [1, 2, 4]), rollout("q0.r2", [1, 5])
+    tree = tree_of(r0, r1, r2)
+    a, b, e = node_of(tree, [1]), node_of(tree, [1, 2]), node_of(tree, [1, 5])
+    c, d = node_of(tree, [1, 2, 3]), node_of(tree, [1, 2, 4])
+    assert tree.counts[ROOT] == 3 and tree.counts[a] == 3 and tree.counts[b] == 2
+    assert tree.counts[c] == tree.counts[d] == tree.counts[e] == 1
+    assert sorted(tree.branch_points().tolist()) == sorted([a, b])
+    stats = {s.token_id: s for s in tree.children(a)}
+    assert stats[2].frequency == pytest.approx(2 / 3) and stats[5].frequency == pytest.approx(1 / 3)
+    assert stats[2].prob == pytest.approx(dist((1,))[2])
+    assert tree.depths[c] == 2 and tree.text(c) == "C"
+    assert tree.path("q0.r1").tolist() == [a, b, d]
+    assert tree.node_at("q0.r1", 2) == d
+    assert tree.rollouts_through(b) == ["q0.r0", "q0.r1"]
+    assert tree.rollouts_through(ROOT) == ["q0.r0", "q0.r1", "q0.r2"]
+    expected_cum = sum(t.logprob for t in r0.tokens)
+    assert tree.cum_logprobs[c] == pytest.approx(expected_cum)
+    assert tree.entropies[c] == pytest.approx(r0.tokens[2].entropy)
+
+
+def test_ghosts_are_untaken_alternatives_and_turn_real_when_taken():
+    r0 = rollout("q0.r0", [1, 2, 3], top_n=4)
+    tree = tree_of(r0)
+    top_at_1 = [t.id for t in r0.tokens[1].top]
+    ghosts_under_a = {s.token_id for s in tree.children(node_of(tree, [1])) if s.is_ghost}
+    assert ghosts_under_a == set(top_at_1) - {2}
+    for s in tree.children(node_of(tree, [1])):
+        if s.is_ghost:
+            assert s.count == 0 and s.frequency == 0.0
+            assert s.prob == pytest.approx(dist((1,))[s.token_id])
+    taken = sorted(ghosts_under_a)[0]
+    ghost = node_of(tree, [1, taken])
+    tree.add_rollout(rollout("q0.r1", [1, taken]))
+    assert node_of(tree, [1, taken]) == ghost  # the same node, now real
+    assert not tree.ghost_mask[ghost] and tree.counts[ghost] == 1
+    assert tree.branch_points().tolist() == [node_of(tree, [1])]
+
+
+def test_divergence_and_branch_prefix_convention():
+    tree = tree_of(rollout("q0.r0", [1, 2, 3]), rollout("q0.r1", [1, 2, 4]), rollout("q0.r2", [1, 5]),
+                   rollout("q0.r3", [1, 2]))
+    assert tree.first_divergence_depth("q0.r0", "q0.r1") == 2
+    assert tree.first_divergence_depth("q0.r0", "q0.r2") == 1
+    assert tree.first_divergence_depth("q0.r0", "q0.r3") == 2  # r3 is a prefix of r0
+    assert tree.first_divergence_depth("q0.r0", "q0.r0") is None
+    real = tree.branch_prefix(node_of(tree, [1, 2, 4]))
+    assert (real.rollout_id, real.position, real.forced_token) == ("q0.r1", 3, None)
+    ghost = next(s for s in tree.children(node_of(tree, [1, 2])) if s.is_ghost)
+    prefix = tree.branch_prefix(ghost.node)
+    assert (prefix.rollout_id, prefix.position, prefix.forced_token) == ("q0.r0", 2, ghost.token_id)
+    assert tree.branch_prefix(ROOT).position == 0
+    assert tree.prefix_text(node_of(tree, [1, 2, 4])) == "ABD"
+
+
+def test_bad_input_gets_clear_errors():
+    tree = tree_of(rollout("q0.r0", [1, 2, 3]))
+    tok = info((1, 2, 3), 4)
+    with pytest.raises(ValueError, match="position 5"):
+        tree.add_token("q0.r0", 5, tok)
+    assert tree.add_token("q0.r0", 1, info((1,), 2)) == node_of(tree, [1, 2])  # a re-sent token is a no-op
+    with pytest.raises(ValueError, match="does not match"):
+        tree.add_rollout(rollout("q0.r0", [1, 5]))
+    with pytest.raises(KeyError, match="q0.r9"):
+        tree.path("q0.r9")
+    with pytest.raises(IndexError):
+        tree.node_at("q0.r0", 3)
+
+
+def test_streaming_equals_building_at_once_layout_included():
+    rollouts = random_rollouts(6, 14, seed=3)
+    whole = tree_of(*rollouts)
+    streamed = TokenTree("q0", "the prompt")
+    for p in range(max(len(r.tokens) for r in rollouts)):  # one decode step at a time, every rollout in turn
+        for r in rollouts:
+            if p < len(r.tokens):
+                streamed.add_token(r.id, p, r.tokens[p])
+    assert streamed.signature() == whole.signature()
+    assert len(whole.branch_points()) == len(streamed.branch_points()) > 0
+
+    def positions_by_path(tree):
+        lay = tree.layout()
+        return {tuple(tree.token_ids[n] for n in _ancestry(tree, n)): tuple(lay.positions[n])
+                for n in range(len(tree))}
+
+    assert positions_by_path(streamed) == positions_by_path(whole)
+
+
+def _ancestry(tree, node):
+    out = []
+    while node != ROOT:
+        out.append(node)
+        node = tree.parent(node)
+    return out[::-1]
+
+
+def test_layout_is_stable_while_streaming_and_when_a_branch_joins():
+    rollouts = random_rollouts(5, 20, seed=7)
+    tree = TokenTree("q0", "p")
+    before = tree.layout().positions
+    for p in range(20):
+        for r in rollouts:
+            if p < len(r.tokens):
+                tree.add_token(r.id, p, r.tokens[p])
+        lay = tree.layout()
+        old = lay.positions[: len(before)]
+        moved = np.flatnonzero(np.any(old != before, axis=1))
+        assert len(lay.positions) >= len(before)
+        # Only ghosts a rollout just took may move (onto that rollout's lane).
+        assert all(not tree.ghost_mask[n] for n in moved)
+        before = lay.positions
+    # A branch of r1 that forces an alternative at position 3 joins r1's prefix and gets a new lane.
+    r1 = rollouts[1]
+    ghost = next(s for s in tree.children(tree.node_at(r1.id, 2)) if s.is_ghost)
+    branch_ids = [t.id for t in r1.tokens[:3]] + [ghost.token_id, 1, 2]
+    n_before, pos_before = len(tree), tree.layout().positions
+    tree.add_rollout(rollout("q0.r5", branch_ids, parent_id=r1.id, branch_position=3))
+    lay = tree.layout()
+    moved = set(np.flatnonzero(np.any(lay.positions[:n_before] != pos_before, axis=1)).tolist())
+    assert moved == {ghost.node}
+    assert lay.positions[ghost.node, 1] == tree.lane("q0.r5") == 5
+    assert tree.branch_origin("q0.r5") == (r1.id, 3)
+    assert tree.path("q0.r5")[:3].tolist() == tree.path(r1.id)[:3].tolist()  # the branch shares r1's prefix
+
+
+def test_layout_arrays_are_plot_ready():
+    tree = tree_of(*random_rollouts(4, 10, seed=1))
+    lay = tree.layout()
+    n = len(tree)
+    assert lay.positions.shape == (n, 2) and lay.edges.shape == (n - 1, 2)
+    assert lay.colors.shape == (n, 4) and lay.colors.dtype == np.uint8
+    assert (lay.positions[lay.edges[:, 1], 0] == lay.positions[lay.edges[:, 0], 0] + 1).all()  # edges step one
+    assert (lay.colors[lay.ghost, 3] < 255).all() and (lay.colors[~lay.ghost, 3] == 255).all()
+    real = ~lay.ghost
+    big, small = np.argmax(np.where(real, lay.counts, -1)[1:]) + 1, np.argmin(np.where(real, lay.counts, 99)[1:]) + 1
+    assert lay.sizes[big] >= lay.sizes[small]
+    lut = colormap_lut()
+    assert probability_colors(np.array([0.0, 1.0]), lut)[:, :3].tolist() == [[0x44, 0x01, 0x54], [0xfd, 0xe7, 0x25]]
+
+
+def test_collapse_chains_keeps_forks_and_ends():
+    tree = tree_of(rollout("q0.r0", [1, 2, 3, 4]), rollout("q0.r1", [1, 2, 9, 10]), rollout("q0.r2", [1]))
+    chains = tree.collapse_chains()
+    a, b = node_of(tree, [1]), node_of(tree, [1, 2])
+    ends = {node_of(tree, [1, 2, 3, 4]), node_of(tree, [1, 2, 9, 10])}
+    assert set(chains.kept.tolist()) == {ROOT, a, b} | ends  # a: r2 stops there
+    by_end = {int(lower): (int(upper), label) for (upper, lower), label in zip(chains.edges, chains.labels)}
+    assert by_end[a] == (ROOT, "A") and by_end[b] == (a, "B")
+    assert by_end[node_of(tree, [1, 2, 3, 4])] == (b, "CD") and by_end[node_of(tree, [1, 2, 9, 10])] == (b, "XY")
+    assert chains.counts.tolist() == [int(tree.counts[s]) for s in chains.starts]
+
+
+def test_series_and_hover_description():
+    r0, r1 = rollout("q0.r0", [1, 2, 3]), rollout("q0.r1", [1, 5])
+    tree = tree_of(r0, r1)
+    probs, entropy = mean_series(tree)
+    assert probs[0] == pytest.approx(r0.tokens[0].prob)
+    assert probs[1] == pytest.approx((r0.tokens[1].prob + r1.tokens[1].prob) / 2)
+    assert probs[2] == pytest.approx(r0.tokens[2].prob) and entropy[2] == pytest.approx(r0.tokens[2].entropy)
+    text = describe_node(tree, node_of(tree, [1, 2]))
+    assert "1/2 = 0.500" in text and f"{r0.tokens[1].prob:.4f}" in text and "nats" in text
+    assert display_token(" a\n") == "\u2423a\u21b5"
+
+
+def test_forest_follows_engine_events_including_a_branch():
+    r0, r1 = rollout("q0.r0", [1, 2, 3]), rollout("q0.r1", [1, 5])
+    group = GroupHeader("q0", "query", True, "the prompt", (7, 8))
+    forest = TreeForest()
+    forest.add(RunStarted((group,), (RolloutHeader("q0", r0.id, 0, 0), RolloutHeader("q0", r1.id, 1, 1)),
+                          SamplingParams(), 6))
+    for p in range(3):
+        forest.add(TokenBatch(tuple(TokenEvent("q0", r.id, p, r.tokens[p], r.tokens[p].token)
+                                    for r in (r0, r1) if p < len(r.tokens))))
+    forest.add(RolloutFinished("q0", r0))
+    forest.add(RolloutFinished("q0", r1))
+    branch = rollout("q0.r2", [1, 2, 4], parent_id=r0.id, branch_position=2)
+    forest.add(RunStarted((group,), (RolloutHeader("q0", branch.id, 2, 2, r0.id, 2, branch.tokens[:2]),),
+                          SamplingParams(), 1, is_branch=True))
+    forest.add(TokenBatch((TokenEvent("q0", branch.id, 2, branch.tokens[2], "D"),)))
+    expected = TokenTree.from_group(QueryGroup("q0", "query", True, "the prompt", (7, 8), (r0, r1, branch)))
+    assert forest.tree("q0").signature() == expected.signature()
+
+
+def test_core_tree_never_imports_qt():
+    code = "import sys, explorer.core.tree, explorer.core.tree_layout; print('PySide6' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
