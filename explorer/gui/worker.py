@@ -226,3 +226,22 @@ class EngineHost(QObject):
 
     def wait(self, timeout_ms: Optional[int] = None) -> bool:
         return self._thread.wait() if timeout_ms is None else self._thread.wait(timeout_ms)
+
+
+_LINGERING: list[EngineHost] = []
+
+
+def keep_until_finished(host: EngineHost) -> None:
+    """Hold a host whose thread did not end in time (a model load cannot be interrupted): destroying a running
+    QThread aborts the process, so it is kept referenced until wait_for_lingering() has seen it end."""
+    _LINGERING.append(host)
+
+
+def wait_for_lingering(timeout_ms: int = 30_000) -> bool:
+    """Wait for held hosts' threads to end; True when none is left running."""
+    deadline = time.monotonic() + timeout_ms / 1000
+    for host in list(_LINGERING):
+        left = max(0, int((deadline - time.monotonic()) * 1000))
+        if host.wait(left):
+            _LINGERING.remove(host)
+    return not _LINGERING

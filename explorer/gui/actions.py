@@ -1,0 +1,118 @@
+"""Menus, actions and keyboard shortcuts of the main window."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from PySide6.QtGui import QAction, QActionGroup, QKeySequence
+from PySide6.QtWidgets import QMessageBox
+
+if TYPE_CHECKING:
+    from .main_window import MainWindow
+
+SHORTCUTS = (
+    ("Ctrl+Enter", "Run: sample k rollouts for every query"),
+    ("Esc", "Stop the run after the current decode step (what was generated is kept)"),
+    ("Ctrl+O", "Open a rollout set (.json), read-only"),
+    ("Ctrl+S", "Export the rollout set (JSON, schema v1)"),
+    ("Ctrl+Shift+O", "Open a model (.gguf)"),
+    ("Ctrl+R", "New seed"),
+    ("Ctrl+1 / Ctrl+2", "Shade tokens by probability / by entropy"),
+    ("Ctrl+Q", "Quit"),
+    ("Drop a file", ".gguf loads a model, .json opens a rollout set"),
+)
+
+
+def _action(window, text: str, slot, shortcut=None, tip: str = "") -> QAction:
+    action = QAction(text, window)
+    if shortcut is not None:
+        if isinstance(shortcut, (list, tuple)):
+            action.setShortcuts([QKeySequence(s) for s in shortcut])
+        else:
+            action.setShortcut(QKeySequence(shortcut))
+    if tip:
+        action.setStatusTip(tip)
+    action.triggered.connect(slot)
+    return action
+
+
+def build_menus(window: "MainWindow") -> dict[str, QAction]:
+    bar = window.menuBar()
+    a: dict[str, QAction] = {}
+
+    file_menu = bar.addMenu("&File")
+    a["open_model"] = _action(window, "Open &model…", window.controls.open_model_dialog, "Ctrl+Shift+O",
+                              "Load a .gguf model")
+    a["open_set"] = _action(window, "&Open rollout set…", window.open_rollout_set_dialog, QKeySequence.StandardKey.Open,
+                            "Show a saved rollout set read-only, without loading a model")
+    a["export"] = _action(window, "&Export rollout set…", window.export_dialog, QKeySequence.StandardKey.Save,
+                          "Save the rollouts as JSON (schema v1)")
+    a["export_jsonl"] = _action(window, "Export &JSONL…", window.export_jsonl_dialog, None,
+                                "One rollout per line, for RL tooling")
+    a["quit"] = _action(window, "&Quit", window.close, QKeySequence.StandardKey.Quit)
+    file_menu.addAction(a["open_model"])
+    file_menu.addAction(a["open_set"])
+    window.recent_menu = file_menu.addMenu("Open &recent")
+    file_menu.addSeparator()
+    file_menu.addAction(a["export"])
+    file_menu.addAction(a["export_jsonl"])
+    file_menu.addSeparator()
+    file_menu.addAction(a["quit"])
+
+    run_menu = bar.addMenu("&Run")
+    a["run"] = _action(window, "&Run", window.run, ["Ctrl+Return", "Ctrl+Enter"], "Sample k rollouts per query")
+    a["stop"] = _action(window, "&Stop", window.stop, "Esc", "Stop after the current decode step")
+    a["new_seed"] = _action(window, "New &seed", window.controls.new_seed, "Ctrl+R")
+    for key in ("run", "stop", "new_seed"):
+        run_menu.addAction(a[key])
+
+    view_menu = bar.addMenu("&View")
+    shading = QActionGroup(window)
+    for key, text, shortcut, mode in (("shade_prob", "Shade by &probability", "Ctrl+1", "prob"),
+                                      ("shade_entropy", "Shade by &entropy", "Ctrl+2", "entropy")):
+        action = _action(window, text, lambda _=False, m=mode: window.set_shading(m), shortcut)
+        action.setCheckable(True)
+        shading.addAction(action)
+        view_menu.addAction(action)
+        a[key] = action
+    a["shade_prob"].setChecked(True)
+    a["compact"] = _action(window, "&Compact panes", window.set_compact)
+    a["compact"].setCheckable(True)
+    a["compact"].setToolTip("Narrow panes (automatic for k > 8)")
+    view_menu.addAction(a["compact"])
+
+    help_menu = bar.addMenu("&Help")
+    a["shortcuts"] = _action(window, "&Keyboard shortcuts", lambda: show_shortcuts(window), "F1")
+    a["about"] = _action(window, "&About Rollout Explorer", lambda: show_about(window))
+    help_menu.addAction(a["shortcuts"])
+    help_menu.addAction(a["about"])
+    return a
+
+
+def fill_recent_menu(window: "MainWindow", paths: list[str]) -> None:
+    menu = window.recent_menu
+    menu.clear()
+    for path in paths:
+        action = menu.addAction(Path(path).name)
+        action.setToolTip(path)
+        action.setStatusTip(path)
+        action.triggered.connect(lambda _=False, p=path: window.open_path(p))
+    menu.setEnabled(bool(paths))
+
+
+def shortcuts_html() -> str:
+    rows = "".join(f"<tr><td><b>{keys}</b>&nbsp;&nbsp;</td><td>{what}</td></tr>" for keys, what in SHORTCUTS)
+    return f"<table>{rows}</table>"
+
+
+def show_shortcuts(window) -> None:
+    QMessageBox.information(window, "Keyboard shortcuts", shortcuts_html())
+
+
+def show_about(window) -> None:
+    QMessageBox.about(
+        window, "About Rollout Explorer",
+        "<b>Rollout Explorer</b><br>A language model is a policy pi(y|x). Sample k rollouts per query, compare them "
+        "side by side with each token's probability, see where they branch, score any response you type, and "
+        "export everything as JSON.")

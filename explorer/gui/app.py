@@ -1,0 +1,146 @@
+"""QApplication setup and `run_gui(args)`: the window, interactive or scripted.
+
+Scripted mode (--run, --screenshot, --export, --quit) opens the window, loads the model, runs the queries, waits for
+the end, saves a screenshot of the whole window and the rollout set, and with --quit exits: 0 on success, 1 with a
+message on stderr on any error.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Callable, Optional
+
+from PySide6.QtCore import QSettings, QTimer
+from PySide6.QtWidgets import QApplication
+
+from ..core.errors import ExplorerError
+from ..core.models import resolve_model
+from .worker import default_engine_factory, wait_for_lingering
+
+ORGANIZATION = "rollout-explorer"
+APPLICATION = "Rollout Explorer"
+
+
+def create_app(argv: Optional[list[str]] = None) -> QApplication:
+    app = QApplication.instance()
+    if app is None:
+        app = QApplication(argv if argv is not None else sys.argv[:1])
+    app.setOrganizationName(ORGANIZATION)
+    app.setApplicationName(APPLICATION)
+    app.setApplicationDisplayName(APPLICATION)
+    return app
+
+
+def _arg(args, name: str, default=None):
+    value = getattr(args, name, default)
+    return default if value is None else value
+
+
+def _apply_args(window, args) -> None:
+    c = window.controls
+    queries = _arg(args, "queries", [])
+    if queries:
+        c.set_queries(queries)
+    for name, widget in (("k", c.k_spin), ("max_tokens", c.max_tokens), ("seed", c.seed),
+                         ("n_gpu_layers", c.gpu_layers), ("n_ctx", c.n_ctx)):
+        value = _arg(args, name)
+        if value is not None:
+            widget.setValue(int(value))
+
+
+class ScriptedSession:
+    """Drives the window through load -> run -> screenshot -> export -> quit, recording the first error."""
+
+    def __init__(self, app: QApplication, window, args):
+        self.app, self.window, self.args = app, window, args
+        self.failed = False
+        window.model_ready.connect(self._on_model_ready)
+        window.model_load_failed.connect(lambda _msg: self._fail())
+        window.run_done.connect(self._on_run_done)
+
+    def error(self, title: str, message: str) -> None:
+        print(f"rollout-explorer: {title}: {message}", file=sys.stderr)
+        self._fail()
+
+    def _fail(self) -> None:
+        if not self.failed:
+            self.failed = True
+            if _arg(self.args, "quit", False):
+                self.app.exit(1)
+
+    def start(self, model: Optional[str]) -> None:
+        if model:
+            self.window.load_model(model)
+        elif _arg(self.args, "run", False):
+            self.error("No model", "--run needs a model (--model PATH or default)")
+        else:
+            QTimer.singleShot(0, self._finish)
+
+    def _on_model_ready(self, _info) -> None:
+        if self.failed:
+            return
+        if _arg(self.args, "run", False):
+            if self.window.run() is None:
+                self._fail()
+        else:
+            self._finish()
+
+    def _on_run_done(self, cancelled: bool, failed: bool) -> None:
+        if failed:
+            self._fail()
+        elif not self.failed:
+            self._finish()
+
+    def _finish(self) -> None:
+        self.app.processEvents()  # let the last layout changes settle before the grab
+        screenshot = _arg(self.args, "screenshot")
+        if screenshot and not self.window.grab().save(str(screenshot)):
+            self.error("Cannot save the screenshot", f"{screenshot}: Qt could not write the image")
+            return
+        export_path = _arg(self.args, "export")
+        if export_path and not self.window.export_rollout_set(str(export_path)):
+            self._fail()
+            return
+        if _arg(self.args, "quit", False):
+            self.app.exit(0)
+
+
+def run_gui(args, engine_factory: Callable = default_engine_factory, settings: Optional[QSettings] = None) -> int:
+    """Open the main window; args carries model, queries, k, max_tokens, seed, run, screenshot, export, quit,
+    n_gpu_layers, n_ctx (any may be missing or None). Returns the exit status."""
+    from .main_window import MainWindow
+
+    app = create_app()
+    scripted = any(_arg(args, name) for name in ("run", "screenshot", "export", "quit"))
+    model = _arg(args, "model")
+    if model:
+        try:
+            model = str(resolve_model(model))
+        except ExplorerError as exc:
+            print(f"rollout-explorer: {exc}", file=sys.stderr)
+            return 2
+    session = None
+    errors: list[str] = []
+    quit_after = bool(_arg(args, "quit", False))
+    window = MainWindow(engine_factory, settings=settings, persist=not scripted,
+                        show_error=(lambda t, m: session.error(t, m)) if quit_after else None)
+    _apply_args(window, args)
+    if not model and not scripted:
+        model = window.startup_model()
+    window.show()
+    if scripted:
+        session = ScriptedSession(app, window, args)
+        session.start(model)
+    else:
+        QTimer.singleShot(0, window.offer_recovery)
+        if model:
+            window.load_model(model)
+    code = app.exec()
+    window.close()
+    if session is not None and session.failed and code == 0:
+        code = 1
+    if not wait_for_lingering():
+        errors.append("the engine thread did not end")
+    for message in errors:
+        print(f"rollout-explorer: {message}", file=sys.stderr)
+    return code

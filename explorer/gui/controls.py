@@ -1,0 +1,392 @@
+"""The side panel: model picker and facts, query set, prompt mode, sampling parameters, Run / Stop."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Iterable, Optional
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPlainTextEdit,
+    QPushButton,
+    QSizePolicy,
+    QSpinBox,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..core.models import ModelEntry, format_params, format_size
+from ..core.types import ModelInfo, Query, SamplingParams
+from .query_list import SEED_QUERIES, QueryListEditor
+
+MAX_SEED = 2**31 - 1
+_PATH_ROLE = Qt.ItemDataRole.UserRole
+
+
+def parse_stop_strings(text: str) -> tuple[str, ...]:
+    r"""Comma-separated stop strings; '\n' and '\t' are newline and tab, '\,' a literal comma, '\\' a backslash."""
+    stops, current, i = [], [], 0
+    escapes = {"n": "\n", "t": "\t", ",": ",", "\\": "\\"}
+    while i < len(text):
+        c = text[i]
+        if c == "\\" and i + 1 < len(text) and text[i + 1] in escapes:
+            current.append(escapes[text[i + 1]])
+            i += 2
+            continue
+        if c == ",":
+            stops.append("".join(current))
+            current = []
+        else:
+            current.append(c)
+        i += 1
+    stops.append("".join(current))
+    return tuple(s for s in stops if s)  # taken exactly as typed: a leading space can matter to a stop string
+
+
+def format_stop_strings(stops: Iterable[str]) -> str:
+    def escape(s: str) -> str:
+        return s.replace("\\", "\\\\").replace(",", "\\,").replace("\n", "\\n").replace("\t", "\\t")
+
+    return ",".join(escape(s) for s in stops)
+
+
+def gpu_offload_support() -> tuple[bool, str]:
+    """Whether this llama.cpp build can offload layers, and why not when it cannot."""
+    try:
+        import llama_cpp  # the library alone: no model, no context
+
+        if llama_cpp.llama_supports_gpu_offload():
+            return True, ""
+        return False, "This llama.cpp build has no GPU offload (CPU only); rebuild with CUDA or Metal to use a GPU."
+    except Exception as exc:  # noqa: BLE001 -- a missing or broken library is reported when a model loads
+        return False, f"llama.cpp is not available ({type(exc).__name__})"
+
+
+def _spin(lo: int, hi: int, value: int, tip: str, special: Optional[str] = None) -> QSpinBox:
+    box = QSpinBox()
+    box.setRange(lo, hi)
+    box.setValue(value)
+    box.setToolTip(tip)
+    if special:
+        box.setSpecialValueText(special)
+    box.setAccelerated(True)
+    return box
+
+
+def _dspin(lo: float, hi: float, step: float, decimals: int, value: float, tip: str) -> QDoubleSpinBox:
+    box = QDoubleSpinBox()
+    box.setRange(lo, hi)
+    box.setSingleStep(step)
+    box.setDecimals(decimals)
+    box.setValue(value)
+    box.setToolTip(tip)
+    return box
+
+
+class ControlPanel(QWidget):
+    model_chosen = Signal(str)  # a path picked in the list or with Open...
+    reload_requested = Signal()  # same model, new GPU layers / context
+    run_requested = Signal()
+    stop_requested = Signal()
+    error = Signal(str, str)  # title, message
+
+    def __init__(self, parent: Optional[QWidget] = None):
+        super().__init__(parent)
+        self.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Preferred)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(6, 6, 6, 6)
+        layout.addWidget(self._build_model_box())
+        layout.addWidget(self._build_query_box(), 1)
+        layout.addWidget(self._build_prompt_box())
+        layout.addWidget(self._build_sampling_box())
+        layout.addLayout(self._build_run_row())
+        self.set_gpu_offload_supported(*gpu_offload_support())
+        self.show_model_info(None)
+        self.set_running(False)
+
+    # -- construction ----------------------------------------------------------------------------------------------
+    def _build_model_box(self) -> QGroupBox:
+        box = QGroupBox("Model")
+        form = QFormLayout(box)
+        form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
+        self.model_combo = QComboBox()
+        self.model_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.model_combo.setMinimumContentsLength(16)
+        self.model_combo.setPlaceholderText("No model")
+        self.model_combo.activated.connect(self._combo_activated)
+        self.open_button = QToolButton()
+        self.open_button.setText("Open…")
+        self.open_button.setToolTip("Open any .gguf file (or drop one on the window)")
+        self.open_button.clicked.connect(self.open_model_dialog)
+        row = QHBoxLayout()
+        row.addWidget(self.model_combo, 1)
+        row.addWidget(self.open_button)
+        form.addRow(row)
+        self.facts = {}
+        for key, label in (("architecture", "Architecture"), ("params", "Parameters"),
+                           ("quantization", "Quantization"), ("context", "Context"), ("backend", "Backend"),
+                           ("offload", "Offloaded")):
+            value = QLabel("–")
+            value.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+            form.addRow(label, value)
+            self.facts[key] = value
+        self.gpu_layers = _spin(-1, 1024, -1, "Layers to offload to the GPU (all = every layer)", "all")
+        self.n_ctx = _spin(0, 1 << 20, 0, "Context size in tokens (auto = sized by the engine)", "auto")
+        self.n_ctx.setSingleStep(512)
+        self.reload_button = QToolButton()
+        self.reload_button.setText("Reload")
+        self.reload_button.setToolTip("Reload the model with these GPU layers and context size")
+        self.reload_button.clicked.connect(self.reload_requested)
+        row = QHBoxLayout()
+        row.addWidget(self.gpu_layers, 1)
+        row.addWidget(QLabel("ctx"))
+        row.addWidget(self.n_ctx, 1)
+        row.addWidget(self.reload_button)
+        form.addRow("GPU layers", row)
+        return box
+
+    def _build_query_box(self) -> QGroupBox:
+        box = QGroupBox("Queries")
+        layout = QVBoxLayout(box)
+        self.query_editor = QueryListEditor()
+        self.query_editor.error.connect(self.error)
+        self.query_editor.set_queries(SEED_QUERIES)
+        layout.addWidget(self.query_editor)
+        return box
+
+    def _build_prompt_box(self) -> QGroupBox:
+        box = QGroupBox("Prompt")
+        layout = QVBoxLayout(box)
+        self.chat_check = QCheckBox("Apply the model's chat template")
+        self.chat_check.setChecked(True)
+        self.chat_check.setToolTip("Off: raw completion, the query is the whole prompt")
+        self.system_edit = QPlainTextEdit()
+        self.system_edit.setPlaceholderText("System prompt (optional)")
+        self.system_edit.setFixedHeight(self.fontMetrics().lineSpacing() * 3 + 12)
+        self.chat_check.toggled.connect(self.system_edit.setEnabled)
+        layout.addWidget(self.chat_check)
+        layout.addWidget(self.system_edit)
+        return box
+
+    def _build_sampling_box(self) -> QGroupBox:
+        box = QGroupBox("Sampling")
+        form = QFormLayout(box)
+        d = SamplingParams()
+        self.k_spin = _spin(1, 64, 5, "Rollouts per query")
+        self.temperature = _dspin(0.0, 5.0, 0.1, 2, d.temperature, "0 = greedy")
+        self.top_k = _spin(0, 100_000, d.top_k, "Keep the k most probable tokens (0 = off)", "off")
+        self.top_p = _dspin(0.01, 1.0, 0.05, 2, d.top_p, "Nucleus sampling (1 = off)")
+        self.min_p = _dspin(0.0, 0.99, 0.01, 2, d.min_p, "Drop tokens below min-p x the top probability (0 = off)")
+        self.repeat_penalty = _dspin(0.5, 3.0, 0.05, 2, d.repeat_penalty, "1 = off")
+        self.seed = _spin(0, MAX_SEED, d.seed, "Rollout i uses seed + i")
+        self.new_seed_button = QToolButton()
+        self.new_seed_button.setText("New")
+        self.new_seed_button.setToolTip("Pick a new random seed (Ctrl+R)")
+        self.new_seed_button.clicked.connect(self.new_seed)
+        seed_row = QHBoxLayout()
+        seed_row.addWidget(self.seed, 1)
+        seed_row.addWidget(self.new_seed_button)
+        self.max_tokens = _spin(1, 32_768, d.max_tokens, "Most new tokens per rollout")
+        self.stop_edit = QLineEdit()
+        self.stop_edit.setPlaceholderText(r"e.g. \n\n,###")
+        self.stop_edit.setToolTip(r"Comma-separated stop strings; \n is a newline, \, a comma")
+        self.top_n = _spin(0, 20, d.top_n, "Top-N alternatives recorded per token")
+        form.addRow("k rollouts", self.k_spin)
+        form.addRow("Temperature", self.temperature)
+        form.addRow("Top-k", self.top_k)
+        form.addRow("Top-p", self.top_p)
+        form.addRow("Min-p", self.min_p)
+        form.addRow("Repeat penalty", self.repeat_penalty)
+        form.addRow("Seed", seed_row)
+        form.addRow("Max tokens", self.max_tokens)
+        form.addRow("Stop strings", self.stop_edit)
+        form.addRow("Top-N", self.top_n)
+        return box
+
+    def _build_run_row(self) -> QHBoxLayout:
+        row = QHBoxLayout()
+        self.run_button = QPushButton("Run")
+        self.run_button.setToolTip("Sample k rollouts per query (Ctrl+Enter)")
+        self.run_button.setDefault(True)
+        self.stop_button = QPushButton("Stop")
+        self.stop_button.setToolTip("Stop after the current decode step, keeping what was generated (Esc)")
+        self.run_button.clicked.connect(self.run_requested)
+        self.stop_button.clicked.connect(self.stop_requested)
+        row.addWidget(self.run_button, 2)
+        row.addWidget(self.stop_button, 1)
+        return row
+
+    # -- model -----------------------------------------------------------------------------------------------------
+    def set_models(self, entries: Iterable[ModelEntry]) -> None:
+        current = self.current_model_path()
+        self.model_combo.clear()
+        for entry in entries:
+            info = entry.info
+            if info is not None:
+                detail = " · ".join(x for x in (format_params(info.n_params), info.quantization or "") if x)
+                tip = f"{entry.path}\n{info.architecture}, {detail}, {format_size(info.file_size)} ({entry.source})"
+            else:
+                detail, tip = "unusable", f"{entry.path}\n{entry.error}"
+            self.model_combo.addItem(f"{entry.name}  ({detail})", str(entry.path))
+            index = self.model_combo.count() - 1
+            self.model_combo.setItemData(index, tip, Qt.ItemDataRole.ToolTipRole)
+            if info is None:  # listed so the user sees why, but not selectable
+                self.model_combo.model().item(index).setEnabled(False)
+        if current:
+            self.select_model_path(current)
+
+    def select_model_path(self, path: str) -> None:
+        """Show `path` as the current model, adding it to the list when discovery did not find it."""
+        index = self.model_combo.findData(str(path))
+        if index < 0:
+            self.model_combo.addItem(Path(path).name, str(path))
+            index = self.model_combo.count() - 1
+            self.model_combo.setItemData(index, str(path), Qt.ItemDataRole.ToolTipRole)
+        self.model_combo.setCurrentIndex(index)
+
+    def current_model_path(self) -> Optional[str]:
+        return self.model_combo.currentData()
+
+    def _combo_activated(self, index: int) -> None:
+        path = self.model_combo.itemData(index)
+        if path:
+            self.model_chosen.emit(path)
+
+    def open_model_dialog(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Open model", "", "GGUF models (*.gguf);;All files (*)")
+        if path:
+            self.select_model_path(path)
+            self.model_chosen.emit(path)
+
+    def show_model_info(self, info: Optional[ModelInfo], loading: bool = False) -> None:
+        f = self.facts
+        if info is None:
+            for label in f.values():
+                label.setText("loading…" if loading else "–")
+            return
+        f["architecture"].setText(info.architecture or "–")
+        f["params"].setText(format_params(info.n_params))
+        f["quantization"].setText(info.quantization or "–")
+        train = f" (trained {info.n_ctx_train:,})" if info.n_ctx_train else ""
+        f["context"].setText(f"{info.n_ctx:,}{train}" if info.n_ctx else "–")
+        f["backend"].setText(info.backend or "CPU")
+        f["backend"].setToolTip(info.system_info or "")
+        if info.n_layers:
+            f["offload"].setText(f"{min(info.n_gpu_layers, info.n_layers)} of {info.n_layers} layers")
+        else:
+            f["offload"].setText(f"{info.n_gpu_layers} layers")
+        if info.n_layers:
+            self.gpu_layers.setMaximum(info.n_layers)
+        self.set_gpu_offload_supported(info.gpu_offload, "" if info.gpu_offload else
+                                       "This llama.cpp build has no GPU offload (CPU only); rebuild with CUDA or "
+                                       "Metal to use a GPU.")
+
+    def set_gpu_offload_supported(self, supported: bool, reason: str = "") -> None:
+        self.gpu_layers.setEnabled(supported)
+        self.gpu_layers.setToolTip("Layers to offload to the GPU (all = every layer)" if supported else reason)
+
+    def n_gpu_layers(self) -> Optional[int]:
+        """None (the engine's default) when the build cannot offload; -1 means all layers."""
+        return self.gpu_layers.value() if self.gpu_layers.isEnabled() else None
+
+    def context_size(self) -> Optional[int]:
+        return self.n_ctx.value() or None
+
+    def set_model_busy(self, busy: bool) -> None:
+        for w in (self.model_combo, self.open_button, self.reload_button):
+            w.setEnabled(not busy)
+        if busy:
+            self.show_model_info(None, loading=True)
+
+    # -- queries and prompt ----------------------------------------------------------------------------------------
+    def queries(self) -> list[Query]:
+        return self.query_editor.queries()
+
+    def set_queries(self, queries: Iterable[Query | str]) -> None:
+        self.query_editor.set_queries(queries)
+
+    def chat(self) -> bool:
+        return self.chat_check.isChecked()
+
+    def system_prompt(self) -> Optional[str]:
+        text = self.system_edit.toPlainText().strip()
+        return text if text and self.chat() else None
+
+    # -- sampling --------------------------------------------------------------------------------------------------
+    def k(self) -> int:
+        return self.k_spin.value()
+
+    def sampling_params(self) -> SamplingParams:
+        return SamplingParams(
+            temperature=round(self.temperature.value(), 4), top_k=self.top_k.value(),
+            top_p=round(self.top_p.value(), 4), min_p=round(self.min_p.value(), 4),
+            repeat_penalty=round(self.repeat_penalty.value(), 4), max_tokens=self.max_tokens.value(),
+            seed=self.seed.value(), top_n=self.top_n.value(), stop=parse_stop_strings(self.stop_edit.text()),
+        )
+
+    def set_sampling_params(self, p: SamplingParams) -> None:
+        self.temperature.setValue(p.temperature)
+        self.top_k.setValue(p.top_k)
+        self.top_p.setValue(p.top_p)
+        self.min_p.setValue(p.min_p)
+        self.repeat_penalty.setValue(p.repeat_penalty)
+        self.max_tokens.setValue(p.max_tokens)
+        self.seed.setValue(p.seed)
+        self.top_n.setValue(p.top_n)
+        self.stop_edit.setText(format_stop_strings(p.stop))
+
+    def new_seed(self) -> int:
+        self.seed.setValue(random.randrange(MAX_SEED - 64))  # leave room for seed + i
+        return self.seed.value()
+
+    def set_running(self, running: bool) -> None:
+        self.stop_button.setEnabled(running)
+
+    # -- persistence -----------------------------------------------------------------------------------------------
+    def state(self) -> dict:
+        p = self.sampling_params()
+        return {
+            "k": self.k(), "chat": self.chat(), "system": self.system_edit.toPlainText(),
+            "gpu_layers": self.gpu_layers.value(), "n_ctx": self.n_ctx.value(),
+            "sampling": {"temperature": p.temperature, "top_k": p.top_k, "top_p": p.top_p, "min_p": p.min_p,
+                         "repeat_penalty": p.repeat_penalty, "max_tokens": p.max_tokens, "seed": p.seed,
+                         "top_n": p.top_n, "stop": list(p.stop)},
+            "queries": [{"query": q.text, "reference": q.reference} for q in self.queries()],
+        }
+
+    def restore_state(self, state: dict) -> None:
+        """Apply what state() saved; values that are missing or no longer valid keep their defaults."""
+        if not isinstance(state, dict):
+            return
+        try:
+            sampling = state.get("sampling") or {}
+            fields = {k: v for k, v in sampling.items() if k in SamplingParams.__dataclass_fields__}
+            fields["stop"] = tuple(fields.get("stop") or ())
+            params = SamplingParams(**fields)
+            params.validate()
+            self.set_sampling_params(params)
+        except (TypeError, ValueError):
+            pass
+        for key, widget in (("k", self.k_spin), ("gpu_layers", self.gpu_layers), ("n_ctx", self.n_ctx)):
+            if isinstance(state.get(key), int):
+                widget.setValue(state[key])
+        if isinstance(state.get("chat"), bool):
+            self.chat_check.setChecked(state["chat"])
+        if isinstance(state.get("system"), str):
+            self.system_edit.setPlainText(state["system"])
+        queries = state.get("queries")
+        if isinstance(queries, list):
+            parsed = [Query(q["query"], q.get("reference")) for q in queries
+                      if isinstance(q, dict) and isinstance(q.get("query"), str)]
+            self.set_queries(parsed)

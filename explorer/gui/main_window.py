@@ -1,0 +1,506 @@
+"""The main window: wiring between the controls, the engine worker, the views, the status bar and the files.
+
+Events from the worker are only buffered when they arrive; a ~30 Hz timer drains the buffer into the RunCollector
+and the token trees and asks the views to refresh, so a burst of tokens costs one repaint, never one per token.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Callable, Optional
+
+from PySide6.QtCore import QSettings, Qt, QTimer, Signal, Slot
+from PySide6.QtWidgets import (
+    QHBoxLayout,
+    QMainWindow,
+    QMessageBox,
+    QScrollArea,
+    QSplitter,
+    QTabBar,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..core.collect import RunCollector
+from ..core.models import discover_models
+from ..core.types import ModelInfo, RolloutFinished, RunFinished, RunStarted, TokenBatch
+from .actions import build_menus
+from .controls import ControlPanel
+from .recovery import AUTOSAVE_INTERVAL_MS, RecoveryStore
+from .status import StatusPanel
+from .window_files import WindowFilesMixin
+from .worker import EngineHost, default_engine_factory, keep_until_finished
+
+try:
+    from .panes import RolloutPanes
+except ModuleNotFoundError as exc:  # the panes module is a separate piece of work; only its absence is tolerated
+    if exc.name != f"{__package__}.panes":
+        raise
+    from .fallback_views import FallbackPanes as RolloutPanes
+try:
+    from .scoring import ScoringPanel
+except ModuleNotFoundError as exc:
+    if exc.name != f"{__package__}.scoring":
+        raise
+    from .fallback_views import FallbackScoring as ScoringPanel
+try:
+    from ..core.tree import TokenTree
+    from .tree_view import TokenTreeView
+except ModuleNotFoundError as exc:
+    if exc.name not in (f"{__package__}.tree_view", "explorer.core.tree"):
+        raise
+    TokenTree = TokenTreeView = None
+
+REFRESH_INTERVAL_MS = 33
+ErrorSink = Callable[[str, str], None]
+Asker = Callable[[str, str], bool]
+
+
+class MainWindow(WindowFilesMixin, QMainWindow):
+    model_ready = Signal(object)  # ModelInfo, after a load succeeded
+    model_load_failed = Signal(str)
+    run_done = Signal(bool, bool)  # cancelled, failed: the current run (or branch) has ended and been drawn
+    error_shown = Signal(str, str)  # title, message: every dialog the user was shown
+
+    def __init__(self, engine_factory=default_engine_factory, settings: Optional[QSettings] = None,
+                 show_error: Optional[ErrorSink] = None, ask: Optional[Asker] = None,
+                 recovery_dir: Optional[str] = None, discover: Optional[Callable[[], list]] = discover_models,
+                 persist: bool = True):
+        super().__init__()
+        self.setWindowTitle("Rollout Explorer")
+        self.setAcceptDrops(True)
+        self.settings = settings if settings is not None else QSettings()
+        self.persist = persist
+        self._show_error_impl = show_error or self._error_dialog
+        self._ask_impl = ask or self._question_dialog
+        self._discover = discover
+        self.recovery = RecoveryStore(recovery_dir)
+
+        self.host = EngineHost(engine_factory)
+        w = self.host.worker
+        w.model_loading.connect(self._on_model_loading)
+        w.model_loaded.connect(self._on_model_loaded)
+        w.model_failed.connect(self._on_model_failed)
+        w.events.connect(self._on_events)
+        w.scores_ready.connect(self._on_scores)
+        w.failed.connect(self._on_failed)
+        w.finished.connect(self._on_finished)
+
+        self.model_info: Optional[ModelInfo] = None
+        self.model_loading = False
+        self.collector: Optional[RunCollector] = None
+        self.trees: dict = {}
+        self.read_only_path: Optional[str] = None
+        self._run_id: Optional[int] = None  # the generate or branch run being drawn
+        self._accepted: set[int] = set()  # runs whose events feed the current collector (a generate and its branches)
+        self._score_requests: dict[int, tuple[RunCollector, str]] = {}
+        self._pending: list = []
+        self._run_failed = False
+        self._closed = False
+        self._dirty_since_autosave = False
+
+        self._build_layout()
+        self.actions = build_menus(self)
+        self.status = StatusPanel(self.statusBar())
+
+        self._refresh_timer = QTimer(self)
+        self._refresh_timer.setInterval(REFRESH_INTERVAL_MS)
+        self._refresh_timer.timeout.connect(self.drain)
+        self._autosave_timer = QTimer(self)
+        self._autosave_timer.setInterval(AUTOSAVE_INTERVAL_MS)
+        self._autosave_timer.timeout.connect(self.autosave)
+
+        self.restore_settings()
+        self.refresh_recent_menu()
+        self._set_running(False)
+        if self._discover is not None:
+            QTimer.singleShot(0, self.refresh_models)
+
+    # -- layout ----------------------------------------------------------------------------------------------------
+    def _build_layout(self) -> None:
+        self.controls = ControlPanel()
+        self.controls.run_requested.connect(self.run)
+        self.controls.stop_requested.connect(self.stop)
+        self.controls.model_chosen.connect(self.load_model)
+        self.controls.reload_requested.connect(self.reload_model)
+        self.controls.error.connect(self.show_error)
+        side = QScrollArea()
+        side.setWidgetResizable(True)
+        side.setWidget(self.controls)
+        side.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        side.setMinimumWidth(self.controls.minimumSizeHint().width() + 24)
+
+        self.group_tabs = QTabBar()
+        self.group_tabs.setExpanding(False)
+        self.group_tabs.setDocumentMode(True)
+        self.group_tabs.setElideMode(Qt.TextElideMode.ElideRight)
+        self.group_tabs.currentChanged.connect(self._on_tab_changed)
+        header = QHBoxLayout()
+        header.setContentsMargins(4, 2, 4, 0)
+        header.addWidget(self.group_tabs, 1)
+
+        # The panes bring their own legend, shading and sort choices.
+        self.panes = RolloutPanes()
+        self.panes.token_clicked.connect(self._on_token_clicked)
+        if hasattr(self.panes, "shading_changed"):
+            self.panes.shading_changed.connect(self._on_shading_changed)
+        panes_area = QWidget()
+        v = QVBoxLayout(panes_area)
+        v.setContentsMargins(0, 0, 0, 0)
+        v.setSpacing(2)
+        v.addLayout(header)
+        v.addWidget(self.panes, 1)
+
+        # The token tree (issue 4) sits under the panes in the same vertical splitter.
+        if TokenTreeView is not None:
+            self.tree_view = TokenTreeView()
+            self.tree_view.token_selected.connect(self._on_tree_token)
+            self.tree_view.node_selected.connect(lambda _gid, ids: self.panes.highlight_rollouts(list(ids)))
+            self.tree_view.branch_requested.connect(self.request_branch)
+            self.controls.k_spin.valueChanged.connect(self.tree_view.set_branch_k)
+            self.tree_view.set_branch_k(self.controls.k())
+        else:
+            self.tree_view = None
+        self.scoring = ScoringPanel()
+        self.scoring.score_requested.connect(self.request_score)
+
+        self.right_splitter = QSplitter(Qt.Orientation.Vertical)
+        self.right_splitter.addWidget(panes_area)
+        if self.tree_view is not None:
+            self.right_splitter.addWidget(self.tree_view)
+        self.right_splitter.addWidget(self.scoring)
+        self.right_splitter.setStretchFactor(0, 3)
+        for i in range(1, self.right_splitter.count()):
+            self.right_splitter.setStretchFactor(i, 1)
+        self.right_splitter.setChildrenCollapsible(False)
+        self.right_splitter.setSizes([460, 280, 150] if self.tree_view is not None else [600, 200])
+
+        self.main_splitter = QSplitter(Qt.Orientation.Horizontal)
+        self.main_splitter.addWidget(side)
+        self.main_splitter.addWidget(self.right_splitter)
+        self.main_splitter.setStretchFactor(0, 0)
+        self.main_splitter.setStretchFactor(1, 1)
+        self.main_splitter.setSizes([340, 1100])
+        self.setCentralWidget(self.main_splitter)
+        self.resize(1440, 900)
+
+    # -- dialogs ---------------------------------------------------------------------------------------------------
+    def show_error(self, title: str, message: str) -> None:
+        self.error_shown.emit(title, message)
+        self._show_error_impl(title, message)
+
+    def ask(self, title: str, question: str) -> bool:
+        return self._ask_impl(title, question)
+
+    def _error_dialog(self, title: str, message: str) -> None:
+        QMessageBox.critical(self, title, message)
+
+    def _question_dialog(self, title: str, question: str) -> bool:
+        answer = QMessageBox.question(self, title, question)
+        return answer == QMessageBox.StandardButton.Yes
+
+    # -- models ----------------------------------------------------------------------------------------------------
+    def refresh_models(self) -> None:
+        try:
+            entries = self._discover()
+        except Exception as exc:  # noqa: BLE001 -- discovery never raises by contract; be safe anyway
+            print(f"rollout-explorer: model discovery failed: {exc}", file=sys.stderr)
+            return
+        self.controls.set_models(entries)
+        if self.model_info is not None:
+            self.controls.select_model_path(self.model_info.path)
+
+    @Slot(str)
+    def load_model(self, path: str) -> None:
+        self.controls.select_model_path(str(path))
+        self.host.stop_all()  # the worker loads after the current run has ended; end it now
+        self.host.load_model(str(path), self.controls.n_gpu_layers(), self.controls.context_size())
+
+    def reload_model(self) -> None:
+        path = self.controls.current_model_path()
+        if path:
+            self.load_model(path)
+
+    @Slot(str)
+    def _on_model_loading(self, path: str) -> None:
+        self.model_loading = True
+        self.model_info = None
+        self.controls.set_model_busy(True)
+        self.status.set_loading(path)
+
+    @Slot(object)
+    def _on_model_loaded(self, info: ModelInfo) -> None:
+        self.model_loading = False
+        self.model_info = info
+        self.controls.set_model_busy(False)
+        self.controls.show_model_info(info)
+        self.controls.select_model_path(info.path)
+        self.status.end_loading()
+        self.status.set_model(info)
+        if self.persist:
+            self.settings.setValue("last_model", info.path)
+        self.model_ready.emit(info)
+
+    @Slot(str)
+    def _on_model_failed(self, message: str) -> None:
+        self.model_loading = False
+        self.controls.set_model_busy(False)
+        self.controls.show_model_info(None)
+        self.status.end_loading()
+        self.status.set_model(None, "No model loaded")
+        self.show_error("Cannot load the model", message)
+        self.model_load_failed.emit(message)
+
+    # -- runs ------------------------------------------------------------------------------------------------------
+    def is_running(self) -> bool:
+        return self._run_id is not None
+
+    def _check_can_run(self) -> bool:
+        if self.model_info is None:
+            self.show_error("No model", "The model is still loading; run again when it is ready."
+                            if self.model_loading else "Load a model first (pick one in the list, Open…, or drop a "
+                                                       ".gguf file on the window).")
+            return False
+        return True
+
+    def run(self) -> Optional[int]:
+        """Start k rollouts for every query; a run already going is stopped first (its events are dropped)."""
+        if not self._check_can_run():
+            return None
+        queries = self.controls.queries()
+        if not queries:
+            self.show_error("No queries", "Add at least one query to the query list.")
+            return None
+        params = self.controls.sampling_params()
+        try:
+            params.validate()
+        except ValueError as exc:
+            self.show_error("Invalid sampling parameters", str(exc))
+            return None
+        self._pending.clear()
+        self.collector = RunCollector(self.model_info, params)
+        self.trees = {}
+        self.read_only_path = None
+        self._clear_tabs()
+        self._run_id = self.host.generate(queries, self.controls.k(), params, self.controls.chat(),
+                                          self.controls.system_prompt())
+        self._accepted = {self._run_id}
+        self._begin_run()
+        return self._run_id
+
+    def request_branch(self, group_id: str, rollout_id: str, position: int, forced_token) -> Optional[int]:
+        """k new rollouts continuing `rollout_id` from `position` (forcing `forced_token` there when given)."""
+        if not self._check_can_run() or self.collector is None or group_id not in self.collector.group_ids:
+            return None
+        if self.read_only_path is not None and not self._same_model_as_collector():
+            self.show_error("Different model", "This rollout set was made with another model; load that model to "
+                            "branch from its rollouts.")
+            return None
+        self.drain()
+        params = self.controls.sampling_params()
+        group = self.collector.group(group_id, unfinished_reason="cancelled")
+        self._run_id = self.host.branch(group, rollout_id, position, forced_token, self.controls.k(), params)
+        self._accepted.add(self._run_id)
+        self._begin_run()
+        return self._run_id
+
+    def _begin_run(self) -> None:
+        self._run_failed = False
+        self._set_running(True)
+        self.status.start_run()
+        self._refresh_timer.start()
+        self._autosave_timer.start()
+
+    def stop(self) -> None:
+        if self._run_id is not None:
+            self.host.stop(self._run_id)
+            self.status.message("Stopping after the current decode step…")
+
+    def _set_running(self, running: bool) -> None:
+        self.controls.set_running(running)
+        self.actions["stop"].setEnabled(running)
+
+    @Slot(int, object)
+    def _on_events(self, run_id: int, events: tuple) -> None:
+        if run_id in self._accepted:
+            self._pending.extend(events)
+
+    def drain(self) -> None:
+        """Feed buffered events to the collector and the trees, then refresh the views once."""
+        if self._pending and self.collector is not None:
+            events, self._pending = self._pending, []
+            new_groups = False
+            for event in events:
+                self.collector.add(event)
+                new_groups |= self._feed_trees(event)
+            self._dirty_since_autosave = True
+            if new_groups:
+                self._sync_tabs()
+        self.panes.refresh()
+        if self.tree_view is not None:
+            self.tree_view.refresh()
+        if self.collector is not None and self.is_running():
+            self.status.update_run(self.collector.tokens_done, self.collector.total_tokens)
+
+    def _feed_trees(self, event) -> bool:
+        """Returns True when the event named groups not seen before."""
+        if TokenTree is None:
+            return isinstance(event, RunStarted)
+        try:
+            if isinstance(event, TokenBatch):
+                for ev in event.events:
+                    tree = self.trees.get(ev.group_id)
+                    if tree is not None:
+                        tree.add_event(ev)
+            elif isinstance(event, RolloutFinished):
+                tree = self.trees.get(event.group_id)
+                if tree is not None:
+                    tree.add_rollout(event.rollout)
+            elif isinstance(event, RunStarted):
+                for header in event.groups:
+                    if header.id not in self.trees:
+                        self.trees[header.id] = TokenTree(header.id, header.prompt)
+                for rh in event.rollouts:
+                    self.trees[rh.group_id].add_header(rh)
+                return True
+        except ValueError as exc:  # a tree that cannot follow must not stop the panes from streaming
+            print(f"rollout-explorer: token tree: {exc}", file=sys.stderr)
+        return False
+
+    @Slot(int, str)
+    def _on_failed(self, run_id: int, message: str) -> None:
+        request = self._score_requests.get(run_id)
+        if request is not None:
+            self.scoring.set_busy(False)
+            self.show_error("Scoring failed", message)
+        elif run_id == self._run_id:
+            self._run_failed = True
+            self.show_error("The run failed", message)
+
+    @Slot(int)
+    def _on_finished(self, run_id: int) -> None:
+        if self._score_requests.pop(run_id, None) is not None:
+            self.scoring.set_busy(False)
+            return
+        if run_id != self._run_id:
+            return
+        self.drain()
+        self._run_id = None
+        self._refresh_timer.stop()
+        self._autosave_timer.stop()
+        self._set_running(False)
+        cancelled = bool(self.collector and self.collector.cancelled)
+        if self.collector is not None:
+            self.status.end_run(self.collector.tokens_done, self.collector.total_tokens, cancelled, self._run_failed)
+        if self.collector is not None and (self._run_failed or cancelled) and self.collector.group_ids:
+            self.autosave()  # an interrupted run is worth keeping until the user exports it or closes
+        else:
+            self.recovery.clear()
+        self.run_done.emit(cancelled, self._run_failed)
+
+    # -- groups and views ------------------------------------------------------------------------------------------
+    def _clear_tabs(self) -> None:
+        self.group_tabs.blockSignals(True)
+        while self.group_tabs.count():
+            self.group_tabs.removeTab(0)
+        self.group_tabs.blockSignals(False)
+        self.panes.show_group(None, None)
+        self.scoring.set_group(None, "")
+        if self.tree_view is not None:
+            self.tree_view.set_tree(None)
+
+    def _sync_tabs(self) -> None:
+        had = self.group_tabs.count()
+        known = {self.group_tabs.tabData(i) for i in range(had)}
+        self.group_tabs.blockSignals(True)  # a tab's data is set after addTab; select once everything is there
+        for gid in self.collector.group_ids:
+            if gid in known:
+                continue
+            query = self.collector.header(gid).query
+            short = query if len(query) <= 36 else query[:35] + "…"
+            index = self.group_tabs.addTab(f"{self.group_tabs.count() + 1}. {short}")
+            self.group_tabs.setTabData(index, gid)
+            self.group_tabs.setTabToolTip(index, query)
+        self.group_tabs.blockSignals(False)
+        if had == 0 and self.group_tabs.count():
+            self.group_tabs.setCurrentIndex(0)
+            self._on_tab_changed(0)
+
+    def current_group_id(self) -> Optional[str]:
+        index = self.group_tabs.currentIndex()
+        return self.group_tabs.tabData(index) if index >= 0 else None
+
+    def select_group(self, group_id: str) -> None:
+        for i in range(self.group_tabs.count()):
+            if self.group_tabs.tabData(i) == group_id:
+                self.group_tabs.setCurrentIndex(i)
+                return
+
+    @Slot(int)
+    def _on_tab_changed(self, index: int) -> None:
+        gid = self.group_tabs.tabData(index) if index >= 0 else None
+        if self.collector is None or gid is None:
+            return
+        self.panes.show_group(self.collector, gid)
+        self.scoring.set_group(gid, self.collector.header(gid).query)
+        # always, even when empty: the panel keeps scores by group id, and a new run reuses the ids
+        self.scoring.show_scores(gid, self.collector.group(gid).scores)
+        if self.tree_view is not None:
+            self.tree_view.set_tree(self.trees.get(gid))
+
+    def set_shading(self, mode: str) -> None:
+        self.panes.set_shading(mode)
+        self._on_shading_changed(mode)
+
+    def shading(self) -> str:
+        return getattr(self.panes, "shading", "prob")
+
+    def _on_shading_changed(self, mode: str) -> None:
+        self.actions["shade_prob" if mode == "prob" else "shade_entropy"].setChecked(True)
+        scoring_shading = getattr(self.scoring, "set_shading", None)
+        if scoring_shading is not None:
+            scoring_shading(mode)
+
+    def set_compact(self, compact: bool) -> None:
+        setter = getattr(self.panes, "set_compact", None)  # the panes switch to compact by themselves for k > 8
+        if setter is not None:
+            setter(bool(compact))
+
+    def _on_token_clicked(self, rollout_id: str, position: int) -> None:
+        if self.tree_view is not None:
+            self.tree_view.select_token(rollout_id, position)
+
+    def _on_tree_token(self, rollout_id: str, position: int) -> None:
+        self.panes.scroll_to_token(rollout_id, position)
+
+    # -- scoring ---------------------------------------------------------------------------------------------------
+    def _same_model_as_collector(self) -> bool:
+        made_with = self.collector.model if self.collector is not None else None
+        return made_with is None or self.model_info is None or made_with.fingerprint == self.model_info.fingerprint
+
+    def request_score(self, group_id: str, responses: list) -> Optional[int]:
+        if self.model_info is None:
+            self.show_error("No model", "Load a model to score responses (what you typed is kept).")
+            return None
+        if self.collector is None or group_id not in self.collector.group_ids:
+            return None
+        if not self._same_model_as_collector():
+            self.show_error("Different model", f"This rollout set was made with {self.collector.model.name}; load "
+                            "that model to score responses against it (what you typed is kept).")
+            return None
+        header = self.collector.header(group_id)
+        system = self.controls.system_prompt() if header.chat else None
+        request = self.host.score(group_id, header.query, list(responses), header.chat, system,
+                                  self.controls.sampling_params().top_n)
+        self._score_requests[request] = (self.collector, group_id)
+        self.scoring.set_busy(True)
+        return request
+
+    @Slot(int, str, object)
+    def _on_scores(self, request: int, group_id: str, scores: tuple) -> None:
+        collector, gid = self._score_requests.get(request, (None, None))
+        if collector is None or collector is not self.collector:
+            return  # asked about a set that is no longer shown
+        collector.set_group_scores(gid, scores)
+        if self.current_group_id() == gid:
+            self.scoring.show_scores(gid, scores)
