@@ -1,0 +1,276 @@
+"""Frozen value types shared by the engine, the exporters and the GUI.
+
+Everything that crosses a thread boundary is one of these: immutable, made of tuples, safe to hand to another thread.
+Log-probabilities are natural logs. `logprob` is always the raw model log-probability pi(token | context) at
+temperature 1 (the policy); `sampling_logprob` is under the sampler chain that actually drew the token.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Optional, Union
+
+FINISH_REASONS = ("stop", "length", "stop_string", "cancelled")
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """The sampler chain, applied in llama.cpp's order: repeat penalty, top-k, top-p, min-p, temperature, draw.
+
+    top_k=0, top_p=1 and min_p=0 switch those filters off; temperature=0 is greedy decoding.
+    Rollout i of a query uses seed + i.
+    """
+
+    temperature: float = 1.0
+    top_k: int = 40
+    top_p: float = 0.95
+    min_p: float = 0.05
+    repeat_penalty: float = 1.0
+    max_tokens: int = 128
+    seed: int = 0
+    top_n: int = 5
+    stop: tuple[str, ...] = ()
+    repeat_last_n: int = 64
+
+    def validate(self) -> None:
+        problems = []
+        if not (self.temperature >= 0 and math.isfinite(self.temperature)):
+            problems.append(f"temperature must be >= 0 (got {self.temperature})")
+        if self.top_k < 0:
+            problems.append(f"top-k must be >= 0 (got {self.top_k})")
+        if not (0 < self.top_p <= 1):
+            problems.append(f"top-p must be in (0, 1] (got {self.top_p})")
+        if not (0 <= self.min_p < 1):
+            problems.append(f"min-p must be in [0, 1) (got {self.min_p})")
+        if not (self.repeat_penalty > 0 and math.isfinite(self.repeat_penalty)):
+            problems.append(f"repeat penalty must be > 0 (got {self.repeat_penalty})")
+        if self.max_tokens < 1:
+            problems.append(f"max tokens must be >= 1 (got {self.max_tokens})")
+        if not (0 <= self.top_n <= 100):
+            problems.append(f"top-N must be in [0, 100] (got {self.top_n})")
+        if any(s == "" for s in self.stop):
+            problems.append("stop strings must not be empty")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+
+@dataclass(frozen=True)
+class TopLogprob:
+    id: int
+    token: str
+    bytes: bytes
+    logprob: float
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    """One token of a rollout or of a scored response."""
+
+    id: int
+    token: str  # the token's own bytes decoded with replacement (a split UTF-8 character shows as U+FFFD here)
+    bytes: bytes
+    logprob: float  # raw log pi(token | prefix), temperature 1
+    sampling_logprob: Optional[float]  # under the sampler that drew it; None for scored or forced tokens
+    entropy: float  # entropy (nats) of the raw distribution this token was drawn from
+    rank: int  # 1 = the most probable token under the raw distribution
+    top: tuple[TopLogprob, ...] = ()  # top-N raw alternatives, most probable first
+
+    @property
+    def prob(self) -> float:
+        return math.exp(self.logprob) if self.logprob is not None and math.isfinite(self.logprob) else 0.0
+
+
+def _sequence_stats(tokens: tuple[TokenInfo, ...]) -> tuple[float, Optional[float], Optional[float]]:
+    if not tokens:
+        return 0.0, None, None
+    total = math.fsum(t.logprob for t in tokens)
+    mean = total / len(tokens)
+    try:
+        ppl = math.exp(-mean)
+    except OverflowError:
+        ppl = math.inf
+    return total, mean, ppl
+
+
+@dataclass(frozen=True)
+class Rollout:
+    id: str
+    index: int
+    seed: int
+    text: str
+    tokens: tuple[TokenInfo, ...]
+    finish_reason: Optional[str]  # one of FINISH_REASONS once finished; None while streaming
+    parent_id: Optional[str] = None
+    branch_position: Optional[int] = None
+    reward: Optional[float] = None
+    advantage: Optional[float] = None
+    reward_error: Optional[str] = None
+
+    @property
+    def token_ids(self) -> tuple[int, ...]:
+        return tuple(t.id for t in self.tokens)
+
+    @property
+    def logprob(self) -> float:
+        return _sequence_stats(self.tokens)[0]
+
+    @property
+    def mean_logprob(self) -> Optional[float]:
+        return _sequence_stats(self.tokens)[1]
+
+    @property
+    def perplexity(self) -> Optional[float]:
+        return _sequence_stats(self.tokens)[2]
+
+
+@dataclass(frozen=True)
+class Score:
+    """The teacher-forced log pi(response | query) with its per-token breakdown."""
+
+    response: str
+    tokens: tuple[TokenInfo, ...]
+
+    @property
+    def token_ids(self) -> tuple[int, ...]:
+        return tuple(t.id for t in self.tokens)
+
+    @property
+    def logprob(self) -> float:
+        return _sequence_stats(self.tokens)[0]
+
+    @property
+    def mean_logprob(self) -> Optional[float]:
+        return _sequence_stats(self.tokens)[1]
+
+    @property
+    def perplexity(self) -> Optional[float]:
+        return _sequence_stats(self.tokens)[2]
+
+
+@dataclass(frozen=True)
+class Query:
+    """A query as the user gave it; reference is the expected answer (for rewards), if any."""
+
+    text: str
+    reference: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class QueryGroup:
+    id: str
+    query: str
+    chat: bool
+    prompt: str  # the text after the chat template
+    prompt_token_ids: tuple[int, ...]
+    rollouts: tuple[Rollout, ...] = ()
+    scores: tuple[Score, ...] = ()
+    reference: Optional[str] = None
+    stats: Optional[tuple[tuple[str, Optional[float]], ...]] = None  # (name, value) pairs, RL issue
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    path: str
+    name: str
+    architecture: str
+    n_params: Optional[int]
+    n_vocab: Optional[int]
+    n_ctx: Optional[int]  # the context the engine runs with
+    file_size: int
+    fingerprint: str
+    chat_template: bool
+    n_gpu_layers: int = 0
+    gpu_offload: bool = False
+    llama_cpp_python: Optional[str] = None
+    quantization: Optional[str] = None
+    n_ctx_train: Optional[int] = None
+    n_layers: Optional[int] = None
+    backend: str = "CPU"
+    system_info: str = ""
+
+
+@dataclass(frozen=True)
+class Timings:
+    load_s: float = 0.0
+    prompt_s: float = 0.0
+    generation_s: float = 0.0
+    tokens_per_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class RolloutSet:
+    model: ModelInfo
+    sampling: SamplingParams
+    groups: tuple[QueryGroup, ...]
+    timings: Timings = field(default_factory=Timings)
+    created_at: str = ""  # ISO-8601 UTC; filled in by the exporter when empty
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Streaming events. engine.generate() / engine.branch() yield these, in this order:
+# RunStarted, then TokenBatch (one per decode step) interleaved with RolloutFinished, then RunFinished.
+
+
+@dataclass(frozen=True)
+class RolloutHeader:
+    """A rollout about to stream. prefix holds the tokens it starts with (a branch copies its parent's)."""
+
+    group_id: str
+    rollout_id: str
+    index: int
+    seed: int
+    parent_id: Optional[str] = None
+    branch_position: Optional[int] = None
+    prefix: tuple[TokenInfo, ...] = ()
+    prefix_text: str = ""
+
+
+@dataclass(frozen=True)
+class GroupHeader:
+    id: str
+    query: str
+    chat: bool
+    prompt: str
+    prompt_token_ids: tuple[int, ...]
+    reference: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class RunStarted:
+    groups: tuple[GroupHeader, ...]
+    rollouts: tuple[RolloutHeader, ...]
+    sampling: SamplingParams
+    total_tokens: int  # upper bound on tokens this run will generate (rollouts x max tokens)
+    is_branch: bool = False
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    group_id: str
+    rollout_id: str
+    position: int  # index of this token within the rollout
+    token: TokenInfo
+    text: str  # what this token adds to the rollout text (UTF-8 completed across tokens)
+
+
+@dataclass(frozen=True)
+class TokenBatch:
+    """All tokens produced by one decode step, across every active rollout."""
+
+    events: tuple[TokenEvent, ...]
+
+
+@dataclass(frozen=True)
+class RolloutFinished:
+    group_id: str
+    rollout: Rollout
+
+
+@dataclass(frozen=True)
+class RunFinished:
+    timings: Timings
+    cancelled: bool = False
+
+
+Event = Union[RunStarted, TokenBatch, RolloutFinished, RunFinished]
