@@ -1,0 +1,538 @@
+"""The rollout engine: k rollouts per query decoded together, scoring, branching, cancellation.
+
+One engine lives on one thread. Per decode step, every active rollout of every query in the current wave advances by
+one token in a single llama_decode; each query's prompt is decoded once and its KV cells are shared by all of its
+rollouts (unified KV cache, prompt tokens tagged with every sequence id). Logits become raw log-probabilities,
+entropies and top-N lists in numpy (sampling.py), vectorised over the batch.
+"""
+
+from __future__ import annotations
+
+import codecs
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Optional, Sequence, Union
+
+import numpy as np
+
+from . import llama_backend as lb
+from .errors import ContextOverflowError, EngineError, ExplorerError
+from .models import read_gguf
+from .sampling import Workspace, sample_step, score_rows
+from .types import (
+    GroupHeader, ModelInfo, Query, QueryGroup, Rollout, RolloutFinished, RolloutHeader, RunFinished, RunStarted,
+    SamplingParams, Score, Timings, TokenBatch, TokenEvent, TokenInfo, TopLogprob,
+)
+
+AUTO_CTX_MIN = 4096  # cells a fresh context gets when the user does not choose
+AUTO_CTX_MAX = 1 << 16
+AUTO_KV_BUDGET = 1 << 30  # bytes of KV cache the automatic sizing may use
+SCORE_ROWS = 64  # logits rows turned into statistics at once while scoring (bounds scratch memory)
+
+
+@dataclass
+class _Live:
+    """A rollout being generated (engine-internal, mutable)."""
+
+    header: RolloutHeader
+    rng: np.random.Generator
+    history: list[int]  # prompt + prefix + generated ids: what the repeat penalty looks at
+    tokens: list[TokenInfo]
+    text: str
+    decoder: codecs.IncrementalDecoder
+    n_new: int = 0
+    seq: int = 0
+    pos: int = 0  # position of the next token to decode
+    last: Optional[int] = None  # sampled but not yet decoded
+    finish: Optional[str] = None
+
+
+@dataclass
+class _Unit:
+    """One prefix (a query's prompt, or a prompt + a branch prefix) and the rollouts that continue it."""
+
+    group_id: str
+    prefix: list[int]
+    rollouts: list[_Live] = field(default_factory=list)
+
+
+class Engine:
+    def __init__(self, model_path: Union[str, Path], n_gpu_layers: Optional[int] = None, n_ctx: Optional[int] = None,
+                 n_threads: Optional[int] = None):
+        t0 = time.perf_counter()
+        self.path = str(model_path)
+        self.gguf = read_gguf(self.path)  # refuses bad files before llama.cpp can crash on them
+        self.gpu_offload = lb.gpu_offload_supported()
+        if n_gpu_layers is None or n_gpu_layers < 0:
+            n_gpu_layers = 999 if self.gpu_offload else 0  # 999: every layer, whatever the model has
+        if not self.gpu_offload:
+            n_gpu_layers = 0
+        self._system_info = lb.system_info()
+        self.model = lb.LlamaModel(self.path, n_gpu_layers)
+        self.n_gpu_layers = min(n_gpu_layers, self.model.n_layers + 1)
+        if n_ctx is not None and n_ctx < 16:
+            raise ContextOverflowError(f"a context of {n_ctx} tokens is too small (at least 16)")
+        self._fixed_ctx = n_ctx
+        self._n_threads = n_threads
+        self._ctx: Optional[lb.LlamaContext] = None
+        self._kv: dict[int, list[int]] = {}  # what each sequence holds in the KV cache, for prefix reuse
+        self._ws = Workspace(self.model.n_vocab)
+        self._formatter = None
+        self._ensure_context(n_ctx or min(AUTO_CTX_MIN, self._auto_cap()), 1)
+        self.load_s = time.perf_counter() - t0
+
+    # -- facts -------------------------------------------------------------------------------------------------
+    @property
+    def info(self) -> ModelInfo:
+        import llama_cpp
+
+        g = self.gguf
+        return ModelInfo(
+            path=self.path, name=g.name, architecture=g.architecture, n_params=self.model.n_params,
+            n_vocab=self.model.n_vocab, n_ctx=self._ctx.n_ctx if self._ctx else None, file_size=g.file_size,
+            fingerprint=g.fingerprint, chat_template=self.model.chat_template is not None,
+            n_gpu_layers=self.n_gpu_layers, gpu_offload=self.gpu_offload and self.n_gpu_layers > 0,
+            llama_cpp_python=getattr(llama_cpp, "__version__", None), quantization=g.quantization,
+            n_ctx_train=self.model.n_ctx_train, n_layers=self.model.n_layers,
+            backend=lb.backend_name(self._system_info, self.gpu_offload and self.n_gpu_layers > 0),
+            system_info=self._system_info.strip(),
+        )
+
+    def close(self) -> None:
+        if self._ctx is not None:
+            self._ctx.close()
+            self._ctx = None
+        if self.model is not None:
+            self.model.close()
+            self.model = None
+
+    # -- prompts -----------------------------------------------------------------------------------------------
+    def format_prompt(self, query: str, chat: bool = True, system: Optional[str] = None) -> tuple[str, tuple[int, ...]]:
+        """The prompt text after the GGUF's own chat template (raw text when chat is off or there is none)."""
+        if chat and self.model.chat_template:
+            prompt = self._apply_template(query, system)
+            ids = self.model.tokenize(prompt, add_special=False, parse_special=True)
+        else:
+            prompt = query if not system else f"{system}\n\n{query}"
+            ids = self.model.tokenize(prompt, add_special=True, parse_special=False)
+        if not ids:
+            raise ExplorerError("the query is empty: there is nothing to condition on")
+        return prompt, tuple(ids)
+
+    def _apply_template(self, query: str, system: Optional[str]) -> str:
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        if self._formatter is None:
+            m = self.model
+            self._formatter = Jinja2ChatFormatter(
+                template=m.chat_template, eos_token=m.token_text(m.eos), bos_token=m.token_text(m.bos),
+                add_generation_prompt=True)
+        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": query}]
+        try:
+            return self._formatter(messages=messages).prompt
+        except Exception as exc:  # a template is code from the file: any failure is the file's
+            raise EngineError(f"the model's chat template failed: {type(exc).__name__}: {exc}") from exc
+
+    def uses_chat(self, chat: bool) -> bool:
+        return bool(chat and self.model.chat_template)
+
+    # -- contexts ----------------------------------------------------------------------------------------------
+    def _auto_cap(self) -> int:
+        by_memory = AUTO_KV_BUDGET // max(1, self.model.kv_bytes_per_cell)
+        return int(min(AUTO_CTX_MAX, max(AUTO_CTX_MIN, by_memory)))
+
+    def _cell_cap(self) -> int:
+        return self._fixed_ctx if self._fixed_ctx else self._auto_cap()
+
+    def _position_limit(self) -> int:
+        """Longest single sequence (prompt + generated): the training context, or the fixed context if smaller."""
+        limit = self.model.n_ctx_train or self._cell_cap()
+        return min(limit, self._fixed_ctx) if self._fixed_ctx else limit
+
+    def _ensure_context(self, cells: int, n_seq: int) -> lb.LlamaContext:
+        ctx = self._ctx
+        if ctx is not None and ctx.n_ctx >= cells and ctx.n_seq >= n_seq:
+            return ctx
+        n_ctx = self._fixed_ctx or max(cells, ctx.n_ctx if ctx else 0)
+        n_ctx = int(math.ceil(n_ctx / 256) * 256)
+        n_seq = max(n_seq, ctx.n_seq if ctx else 1)
+        if ctx is not None:
+            ctx.close()
+            self._ctx = None
+        self._kv = {}
+        self._ctx = lb.LlamaContext(self.model, n_ctx, n_seq, self._n_threads)
+        return self._ctx
+
+    def _check_fits(self, n_prefix: int, max_tokens: int, what: str) -> None:
+        limit = self._position_limit()
+        if n_prefix + max_tokens > limit:
+            if n_prefix >= limit:
+                raise ContextOverflowError(f"{what} is {n_prefix} tokens long; the context holds {limit}")
+            raise ContextOverflowError(
+                f"{what} ({n_prefix} tokens) + max tokens ({max_tokens}) exceeds the context of {limit} tokens; "
+                f"lower max tokens to {limit - n_prefix} or less")
+
+    # -- KV prefix reuse ---------------------------------------------------------------------------------------
+    def _prepare_kv(self, units: list[_Unit]) -> list[int]:
+        """Keep what the cache already holds of a single prefix (a re-run, a branch, a score after a run).
+
+        Returns per unit how many of its prefix tokens are already in place for every one of its sequences.
+        """
+        ctx = self._ctx
+        if len(units) == 1 and self._kv:
+            prefix = units[0].prefix
+            best_seq, best = -1, 0
+            for seq, held in self._kv.items():
+                n = _common_prefix(held, prefix)
+                if n > best:
+                    best_seq, best = seq, n
+            keep = min(best, len(prefix) - 1)  # the last prefix token is decoded again: its logits are needed
+            if keep > 0:
+                ok = all(ctx.seq_rm(s, 0, -1) for s in self._kv if s != best_seq) and ctx.seq_rm(best_seq, keep, -1)
+                if ok:
+                    targets = [r.seq for r in units[0].rollouts]
+                    for t in targets:
+                        if t != best_seq:
+                            ctx.seq_cp(best_seq, t, 0, keep)
+                    if best_seq not in targets:
+                        ctx.seq_rm(best_seq, 0, -1)
+                    self._kv = {}
+                    return [keep]
+        ctx.clear()
+        self._kv = {}
+        return [0] * len(units)
+
+    def _decode_prefixes(self, units: list[_Unit], starts: list[int], cancel, timing: dict,
+                         extra_rows: Optional[dict[int, int]] = None) -> Optional[list[np.ndarray]]:
+        """Decode each unit's prefix, tagged with all its sequences; returns the last-token logits of each unit
+        (a copy), or None when cancelled. extra_rows[u] = a further prefix index whose logits are wanted too."""
+        ctx = self._ctx
+        flat = []  # (unit, token, pos, seqs, (unit, prefix index) or None)
+        for u, (unit, start) in enumerate(zip(units, starts)):
+            seqs = [r.seq for r in unit.rollouts]
+            for i in range(start, len(unit.prefix)):
+                want = i == len(unit.prefix) - 1 or (extra_rows is not None and extra_rows.get(u) == i)
+                flat.append((u, unit.prefix[i], i, seqs, (u, i) if want else None))
+        rows: dict[tuple[int, int], np.ndarray] = {}
+        t0 = time.perf_counter()
+        # each prefix gets llama_decode calls of its own: mixing two prompts in one ubatch changes the
+        # float summation order and the logprobs would no longer match a teacher-forced score exactly
+        chunks = _chunks_by_unit(flat, ctx.n_batch)
+        for chunk in chunks:
+            if cancel is not None and cancel.is_set():
+                return None
+            ctx.decode([f[1] for f in chunk], [f[2] for f in chunk], [f[3] for f in chunk],
+                       [f[4] is not None for f in chunk])
+            wanted = [(j, f[4]) for j, f in enumerate(chunk) if f[4] is not None]
+            if wanted:
+                block = ctx.logits_rows([j for j, _ in wanted])
+                for (_, key), row in zip(wanted, block):
+                    rows[key] = np.array(row)
+        timing["prompt_s"] += time.perf_counter() - t0
+        return [rows[(u, len(unit.prefix) - 1)] for u, unit in enumerate(units)]
+
+    # -- token facts -------------------------------------------------------------------------------------------
+    def _top(self, ids: np.ndarray, lps: np.ndarray) -> tuple[TopLogprob, ...]:
+        m = self.model
+        return tuple(TopLogprob(int(i), m.token_text(int(i)), m.piece(int(i)), float(lp)) for i, lp in zip(ids, lps))
+
+    def _token_info(self, tok: int, logprob: float, sampling_lp: Optional[float], entropy: float, rank: int,
+                    top_ids, top_lps) -> TokenInfo:
+        piece = self.model.piece(tok)
+        return TokenInfo(id=tok, token=piece.decode("utf-8", "replace"), bytes=piece, logprob=float(logprob),
+                         sampling_logprob=sampling_lp, entropy=float(entropy), rank=int(rank),
+                         top=self._top(top_ids, top_lps))
+
+    def _text_bytes(self, tok: int) -> bytes:
+        """What a token adds to a rollout's text: nothing for end-of-generation and control tokens."""
+        return b"" if self.model.is_eog(tok) else self.model.piece(tok, special=False)
+
+    # -- generation --------------------------------------------------------------------------------------------
+    def generate(self, queries: Sequence[Union[Query, str]], k: int, params: SamplingParams,
+                 cancel: Optional[threading.Event] = None, chat: bool = True,
+                 system: Optional[str] = None) -> Iterator:
+        """Stream k rollouts for each query (events, see types.py). Rollout i of a query uses seed + i."""
+        params.validate()
+        if k < 1:
+            raise ValueError(f"k must be >= 1 (got {k})")
+        if not queries:
+            raise ExplorerError("no queries to run")
+        qs = [q if isinstance(q, Query) else Query(str(q)) for q in queries]
+        use_chat = self.uses_chat(chat)
+        groups, units = [], []
+        for qi, q in enumerate(qs):
+            prompt, ids = self.format_prompt(q.text, use_chat, system)
+            self._check_fits(len(ids), params.max_tokens, f"query {qi + 1}'s prompt")
+            gid = f"q{qi}"
+            groups.append(GroupHeader(gid, q.text, use_chat, prompt, ids, q.reference))
+            unit = _Unit(gid, list(ids))
+            for i in range(k):
+                header = RolloutHeader(gid, f"{gid}.r{i}", i, params.seed + i)
+                unit.rollouts.append(self._new_live(header, list(ids)))
+            units.append(unit)
+        yield RunStarted(tuple(groups), tuple(r.header for u in units for r in u.rollouts), params,
+                         total_tokens=len(qs) * k * params.max_tokens)
+        yield from self._run(units, params, cancel)
+
+    def branch(self, group: QueryGroup, rollout_id: str, position: int, forced_token: Optional[int] = None,
+               k: int = 1, params: Optional[SamplingParams] = None,
+               cancel: Optional[threading.Event] = None) -> Iterator:
+        """k new rollouts that keep the first `position` tokens of rollout_id, then (optionally) forced_token."""
+        params = params or SamplingParams()
+        params.validate()
+        if k < 1:
+            raise ValueError(f"k must be >= 1 (got {k})")
+        parent = next((r for r in group.rollouts if r.id == rollout_id), None)
+        if parent is None:
+            raise ExplorerError(f"no rollout {rollout_id} in group {group.id}")
+        if not 0 <= position <= len(parent.tokens):
+            raise ExplorerError(f"position {position} is outside rollout {rollout_id} (0..{len(parent.tokens)})")
+        kept = tuple(parent.tokens[:position])
+        if kept and self.model.is_eog(kept[-1].id):
+            raise ExplorerError(f"rollout {rollout_id} has ended at token {position - 1}: nothing follows it")
+        if forced_token is not None and not 0 <= forced_token < self.model.n_vocab:
+            raise ExplorerError(f"token id {forced_token} is outside the vocabulary (0..{self.model.n_vocab - 1})")
+        prefix = list(group.prompt_token_ids) + [t.id for t in kept]
+        self._check_fits(len(prefix) + (forced_token is not None), params.max_tokens, "the branch prefix")
+        if forced_token is not None:
+            kept = kept + (self.score_token_ids(prefix, [[forced_token]], params.top_n)[0][0],)
+            prefix.append(forced_token)
+        first = max((r.index for r in group.rollouts), default=-1) + 1
+        unit = _Unit(group.id, prefix)
+        for j in range(k):
+            idx = first + j
+            decoder = codecs.getincrementaldecoder("utf-8")("replace")
+            prefix_text = "".join(decoder.decode(self._text_bytes(t.id)) for t in kept)
+            header = RolloutHeader(group.id, f"{group.id}.r{idx}", idx, params.seed + idx, parent_id=rollout_id,
+                                   branch_position=position, prefix=kept, prefix_text=prefix_text)
+            live = self._new_live(header, list(prefix))
+            live.tokens, live.text, live.decoder = list(kept), prefix_text, decoder
+            unit.rollouts.append(live)
+        header = GroupHeader(group.id, group.query, group.chat, group.prompt, group.prompt_token_ids, group.reference)
+        yield RunStarted((header,), tuple(r.header for r in unit.rollouts), params, total_tokens=k * params.max_tokens,
+                         is_branch=True)
+        yield from self._run([unit], params, cancel)
+
+    def _new_live(self, header: RolloutHeader, history: list[int]) -> _Live:
+        return _Live(header=header, rng=np.random.Generator(np.random.PCG64(header.seed)), history=history,
+                     tokens=list(header.prefix), text=header.prefix_text,
+                     decoder=codecs.getincrementaldecoder("utf-8")("replace"))
+
+    def _run(self, units: list[_Unit], params: SamplingParams, cancel) -> Iterator:
+        timing = {"prompt_s": 0.0, "generation_s": 0.0, "n": 0}
+        cancelled = False
+        for wave in self._plan_waves(units, params.max_tokens):
+            if not cancelled and not (cancel is not None and cancel.is_set()):
+                try:
+                    yield from self._run_wave(wave, params, cancel, timing)
+                except BaseException:
+                    self._kv = {}
+                    raise
+            for unit in wave:  # whatever the wave left unfinished was cancelled
+                for r in unit.rollouts:
+                    if r.finish is None:
+                        cancelled = True
+                        r.finish = "cancelled"
+                        yield RolloutFinished(r.header.group_id, self._final(r))
+        gen_s = timing["generation_s"]
+        yield RunFinished(Timings(load_s=self.load_s, prompt_s=timing["prompt_s"], generation_s=gen_s,
+                                  tokens_per_s=timing["n"] / gen_s if gen_s > 0 else 0.0), cancelled=cancelled)
+
+    def _plan_waves(self, units: list[_Unit], max_tokens: int) -> list[list[_Unit]]:
+        """Pack (prefix, rollouts) into waves that fit the cell cap and the sequence limit; a query whose rollouts
+        do not fit together is split across waves (its prompt is decoded once per wave)."""
+        cap = self._cell_cap()
+        waves, cur, cells, seqs = [], [], 0, 0
+        for unit in units:
+            pending = list(unit.rollouts)
+            while pending:
+                room = cap - cells - len(unit.prefix)
+                fit = min(len(pending), lb.MAX_SEQ - seqs, room // max_tokens if room > 0 else 0)
+                if fit <= 0:
+                    if not cur:
+                        raise ContextOverflowError(
+                            f"one rollout needs {len(unit.prefix) + max_tokens} tokens; the context holds {cap}")
+                    waves.append(cur)
+                    cur, cells, seqs = [], 0, 0
+                    continue
+                cur.append(_Unit(unit.group_id, unit.prefix, pending[:fit]))
+                pending = pending[fit:]
+                cells += len(unit.prefix) + fit * max_tokens
+                seqs += fit
+        if cur:
+            waves.append(cur)
+        return waves
+
+    def _run_wave(self, units: list[_Unit], params: SamplingParams, cancel, timing: dict) -> Iterator:
+        n_seq = sum(len(u.rollouts) for u in units)
+        cells = sum(len(u.prefix) + len(u.rollouts) * params.max_tokens for u in units)
+        ctx = self._ensure_context(cells, n_seq)
+        seq = 0
+        for unit in units:
+            for r in unit.rollouts:
+                r.seq, r.pos = seq, len(unit.prefix)
+                seq += 1
+        starts = self._prepare_kv(units)
+        prefix_rows = self._decode_prefixes(units, starts, cancel, timing)
+        if prefix_rows is None:
+            return
+        active = [r for u in units for r in u.rollouts]
+        logits = np.stack([prefix_rows[u] for u, unit in enumerate(units) for _ in unit.rollouts])
+        self._ws.reserve(len(active))
+        t0 = time.perf_counter()
+        try:
+            while active:
+                step = sample_step(logits, params, [r.history for r in active], [r.rng for r in active], self._ws)
+                events, still = [], []
+                for j, r in enumerate(active):
+                    events.append(self._advance(r, j, step, params))
+                    if r.finish is None:
+                        still.append(r)
+                timing["n"] += len(active)
+                yield TokenBatch(tuple(events))
+                for r in active:
+                    if r.finish is not None:
+                        yield RolloutFinished(r.header.group_id, self._final(r))
+                active = still
+                if not active or (cancel is not None and cancel.is_set()):
+                    break
+                ctx.decode([r.last for r in active], [r.pos for r in active], [[r.seq] for r in active],
+                           [True] * len(active))
+                for r in active:
+                    r.pos += 1
+                    r.last = None
+                logits = ctx.logits_rows(range(len(active)))
+        finally:
+            timing["generation_s"] += time.perf_counter() - t0
+        # what each sequence now holds, for the next run's prefix reuse
+        self._kv = {r.seq: r.history[: r.pos] for u in units for r in u.rollouts}
+
+    def _advance(self, r: _Live, j: int, step, params: SamplingParams) -> TokenEvent:
+        tok = int(step.token_ids[j])
+        s = step.stats
+        sampling_lp = float(step.sampling_logprobs[j])
+        info = self._token_info(tok, step.logprobs[j], sampling_lp if math.isfinite(sampling_lp) else None,
+                                s.entropy[j], step.ranks[j], s.top_ids[j], s.top_logprobs[j])
+        position = len(r.tokens)
+        r.tokens.append(info)
+        r.history.append(tok)
+        r.last = tok
+        r.n_new += 1
+        delta = ""
+        if self.model.is_eog(tok):
+            r.finish = "stop"
+        else:
+            delta = r.decoder.decode(self._text_bytes(tok))
+            before = len(r.text)
+            r.text += delta
+            if params.stop:
+                longest = max(len(s_) for s_ in params.stop)
+                window_start = max(0, before - longest + 1)
+                hits = [i for i in (r.text.find(s_, window_start) for s_ in params.stop) if i >= 0]
+                if hits:
+                    r.text = r.text[: min(hits)]
+                    r.finish = "stop_string"
+            if r.finish is None and r.n_new >= params.max_tokens:
+                r.finish = "length"
+        return TokenEvent(r.header.group_id, r.header.rollout_id, position, info, delta)
+
+    def _final(self, r: _Live) -> Rollout:
+        text = r.text
+        if r.finish != "stop_string":
+            text += r.decoder.decode(b"", final=True)  # a character cut off by the end shows as U+FFFD
+        h = r.header
+        return Rollout(id=h.rollout_id, index=h.index, seed=h.seed, text=text, tokens=tuple(r.tokens),
+                       finish_reason=r.finish, parent_id=h.parent_id, branch_position=h.branch_position)
+
+    # -- scoring -----------------------------------------------------------------------------------------------
+    def score(self, query: str, responses: Sequence[str], chat: bool = True, system: Optional[str] = None,
+              top_n: int = 5) -> tuple[Score, ...]:
+        """Teacher-forced log pi(response | query) of each response, token by token."""
+        _, prompt_ids = self.format_prompt(query, self.uses_chat(chat), system)
+        id_lists = [self.model.tokenize(r, add_special=False, parse_special=False) for r in responses]
+        infos = self.score_token_ids(list(prompt_ids), id_lists, top_n)
+        return tuple(Score(response=r, tokens=t) for r, t in zip(responses, infos))
+
+    def score_token_ids(self, prefix: Sequence[int], id_lists: Sequence[Sequence[int]],
+                        top_n: int = 5) -> list[tuple[TokenInfo, ...]]:
+        """Per-token facts of each token list following prefix (the logprob a sampler would have recorded)."""
+        results: list[tuple[TokenInfo, ...]] = [()] * len(id_lists)
+        todo = [i for i, ids in enumerate(id_lists) if ids]
+        for i in todo:
+            self._check_fits(len(prefix), len(id_lists[i]), "the prompt with this response")
+            bad = [t for t in id_lists[i] if not 0 <= t < self.model.n_vocab]
+            if bad:
+                raise ExplorerError(f"token id {bad[0]} is outside the vocabulary")
+        cap = self._cell_cap()
+        while todo:  # as many responses per pass as the context and the sequence limit allow
+            batch, cells = [], len(prefix)
+            while todo and len(batch) < lb.MAX_SEQ and (not batch or cells + len(id_lists[todo[0]]) <= cap):
+                cells += len(id_lists[todo[0]])
+                batch.append(todo.pop(0))
+            for i, infos in zip(batch, self._score_pass(list(prefix), [list(id_lists[i]) for i in batch], top_n)):
+                results[i] = infos
+        return results
+
+    def _score_pass(self, prefix: list[int], id_lists: list[list[int]], top_n: int) -> list[tuple[TokenInfo, ...]]:
+        self._ensure_context(len(prefix) + sum(map(len, id_lists)), len(id_lists))
+        ctx = self._ctx
+        unit = _Unit("score", prefix, [])
+        for s in range(len(id_lists)):
+            live = self._new_live(RolloutHeader("score", f"s{s}", s, 0), [])
+            live.seq = s
+            unit.rollouts.append(live)
+        starts = self._prepare_kv([unit])
+        first_row = self._decode_prefixes([unit], starts, None, {"prompt_s": 0.0})[0]
+        # rows[(s, t)]: logits that predict token t of response s
+        pending_rows: list[tuple[int, int, np.ndarray]] = [(s, 0, first_row) for s in range(len(id_lists))]
+        flat = [(ids[t], len(prefix) + t, s, t + 1 < len(ids)) for s, ids in enumerate(id_lists) for t in range(len(ids))]
+        out: list[list[Optional[TokenInfo]]] = [[None] * len(ids) for ids in id_lists]
+
+        def flush(rows):
+            for c in range(0, len(rows), SCORE_ROWS):
+                part = rows[c: c + SCORE_ROWS]
+                targets = np.array([id_lists[s][t] for s, t, _ in part], dtype=np.int64)
+                stats, lps, ranks = score_rows(np.stack([row for _, _, row in part]), targets, top_n, self._ws)
+                for j, (s, t, _) in enumerate(part):
+                    out[s][t] = self._token_info(int(targets[j]), lps[j], None, stats.entropy[j], ranks[j],
+                                                 stats.top_ids[j], stats.top_logprobs[j])
+
+        for c in range(0, len(flat), ctx.n_batch):
+            chunk = flat[c: c + ctx.n_batch]
+            ctx.decode([f[0] for f in chunk], [f[1] for f in chunk], [[f[2]] for f in chunk], [f[3] for f in chunk])
+            wanted = [j for j, f in enumerate(chunk) if f[3]]
+            if wanted:
+                block = ctx.logits_rows(wanted)
+                for j, row in zip(wanted, block):
+                    s = chunk[j][2]
+                    t = chunk[j][1] - len(prefix) + 1
+                    pending_rows.append((s, t, np.array(row)))
+            if len(pending_rows) >= SCORE_ROWS:
+                flush(pending_rows)
+                pending_rows = []
+        flush(pending_rows)
+        self._kv = {s: prefix + ids for s, ids in enumerate(id_lists)}
+        return [tuple(infos) for infos in out]
+
+
+def _chunks_by_unit(flat: list, size: int) -> list[list]:
+    chunks, cur = [], []
+    for f in flat:
+        if cur and (len(cur) == size or cur[-1][0] != f[0]):
+            chunks.append(cur)
+            cur = []
+        cur.append(f)
+    if cur:
+        chunks.append(cur)
+    return chunks
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i

@@ -1,0 +1,208 @@
+"""Logits -> raw log-probabilities, entropy, top-N, and the sampler chain; numpy, vectorised over the batch.
+
+The vocabulary-wide work (max, exp, sums, top-K selection) is done once per decode step for all rows at once; only the
+small candidate lists left after top-k are handled row by row. Nothing loops over the vocabulary in Python.
+The chain follows llama.cpp's order: repeat penalty, top-k, top-p, min-p, temperature, draw.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+
+from .types import SamplingParams
+
+# When top-k is off, top-p / min-p candidates are first looked for among this many best tokens (exact check below).
+_WIDE_CANDIDATES = 512
+
+
+@dataclass
+class RawStats:
+    """Per row: log of the normaliser (so logprob = logit - log_z), entropy in nats, top-N ids and logprobs."""
+
+    log_z: np.ndarray  # (n,) float64
+    entropy: np.ndarray  # (n,) float64
+    top_ids: np.ndarray  # (n, N) int64, most probable first
+    top_logprobs: np.ndarray  # (n, N) float64
+
+
+@dataclass
+class StepResult:
+    token_ids: np.ndarray  # (n,) chosen tokens
+    logprobs: np.ndarray  # raw log pi(token)
+    sampling_logprobs: np.ndarray  # log-probability under the sampler chain (NaN where forced)
+    ranks: np.ndarray  # 1 = most probable under the raw distribution
+    stats: RawStats
+
+
+class Workspace:
+    """Scratch buffers reused across steps so a step allocates nothing vocabulary-sized."""
+
+    def __init__(self, n_vocab: int, n_rows: int = 8):
+        self.n_vocab = n_vocab
+        self._shifted = np.empty((0, n_vocab), dtype=np.float32)
+        self._exp = np.empty((0, n_vocab), dtype=np.float32)
+        self.reserve(n_rows)
+
+    def reserve(self, n_rows: int) -> None:
+        if self._shifted.shape[0] < n_rows:
+            self._shifted = np.empty((n_rows, self.n_vocab), dtype=np.float32)
+            self._exp = np.empty((n_rows, self.n_vocab), dtype=np.float32)
+
+    def buffers(self, n_rows: int) -> tuple[np.ndarray, np.ndarray]:
+        self.reserve(n_rows)
+        return self._shifted[:n_rows], self._exp[:n_rows]
+
+
+def top_indices(values: np.ndarray, k: int) -> np.ndarray:
+    """The k largest entries of each row, sorted descending (ties: lower id first)."""
+    n, v = values.shape
+    k = min(k, v)
+    if k <= 0:
+        return np.empty((n, 0), dtype=np.int64)
+    if k < v:
+        part = np.argpartition(values, v - k, axis=1)[:, v - k:]
+    else:
+        part = np.broadcast_to(np.arange(v), (n, v)).copy()
+    part_vals = np.take_along_axis(values, part, axis=1)
+    # lexsort: primary key value descending, secondary id ascending, so results do not depend on partition order
+    order = np.lexsort((part, -part_vals), axis=1)
+    return np.take_along_axis(part, order, axis=1).astype(np.int64, copy=False)
+
+
+def raw_stats(logits: np.ndarray, top_n: int, ws: Workspace, keep_shifted: bool = False) -> tuple[RawStats, np.ndarray]:
+    """Log-softmax facts of each row of logits (n, V) float32 at temperature 1.
+
+    Returns the stats and the shifted logits buffer (logits - row max), which the caller may modify afterwards.
+    """
+    n = logits.shape[0]
+    shifted, expd = ws.buffers(n)
+    row_max = logits.max(axis=1, keepdims=True)
+    np.subtract(logits, row_max, out=shifted)
+    np.exp(shifted, out=expd)
+    z = expd.sum(axis=1, dtype=np.float64)
+    log_z_shifted = np.log(z)
+    # H = log Z - E[x - max], computed as one dot per row without a temporary
+    mean_shifted = np.einsum("ij,ij->i", expd, shifted, dtype=np.float64) / z
+    entropy = np.maximum(log_z_shifted - mean_shifted, 0.0)
+    log_z = row_max[:, 0].astype(np.float64) + log_z_shifted
+    top_ids = top_indices(shifted, top_n)
+    top_lps = np.take_along_axis(shifted, top_ids, axis=1).astype(np.float64) - log_z_shifted[:, None]
+    return RawStats(log_z=log_z, entropy=entropy, top_ids=top_ids, top_logprobs=top_lps), shifted
+
+
+def _apply_repeat_penalty(shifted: np.ndarray, histories: Sequence[Sequence[int]], penalty: float, last_n: int):
+    """llama.cpp's rule: a recent token's logit is divided by the penalty when positive, multiplied when negative.
+
+    The shift by the row max is undone around the rule so the sign test sees the real logit.
+    """
+    if penalty == 1.0:
+        return
+    for row, history in enumerate(histories):
+        recent = history[-last_n:] if last_n > 0 else history
+        if not recent:
+            continue
+        ids = np.unique(np.asarray(recent, dtype=np.int64))
+        vals = shifted[row, ids]
+        shifted[row, ids] = np.where(vals > 0, vals / penalty, vals * penalty)
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max())
+    return e / e.sum()
+
+
+def _filter_row(cand_ids: np.ndarray, cand_vals: np.ndarray, params: SamplingParams):
+    """top-p then min-p on candidates sorted by value descending; returns the kept prefix."""
+    keep = len(cand_ids)
+    if params.top_p < 1.0 and keep > 1:
+        cum = np.cumsum(_softmax(cand_vals.astype(np.float64)))
+        keep = min(keep, int(np.searchsorted(cum, params.top_p, side="left")) + 1)
+    if params.min_p > 0.0 and keep > 1:
+        threshold = cand_vals[0] + math.log(params.min_p)
+        keep = max(1, min(keep, int(np.count_nonzero(cand_vals[:keep] >= threshold))))
+    return cand_ids[:keep], cand_vals[:keep]
+
+
+def _candidates(values: np.ndarray, params: SamplingParams) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row candidate ids/values, sorted descending, after top-k (vectorised over rows)."""
+    n, v = values.shape
+    if params.top_k > 0:
+        ids = top_indices(values, params.top_k)
+        return ids, np.take_along_axis(values, ids, axis=1)
+    # top-k off: a wide first cut, good enough when top-p / min-p keep fewer tokens than it holds (checked per row)
+    ids = top_indices(values, min(v, _WIDE_CANDIDATES))
+    return ids, np.take_along_axis(values, ids, axis=1)
+
+
+def _full_row_candidates(row: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    ids = np.argsort(-row, kind="stable")
+    return ids, row[ids]
+
+
+def sample_step(
+    logits: np.ndarray,
+    params: SamplingParams,
+    histories: Sequence[Sequence[int]],
+    rngs: Sequence[np.random.Generator],
+    ws: Workspace,
+    forced: Optional[Sequence[Optional[int]]] = None,
+) -> StepResult:
+    """Choose one token per row of logits (n, V). forced[i], when not None, is taken instead of sampling."""
+    n, v = logits.shape
+    stats, shifted = raw_stats(logits, params.top_n, ws)
+    raw_row = shifted  # holds logits - max until the penalty below touches it
+    chosen = np.empty(n, dtype=np.int64)
+    chosen_raw = np.empty(n, dtype=np.float64)
+    sampling_lp = np.full(n, np.nan, dtype=np.float64)
+    ranks = np.zeros(n, dtype=np.int64)
+
+    # the raw values of the tokens the penalty is about to change are kept for the raw logprob
+    penalised = params.repeat_penalty != 1.0 and any(len(h) for h in histories)
+    raw_copy = shifted.copy() if penalised else None
+    _apply_repeat_penalty(shifted, histories, params.repeat_penalty, params.repeat_last_n)
+    raw_values = raw_copy if raw_copy is not None else raw_row
+
+    greedy = params.temperature <= 0.0
+    cand_ids, cand_vals = (None, None) if greedy else _candidates(shifted, params)
+    for row in range(n):
+        if forced is not None and forced[row] is not None:
+            tok = int(forced[row])
+        elif greedy:
+            tok = int(np.argmax(shifted[row]))
+            sampling_lp[row] = 0.0
+        else:
+            ids, vals = cand_ids[row], cand_vals[row]
+            if params.top_k == 0:
+                kept_ids, kept_vals = _filter_row(ids, vals, params)
+                # the first cut held every kept token only if the filter stopped inside it
+                if len(kept_ids) == len(ids) and len(ids) < v:
+                    kept_ids, kept_vals = _filter_row(*_full_row_candidates(shifted[row]), params)
+            else:
+                kept_ids, kept_vals = _filter_row(ids, vals, params)
+            probs = _softmax(kept_vals.astype(np.float64) / params.temperature)
+            cum = np.cumsum(probs)
+            pick = min(int(np.searchsorted(cum, rngs[row].random() * cum[-1], side="right")), len(probs) - 1)
+            tok = int(kept_ids[pick])
+            sampling_lp[row] = math.log(probs[pick]) if probs[pick] > 0 else -math.inf
+        chosen[row] = tok
+        chosen_raw[row] = float(raw_values[row, tok])
+
+    logprobs = chosen_raw - (stats.log_z - logits.max(axis=1).astype(np.float64))
+    # rank = 1 + number of tokens strictly more probable; one vectorised comparison pass
+    ranks[:] = 1 + np.count_nonzero(raw_values > chosen_raw[:, None].astype(np.float32), axis=1)
+    return StepResult(token_ids=chosen, logprobs=logprobs, sampling_logprobs=sampling_lp, ranks=ranks, stats=stats)
+
+
+def score_rows(logits: np.ndarray, targets: np.ndarray, top_n: int, ws: Workspace) -> tuple[RawStats, np.ndarray, np.ndarray]:
+    """Teacher forcing: raw logprob and rank of targets[i] under row i of logits."""
+    stats, shifted = raw_stats(logits, top_n, ws)
+    rows = np.arange(logits.shape[0])
+    target_vals = shifted[rows, targets]
+    lse_shifted = stats.log_z - logits.max(axis=1).astype(np.float64)
+    logprobs = target_vals.astype(np.float64) - lse_shifted
+    ranks = 1 + np.count_nonzero(shifted > target_vals[:, None], axis=1)
+    return stats, logprobs, ranks
