@@ -32,12 +32,15 @@ class RecoveryStore:
         self.path = self.directory / RECOVERY_NAME
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="autosave")
         self._last: Optional[Future] = None
+        self._closed = False
         self.last_error: Optional[str] = None
 
     def exists(self) -> bool:
         return self.path.is_file()
 
-    def save_async(self, rollout_set: RolloutSet) -> Future:
+    def save_async(self, rollout_set: RolloutSet) -> Optional[Future]:
+        if self._closed:  # late signals after the window closed: nothing more is written
+            return None
         self._last = self._pool.submit(self._save, rollout_set)
         return self._last
 
@@ -50,7 +53,9 @@ class RecoveryStore:
             self.last_error = f"{type(exc).__name__}: {exc}"
             print(f"rollout-explorer: autosave to {self.path} failed: {self.last_error}", file=sys.stderr)
 
-    def clear(self) -> Future:
+    def clear(self) -> Optional[Future]:
+        if self._closed:
+            return None
         self._last = self._pool.submit(self._remove)
         return self._last
 
@@ -69,4 +74,5 @@ class RecoveryStore:
             self._last.result(timeout)
 
     def close(self) -> None:
+        self._closed = True
         self._pool.shutdown(wait=True)

@@ -198,8 +198,9 @@ class WindowFilesMixin:
 
     # -- autosave and recovery -------------------------------------------------------------------------------------
     def autosave(self) -> None:
+        self.drain()
         if not self._dirty_since_autosave and self.is_running():
-            return
+            return  # nothing new since the last save
         rollout_set = self.current_rollout_set()
         if rollout_set is not None and self.read_only_path is None:
             self.recovery.save_async(rollout_set)
@@ -272,7 +273,7 @@ class WindowFilesMixin:
         if self._closed:
             return
         self._closed = True
-        self.host.stop_all()
+        self._abandon_run()  # signals still queued from the worker are ignored from here on
         self._refresh_timer.stop()
         self._autosave_timer.stop()
         if self.persist:
