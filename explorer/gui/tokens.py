@@ -156,18 +156,29 @@ def decode_pieces(tokens: Sequence[TokenInfo], decoder=None) -> list[str]:
 def fit_pieces(pieces: Sequence[str], text: str) -> list[str]:
     """Pieces whose concatenation is exactly `text`, following `pieces` (what the token bytes decode to).
 
-    The displayed text is authoritative (it may be trimmed at a stop string or differ in leading whitespace); tokens
-    keep the spans their own bytes give them, shifted to where their text sits inside `text`, clipped at its ends.
+    The displayed text is authoritative: it leaves out end-of-generation and control tokens (whose bytes spell
+    "<|im_end|>" and the like), may be cut at a stop string, or may differ in leading whitespace.
     """
     joined = "".join(pieces)
     if joined == text:
         return list(pieces)
     if not pieces:
         return []
-    shift = joined.find(text) if text else 0
-    if shift < 0:
-        shift = 0
+    # 1. walk the text: a piece found where the text has got to takes its span; one that is not there (a control
+    #    token, a trimmed tail) gets nothing
     out: list[str] = []
+    at = 0
+    for piece in pieces:
+        if piece and text.startswith(piece, at):
+            out.append(piece)
+            at += len(piece)
+        else:
+            out.append("")
+    if at == len(text):
+        return out
+    # 2. otherwise keep each token's own span length, shifted to where the text sits inside the tokens' text
+    shift = max(joined.find(text), 0) if text else 0
+    out = []
     pos = -shift
     for piece in pieces:
         start, end = max(pos, 0), max(pos + len(piece), 0)

@@ -251,3 +251,22 @@ def test_clearing_the_group_shows_the_placeholder(panes):
     panes.show_group(collector, None)
     assert panes.panes() == [] and panes.placeholder.isVisible()
     panes.refresh()  # nothing to do, no error
+
+
+def test_end_of_generation_token_counts_but_adds_no_text(panes):
+    collector = RunCollector()
+    collector.add(start(1))
+    panes.show_group(collector, "q0")
+    tokens = [tok(0, "Pacific"), tok(1, " Ocean"), tok(2, "<|im_end|>", prob=0.95)]
+    collector.add(batch(0, {0: (tokens[0], "Pacific")}))
+    panes.refresh()
+    collector.add(batch(1, {0: (tokens[1], " Ocean")}))
+    collector.add(batch(2, {0: (tokens[2], "")}))  # the engine adds no text for end-of-generation tokens
+    panes.refresh()
+    collector.add(finished(0, "Pacific Ocean", tokens, "stop"))
+    collector.add(batch(3, {0: (tok(3, "late"), "late")}))  # after the finish: ignored by the collector
+    panes.refresh()
+    pane = panes.panes()[0]
+    assert pane.text() == "Pacific Ocean" and pane.view.token_count == 3
+    assert pane.view.token_span(1) == (7, 13) and pane.view.token_span(2) == (13, 13)
+    assert "3 tokens" in pane.title.text() and "stop" in pane.title.text()

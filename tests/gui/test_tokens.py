@@ -90,6 +90,8 @@ def test_multibyte_character_split_across_tokens_belongs_to_the_completing_token
 def test_fit_pieces_follows_the_displayed_text():
     assert fit_pieces(["Hello", " wor", "ld", "STOP"], "Hello world") == ["Hello", " wor", "ld", ""]
     assert fit_pieces([" Pac", "ific"], "Pacific") == ["Pac", "ific"]
+    # end-of-generation and control tokens spell their names in their bytes but add no text
+    assert fit_pieces(["A", "<|ctrl|>", "B", "<|im_end|>"], "AB") == ["A", "", "B", ""]
     unrelated = fit_pieces(["ab", "cd"], "xyzuvw")
     assert "".join(unrelated) == "xyzuvw" and len(unrelated) == 2
 
