@@ -1,0 +1,253 @@
+"""Command line: `rollout-explorer` (the window), `gui`, `generate`, `score`, `models`, `export-jsonl`.
+
+Every failure a user can cause prints one line on stderr and exits 2; no traceback, whatever the input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import threading
+from typing import Optional, Sequence
+
+EXIT_USAGE = 2
+
+
+def _add_model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--model", "-m", default="default" if required else None,
+                   help="a .gguf path, or 'default' for the embedded SmolLM2-135M-Instruct (default: %(default)s)")
+    p.add_argument("--n-gpu-layers", type=int, default=None,
+                   help="layers to offload to the GPU (default: all when the build supports it, else 0; -1 = all)")
+    p.add_argument("--n-ctx", type=int, default=None,
+                   help="context size in tokens (default: sized automatically for k x (prompt + max tokens))")
+
+
+def _add_prompt_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--system", default=None, help="system prompt for the chat template")
+    p.add_argument("--raw", action="store_true", help="raw completion: no chat template")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rollout-explorer", description="See a language model as a policy.")
+    sub = parser.add_subparsers(dest="command")
+
+    gui = sub.add_parser("gui", help="open the window (the default command)")
+    _add_model_args(gui, required=False)
+    gui.add_argument("-q", "--query", dest="queries", action="append", default=[], help="a query (repeatable)")
+    gui.add_argument("-k", type=int, default=None, help="rollouts per query")
+    gui.add_argument("--max-tokens", type=int, default=None)
+    gui.add_argument("--seed", type=int, default=None)
+    gui.add_argument("--run", action="store_true", help="start a run once the model is loaded")
+    gui.add_argument("--screenshot", default=None, help="save a PNG of the whole window when the run ends")
+    gui.add_argument("--export", default=None, help="save the rollout set (JSON) when the run ends")
+    gui.add_argument("--quit", action="store_true", help="exit when done (0 on success)")
+
+    gen = sub.add_parser("generate", help="sample k rollouts per query and write a rollout set (JSON)")
+    _add_model_args(gen)
+    gen.add_argument("-q", "--query", dest="queries", action="append", default=[], help="a query (repeatable)")
+    gen.add_argument("--queries", dest="queries_file", default=None,
+                     help="a text file (one query a line) or a JSON list of strings or {query, reference} objects")
+    gen.add_argument("-k", type=int, default=5, help="rollouts per query (default: %(default)s)")
+    gen.add_argument("--max-tokens", type=int, default=128)
+    gen.add_argument("--temperature", type=float, default=1.0)
+    gen.add_argument("--top-k", type=int, default=40, help="0 switches it off")
+    gen.add_argument("--top-p", type=float, default=0.95, help="1 switches it off")
+    gen.add_argument("--min-p", type=float, default=0.05, help="0 switches it off")
+    gen.add_argument("--repeat-penalty", type=float, default=1.0, help="1 switches it off")
+    gen.add_argument("--seed", type=int, default=0, help="rollout i uses seed + i")
+    gen.add_argument("--top-n", type=int, default=5, help="raw alternatives recorded per token")
+    gen.add_argument("--stop", action="append", default=[], help="a stop string (repeatable)")
+    gen.add_argument("--reward", default=None,
+                     help="exact | contains | regex | length | PATH.py (uses the references from --queries)")
+    gen.add_argument("--no-std", action="store_true", help="advantages as r - mean, not divided by the std")
+    _add_prompt_args(gen)
+    gen.add_argument("-o", "--output", required=True, help="the JSON file to write ('-' for stdout)")
+
+    score = sub.add_parser("score", help="the probability the model gives responses you type")
+    _add_model_args(score)
+    score.add_argument("-q", "--query", required=True)
+    score.add_argument("-r", "--response", dest="responses", action="append", required=True,
+                       help="a candidate response (repeatable)")
+    score.add_argument("--top-n", type=int, default=5)
+    _add_prompt_args(score)
+    score.add_argument("-o", "--output", default=None, help="also write a rollout set whose group carries the scores")
+
+    sub.add_parser("models", help="list the GGUF models found on this machine")
+
+    jl = sub.add_parser("export-jsonl", help="turn a rollout set into JSONL, one rollout a line (for RL tooling)")
+    jl.add_argument("input", help="a rollout-set JSON file")
+    jl.add_argument("-o", "--output", required=True, help="the JSONL file to write ('-' for stdout)")
+    return parser
+
+
+class _Progress:
+    """A progress bar on a terminal, a line now and then otherwise; always on stderr."""
+
+    def __init__(self, total: int):
+        self.total = max(1, total)
+        self.done = 0
+        self.tty = sys.stderr.isatty()
+        self._last_pct = -1
+
+    def update(self, n: int) -> None:
+        self.done += n
+        pct = min(100, int(100 * self.done / self.total))
+        if self.tty:
+            bar = "#" * (pct // 4)
+            sys.stderr.write(f"\r[{bar:<25}] {pct:3d}%  {self.done}/{self.total} tokens")
+            sys.stderr.flush()
+        elif pct // 25 > self._last_pct // 25:
+            sys.stderr.write(f"{pct}% ({self.done}/{self.total} tokens)\n")
+        self._last_pct = pct
+
+    def close(self, note: str) -> None:
+        if self.tty:
+            sys.stderr.write("\n")
+        sys.stderr.write(note + "\n")
+
+
+def _load_engine(args):
+    from .core.engine import Engine
+    from .core.models import resolve_model
+
+    return Engine(resolve_model(args.model), n_gpu_layers=args.n_gpu_layers, n_ctx=args.n_ctx)
+
+
+def cmd_generate(args) -> int:
+    from .core import export
+    from .core.collect import RunCollector
+    from .core.queries import read_query_file
+    from .core.rewards import apply_rewards, load_reward
+    from .core.types import Query, SamplingParams, TokenBatch
+
+    queries = [Query(q) for q in args.queries]
+    if args.queries_file:
+        queries += read_query_file(args.queries_file)
+    if not queries:
+        raise _UsageError("give at least one query (-q QUERY or --queries FILE)")
+    if args.k < 1:
+        raise _UsageError(f"-k must be at least 1 (got {args.k})")
+    params = SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
+                            repeat_penalty=args.repeat_penalty, max_tokens=args.max_tokens, seed=args.seed,
+                            top_n=args.top_n, stop=tuple(args.stop))
+    try:
+        params.validate()
+    except ValueError as exc:
+        raise _UsageError(str(exc)) from None
+    reward_fn = load_reward(args.reward) if args.reward else None  # before the model: fail fast on a bad file
+    engine = _load_engine(args)
+    info = engine.info
+    collector = RunCollector(info, params)
+    progress = _Progress(len(queries) * args.k * args.max_tokens)
+    cancel = threading.Event()
+    try:
+        for event in engine.generate(queries, args.k, params, cancel=cancel, chat=not args.raw, system=args.system):
+            collector.add(event)
+            if isinstance(event, TokenBatch):
+                progress.update(len(event.events))
+    except KeyboardInterrupt:
+        cancel.set()  # keep what was made: the set below is written with the rollouts marked cancelled
+        sys.stderr.write("\ninterrupted: writing what was generated\n")
+    finally:
+        engine.close()
+    t = collector.timings
+    progress.close(f"{collector.tokens_done} tokens in {t.generation_s:.1f} s ({t.tokens_per_s:.1f} tokens/s)"
+                   f" on {info.backend}")
+    if reward_fn is not None:
+        for group in collector.groups("cancelled"):
+            rewarded = apply_rewards(group, reward_fn, normalize_std=not args.no_std)
+            collector.update_group(rewarded)
+            for r in rewarded.rollouts:
+                if r.reward_error:
+                    sys.stderr.write(f"{r.id}: reward is null: {r.reward_error}\n")
+    export.save(collector.rollout_set("cancelled"), args.output)
+    if args.output != "-":
+        sys.stderr.write(f"wrote {args.output}\n")
+    return 0
+
+
+def _fmt_prob(logprob: float) -> str:
+    if not math.isfinite(logprob):
+        return "0"
+    p = math.exp(logprob)
+    if p > 0 and p >= 1e-300:
+        return f"{p:.3e}"
+    return f"1e{logprob / math.log(10):.1f}"
+
+
+def cmd_score(args) -> int:
+    from .core import export
+    from .core.collect import RunCollector
+    from .core.types import QueryGroup, SamplingParams
+
+    engine = _load_engine(args)
+    try:
+        chat = engine.uses_chat(not args.raw)
+        prompt, prompt_ids = engine.format_prompt(args.query, chat, args.system)
+        scores = engine.score(args.query, args.responses, chat=chat, system=args.system, top_n=args.top_n)
+        info = engine.info
+    finally:
+        engine.close()
+    width = max(8, min(48, max(len(s.response) for s in scores)))
+    print(f"{'response':<{width}}  {'log pi(y|x)':>12}  {'pi(y|x)':>11}  {'perplexity':>10}  tokens")
+    for s in scores:
+        ppl = f"{s.perplexity:.3f}" if s.perplexity is not None else "-"
+        resp = s.response if len(s.response) <= width else s.response[: width - 1] + "…"
+        print(f"{resp:<{width}}  {s.logprob:>12.4f}  {_fmt_prob(s.logprob):>11}  {ppl:>10}  {len(s.tokens)}")
+    if args.output:
+        collector = RunCollector(info, SamplingParams(top_n=args.top_n))
+        collector.add_group(QueryGroup(id="q0", query=args.query, chat=chat, prompt=prompt,
+                                       prompt_token_ids=prompt_ids, scores=scores))
+        export.save(collector.rollout_set(), args.output)
+    return 0
+
+
+def cmd_models(args) -> int:
+    from .core.models import discover_models, format_model_table
+
+    print(format_model_table(discover_models()))
+    return 0
+
+
+def cmd_export_jsonl(args) -> int:
+    from .core.export import load
+    from .core.jsonl import export_jsonl
+
+    n = export_jsonl(load(args.input), args.output)
+    if args.output != "-":
+        sys.stderr.write(f"wrote {n} rollouts to {args.output}\n")
+    return 0
+
+
+def cmd_gui(args) -> int:
+    from .gui.app import run_gui
+
+    return run_gui(args)
+
+
+class _UsageError(Exception):
+    pass
+
+
+COMMANDS = {"generate": cmd_generate, "score": cmd_score, "models": cmd_models, "export-jsonl": cmd_export_jsonl,
+            "gui": cmd_gui}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    from .core.errors import ExplorerError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        args = parser.parse_args(["gui", *(argv if argv is not None else sys.argv[1:])])
+    try:
+        return COMMANDS[args.command](args)
+    except (ExplorerError, _UsageError, ValueError) as exc:
+        sys.stderr.write(f"rollout-explorer {args.command}: {exc}\n")
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        return 130
+    except BrokenPipeError:
+        return 0
