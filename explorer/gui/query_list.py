@@ -1,12 +1,8 @@
-"""The query set editor: add, remove, reorder, edit; load and save query lists.
-
-Files are the CLI's --queries formats: a text file with one query a line, or a JSON list of strings or of
-{"query": ..., "reference": ...} objects.
-"""
+"""The query set editor: add, remove, reorder, edit; load and save query lists in the CLI's --queries formats
+(explorer.core.queries)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Iterable, Optional
 
@@ -22,74 +18,12 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from ..core.errors import ExplorerError
+from ..core.queries import SEED_QUERIES, QueryFileError, read_query_file, write_query_file
 from ..core.types import Query
 
-SEED_QUERIES = ("Which is the largest ocean?", "Can you give me some python code?")
+__all__ = ["QueryListEditor", "SEED_QUERIES"]
+
 _REFERENCE_ROLE = Qt.ItemDataRole.UserRole + 1
-
-
-class QueryFileError(ExplorerError):
-    """A query list that cannot be read."""
-
-
-def parse_queries(text: str, source: str = "<text>", as_json: Optional[bool] = None) -> list[Query]:
-    """Queries from a file's text: JSON when as_json (None: when it starts with '[' or '{'), else one query per
-    non-blank line."""
-    if as_json is None:
-        as_json = text.lstrip()[:1] in ("[", "{")
-    if as_json:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise QueryFileError(f"{source}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
-        if not isinstance(data, list):
-            raise QueryFileError(f"{source}: a JSON query list must be a list of strings or of {{\"query\", "
-                                 "\"reference\"} objects")
-        queries = []
-        for i, item in enumerate(data):
-            if isinstance(item, str):
-                queries.append(Query(item))
-            elif isinstance(item, dict) and isinstance(item.get("query"), str):
-                reference = item.get("reference")
-                if reference is not None and not isinstance(reference, str):
-                    raise QueryFileError(f"{source}: item {i + 1}: \"reference\" must be a string")
-                queries.append(Query(item["query"], reference))
-            else:
-                raise QueryFileError(f"{source}: item {i + 1} is neither a string nor an object with a \"query\" "
-                                     "string")
-    else:
-        queries = [Query(line.strip()) for line in text.splitlines() if line.strip()]
-    queries = [q for q in queries if q.text.strip()]
-    if not queries:
-        raise QueryFileError(f"{source}: no queries in the file")
-    return queries
-
-
-def read_query_file(path: str | Path) -> list[Query]:
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise QueryFileError(f"{path}: not a UTF-8 text file") from None
-    except OSError as exc:
-        raise QueryFileError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    return parse_queries(text, str(path), True if Path(path).suffix.lower() == ".json" else None)
-
-
-def format_queries(queries: Iterable[Query], as_json: bool) -> str:
-    queries = list(queries)
-    if as_json or any(q.reference is not None or "\n" in q.text for q in queries):
-        items = [q.text if q.reference is None else {"query": q.text, "reference": q.reference} for q in queries]
-        return json.dumps(items, indent=2, ensure_ascii=False) + "\n"
-    return "".join(q.text + "\n" for q in queries)
-
-
-def write_query_file(path: str | Path, queries: Iterable[Query]) -> None:
-    path = Path(path)
-    try:
-        path.write_text(format_queries(queries, path.suffix.lower() == ".json"), encoding="utf-8")
-    except OSError as exc:
-        raise QueryFileError(f"{path}: cannot write ({exc.strerror or exc})") from None
 
 
 class QueryListEditor(QWidget):
