@@ -95,6 +95,10 @@ class RolloutPane(QFrame):
         return self._final.logprob if self._final is not None else self._logprob
 
     @property
+    def compact(self) -> bool:
+        return self._compact
+
+    @property
     def final(self):
         return self._final
 
@@ -269,6 +273,7 @@ class RolloutPanes(QWidget):
         self._mode = "prob"
         self._sort = "index"
         self._highlighted: set[str] = set()
+        self._compact_choice: Optional[bool] = None  # None: compact when there are more than COMPACT_ABOVE panes
 
         self.legend = ShadingLegend(self, self._mode)
         self.shading_box = QComboBox()
@@ -399,7 +404,18 @@ class RolloutPanes(QWidget):
         if 0 <= position < pane.view.token_count:
             pane.view.mark_token(position)
 
+    def set_compact(self, compact: Optional[bool]) -> None:
+        """Force compact panes on or off; None goes back to automatic (compact for more than 8 panes)."""
+        self._compact_choice = compact
+        self._apply_compact()
+
     # -- internals --------------------------------------------------------------------------------------------------
+    def _apply_compact(self) -> None:
+        compact = self._compact_choice if self._compact_choice is not None else len(self._panes) > COMPACT_ABOVE
+        for pane in self._panes.values():
+            if pane.compact != compact:
+                pane.set_compact(compact)
+
     def _add_panes(self, lives) -> None:
         for live in lives:
             if live.id in self._panes:
@@ -410,10 +426,7 @@ class RolloutPanes(QWidget):
             self._panes[live.id] = pane
             self._order.append(live.id)
             self._row.addWidget(pane, 1)
-        compact = len(self._panes) > COMPACT_ABOVE
-        for pane in self._panes.values():
-            if pane._compact != compact:
-                pane.set_compact(compact)
+        self._apply_compact()
         for pane in self._panes.values():  # new panes show what they have before the sort looks at them
             pane.refresh()
         self._apply_sort()

@@ -93,7 +93,8 @@ class ScoringPanel(QWidget):
         super().__init__(parent)
         self._group_id: Optional[str] = None
         self._query = ""
-        self._drafts: dict[str, str] = {}  # what was typed per group, so switching queries loses nothing
+        self._drafts: dict[tuple[str, str], str] = {}  # typed per (group, query): switching loses nothing
+        self._queries: dict[str, str] = {}  # the query each group id last stood for
         self._scores: dict[str, tuple[Score, ...]] = {}
         self._mode = "prob"
         self._busy = False
@@ -153,8 +154,12 @@ class ScoringPanel(QWidget):
 
     def set_group(self, group_id: Optional[str], query: str) -> None:
         if self._group_id is not None:
-            self._drafts[self._group_id] = self.candidates.toPlainText()
+            self._drafts[(self._group_id, self._query)] = self.candidates.toPlainText()
+        if group_id is not None and self._queries.get(group_id, query) != query:
+            self._scores.pop(group_id, None)  # a new run reused the id for another query: old scores do not apply
         self._group_id, self._query = group_id, query
+        if group_id is not None:
+            self._queries[group_id] = query
         muted = muted_text(self.palette()).name()
         if group_id is None:
             self.query_label.setText(f'<span style="color:{muted}">Select a query to score responses for it.</span>')
@@ -162,7 +167,7 @@ class ScoringPanel(QWidget):
         else:
             escaped = query.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
             self.query_label.setText(f'<span style="color:{muted}">Score responses to</span> <b>{escaped}</b>')
-            draft = self._drafts.get(group_id)
+            draft = self._drafts.get((group_id, query))
             if draft is None:
                 draft = OCEAN_CANDIDATES if query.strip().lower() == OCEAN_QUERY.lower() else ""
             self.candidates.setPlainText(draft)

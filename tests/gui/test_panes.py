@@ -225,7 +225,11 @@ def test_many_rollouts_use_compact_panes_and_branches_join_live(panes):
     collector = RunCollector()
     collector.add(start(10))
     panes.show_group(collector, "q0")
-    assert len(panes.panes()) == 10 and all(p._compact for p in panes.panes())
+    assert len(panes.panes()) == 10 and all(p.compact for p in panes.panes())
+    panes.set_compact(False)
+    assert not any(p.compact for p in panes.panes())
+    panes.set_compact(None)  # automatic again
+    assert all(p.compact for p in panes.panes())
     branch = RunStarted((), (RolloutHeader("q0", "q0.r10", 10, 20, "q0.r3", 1, (tok(0, "Hi"),), "Hi"),),
                         SamplingParams(), total_tokens=4, is_branch=True)
     collector.add(branch)

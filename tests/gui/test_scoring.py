@@ -97,6 +97,8 @@ def test_scores_show_logprob_probability_share_perplexity_and_shaded_tokens(pane
     assert view.mode == "entropy"
     panel.set_group("q1", "other")
     assert table.rowCount() == 1 and table.cellWidget(0, 0).text() == "Pacific Ocean"
+    panel.set_group("q0", "a new run reused the id for another query")
+    assert table.rowCount() == 0 and panel.candidates.toPlainText() == ""
 
 
 def test_shares_are_a_softmax_of_logprobs():
