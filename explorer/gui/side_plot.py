@@ -1,0 +1,140 @@
+"""Per-position probability and entropy of the selected rollout next to the group mean, under the token tree.
+
+Two stacked plots share the tree's x axis (token position), so zooming the tree zooms these: where the policy was
+unsure (high entropy) and where the sampled token was unlikely (low pi) line up with where the tree branches.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6.QtCore import QEvent
+from PySide6.QtGui import QPalette
+from PySide6.QtWidgets import QVBoxLayout, QWidget
+
+from explorer.core.tree import TokenTree
+from explorer.core.tree_layout import mean_series, rollout_series
+from explorer.gui.style import blend
+
+
+class SidePlot(QWidget):
+    def __init__(self, parent: Optional[QWidget] = None):
+        super().__init__(parent)
+        self._tree: Optional[TokenTree] = None
+        self._rollout: Optional[str] = None
+        self._version = -1
+        self.graphics = pg.GraphicsLayoutWidget()
+        self.prob_plot: pg.PlotItem = self.graphics.addPlot(row=0, col=0)
+        self.entropy_plot: pg.PlotItem = self.graphics.addPlot(row=1, col=0)
+        self.entropy_plot.setXLink(self.prob_plot)
+        self.prob_plot.setLabel("left", "π(token)")
+        self.prob_plot.setYRange(0, 1.02, padding=0)
+        self.prob_plot.getAxis("bottom").setStyle(showValues=False)
+        self.entropy_plot.setLabel("left", "entropy (nats)")
+        self.entropy_plot.setLabel("bottom", "token position")
+        for plot in (self.prob_plot, self.entropy_plot):
+            plot.setMenuEnabled(False)
+            plot.hideButtons()
+            plot.showGrid(x=True, y=True, alpha=0.12)
+            plot.getAxis("left").setWidth(52)
+        self.legend = self.prob_plot.addLegend(offset=(-8, 4), labelTextSize="8pt")
+        self.mean_prob = self.prob_plot.plot(name="group mean")
+        self.rollout_prob = self.prob_plot.plot(name="selected rollout")
+        self.mean_entropy = self.entropy_plot.plot()
+        self.rollout_entropy = self.entropy_plot.plot()
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.graphics)
+        self._apply_palette()
+
+    def link_x(self, plot_item: pg.PlotItem) -> None:
+        """Share the x axis with another plot (the token tree)."""
+        self.prob_plot.setXLink(plot_item)
+
+    def follow(self, view) -> None:
+        """Track a TokenTreeView: its x axis, its tree, and the rollout of the token clicked in it."""
+        self.link_x(view.plot_item)
+        view.tree_refreshed.connect(lambda: self._follow_tree(view))
+        view.token_selected.connect(lambda rollout_id, _position: self.set_rollout(rollout_id))
+        view.node_selected.connect(lambda _group, rollouts: rollouts and self.set_rollout(rollouts[0]))
+        self._follow_tree(view)
+
+    def _follow_tree(self, view) -> None:
+        if view.tree is not self._tree:
+            self.set_tree(view.tree)
+        else:
+            self.refresh()
+
+    def set_tree(self, tree: Optional[TokenTree]) -> None:
+        self._tree = tree
+        if tree is None or self._rollout not in tree:
+            self._rollout = tree.rollout_ids[0] if tree is not None and tree.rollout_ids else None
+        self._version = -1
+        self.refresh()
+
+    def set_rollout(self, rollout_id: Optional[str]) -> None:
+        if rollout_id != self._rollout:
+            self._rollout = rollout_id
+            self._version = -1
+            self.refresh()
+
+    @property
+    def rollout(self) -> Optional[str]:
+        return self._rollout
+
+    def refresh(self) -> bool:
+        tree = self._tree
+        version = tree.version if tree is not None else -2
+        if version == self._version:
+            return False
+        self._version = version
+        series = self.series()
+        for curve, key in ((self.mean_prob, "mean_prob"), (self.mean_entropy, "mean_entropy"),
+                           (self.rollout_prob, "prob"), (self.rollout_entropy, "entropy")):
+            y = series[key]
+            curve.setData(np.arange(len(y)), y, connect="finite")
+        self.rollout_prob.opts["name"] = self._rollout or "selected rollout"
+        self._relabel_legend()
+        return True
+
+    def series(self) -> dict[str, np.ndarray]:
+        """What the plots show: the selected rollout's and the group mean's probability and entropy by position."""
+        empty = np.zeros(0)
+        tree = self._tree
+        if tree is None:
+            return {"prob": empty, "entropy": empty, "mean_prob": empty, "mean_entropy": empty}
+        mean_prob, mean_entropy = mean_series(tree)
+        prob = entropy = empty
+        if self._rollout is not None and self._rollout in tree:
+            prob, entropy = rollout_series(tree, self._rollout)
+        return {"prob": prob, "entropy": entropy, "mean_prob": mean_prob, "mean_entropy": mean_entropy}
+
+    def _relabel_legend(self) -> None:
+        for sample, label in self.legend.items:
+            if sample.item is self.rollout_prob:
+                label.setText(self._rollout or "selected rollout")
+
+    def _apply_palette(self) -> None:
+        pal = self.palette()
+        bg, fg = pal.color(QPalette.ColorRole.Base), pal.color(QPalette.ColorRole.Text)
+        accent = pal.color(QPalette.ColorRole.Highlight)
+        muted = blend(bg, fg, 0.45)
+        self.graphics.setBackground(bg)
+        for plot in (self.prob_plot, self.entropy_plot):
+            for name in ("left", "bottom"):
+                plot.getAxis(name).setPen(blend(bg, fg, 0.5))
+                plot.getAxis(name).setTextPen(fg)
+        mean_pen = pg.mkPen(muted, width=1.5)
+        self.mean_prob.setPen(mean_pen)
+        self.mean_entropy.setPen(mean_pen)
+        self.rollout_prob.setPen(pg.mkPen(accent, width=1.8))
+        self.rollout_entropy.setPen(pg.mkPen(accent, width=1.8))
+        self.legend.setLabelTextColor(fg)
+        self.legend.setBrush(pg.mkBrush(bg.red(), bg.green(), bg.blue(), 200))
+
+    def changeEvent(self, event) -> None:
+        if event.type() == QEvent.Type.PaletteChange and hasattr(self, "legend"):
+            self._apply_palette()
+        super().changeEvent(event)

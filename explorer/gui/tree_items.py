@@ -1,0 +1,284 @@
+"""The few pyqtgraph items the token tree view draws with, kept in sync with a growing tree cheaply.
+
+A ScatterPlotItem given 40k points through setData() spends ~100 ms looking up one symbol-atlas entry per point. The
+tree only ever has a few hundred distinct (size, colour) styles, so NodeLayer resolves each distinct style once and
+fans the atlas coordinates out with numpy, and while the tree streams it touches only the points that are new or
+changed since the last refresh. It writes into the scatter's record array (`data`) the way addPoints() does; that
+layout has been stable across pyqtgraph 0.12-0.14, and any mismatch falls back to plain setData().
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyqtgraph as pg
+from pyqtgraph import exporters
+from PySide6.QtCore import QRectF, QSize
+from PySide6.QtGui import QPainter
+from PySide6.QtSvg import QSvgGenerator
+
+from explorer.core.tree_layout import display_token
+
+
+class NodeLayer:
+    """One ScatterPlotItem showing a subset of the tree's nodes (e.g. the real ones, or the ghosts)."""
+
+    def __init__(self, scatter: pg.ScatterPlotItem):
+        self.scatter = scatter
+        self.brushes = np.empty(0, dtype=object)  # style level -> QBrush, reused so the atlas can cache
+        self._nodes = np.zeros(0, np.int64)  # scatter row -> tree node
+        self._row = np.zeros(0, np.int64)  # tree node -> scatter row, -1 when not shown
+        self._state = np.zeros((0, 4), np.float64)  # per row: x, y, size, level as last written
+        self._visible = np.zeros(0, bool)
+        self._buffer: np.ndarray | None = None  # the last record array, reused by the next rebuild
+        self.last_mode = "none"
+
+    def set_brushes(self, brushes: list) -> None:
+        self.brushes = np.empty(len(brushes), dtype=object)
+        self.brushes[:] = brushes
+        self.clear()
+
+    def clear(self) -> None:
+        if len(self.scatter.data) > len(self._buffer if self._buffer is not None else ()):
+            self._buffer = self.scatter.data
+        self.scatter.clear()
+        self._nodes = np.zeros(0, np.int64)
+        self._row = np.zeros(0, np.int64)
+        self._state = np.zeros((0, 4), np.float64)
+        self._visible = np.zeros(0, bool)
+
+    @property
+    def nodes(self) -> np.ndarray:
+        """Tree nodes currently drawn by this layer."""
+        return self._nodes[self._visible]
+
+    def sync(self, x: np.ndarray, y: np.ndarray, size: np.ndarray, level: np.ndarray, member: np.ndarray) -> str:
+        """Show exactly the nodes in `member` with these positions/styles; returns 'full', 'update' or 'none'."""
+        self.last_mode = self._sync(x, y, size, level, member)
+        return self.last_mode
+
+    def _sync(self, x, y, size, level, member) -> str:
+        n = len(member)
+        if len(self._row) < n:
+            self._row = np.concatenate([self._row, np.full(n - len(self._row), -1, np.int64)])
+        rows = self._row[:n]
+        present = rows >= 0
+        want = np.stack([x, y, size, level], axis=1)
+        new = np.flatnonzero(member & ~present)
+        old = np.flatnonzero(present)
+        old_rows = rows[old]
+        shown_now = member[old]
+        changed = (self._visible[old_rows] != shown_now) | np.any(self._state[old_rows] != want[old], axis=1)
+        touched = old[changed]
+        if len(new) + len(touched) == 0:
+            return "none"
+        hidden_after = int(np.count_nonzero(~self._visible)) + int(np.count_nonzero(~shown_now[changed]))
+        if len(self._nodes) == 0 or len(new) + len(touched) > 0.3 * n or hidden_after > 0.25 * max(len(self._nodes), 1):
+            self._rebuild(want, np.flatnonzero(member), n)
+            return "full"
+        try:
+            self._update(want, touched, member[touched], new)
+        except (KeyError, ValueError, AttributeError, IndexError):  # a pyqtgraph whose record layout differs
+            self._rebuild(want, np.flatnonzero(member), n, fast=False)
+            return "full"
+        return "update"
+
+    # -- internals ---------------------------------------------------------------------------------------------------
+    def _rebuild(self, want: np.ndarray, nodes: np.ndarray, n: int, fast: bool = True) -> None:
+        self._nodes = nodes.astype(np.int64)
+        self._row = np.full(n, -1, np.int64)
+        self._row[nodes] = np.arange(len(nodes))
+        self._state = want[nodes].copy()
+        self._visible = np.ones(len(nodes), bool)
+        sp = self.scatter
+        if not fast:
+            sp.setData(x=want[nodes, 0], y=want[nodes, 1], size=want[nodes, 2],
+                       brush=self.brushes[want[nodes, 3].astype(np.int64)])
+            return
+        if len(sp.data) > len(self._buffer if self._buffer is not None else ()):
+            self._buffer = sp.data
+        sp.data = self._allocate(len(nodes) + len(nodes) // 2 + 256)
+        self._write(np.arange(len(nodes)), want[nodes], np.ones(len(nodes), bool))
+        self._finish()
+
+    def _allocate(self, capacity: int) -> np.ndarray:
+        """A record array with room to grow: spare rows sit at NaN, which pyqtgraph culls and leaves out of bounds.
+
+        Allocating object-field records is slow (~10 ms for 40k), so a rebuild reuses the last array when it is
+        big enough and a growing tree doubles it."""
+        buffer, self._buffer = self._buffer, None
+        if buffer is not None and len(buffer) >= capacity and buffer.dtype == self.scatter.data.dtype:
+            data = buffer
+            data["item"] = None
+        else:
+            data = np.empty(capacity, dtype=self.scatter.data.dtype)
+        data["x"] = np.nan
+        data["y"] = np.nan
+        data["size"] = 1
+        data["visible"] = True
+        data["hovered"] = False
+        # A non-empty source rect keeps updateSpots() from resolving a style per spare row.
+        data["sourceRect"]["w"] = 1
+        data["sourceRect"]["h"] = 1
+        return data
+
+    def _update(self, want: np.ndarray, touched: np.ndarray, touched_shown: np.ndarray, new: np.ndarray) -> None:
+        sp = self.scatter
+        if len(new):
+            start = len(self._nodes)
+            if start + len(new) > len(sp.data):
+                grown = self._allocate(2 * (start + len(new)))
+                grown[:start] = sp.data[:start]
+                grown["item"][:start] = None  # SpotItems cache rows of the old array; they are rebuilt on demand
+                sp.data = grown
+            self._nodes = np.concatenate([self._nodes, new])
+            self._row[new] = np.arange(start, start + len(new))
+            self._state = np.concatenate([self._state, want[new]])
+            self._visible = np.concatenate([self._visible, np.ones(len(new), bool)])
+        rows = np.concatenate([self._row[touched], self._row[new]]).astype(np.int64)
+        shown = np.concatenate([touched_shown, np.ones(len(new), bool)])
+        nodes = np.concatenate([touched, new]).astype(np.int64)
+        self._state[rows] = want[nodes]
+        self._visible[rows] = shown
+        self._write(rows, want[nodes], shown)
+        self._finish()
+
+    def _write(self, rows: np.ndarray, values: np.ndarray, shown: np.ndarray) -> None:
+        """Fill records, resolving each distinct (size, level) style in the symbol atlas only once.
+
+        A hidden row keeps its record with NaN coordinates (paint and bounds skip NaN), so rows never shift."""
+        sp = self.scatter
+        data = sp.data
+        levels = values[:, 3].astype(np.int64)
+        sizes = values[:, 2]
+        data["x"][rows] = np.where(shown, values[:, 0], np.nan)
+        data["y"][rows] = np.where(shown, values[:, 1], np.nan)
+        data["size"][rows] = sizes
+        data["brush"][rows] = self.brushes[levels]
+        data["pen"][rows] = None
+        data["symbol"][rows] = None
+        data["data"][rows] = None
+        if len(rows) == 0:
+            return
+        key = sizes * 4096.0 + levels
+        unique, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+        symbol, pen = sp.opts["symbol"], sp.opts["pen"]
+        styles = [(symbol, float(sizes[i]), pen, self.brushes[levels[i]]) for i in first]
+        coords = np.array(sp.fragmentAtlas[styles], dtype=np.int64).reshape(len(unique), 4)
+        rects = data["sourceRect"]
+        for j, name in enumerate(("x", "y", "w", "h")):
+            rects[name][rows] = coords[inverse.reshape(-1), j]
+
+    def _finish(self) -> None:
+        sp = self.scatter
+        sp.prepareGeometryChange()
+        sp.informViewBoundsChanged()
+        sp.bounds = [None, None]
+        sp.updateSpots()
+        sp.invalidate()
+
+
+class EdgeLayer:
+    """Edges drawn as disconnected point pairs in one PlotCurveItem (connect='pairs'), one pen for all."""
+
+    def __init__(self, curve: pg.PlotCurveItem):
+        self.curve = curve
+        self.n_segments = 0
+
+    def set_segments(self, x: np.ndarray, y: np.ndarray) -> None:
+        self.n_segments = len(x) // 2
+        if len(x) == 0:
+            self.curve.setData([], [])
+        else:
+            self.curve.setData(x, y, connect="pairs", skipFiniteCheck=True)
+
+
+class LabelPool:
+    """A fixed number of TextItems reused for labels, so the view never makes one item per node."""
+
+    def __init__(self, plot: pg.PlotItem, size: int, z: float = 20):
+        self.items: list[pg.TextItem] = []
+        for _ in range(size):
+            item = pg.TextItem("", anchor=(0.0, 1.0))
+            item.setZValue(z)
+            item.hide()
+            plot.addItem(item, ignoreBounds=True)
+            self.items.append(item)
+
+    def show(self, entries: list[tuple[float, float, str, tuple[float, float]]], color, fill) -> None:
+        """entries: (x, y, text, anchor); surplus items are hidden."""
+        for item, entry in zip(self.items, entries):
+            x, y, text, anchor = entry
+            item.setColor(color)
+            item.fill = pg.mkBrush(fill)
+            item.setAnchor(anchor)
+            if item.toPlainText() != text:
+                item.setText(text)
+            item.setPos(x, y)
+            item.show()
+        for item in self.items[len(entries):]:
+            item.hide()
+
+    def shown_texts(self) -> list[str]:
+        return [item.toPlainText() for item in self.items if item.isVisible()]
+
+
+def label_entries(tree, lay, chains, px_width: float, marked: tuple[int, ...], limit: int) -> list:
+    """Which labels to draw: the prompt, then branch points (most rollouts first) or, collapsed, chain texts cut to
+    the room their edge has at this zoom; the hovered / selected nodes always."""
+    pos = lay.positions
+    entries = [(pos[0, 0], pos[0, 1], "prompt", (1.1, 0.5))]
+    if chains is not None:
+        order = np.lexsort((-chains.lengths, -chains.counts))[:limit]
+        for i in order.tolist():
+            upper, lower = chains.edges[i]
+            first_x = pos[upper, 0] + 1
+            room = int((pos[lower, 0] - first_x + 1) / px_width / 7)  # ~7 px per character
+            if room >= 3:
+                text = display_token(chains.labels[i], room).replace("\u2423", " ")
+                entries.append((first_x, pos[lower, 1], text, (0.0, 1.0)))
+    else:
+        branch = tree.branch_points()
+        branch = branch[branch != 0]
+        branch = branch[np.argsort(-lay.counts[branch], kind="stable")][:limit]
+        entries += [(pos[b, 0], pos[b, 1], display_token(tree.text(b)), (0.5, 1.25)) for b in branch.tolist()]
+    for node in marked:
+        if 0 < node < len(pos):
+            entries.append((pos[node, 0], pos[node, 1], display_token(tree.text(node), 40), (0.0, -0.25)))
+    return entries
+
+
+def export_graphics(item, path) -> None:
+    """Write a graphics item (and what it holds) as PNG or SVG, chosen by the file's suffix."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".png", ".svg"):
+        raise ValueError(f"cannot export the tree as {path.name!r}: use a .png or .svg file name")
+    if not path.parent.is_dir():
+        raise OSError(f"cannot export the tree to {path}: folder {path.parent} does not exist")
+    if suffix == ".png":
+        exporters.ImageExporter(item).export(str(path))
+    else:
+        try:
+            exporters.SVGExporter(item).export(str(path))
+        except ValueError:
+            # pyqtgraph's SVG post-processing cannot parse the closing "Z" of the clip paths Qt >= 6.10 writes;
+            # QSvgGenerator renders the same scene into a valid SVG instead.
+            _render_svg(item, path)
+    if not path.is_file():
+        raise OSError(f"cannot export the tree to {path}: the file was not written")
+
+
+def _render_svg(item, path: Path) -> None:
+    source = item.sceneBoundingRect()
+    generator = QSvgGenerator()
+    generator.setFileName(str(path))
+    generator.setSize(QSize(int(source.width()), int(source.height())))
+    generator.setViewBox(QRectF(0, 0, source.width(), source.height()))
+    generator.setTitle("Token tree")
+    painter = QPainter(generator)
+    try:
+        item.scene().render(painter, QRectF(0, 0, source.width(), source.height()), source)
+    finally:
+        painter.end()
