@@ -94,10 +94,12 @@ def raw_stats(logits: np.ndarray, top_n: int, ws: Workspace, keep_shifted: bool 
     return RawStats(log_z=log_z, entropy=entropy, top_ids=top_ids, top_logprobs=top_lps), shifted
 
 
-def _apply_repeat_penalty(shifted: np.ndarray, histories: Sequence[Sequence[int]], penalty: float, last_n: int):
+def _apply_repeat_penalty(shifted: np.ndarray, row_max: np.ndarray, histories: Sequence[Sequence[int]],
+                          penalty: float, last_n: int):
     """llama.cpp's rule: a recent token's logit is divided by the penalty when positive, multiplied when negative.
 
-    The shift by the row max is undone around the rule so the sign test sees the real logit.
+    shifted holds logits - row_max; the shift is undone around the rule so the sign test and the scaling see the
+    real logit (on shifted values every entry is <= 0 and the most probable token would never be penalised).
     """
     if penalty == 1.0:
         return
@@ -106,8 +108,8 @@ def _apply_repeat_penalty(shifted: np.ndarray, histories: Sequence[Sequence[int]
         if not recent:
             continue
         ids = np.unique(np.asarray(recent, dtype=np.int64))
-        vals = shifted[row, ids]
-        shifted[row, ids] = np.where(vals > 0, vals / penalty, vals * penalty)
+        vals = shifted[row, ids] + row_max[row]
+        shifted[row, ids] = np.where(vals > 0, vals / penalty, vals * penalty) - row_max[row]
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
@@ -163,7 +165,7 @@ def sample_step(
     # the raw values of the tokens the penalty is about to change are kept for the raw logprob
     penalised = params.repeat_penalty != 1.0 and any(len(h) for h in histories)
     raw_copy = shifted.copy() if penalised else None
-    _apply_repeat_penalty(shifted, histories, params.repeat_penalty, params.repeat_last_n)
+    _apply_repeat_penalty(shifted, logits.max(axis=1), histories, params.repeat_penalty, params.repeat_last_n)
     raw_values = raw_copy if raw_copy is not None else raw_row
 
     greedy = params.temperature <= 0.0
