@@ -1,0 +1,125 @@
+"""The command line as a user runs it: a real process, real files, the tiny GGUF and the default model."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from explorer.core import export
+
+
+def run_cli(*args: str, cwd: Path | None = None, env_extra: dict | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ, QT_QPA_PLATFORM="offscreen", **(env_extra or {}))
+    return subprocess.run([sys.executable, "-m", "explorer", *args], capture_output=True, text=True, timeout=240,
+                          cwd=cwd, env=env)
+
+
+def test_generate_writes_a_valid_rollout_set(tiny_gguf, tmp_path):
+    out = tmp_path / "set.json"
+    proc = run_cli("generate", "--model", str(tiny_gguf), "-q", "the ocean", "-q", "a sea", "-k", "3",
+                   "--max-tokens", "6", "--seed", "7", "--top-n", "4", "-o", str(out))
+    assert proc.returncode == 0, proc.stderr
+    rs = export.load(out)  # validates against the schema
+    assert [g.query for g in rs.groups] == ["the ocean", "a sea"]
+    for g in rs.groups:
+        assert [r.seed for r in g.rollouts] == [7, 8, 9]
+        for r in g.rollouts:
+            assert 1 <= len(r.tokens) <= 6
+            assert all(len(t.top) == 4 for t in r.tokens)
+    assert rs.sampling.top_n == 4 and rs.model.n_vocab > 0
+    assert "tokens/s" in proc.stderr
+
+
+def test_generate_same_seed_same_file_content(tiny_gguf, tmp_path):
+    runs = []
+    for name in ("a.json", "b.json"):
+        out = tmp_path / name
+        proc = run_cli("generate", "--model", str(tiny_gguf), "-q", "x", "-k", "2", "--max-tokens", "5",
+                       "--seed", "3", "-o", str(out))
+        assert proc.returncode == 0, proc.stderr
+        runs.append([[r.token_ids for r in g.rollouts] for g in export.load(out).groups])
+    assert runs[0] == runs[1]
+
+
+def test_generate_to_stdout_with_queries_file_and_reward(tiny_gguf, tmp_path):
+    qfile = tmp_path / "q.json"
+    qfile.write_text(json.dumps([{"query": "the ocean", "reference": "the"}, "plain"]))
+    proc = run_cli("generate", "--model", str(tiny_gguf), "--queries", str(qfile), "-k", "2", "--max-tokens", "4",
+                   "--reward", "length", "-o", "-")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["format"] == "rollout-explorer/rollout-set" and data["version"] == 1
+    assert data["groups"][0]["reference"] == "the"
+    rewards = [r["reward"] for g in data["groups"] for r in g["rollouts"]]
+    assert all(isinstance(x, float) for x in rewards)
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["generate", "-o", "x.json"], "at least one query"),
+    (["generate", "-q", "x", "--top-p", "0", "-o", "x.json"], "top-p"),
+    (["generate", "-q", "x", "-k", "0", "-o", "x.json"], "-k"),
+    (["generate", "--model", "missing.gguf", "-q", "x", "-o", "x.json"], "missing.gguf"),
+    (["generate", "-q", "x", "--queries", "nope.txt", "-o", "x.json"], "nope.txt"),
+    (["generate", "-q", "x", "--reward", "nope.py", "-o", "x.json"], "nope.py"),
+    (["export-jsonl", "nope.json", "-o", "x.jsonl"], "nope.json"),
+])
+def test_bad_input_is_one_line_and_exit_2(args, needle, tmp_path):
+    proc = run_cli(*args, cwd=tmp_path)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_corrupt_model_file_is_refused_with_reason(tmp_path, tiny_gguf):
+    bad = tmp_path / "half.gguf"
+    bad.write_bytes(Path(tiny_gguf).read_bytes()[:5000])
+    proc = run_cli("generate", "--model", str(bad), "-q", "x", "-o", str(tmp_path / "o.json"))
+    assert proc.returncode == 2
+    assert "half.gguf" in proc.stderr and "truncated" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_prompt_longer_than_context_is_a_clear_error(tiny_gguf, tmp_path):
+    proc = run_cli("generate", "--model", str(tiny_gguf), "--n-ctx", "64", "-q", "word " * 200, "-o",
+                   str(tmp_path / "o.json"))
+    assert proc.returncode == 2
+    assert "context" in proc.stderr and "tokens" in proc.stderr
+    assert not (tmp_path / "o.json").exists()
+
+
+def test_export_jsonl_round_trips_ids(tiny_gguf, tmp_path):
+    out = tmp_path / "set.json"
+    assert run_cli("generate", "--model", str(tiny_gguf), "-q", "x", "-k", "2", "--max-tokens", "4",
+                   "-o", str(out)).returncode == 0
+    proc = run_cli("export-jsonl", str(out), "-o", str(tmp_path / "set.jsonl"))
+    assert proc.returncode == 0, proc.stderr
+    lines = [json.loads(x) for x in (tmp_path / "set.jsonl").read_text().splitlines()]
+    rs = export.load(out)
+    assert [tuple(x["completion_token_ids"]) for x in lines] == [r.token_ids for r in rs.groups[0].rollouts]
+
+
+@pytest.mark.model
+def test_score_prints_the_seed_example(default_model_path, tmp_path):
+    out = tmp_path / "scores.json"
+    proc = run_cli("score", "-q", "Which is the largest ocean?", "-r", "Atlantic Ocean", "-r", "Pacific Ocean",
+                   "-o", str(out))
+    assert proc.returncode == 0, proc.stderr
+    rows = [ln for ln in proc.stdout.splitlines() if ln.startswith(("Atlantic", "Pacific"))]
+    assert len(rows) == 2
+    scores = export.load(out).groups[0].scores
+    assert [s.response for s in scores] == ["Atlantic Ocean", "Pacific Ocean"]
+    for row, s in zip(rows, scores):
+        assert f"{s.logprob:.4f}" in row
+
+
+@pytest.mark.model
+def test_models_lists_the_default_model(default_model_path):
+    proc = run_cli("models")
+    assert proc.returncode == 0, proc.stderr
+    assert "SmolLM2-135M-Instruct" in proc.stdout and "default" in proc.stdout and "llama" in proc.stdout
