@@ -27,8 +27,9 @@ from PySide6.QtWidgets import (
 )
 
 from ..core.models import ModelEntry, format_params, format_size
+from ..core.queries import SEED_QUERIES
 from ..core.types import ModelInfo, Query, SamplingParams
-from .query_list import SEED_QUERIES, QueryListEditor
+from .query_list import QueryListEditor
 
 MAX_SEED = 2**31 - 1
 _PATH_ROLE = Qt.ItemDataRole.UserRole

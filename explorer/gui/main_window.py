@@ -23,13 +23,14 @@ from PySide6.QtWidgets import (
 
 from ..core.collect import RunCollector
 from ..core.models import discover_models
-from ..core.types import ModelInfo, RolloutFinished, RunFinished, RunStarted, TokenBatch
+from ..core.types import ModelInfo, RolloutFinished, RunStarted, TokenBatch
 from .actions import build_menus
 from .controls import ControlPanel
 from .recovery import AUTOSAVE_INTERVAL_MS, RecoveryStore
 from .status import StatusPanel
 from .window_files import WindowFilesMixin
-from .worker import EngineHost, default_engine_factory, keep_until_finished
+from .window_views import WindowViewsMixin
+from .worker import EngineHost, default_engine_factory
 
 try:
     from .panes import RolloutPanes
@@ -56,7 +57,7 @@ ErrorSink = Callable[[str, str], None]
 Asker = Callable[[str, str], bool]
 
 
-class MainWindow(WindowFilesMixin, QMainWindow):
+class MainWindow(WindowViewsMixin, WindowFilesMixin, QMainWindow):
     model_ready = Signal(object)  # ModelInfo, after a load succeeded
     model_load_failed = Signal(str)
     run_done = Signal(bool, bool)  # cancelled, failed: the current run (or branch) has ended and been drawn
@@ -397,110 +398,3 @@ class MainWindow(WindowFilesMixin, QMainWindow):
         else:
             self.recovery.clear()
         self.run_done.emit(cancelled, self._run_failed)
-
-    # -- groups and views ------------------------------------------------------------------------------------------
-    def _clear_tabs(self) -> None:
-        self.group_tabs.blockSignals(True)
-        while self.group_tabs.count():
-            self.group_tabs.removeTab(0)
-        self.group_tabs.blockSignals(False)
-        self.panes.show_group(None, None)
-        self.scoring.set_group(None, "")
-        if self.tree_view is not None:
-            self.tree_view.set_tree(None)
-
-    def _sync_tabs(self) -> None:
-        had = self.group_tabs.count()
-        known = {self.group_tabs.tabData(i) for i in range(had)}
-        self.group_tabs.blockSignals(True)  # a tab's data is set after addTab; select once everything is there
-        for gid in self.collector.group_ids:
-            if gid in known:
-                continue
-            query = self.collector.header(gid).query
-            short = query if len(query) <= 36 else query[:35] + "…"
-            index = self.group_tabs.addTab(f"{self.group_tabs.count() + 1}. {short}")
-            self.group_tabs.setTabData(index, gid)
-            self.group_tabs.setTabToolTip(index, query)
-        self.group_tabs.blockSignals(False)
-        if had == 0 and self.group_tabs.count():
-            self.group_tabs.setCurrentIndex(0)
-            self._on_tab_changed(0)
-
-    def current_group_id(self) -> Optional[str]:
-        index = self.group_tabs.currentIndex()
-        return self.group_tabs.tabData(index) if index >= 0 else None
-
-    def select_group(self, group_id: str) -> None:
-        for i in range(self.group_tabs.count()):
-            if self.group_tabs.tabData(i) == group_id:
-                self.group_tabs.setCurrentIndex(i)
-                return
-
-    @Slot(int)
-    def _on_tab_changed(self, index: int) -> None:
-        gid = self.group_tabs.tabData(index) if index >= 0 else None
-        if self.collector is None or gid is None:
-            return
-        self.panes.show_group(self.collector, gid)
-        self.scoring.set_group(gid, self.collector.header(gid).query)
-        # always, even when empty: the panel keeps scores by group id, and a new run reuses the ids
-        self.scoring.show_scores(gid, self.collector.group(gid).scores)
-        if self.tree_view is not None:
-            self.tree_view.set_tree(self.trees.get(gid))
-
-    def set_shading(self, mode: str) -> None:
-        self.panes.set_shading(mode)
-        self._on_shading_changed(mode)
-
-    def shading(self) -> str:
-        return getattr(self.panes, "shading", "prob")
-
-    def _on_shading_changed(self, mode: str) -> None:
-        self.actions["shade_prob" if mode == "prob" else "shade_entropy"].setChecked(True)
-        scoring_shading = getattr(self.scoring, "set_shading", None)
-        if scoring_shading is not None:
-            scoring_shading(mode)
-
-    def set_compact(self, compact: bool) -> None:
-        setter = getattr(self.panes, "set_compact", None)  # the panes switch to compact by themselves for k > 8
-        if setter is not None:
-            setter(bool(compact))
-
-    def _on_token_clicked(self, rollout_id: str, position: int) -> None:
-        if self.tree_view is not None:
-            self.tree_view.select_token(rollout_id, position)
-
-    def _on_tree_token(self, rollout_id: str, position: int) -> None:
-        self.panes.scroll_to_token(rollout_id, position)
-
-    # -- scoring ---------------------------------------------------------------------------------------------------
-    def _same_model_as_collector(self) -> bool:
-        made_with = self.collector.model if self.collector is not None else None
-        return made_with is None or self.model_info is None or made_with.fingerprint == self.model_info.fingerprint
-
-    def request_score(self, group_id: str, responses: list) -> Optional[int]:
-        if self.model_info is None:
-            self.show_error("No model", "Load a model to score responses (what you typed is kept).")
-            return None
-        if self.collector is None or group_id not in self.collector.group_ids:
-            return None
-        if not self._same_model_as_collector():
-            self.show_error("Different model", f"This rollout set was made with {self.collector.model.name}; load "
-                            "that model to score responses against it (what you typed is kept).")
-            return None
-        header = self.collector.header(group_id)
-        system = self.controls.system_prompt() if header.chat else None
-        request = self.host.score(group_id, header.query, list(responses), header.chat, system,
-                                  self.controls.sampling_params().top_n)
-        self._score_requests[request] = (self.collector, group_id)
-        self.scoring.set_busy(True)
-        return request
-
-    @Slot(int, str, object)
-    def _on_scores(self, request: int, group_id: str, scores: tuple) -> None:
-        collector, gid = self._score_requests.get(request, (None, None))
-        if collector is None or collector is not self.collector:
-            return  # asked about a set that is no longer shown
-        collector.set_group_scores(gid, scores)
-        if self.current_group_id() == gid:
-            self.scoring.show_scores(gid, scores)

@@ -18,10 +18,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from ..core.queries import SEED_QUERIES, QueryFileError, read_query_file, write_query_file
+from ..core.queries import QueryFileError, read_query_file, write_query_file
 from ..core.types import Query
-
-__all__ = ["QueryListEditor", "SEED_QUERIES"]
 
 _REFERENCE_ROLE = Qt.ItemDataRole.UserRole + 1
 

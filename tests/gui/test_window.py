@@ -251,8 +251,8 @@ def test_branch_adds_rollouts_to_the_group(qtbot, window, fake_model):
 def test_scoring_shows_scores_for_the_group(qtbot, window, fake_model):
     load(qtbot, window, fake_model)
     run_to_end(qtbot, window, k=1)
-    with qtbot.waitSignal(window.host.worker.finished, timeout=5000):
-        window.request_score("q0", [" Atlantic Ocean", " Pacific Ocean"])
+    window.request_score("q0", [" Atlantic Ocean", " Pacific Ocean"])
+    qtbot.waitUntil(lambda: len(window.collector.group("q0").scores) == 2, timeout=5000)
     scores = window.collector.group("q0").scores
     assert [s.response for s in scores] == [" Atlantic Ocean", " Pacific Ocean"]
     assert window.scoring.table.rowCount() == 2
@@ -262,8 +262,8 @@ def test_export_then_open_shows_the_same(qtbot, make_window, fake_model, tmp_pat
     window = make_window()
     load(qtbot, window, fake_model)
     run_to_end(qtbot, window, k=3, max_tokens=15)
-    with qtbot.waitSignal(window.host.worker.finished, timeout=5000):
-        window.request_score("q0", [" Atlantic Ocean"])
+    window.request_score("q0", [" Atlantic Ocean"])
+    qtbot.waitUntil(lambda: len(window.collector.group("q0").scores) == 1, timeout=5000)
     path = tmp_path / "set.json"
     assert window.export_rollout_set(str(path))
     original = window.collector.rollout_set()
@@ -393,3 +393,18 @@ def test_scripted_mode_fails_with_a_message_on_a_bad_model(fake_factory, bad_mod
     assert run_gui(args, fake_factory, gui_settings) == 1
     assert "not a GGUF" in capsys.readouterr().err
     assert not (tmp_path / "x.json").exists()
+
+
+def test_tiny_gguf_run_streams_into_k_panes(qtbot, make_window, tiny_gguf, main_thread_id):
+    """The real engine (llama.cpp) on a tiny GGUF written by the tests, through the worker thread."""
+    from explorer.gui.worker import default_engine_factory
+
+    window = make_window(factory=default_engine_factory)
+    load(qtbot, window, tiny_gguf)
+    assert window.model_info.architecture == "llama"
+    window.controls.set_queries(["hello"])
+    assert run_to_end(qtbot, window, k=3, max_tokens=6) == [False, False]
+    rollouts = window.collector.group("q0").rollouts
+    assert len(window.panes.panes()) == 3 and all(r.tokens for r in rollouts)
+    assert [p.view.token_count for p in window.panes.panes()] == [len(r.tokens) for r in rollouts]
+    assert {r.seed for r in rollouts} == {window.controls.sampling_params().seed + i for i in range(3)}
