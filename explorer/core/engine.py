@@ -314,6 +314,13 @@ class Engine:
         header = GroupHeader(group.id, group.query, group.chat, group.prompt, group.prompt_token_ids, group.reference)
         yield RunStarted((header,), tuple(r.header for r in unit.rollouts), params, total_tokens=k * params.max_tokens,
                          is_branch=True)
+        if forced_token is not None and self.model.is_eog(forced_token):
+            # a forced end-of-generation ends the rollouts there: nothing may be sampled after it
+            for live in unit.rollouts:
+                live.finish = "stop"
+                yield RolloutFinished(group.id, self._final(live))
+            yield RunFinished(Timings(load_s=self.load_s))
+            return
         yield from self._run([unit], params, cancel)
 
     def _new_live(self, header: RolloutHeader, history: list[int]) -> _Live:
