@@ -64,7 +64,7 @@ _RAMPS = {
     "prob": ((0.0, "#f5cf4b"), (0.35, "#f49a32"), (0.7, "#e8484a"), (1.0, "#c8308a")),
     "entropy": ((0.0, "#5cc8e0"), (0.45, "#3e86e6"), (1.0, "#8451e0")),
 }
-_MAX_OPACITY = {False: 0.62, True: 0.66}  # keyed by is_dark
+_MAX_OPACITY = {False: 0.56, True: 0.66}  # keyed by is_dark
 
 
 def shade_strength(mode: str, prob: float, entropy: float) -> float:

@@ -15,7 +15,7 @@ from bisect import bisect_right
 from typing import Optional, Sequence
 
 from PySide6.QtCore import QEvent, QPoint, QRect, Qt, Signal
-from PySide6.QtGui import QColor, QFontDatabase, QPalette, QTextCharFormat, QTextCursor, QTextOption
+from PySide6.QtGui import QFontDatabase, QPalette, QTextCharFormat, QTextCursor, QTextOption
 from PySide6.QtWidgets import QApplication, QPlainTextEdit, QTextEdit, QToolTip, QWidget
 
 from ..core.types import TokenInfo
@@ -454,8 +454,3 @@ class TokenTextView(QPlainTextEdit):
         if index is not None:
             self.token_clicked.emit(index)
 
-
-def shaded_colour_name(mode: str, token: TokenInfo, palette: Optional[QPalette] = None) -> Optional[str]:
-    """The background a token gets (hex), or None when it stays unshaded: for tests and for exports of the view."""
-    colour: Optional[QColor] = shade_colour(mode, shade_level(mode, token.prob, token.entropy), palette)
-    return colour.name() if colour is not None else None
