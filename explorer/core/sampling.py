@@ -117,11 +117,17 @@ def _softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum()
 
 
-def _filter_row(cand_ids: np.ndarray, cand_vals: np.ndarray, params: SamplingParams):
-    """top-p then min-p on candidates sorted by value descending; returns the kept prefix."""
+def _filter_row(cand_ids: np.ndarray, cand_vals: np.ndarray, params: SamplingParams,
+                log_norm: Optional[float] = None):
+    """top-p then min-p on candidates sorted by value descending; returns the kept prefix.
+
+    log_norm, when given, is the log of the normaliser over the whole row: the candidates are then only the head
+    of the distribution and top-p measures their mass against all of it.
+    """
     keep = len(cand_ids)
     if params.top_p < 1.0 and keep > 1:
-        cum = np.cumsum(_softmax(cand_vals.astype(np.float64)))
+        vals64 = cand_vals.astype(np.float64)
+        cum = np.cumsum(_softmax(vals64) if log_norm is None else np.exp(vals64 - log_norm))
         keep = min(keep, int(np.searchsorted(cum, params.top_p, side="left")) + 1)
     if params.min_p > 0.0 and keep > 1:
         threshold = cand_vals[0] + math.log(params.min_p)
@@ -170,6 +176,14 @@ def sample_step(
 
     greedy = params.temperature <= 0.0
     cand_ids, cand_vals = (None, None) if greedy else _candidates(shifted, params)
+    log_norm = None
+    if not greedy and params.top_k == 0 and params.top_p < 1.0 and v > _WIDE_CANDIDATES:
+        # the wide first cut is only the head of the vocabulary: top-p needs the whole row's normaliser
+        _, expd = ws.buffers(n)
+        row_max = shifted.max(axis=1, keepdims=True)
+        np.subtract(shifted, row_max, out=expd)
+        np.exp(expd, out=expd)
+        log_norm = row_max[:, 0].astype(np.float64) + np.log(expd.sum(axis=1, dtype=np.float64))
     for row in range(n):
         if forced is not None and forced[row] is not None:
             tok = int(forced[row])
@@ -179,7 +193,7 @@ def sample_step(
         else:
             ids, vals = cand_ids[row], cand_vals[row]
             if params.top_k == 0:
-                kept_ids, kept_vals = _filter_row(ids, vals, params)
+                kept_ids, kept_vals = _filter_row(ids, vals, params, None if log_norm is None else log_norm[row])
                 # the first cut held every kept token only if the filter stopped inside it
                 if len(kept_ids) == len(ids) and len(ids) < v:
                     kept_ids, kept_vals = _filter_row(*_full_row_candidates(shifted[row]), params)
