@@ -39,6 +39,10 @@ class SidePlot(QWidget):
             plot.hideButtons()
             plot.showGrid(x=True, y=True, alpha=0.12)
             plot.getAxis("left").setWidth(52)
+        # An empty column under the tree's colour bar, so both plots' x axes span the same pixels.
+        self._spacer = pg.GraphicsWidget()
+        self._spacer.setMaximumWidth(0)
+        self.graphics.addItem(self._spacer, row=0, col=1, rowspan=2)
         self.legend = self.prob_plot.addLegend(offset=(-8, 4), labelTextSize="8pt")
         self.mean_prob = self.prob_plot.plot(name="group mean")
         self.rollout_prob = self.prob_plot.plot(name="selected rollout")
@@ -53,9 +57,15 @@ class SidePlot(QWidget):
         """Share the x axis with another plot (the token tree)."""
         self.prob_plot.setXLink(plot_item)
 
+    def set_right_margin(self, width: float) -> None:
+        """Leave `width` pixels right of the plots (the width of what stands right of the linked plot)."""
+        self._spacer.setMinimumWidth(width)
+        self._spacer.setMaximumWidth(width)
+
     def follow(self, view) -> None:
-        """Track a TokenTreeView: its x axis, its tree, and the rollout of the token clicked in it."""
+        """Track a TokenTreeView: its x axis (aligned pixel for pixel), its tree, and the clicked token's rollout."""
         self.link_x(view.plot_item)
+        self.set_right_margin(view.right_margin())
         view.tree_refreshed.connect(lambda: self._follow_tree(view))
         view.token_selected.connect(lambda rollout_id, _position: self.set_rollout(rollout_id))
         view.node_selected.connect(lambda _group, rollouts: rollouts and self.set_rollout(rollouts[0]))

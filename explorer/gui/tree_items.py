@@ -17,6 +17,7 @@ from pyqtgraph import exporters
 from PySide6.QtCore import QRectF, QSize
 from PySide6.QtGui import QPainter
 from PySide6.QtSvg import QSvgGenerator
+from PySide6.QtWidgets import QPushButton
 
 from explorer.core.tree_layout import display_token
 
@@ -59,6 +60,11 @@ class NodeLayer:
         return self.last_mode
 
     def _sync(self, x, y, size, level, member) -> str:
+        if not member.any():  # an empty layer holds no records at all (all-NaN rows would trouble the bounds)
+            if len(self._nodes) == 0:
+                return "none"
+            self.clear()
+            return "full"
         n = len(member)
         if len(self._row) < n:
             self._row = np.concatenate([self._row, np.full(n - len(self._row), -1, np.int64)])
@@ -277,8 +283,40 @@ def _render_svg(item, path: Path) -> None:
     generator.setSize(QSize(int(source.width()), int(source.height())))
     generator.setViewBox(QRectF(0, 0, source.width(), source.height()))
     generator.setTitle("Token tree")
+    views = item.scene().views()
+    if views:  # cached QPictures (the axes) replay scaled by the ratio of recording and target resolutions
+        generator.setResolution(views[0].logicalDpiX())
     painter = QPainter(generator)
+    # Export mode makes scatters draw each marker as a shape (not pixmap fragments from the symbol atlas).
+    items = [it for it in item.scene().items() if hasattr(it, "setExportMode")]
     try:
+        if views:
+            painter.fillRect(QRectF(0, 0, source.width(), source.height()), views[0].backgroundBrush())
+        for it in items:
+            it.setExportMode(True, {"antialias": True, "background": None, "painter": painter})
         item.scene().render(painter, QRectF(0, 0, source.width(), source.height()), source)
     finally:
         painter.end()
+        for it in items:
+            it.setExportMode(False)
+
+
+def tool_button(text: str, tip: str, bar, checkable: bool = False, checked: bool = False) -> QPushButton:
+    button = QPushButton(text)
+    button.setToolTip(tip)
+    button.setCheckable(checkable)
+    button.setChecked(checked)
+    bar.addWidget(button)
+    return button
+
+
+def rollout_polylines(tree, positions: np.ndarray, rollout_ids: list[str]):
+    """x, y and a connect mask drawing each rollout's path from the root, as one curve."""
+    parts = []
+    for rid in rollout_ids:
+        nodes = tree.path(rid)
+        parts.append(np.concatenate([[0], nodes[nodes < len(positions)]]))
+    pts = positions[np.concatenate(parts)]
+    connect = np.ones(len(pts), bool)
+    connect[np.cumsum([len(p) for p in parts]) - 1] = False  # no line from one rollout's end to the next root
+    return pts[:, 0], pts[:, 1], connect

@@ -21,13 +21,13 @@ import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import QEvent, QPoint, Qt, Signal
 from PySide6.QtGui import QCursor, QGuiApplication, QPalette
-from PySide6.QtWidgets import (QFileDialog, QHBoxLayout, QLabel, QMenu, QMessageBox, QPushButton, QToolTip,
-                               QVBoxLayout, QWidget)
+from PySide6.QtWidgets import QFileDialog, QHBoxLayout, QLabel, QMenu, QMessageBox, QToolTip, QVBoxLayout, QWidget
 
 from explorer.core.tree import ROOT, TokenTree
 from explorer.core.tree_layout import color_levels, colormap_lut, describe_node, display_token
 from explorer.gui.style import blend, widget_is_dark
-from explorer.gui.tree_items import EdgeLayer, LabelPool, NodeLayer, export_graphics, label_entries
+from explorer.gui.tree_items import (EdgeLayer, LabelPool, NodeLayer, export_graphics, label_entries,
+                                     rollout_polylines, tool_button)
 
 N_LEVELS = 32  # colour buckets: one reusable brush each
 MAX_LABELS = 40  # branch-point / chain labels shown at once (hovered and selected come on top)
@@ -59,19 +59,13 @@ class TokenTreeView(QWidget):
         self.branch_k = 4
 
         bar = QHBoxLayout()
-        self.fit_button = QPushButton("Fit")
-        self.fit_button.setToolTip("Show the whole tree")
-        self.collapse_button = QPushButton("Collapse chains")
-        self.collapse_button.setCheckable(True)
-        self.collapse_button.setToolTip("Draw each run of tokens without a fork as one labelled edge")
-        self.ghosts_button = QPushButton("Alternatives")
-        self.ghosts_button.setCheckable(True)
-        self.ghosts_button.setChecked(True)
-        self.ghosts_button.setToolTip("Show the top-N tokens no rollout took (faded; drawn when zoomed in enough)")
-        self.export_button = QPushButton("Export…")
+        self.fit_button = tool_button("Fit", "Show the whole tree, and follow it as it grows", bar)
+        self.collapse_button = tool_button("Collapse chains", "Draw each run of tokens without a fork as one "
+                                           "labelled edge", bar, checkable=True)
+        self.ghosts_button = tool_button("Alternatives", "Show the top-N tokens no rollout took (faded; drawn "
+                                         "once zoomed in enough)", bar, checkable=True, checked=True)
+        self.export_button = tool_button("Export…", "Save the tree as PNG or SVG", bar)
         self.info_label = QLabel("")
-        for w in (self.fit_button, self.collapse_button, self.ghosts_button, self.export_button):
-            bar.addWidget(w)
         bar.addStretch(1)
         bar.addWidget(self.info_label)
         self.fit_button.clicked.connect(self.fit)
@@ -89,6 +83,8 @@ class TokenTreeView(QWidget):
         self.colorbar = pg.ColorBarItem(values=(0, 1), interactive=False, width=14, label="π(token | prefix)",
                                         colorMapMenu=False)
         self.graphics.addItem(self.colorbar, row=0, col=1)
+        self.colorbar.getAxis("right").setWidth(48)  # fixed, so a linked side plot can line up with the tree
+        self.plot.getAxis("left").setWidth(52)
 
         self.ghost_edges = EdgeLayer(pg.PlotCurveItem())
         self.edges = [EdgeLayer(pg.PlotCurveItem()) for _ in range(3)]  # one rollout, a few, many
@@ -120,6 +116,10 @@ class TokenTreeView(QWidget):
     @property
     def plot_item(self) -> pg.PlotItem:
         return self.plot
+
+    def right_margin(self) -> float:
+        """Pixels between the tree plot's right edge and the widget's: the colour bar and the layout spacing."""
+        return self.colorbar.preferredWidth() + self.graphics.ci.layout.horizontalSpacing()
 
     def set_tree(self, tree: Optional[TokenTree]) -> None:
         """Show another group's tree (None clears the view); the next refresh() draws it whole and fits it."""
@@ -362,15 +362,8 @@ class TokenTreeView(QWidget):
         if tree is None or lay is None or not self._highlighted:
             self.highlight.setData([], [])
             return
-        parts = []
-        for rid in self._highlighted:
-            nodes = tree.path(rid)
-            nodes = nodes[nodes < len(lay.positions)]
-            parts.append(np.concatenate([[ROOT], nodes]))
-        pts = lay.positions[np.concatenate(parts)]
-        connect = np.ones(len(pts), bool)
-        connect[np.cumsum([len(p) for p in parts]) - 1] = False  # no line from one rollout's end to the next root
-        self.highlight.setData(pts[:, 0], pts[:, 1], connect=connect)
+        x, y, connect = rollout_polylines(tree, lay.positions, self._highlighted)
+        self.highlight.setData(x, y, connect=connect)
 
     def _update_marks(self) -> None:
         lay = self._layout
