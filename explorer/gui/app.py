@@ -46,6 +46,11 @@ def _apply_args(window, args) -> None:
         value = _arg(args, name)
         if value is not None:
             widget.setValue(int(value))
+    if _arg(args, "raw", False):
+        c.chat_check.setChecked(False)
+    system = _arg(args, "system")
+    if system:
+        c.system_edit.setPlainText(system)
 
 
 class ScriptedSession:
@@ -120,7 +125,6 @@ def run_gui(args, engine_factory: Callable = default_engine_factory, settings: O
             print(f"rollout-explorer: {exc}", file=sys.stderr)
             return 2
     session = None
-    errors: list[str] = []
     quit_after = bool(_arg(args, "quit", False))
     window = MainWindow(engine_factory, settings=settings, persist=not scripted,
                         show_error=(lambda t, m: session.error(t, m)) if quit_after else None)
@@ -140,7 +144,5 @@ def run_gui(args, engine_factory: Callable = default_engine_factory, settings: O
     if session is not None and session.failed and code == 0:
         code = 1
     if not wait_for_lingering():
-        errors.append("the engine thread did not end")
-    for message in errors:
-        print(f"rollout-explorer: {message}", file=sys.stderr)
+        print("rollout-explorer: the engine thread did not end", file=sys.stderr)
     return code

@@ -7,6 +7,7 @@ and the token trees and asks the views to refresh, so a burst of tokens costs on
 from __future__ import annotations
 
 import sys
+import threading
 from typing import Callable, Optional
 
 from PySide6.QtCore import QSettings, Qt, QTimer, Signal, Slot
@@ -62,6 +63,7 @@ class MainWindow(WindowViewsMixin, WindowFilesMixin, QMainWindow):
     model_load_failed = Signal(str)
     run_done = Signal(bool, bool)  # cancelled, failed: the current run (or branch) has ended and been drawn
     error_shown = Signal(str, str)  # title, message: every dialog the user was shown
+    _models_found = Signal(object)  # from the discovery thread
 
     def __init__(self, engine_factory=default_engine_factory, settings: Optional[QSettings] = None,
                  show_error: Optional[ErrorSink] = None, ask: Optional[Asker] = None,
@@ -78,7 +80,7 @@ class MainWindow(WindowViewsMixin, WindowFilesMixin, QMainWindow):
         self.recovery = RecoveryStore(recovery_dir)
 
         self.host = EngineHost(engine_factory)
-        w = self.host.worker
+        w = self.host  # its signals arrive on this (the GUI) thread
         w.model_loading.connect(self._on_model_loading)
         w.model_loaded.connect(self._on_model_loaded)
         w.model_failed.connect(self._on_model_failed)
@@ -100,6 +102,7 @@ class MainWindow(WindowViewsMixin, WindowFilesMixin, QMainWindow):
         self._closed = False
         self._dirty_since_autosave = False
 
+        self._models_found.connect(self._on_models_found)
         self._build_layout()
         self.actions = build_menus(self)
         self.status = StatusPanel(self.statusBar())
@@ -201,11 +204,26 @@ class MainWindow(WindowViewsMixin, WindowFilesMixin, QMainWindow):
         return answer == QMessageBox.StandardButton.Yes
 
     # -- models ----------------------------------------------------------------------------------------------------
-    def refresh_models(self) -> None:
-        try:
-            entries = self._discover()
-        except Exception as exc:  # noqa: BLE001 -- discovery never raises by contract; be safe anyway
-            print(f"rollout-explorer: model discovery failed: {exc}", file=sys.stderr)
+    def refresh_models(self, background: bool = True) -> None:
+        """List the GGUF files found on this machine in the model picker. Discovery reads file headers (and hashes
+        a little of each file), which can take a while with a large cache, so it runs on a plain Python thread and
+        hands its list back through a queued signal."""
+        def work() -> None:
+            try:
+                entries = self._discover()
+            except Exception as exc:  # noqa: BLE001 -- discovery never raises by contract; be safe anyway
+                print(f"rollout-explorer: model discovery failed: {exc}", file=sys.stderr)
+                return
+            self._models_found.emit(entries)
+
+        if background:
+            threading.Thread(target=work, name="model-discovery", daemon=True).start()
+        else:
+            work()
+
+    @Slot(object)
+    def _on_models_found(self, entries: list) -> None:
+        if self._closed:
             return
         self.controls.set_models(entries)
         if self.model_info is not None:

@@ -143,6 +143,16 @@ class EngineHost(QObject):
     another streams cancels the old one first, so the new one starts as soon as the old loop has ended.
     """
 
+    # The worker's signals, re-emitted here on the GUI thread (signal-to-signal connections to an object of the
+    # GUI thread are queued), so whatever the GUI connects to them, lambdas included, runs on the GUI thread.
+    model_loading = Signal(str)
+    model_loaded = Signal(object)
+    model_failed = Signal(str)
+    events = Signal(int, object)
+    scores_ready = Signal(int, str, object)
+    failed = Signal(int, str)
+    finished = Signal(int)
+
     _load_requested = Signal(str, object, object)
     _generate_requested = Signal(int, object, int, object, bool, object, object)
     _branch_requested = Signal(int, object, str, int, object, int, object, object)
@@ -161,9 +171,15 @@ class EngineHost(QObject):
         self._score_requested.connect(self.worker.score)
         self._shutdown_requested.connect(self.worker.shutdown)
         self._thread.finished.connect(self.worker.deleteLater)
+        w = self.worker
+        for source, target in ((w.model_loading, self.model_loading), (w.model_loaded, self.model_loaded),
+                               (w.model_failed, self.model_failed), (w.events, self.events),
+                               (w.scores_ready, self.scores_ready), (w.failed, self.failed),
+                               (w.finished, self.finished)):
+            source.connect(target)
         self._next_id = 0
         self._cancels: dict[int, threading.Event] = {}
-        self.worker.finished.connect(self._forget)
+        self.finished.connect(self._forget)
         self._thread.start()
 
     @property

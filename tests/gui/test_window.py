@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -45,9 +46,9 @@ def dialogs() -> Dialogs:
 def make_window(qtbot, fake_factory, gui_settings, dialogs, tmp_path):
     windows = []
 
-    def make(factory=fake_factory, settings=gui_settings) -> MainWindow:
+    def make(factory=fake_factory, settings=gui_settings, discover=lambda: []) -> MainWindow:
         window = MainWindow(factory, settings=settings, show_error=dialogs.error, ask=dialogs.ask,
-                            recovery_dir=str(tmp_path / "recovery"), discover=lambda: [])
+                            recovery_dir=str(tmp_path / "recovery"), discover=discover)
         qtbot.addWidget(window)
         window.show()
         windows.append(window)
@@ -83,6 +84,24 @@ def pane_texts(window: MainWindow) -> list[str]:
 
 def test_first_start_prefills_the_seed_queries(window):
     assert [q.text for q in window.controls.queries()] == [OCEAN, "Can you give me some python code?"]
+
+
+def test_discovered_models_fill_the_picker_and_load_on_pick(qtbot, make_window, fake_model, main_thread_id):
+    from explorer.core.models import ModelEntry
+
+    seen = []
+
+    def discover():
+        seen.append(threading.get_ident())
+        return [ModelEntry(fake_model, "fake-model", "models/")]
+
+    window = make_window(discover=discover)
+    qtbot.waitUntil(lambda: window.controls.model_combo.count() == 1, timeout=5000)
+    assert seen and main_thread_id not in seen  # discovery reads files off the GUI thread
+    with qtbot.waitSignal(window.model_ready, timeout=5000):
+        window.controls.model_combo.activated.emit(0)
+    assert window.model_info.path == str(fake_model)
+    assert window.status.model_label.text().startswith("fake-model")
 
 
 def test_run_streams_into_k_panes(qtbot, window, fake_factory, fake_model, main_thread_id):
@@ -224,7 +243,7 @@ def test_engine_is_never_touched_from_the_gui_thread(qtbot, window, fake_factory
     run_to_end(qtbot, window, k=2)
     with qtbot.waitSignal(window.run_done, timeout=5000):
         window.request_branch("q0", "q0.r0", 2, None)
-    with qtbot.waitSignal(window.host.worker.scores_ready, timeout=5000):
+    with qtbot.waitSignal(window.host.scores_ready, timeout=5000):
         window.request_score("q0", [" Atlantic Ocean"])
     window.close()
     names = {name for name, _ in fake_factory.engine.calls}

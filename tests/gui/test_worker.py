@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 from explorer.core.collect import RunCollector
@@ -15,7 +17,7 @@ class Recorder:
 
     def __init__(self, host: EngineHost):
         self.log: list[tuple] = []
-        w = host.worker
+        w = host  # re-emitted on the GUI thread
         w.model_loaded.connect(lambda info: self.log.append(("loaded", info)))
         w.model_failed.connect(lambda msg: self.log.append(("model_failed", msg)))
         w.events.connect(lambda rid, evs: self.log.append(("events", rid, evs)))
@@ -38,17 +40,19 @@ def host(qtbot, fake_factory):
 
 
 def load(qtbot, host, path):
-    with qtbot.waitSignal(host.worker.model_loaded, timeout=5000) as blocker:
+    with qtbot.waitSignal(host.model_loaded, timeout=5000) as blocker:
         host.load_model(str(path))
     return blocker.args[0]
 
 
 def test_generate_streams_batched_events_on_the_worker_thread(qtbot, host, fake_factory, fake_model, main_thread_id):
     rec = Recorder(host)
+    receivers = []
+    host.events.connect(lambda *_: receivers.append(threading.get_ident()))
     info = load(qtbot, host, fake_model)
     assert info.path == str(fake_model)
     params = SamplingParams(max_tokens=20, seed=3)
-    with qtbot.waitSignal(host.worker.finished, timeout=5000):
+    with qtbot.waitSignal(host.finished, timeout=5000):
         run_id = host.generate(["Which is the largest ocean?", "Can you give me some python code?"], 4, params)
     events = rec.events(run_id)
     assert isinstance(events[0], RunStarted) and isinstance(events[-1], RunFinished)
@@ -64,6 +68,8 @@ def test_generate_streams_batched_events_on_the_worker_thread(qtbot, host, fake_
     engine = fake_factory.engine
     assert engine.calls and main_thread_id not in engine.threads()
     assert rec.log[-1] == ("finished", run_id)
+    # what the GUI connects to the host runs on the GUI thread, even a plain lambda
+    assert receivers and set(receivers) == {main_thread_id}
 
 
 def test_stop_mid_run_keeps_tokens_and_marks_cancelled(qtbot, host, fake_factory, fake_model):
@@ -72,7 +78,7 @@ def test_stop_mid_run_keeps_tokens_and_marks_cancelled(qtbot, host, fake_factory
     info = load(qtbot, host, fake_model)
     run_id = host.generate(["Which is the largest ocean?"], 3, SamplingParams(max_tokens=50))
     qtbot.waitUntil(fake_factory.engine.held.is_set, timeout=5000)
-    with qtbot.waitSignal(host.worker.finished, timeout=5000):
+    with qtbot.waitSignal(host.finished, timeout=5000):
         host.stop(run_id)
     collector = RunCollector(info).extend(rec.events(run_id))
     assert collector.cancelled
@@ -88,7 +94,7 @@ def test_run_while_running_cancels_the_old_run_first(qtbot, host, fake_factory, 
     first = host.generate(["a"], 2, SamplingParams(max_tokens=30))
     qtbot.waitUntil(fake_factory.engine.held.is_set, timeout=5000)
     fake_factory.engine.hold_at_step = None
-    with qtbot.waitSignals([host.worker.finished, host.worker.finished], timeout=5000):
+    with qtbot.waitSignals([host.finished, host.finished], timeout=5000):
         second = host.generate(["b"], 2, SamplingParams(max_tokens=5))
     assert [entry[1] for entry in rec.of("finished")] == [first, second]
     assert RunCollector(info).extend(rec.events(first)).cancelled
@@ -97,14 +103,14 @@ def test_run_while_running_cancels_the_old_run_first(qtbot, host, fake_factory, 
 
 
 def test_bad_model_reports_the_reason(qtbot, host, bad_model):
-    with qtbot.waitSignal(host.worker.model_failed, timeout=5000) as blocker:
+    with qtbot.waitSignal(host.model_failed, timeout=5000) as blocker:
         host.load_model(str(bad_model))
     assert "not a GGUF" in blocker.args[0] and str(bad_model) in blocker.args[0]
 
 
 def test_generate_without_model_fails_cleanly(qtbot, host):
     rec = Recorder(host)
-    with qtbot.waitSignal(host.worker.finished, timeout=5000):
+    with qtbot.waitSignal(host.finished, timeout=5000):
         run_id = host.generate(["q"], 1, SamplingParams())
     assert rec.of("failed") == [("failed", run_id, "No model is loaded: pick a model first.")]
 
@@ -118,7 +124,7 @@ def test_failure_mid_run_keeps_earlier_tokens(qtbot, host, fake_factory, fake_mo
     info = load(qtbot, host, fake_model)
     fake_factory.engine.fail_at_step = 4
     fake_factory.engine.fail_with = error
-    with qtbot.waitSignal(host.worker.finished, timeout=5000):
+    with qtbot.waitSignal(host.finished, timeout=5000):
         run_id = host.generate(["q"], 2, SamplingParams(max_tokens=30))
     assert rec.of("failed") == [("failed", run_id, expected)]
     collector = RunCollector(info).extend(rec.events(run_id))
@@ -127,7 +133,7 @@ def test_failure_mid_run_keeps_earlier_tokens(qtbot, host, fake_factory, fake_mo
 
 def test_score_answers_with_scores(qtbot, host, fake_model):
     load(qtbot, host, fake_model)
-    with qtbot.waitSignal(host.worker.scores_ready, timeout=5000) as blocker:
+    with qtbot.waitSignal(host.scores_ready, timeout=5000) as blocker:
         host.score("q0", "Which is the largest ocean?", [" Atlantic Ocean", " Pacific Ocean"])
     _, group_id, scores = blocker.args
     assert group_id == "q0" and [s.response for s in scores] == [" Atlantic Ocean", " Pacific Ocean"]
