@@ -123,7 +123,7 @@ class ControlPanel(QWidget):
         form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
         self.model_combo = QComboBox()
         self.model_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
-        self.model_combo.setMinimumContentsLength(16)
+        self.model_combo.setMinimumContentsLength(12)
         self.model_combo.setPlaceholderText("No model")
         self.model_combo.activated.connect(self._combo_activated)
         self.open_button = QToolButton()
@@ -149,12 +149,11 @@ class ControlPanel(QWidget):
         self.reload_button.setText("Reload")
         self.reload_button.setToolTip("Reload the model with these GPU layers and context size")
         self.reload_button.clicked.connect(self.reload_requested)
+        form.addRow("GPU layers", self.gpu_layers)
         row = QHBoxLayout()
-        row.addWidget(self.gpu_layers, 1)
-        row.addWidget(QLabel("ctx"))
         row.addWidget(self.n_ctx, 1)
         row.addWidget(self.reload_button)
-        form.addRow("GPU layers", row)
+        form.addRow("Context size", row)
         return box
 
     def _build_query_box(self) -> QGroupBox:

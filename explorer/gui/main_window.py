@@ -24,34 +24,15 @@ from PySide6.QtWidgets import (
 
 from ..core.collect import RunCollector
 from ..core.models import discover_models
-from ..core.types import ModelInfo, RolloutFinished, RunStarted, TokenBatch
+from ..core.types import ModelInfo
 from .actions import build_menus
 from .controls import ControlPanel
 from .recovery import AUTOSAVE_INTERVAL_MS, RecoveryStore
 from .status import StatusPanel
 from .window_files import WindowFilesMixin
 from .window_views import WindowViewsMixin
+from .views import RolloutPanes, ScoringPanel, SidePlot, TokenTreeView
 from .worker import EngineHost, default_engine_factory
-
-try:
-    from .panes import RolloutPanes
-except ModuleNotFoundError as exc:  # the panes module is a separate piece of work; only its absence is tolerated
-    if exc.name != f"{__package__}.panes":
-        raise
-    from .fallback_views import FallbackPanes as RolloutPanes
-try:
-    from .scoring import ScoringPanel
-except ModuleNotFoundError as exc:
-    if exc.name != f"{__package__}.scoring":
-        raise
-    from .fallback_views import FallbackScoring as ScoringPanel
-try:
-    from ..core.tree import TokenTree
-    from .tree_view import TokenTreeView
-except ModuleNotFoundError as exc:
-    if exc.name not in (f"{__package__}.tree_view", "explorer.core.tree"):
-        raise
-    TokenTree = TokenTreeView = None
 
 REFRESH_INTERVAL_MS = 33
 ErrorSink = Callable[[str, str], None]
@@ -69,6 +50,7 @@ class MainWindow(WindowViewsMixin, WindowFilesMixin, QMainWindow):
                  show_error: Optional[ErrorSink] = None, ask: Optional[Asker] = None,
                  recovery_dir: Optional[str] = None, discover: Optional[Callable[[], list]] = discover_models,
                  persist: bool = True):
+        """persist=False (scripted runs) neither reads nor writes the user's settings or recovery file."""
         super().__init__()
         self.setWindowTitle("Rollout Explorer")
         self.setAcceptDrops(True)
@@ -77,7 +59,7 @@ class MainWindow(WindowViewsMixin, WindowFilesMixin, QMainWindow):
         self._show_error_impl = show_error or self._error_dialog
         self._ask_impl = ask or self._question_dialog
         self._discover = discover
-        self.recovery = RecoveryStore(recovery_dir)
+        self.recovery = RecoveryStore(recovery_dir, enabled=persist)
 
         self.host = EngineHost(engine_factory)
         w = self.host  # its signals arrive on this (the GUI) thread
@@ -114,7 +96,9 @@ class MainWindow(WindowViewsMixin, WindowFilesMixin, QMainWindow):
         self._autosave_timer.setInterval(AUTOSAVE_INTERVAL_MS)
         self._autosave_timer.timeout.connect(self.autosave)
 
-        self.restore_settings()
+        self._splitters_restored = False
+        if persist:  # a scripted run starts from the defaults and its arguments, whatever the user last used
+            self.restore_settings()
         self.refresh_recent_menu()
         self._set_running(False)
         if self._discover is not None:
@@ -165,28 +149,55 @@ class MainWindow(WindowViewsMixin, WindowFilesMixin, QMainWindow):
             self.tree_view.set_branch_k(self.controls.k())
         else:
             self.tree_view = None
+        self.side_plot = None
         self.scoring = ScoringPanel()
         self.scoring.score_requested.connect(self.request_score)
 
+        # Under the panes: the token tree (with its per-position plot) beside the scoring panel.
+        self.bottom_splitter = QSplitter(Qt.Orientation.Horizontal)
+        self.bottom_splitter.setChildrenCollapsible(False)
+        if self.tree_view is not None:
+            tree_area = QSplitter(Qt.Orientation.Vertical)
+            tree_area.addWidget(self.tree_view)
+            if SidePlot is not None:
+                self.side_plot = SidePlot()
+                self.side_plot.follow(self.tree_view)
+                tree_area.addWidget(self.side_plot)
+                tree_area.setSizes([280, 170])
+            self.bottom_splitter.addWidget(tree_area)
+        self.bottom_splitter.addWidget(self.scoring)
+        self.bottom_splitter.setSizes([600, 480] if self.tree_view is not None else [1080])
+
         self.right_splitter = QSplitter(Qt.Orientation.Vertical)
         self.right_splitter.addWidget(panes_area)
-        if self.tree_view is not None:
-            self.right_splitter.addWidget(self.tree_view)
-        self.right_splitter.addWidget(self.scoring)
-        self.right_splitter.setStretchFactor(0, 3)
-        for i in range(1, self.right_splitter.count()):
-            self.right_splitter.setStretchFactor(i, 1)
+        self.right_splitter.addWidget(self.bottom_splitter)
+        self.right_splitter.setStretchFactor(0, 1)
+        self.right_splitter.setStretchFactor(1, 1)
         self.right_splitter.setChildrenCollapsible(False)
-        self.right_splitter.setSizes([460, 280, 150] if self.tree_view is not None else [600, 200])
+        self.right_splitter.setSizes([400, 450])
 
         self.main_splitter = QSplitter(Qt.Orientation.Horizontal)
         self.main_splitter.addWidget(side)
         self.main_splitter.addWidget(self.right_splitter)
         self.main_splitter.setStretchFactor(0, 0)
         self.main_splitter.setStretchFactor(1, 1)
-        self.main_splitter.setSizes([340, 1100])
+        self.main_splitter.setSizes([300, 1140])
         self.setCentralWidget(self.main_splitter)
         self.resize(1440, 900)
+
+    def showEvent(self, event) -> None:  # noqa: N802 (Qt override)
+        super().showEvent(event)
+        if not self._splitters_restored and not getattr(self, "_sized", False):
+            self._sized = True
+            QTimer.singleShot(0, self._default_splitter_sizes)
+
+    def _default_splitter_sizes(self) -> None:
+        """First start: split the space by proportion once the real sizes are known (sizes given before the
+        window is shown are not kept in proportion)."""
+        h, w = max(self.right_splitter.height(), 400), max(self.bottom_splitter.width(), 600)
+        self.right_splitter.setSizes([int(h * 0.46), h - int(h * 0.46)])
+        if self.bottom_splitter.count() == 2:
+            self.bottom_splitter.setSizes([int(w * 0.57), w - int(w * 0.57)])
 
     # -- dialogs ---------------------------------------------------------------------------------------------------
     def show_error(self, title: str, message: str) -> None:
@@ -360,31 +371,6 @@ class MainWindow(WindowViewsMixin, WindowFilesMixin, QMainWindow):
             self.tree_view.refresh()
         if self.collector is not None and self.is_running():
             self.status.update_run(self.collector.tokens_done, self.collector.total_tokens)
-
-    def _feed_trees(self, event) -> bool:
-        """Returns True when the event named groups not seen before."""
-        if TokenTree is None:
-            return isinstance(event, RunStarted)
-        try:
-            if isinstance(event, TokenBatch):
-                for ev in event.events:
-                    tree = self.trees.get(ev.group_id)
-                    if tree is not None:
-                        tree.add_event(ev)
-            elif isinstance(event, RolloutFinished):
-                tree = self.trees.get(event.group_id)
-                if tree is not None:
-                    tree.add_rollout(event.rollout)
-            elif isinstance(event, RunStarted):
-                for header in event.groups:
-                    if header.id not in self.trees:
-                        self.trees[header.id] = TokenTree(header.id, header.prompt)
-                for rh in event.rollouts:
-                    self.trees[rh.group_id].add_header(rh)
-                return True
-        except ValueError as exc:  # a tree that cannot follow must not stop the panes from streaming
-            print(f"rollout-explorer: token tree: {exc}", file=sys.stderr)
-        return False
 
     @Slot(int, str)
     def _on_failed(self, run_id: int, message: str) -> None:

@@ -27,7 +27,10 @@ def default_recovery_dir() -> Path:
 
 
 class RecoveryStore:
-    def __init__(self, directory: Optional[str | os.PathLike[str]] = None):
+    def __init__(self, directory: Optional[str | os.PathLike[str]] = None, enabled: bool = True):
+        """enabled=False (scripted runs) reads, writes and removes nothing, so a scripted run can never replace or
+        remove the recovery file an interactive session left behind."""
+        self.enabled = enabled
         self.directory = Path(directory) if directory is not None else default_recovery_dir()
         self.path = self.directory / RECOVERY_NAME
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="autosave")
@@ -36,10 +39,10 @@ class RecoveryStore:
         self.last_error: Optional[str] = None
 
     def exists(self) -> bool:
-        return self.path.is_file()
+        return self.enabled and self.path.is_file()
 
     def save_async(self, rollout_set: RolloutSet) -> Optional[Future]:
-        if self._closed:  # late signals after the window closed: nothing more is written
+        if self._closed or not self.enabled:  # closed: late signals after the window closed write nothing
             return None
         self._last = self._pool.submit(self._save, rollout_set)
         return self._last
@@ -54,7 +57,7 @@ class RecoveryStore:
             print(f"rollout-explorer: autosave to {self.path} failed: {self.last_error}", file=sys.stderr)
 
     def clear(self) -> Optional[Future]:
-        if self._closed:
+        if self._closed or not self.enabled:
             return None
         self._last = self._pool.submit(self._remove)
         return self._last

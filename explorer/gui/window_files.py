@@ -16,6 +16,7 @@ from ..core.collect import RunCollector
 from ..core.errors import ExplorerError, ModelError
 from ..core.types import RolloutSet
 from .actions import fill_recent_menu
+from .views import TokenTree
 from .worker import keep_until_finished
 
 MAX_RECENT = 10
@@ -71,12 +72,10 @@ class WindowFilesMixin:
         self.status.show_file(f"{name}, made with {rollout_set.model.name}")
 
     def _rebuild_tree(self, group) -> None:
-        from . import main_window as mw  # the tree classes are resolved (or found missing) there
-
-        if mw.TokenTree is None:
+        if TokenTree is None:
             return
         try:
-            self.trees[group.id] = mw.TokenTree.from_group(group)
+            self.trees[group.id] = TokenTree.from_group(group)
         except ValueError as exc:
             print(f"rollout-explorer: token tree of {group.id}: {exc}", file=sys.stderr)
 
@@ -244,11 +243,11 @@ class WindowFilesMixin:
         geometry = s.value("window/geometry")
         if isinstance(geometry, QByteArray) and not geometry.isEmpty():
             self.restoreGeometry(geometry)
-        for key, splitter in (("window/main_splitter", self.main_splitter),
-                              ("window/right_splitter", self.right_splitter)):
+        self._splitters_restored = False
+        for key, splitter in self._splitters():
             state = s.value(key)
             if isinstance(state, QByteArray) and not state.isEmpty():
-                splitter.restoreState(state)
+                self._splitters_restored |= splitter.restoreState(state)
         try:
             state = json.loads(s.value("controls", "") or "null")
         except (TypeError, ValueError):
@@ -258,11 +257,15 @@ class WindowFilesMixin:
         if s.value("view/shading", "prob") == "entropy":
             self.set_shading("entropy")
 
+    def _splitters(self):
+        return (("window/main_splitter", self.main_splitter), ("window/right_splitter", self.right_splitter),
+                ("window/bottom_splitter", self.bottom_splitter))
+
     def save_settings(self) -> None:
         s = self.settings
         s.setValue("window/geometry", self.saveGeometry())
-        s.setValue("window/main_splitter", self.main_splitter.saveState())
-        s.setValue("window/right_splitter", self.right_splitter.saveState())
+        for key, splitter in self._splitters():
+            s.setValue(key, splitter.saveState())
         s.setValue("controls", json.dumps(self.controls.state()))
         s.setValue("view/shading", self.shading())
         s.sync()

@@ -3,12 +3,42 @@ score requests. A mixin of MainWindow (kept apart to keep each file readable).""
 
 from __future__ import annotations
 
+import sys
 from typing import Optional
 
 from PySide6.QtCore import Slot
 
+from ..core.types import RolloutFinished, RunStarted, TokenBatch
+from .views import TokenTree
+
 
 class WindowViewsMixin:
+    # -- trees ---------------------------------------------------------------------------------------------------
+    def _feed_trees(self, event) -> bool:
+        """Returns True when the event named groups not seen before."""
+        if TokenTree is None:
+            return isinstance(event, RunStarted)
+        try:
+            if isinstance(event, TokenBatch):
+                for ev in event.events:
+                    tree = self.trees.get(ev.group_id)
+                    if tree is not None:
+                        tree.add_event(ev)
+            elif isinstance(event, RolloutFinished):
+                tree = self.trees.get(event.group_id)
+                if tree is not None:
+                    tree.add_rollout(event.rollout)
+            elif isinstance(event, RunStarted):
+                for header in event.groups:
+                    if header.id not in self.trees:
+                        self.trees[header.id] = TokenTree(header.id, header.prompt)
+                for rh in event.rollouts:
+                    self.trees[rh.group_id].add_header(rh)
+                return True
+        except ValueError as exc:  # a tree that cannot follow must not stop the panes from streaming
+            print(f"rollout-explorer: token tree: {exc}", file=sys.stderr)
+        return False
+
     # -- groups and views ------------------------------------------------------------------------------------------
     def _clear_tabs(self) -> None:
         self.group_tabs.blockSignals(True)

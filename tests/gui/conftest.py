@@ -37,6 +37,16 @@ class FakeFactory:
         return self.engines[-1]
 
 
+@pytest.fixture(autouse=True)
+def _qt_test_paths(qapp):
+    """Belt and braces: any QStandardPaths lookup a test did not redirect lands in Qt's test folders, never in
+    the user's own application data."""
+    from PySide6.QtCore import QStandardPaths
+
+    QStandardPaths.setTestModeEnabled(True)
+    yield
+
+
 @pytest.fixture
 def fake_factory() -> FakeFactory:
     return FakeFactory()
