@@ -175,6 +175,13 @@ class Engine:
                 f"{what} ({n_prefix} tokens) + max tokens ({max_tokens}) exceeds the context of {limit} tokens; "
                 f"lower max tokens to {limit - n_prefix} or less")
 
+    def _check_vocab(self, ids: Sequence[int], what: str) -> None:
+        """Token ids from elsewhere (a file, another model) must be refused here: llama.cpp only logs them."""
+        bad = next((t for t in ids if not 0 <= t < self.model.n_vocab), None)
+        if bad is not None:
+            raise ExplorerError(f"{what} holds token id {bad}, outside this model's vocabulary "
+                                f"(0..{self.model.n_vocab - 1}); was it made with another model?")
+
     # -- KV prefix reuse ---------------------------------------------------------------------------------------
     def _prepare_kv(self, units: list[_Unit]) -> list[int]:
         """Keep what the cache already holds of a single prefix (a re-run, a branch, a score after a run).
@@ -296,6 +303,7 @@ class Engine:
         if forced_token is not None and not 0 <= forced_token < self.model.n_vocab:
             raise ExplorerError(f"token id {forced_token} is outside the vocabulary (0..{self.model.n_vocab - 1})")
         prefix = list(group.prompt_token_ids) + [t.id for t in kept]
+        self._check_vocab(prefix, f"group {group.id}'s prompt and rollout {rollout_id}")
         self._check_fits(len(prefix) + (forced_token is not None), params.max_tokens, "the branch prefix")
         if forced_token is not None:
             kept = kept + (self.score_token_ids(prefix, [[forced_token]], params.top_n)[0][0],)
@@ -467,12 +475,13 @@ class Engine:
                         top_n: int = 5) -> list[tuple[TokenInfo, ...]]:
         """Per-token facts of each token list following prefix (the logprob a sampler would have recorded)."""
         results: list[tuple[TokenInfo, ...]] = [()] * len(id_lists)
+        if not prefix:
+            raise ExplorerError("nothing to condition on: the prompt has no tokens")
+        self._check_vocab(prefix, "the prompt")
         todo = [i for i, ids in enumerate(id_lists) if ids]
         for i in todo:
             self._check_fits(len(prefix), len(id_lists[i]), "the prompt with this response")
-            bad = [t for t in id_lists[i] if not 0 <= t < self.model.n_vocab]
-            if bad:
-                raise ExplorerError(f"token id {bad[0]} is outside the vocabulary")
+            self._check_vocab(id_lists[i], "the response")
         cap = self._cell_cap()
         while todo:  # as many responses per pass as the context and the sequence limit allow
             batch, cells = [], len(prefix)
