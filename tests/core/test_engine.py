@@ -409,6 +409,19 @@ def test_branch_rejects_bad_positions_and_tokens(engine):
         list(engine.branch(group, "q0.r0", 1, forced_token=300))
     with pytest.raises(ExplorerError, match="no rollout"):
         list(engine.branch(group, "q0.r9", 1))
+    # a group read from a file made with another model: ids beyond this vocabulary get a message, not llama.cpp's log
+    foreign = QueryGroup("q0", group.query, True, group.prompt, group.prompt_token_ids + (70_000,), group.rollouts)
+    with pytest.raises(ExplorerError, match="70000, outside this model's vocabulary"):
+        list(engine.branch(foreign, "q0.r0", 1))
+
+
+def test_score_token_ids_rejects_empty_or_foreign_prefixes(engine):
+    with pytest.raises(ExplorerError, match="no tokens"):
+        engine.score_token_ids([], [[FIRST_BYTE_ID]])
+    with pytest.raises(ExplorerError, match="-1, outside"):
+        engine.score_token_ids([BOS_ID, -1], [[FIRST_BYTE_ID]])
+    with pytest.raises(ExplorerError, match="300, outside"):
+        engine.score_token_ids([BOS_ID], [[FIRST_BYTE_ID, 300]])
 
 
 # -- scoring --------------------------------------------------------------------------------------------------
