@@ -439,6 +439,24 @@ def test_score_breakdown_and_empty_response(engine):
     assert scores[2].tokens == () and scores[2].logprob == 0.0 and scores[2].perplexity is None
 
 
+def test_scores_of_every_next_token_form_a_distribution(engine):
+    # 300 one-token responses: more than the parallel sequences of one pass, and together the whole vocabulary
+    prompt = list(engine.format_prompt("Hello")[1])
+    scored = engine.score_token_ids(prompt, [[t] for t in range(300)])
+    lps = np.array([infos[0].logprob for infos in scored])
+    assert np.log(np.exp(lps).sum()) == pytest.approx(0.0, abs=1e-5)
+    assert [infos[0].rank for infos in scored] == list(1 + (lps[None, :] > lps[:, None] + 1e-9).sum(axis=1))
+
+
+def test_long_texts_cross_decode_batch_boundaries(engine):
+    # 620 tokens: the response and, in the second call, the prompt are decoded in several llama_decode batches
+    prompt = list(engine.format_prompt("Hello")[1])
+    ids = [int(t) for t in np.random.default_rng(0).integers(FIRST_BYTE_ID, 300, 620)]
+    (whole,) = engine.score_token_ids(prompt, [ids])
+    (tail,) = engine.score_token_ids(prompt + ids[:560], [ids[560:]])
+    np.testing.assert_allclose([t.logprob for t in tail], [t.logprob for t in whole[560:]], atol=LP_TOL)
+
+
 # -- bad files ------------------------------------------------------------------------------------------------
 
 
