@@ -206,7 +206,8 @@ class RolloutPane(QFrame):
         finish, reason = self._finish_text()
         reward = final.reward if final is not None else None
         advantage = final.advantage if final is not None else None
-        key = (n, finish, reward, advantage, self.logprob, self._compact, self.palette().cacheKey())
+        error = final.reward_error if final is not None else None
+        key = (n, finish, reward, advantage, error, self.logprob, self._compact, self.palette().cacheKey())
         if key == self._header_key:
             return False
         self._header_key = key
