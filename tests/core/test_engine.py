@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import threading
+from contextlib import closing
 
 import llama_cpp
 import numpy as np
@@ -18,9 +19,8 @@ from tiny_gguf import BOS_ID, EOS_ID, FIRST_BYTE_ID, IM_END_ID, IM_START_ID, UNK
 from explorer.core.collect import RunCollector
 from explorer.core.engine import Engine
 from explorer.core.errors import ContextOverflowError, ExplorerError, ModelError
-from explorer.core.types import (
-    QueryGroup, Rollout, RolloutFinished, RunFinished, RunStarted, SamplingParams, TokenBatch,
-)
+from explorer.core.types import (QueryGroup, Rollout, RolloutFinished, RunFinished, RunStarted, SamplingParams,
+                                 TokenBatch)
 
 SILENT_IDS = {UNK_ID, BOS_ID, EOS_ID, IM_START_ID, IM_END_ID}  # their pieces never enter a rollout's text
 LP_TOL = 2e-4  # two decodes of the same tokens in different batches agree to ~1e-5 in float32 on this model
@@ -29,17 +29,15 @@ QUERIES = ["Which is the largest ocean?", "Hello world"]
 
 @pytest.fixture(scope="module")
 def engine(tiny_gguf):
-    eng = Engine(tiny_gguf, n_threads=1)
-    yield eng
-    eng.close()
+    with closing(Engine(tiny_gguf, n_threads=1)) as eng:
+        yield eng
 
 
 @pytest.fixture(scope="module")
 def small_engine(tiny_gguf):
     """A fixed 64-token context: raw prompts only (the chat template alone is longer)."""
-    eng = Engine(tiny_gguf, n_ctx=64, n_threads=1)
-    yield eng
-    eng.close()
+    with closing(Engine(tiny_gguf, n_ctx=64, n_threads=1)) as eng:
+        yield eng
 
 
 @pytest.fixture(scope="module")
@@ -132,11 +130,8 @@ def test_groups_rollout_ids_seeds_and_streaming(engine):
 def test_same_seed_same_rollouts_exactly(engine, tiny_gguf):
     _, a = run(engine, QUERIES, 3, max_tokens=10, seed=7)
     _, b = run(engine, QUERIES, 3, max_tokens=10, seed=7)  # the prompt KV cache is reused this time
-    fresh = Engine(tiny_gguf, n_threads=1)
-    try:
+    with closing(Engine(tiny_gguf, n_threads=1)) as fresh:
         _, c = run(fresh, QUERIES, 3, max_tokens=10, seed=7)
-    finally:
-        fresh.close()
     for other in (b, c):
         assert other.keys() == a.keys()
         for rid, r in a.items():
@@ -227,14 +222,14 @@ def test_stop_strings_within_and_across_tokens(engine):
     deltas, full = _deltas(events, "q0.r0"), plain["q0.r0"].text
     starts = np.cumsum([0] + [len(d) for d in deltas])
     usable = [i for i, d in enumerate(deltas) if d and "\ufffd" not in d]
-    # a stop string made of the last character of one token and the first of the next
-    span = next(i for i in usable if i + 1 in usable and full.find(deltas[i][-1] + deltas[i + 1][0]) == starts[i + 1] - 1)
-    # a stop string that is one token's whole text
-    whole = next(i for i in usable if full.find(deltas[i]) == starts[i])
-    never = "\x00never\x00"
-    for stop, cut, n_tokens in ((deltas[span][-1] + deltas[span + 1][0], starts[span + 1] - 1, span + 2),
+    def across(i):  # the last character of token i and the first of token i + 1
+        return deltas[i][-1] + deltas[i + 1][0]
+
+    span = next(i for i in usable if i + 1 in usable and full.find(across(i)) == starts[i + 1] - 1)
+    whole = next(i for i in usable if full.find(deltas[i]) == starts[i])  # one token's whole text
+    for stop, cut, n_tokens in ((across(span), starts[span + 1] - 1, span + 2),
                                 (deltas[whole], starts[whole], whole + 1)):
-        _, stopped = run(engine, QUERIES[:1], 1, stop=(never, stop), **params)
+        _, stopped = run(engine, QUERIES[:1], 1, stop=("\x00never\x00", stop), **params)
         r = stopped["q0.r0"]
         assert r.finish_reason == "stop_string" and r.text == full[:cut] and stop not in r.text
         assert r.token_ids == plain["q0.r0"].token_ids[:n_tokens]

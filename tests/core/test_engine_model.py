@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from explorer.core.engine import Engine
-from explorer.core.types import RolloutFinished, RunStarted, SamplingParams, TokenBatch
+from explorer.core.types import QueryGroup, Rollout, RolloutFinished, RunStarted, SamplingParams, TokenBatch
 
 pytestmark = pytest.mark.model
 
@@ -94,8 +94,6 @@ def test_utf8_split_across_tokens_in_scores_and_branches(engine):
     assert any("\ufffd" in t.token for t in score.tokens)  # some token holds only part of a character
     assert b"".join(t.bytes for t in score.tokens).decode("utf-8") == text
     # a branch whose kept prefix is that response: the prefix text shows whole characters
-    from explorer.core.types import QueryGroup, Rollout
-
     _, prompt_ids = engine.format_prompt(OCEAN)
     parent = Rollout("q0.r0", 0, 0, text, score.tokens, "length")
     group = QueryGroup("q0", OCEAN, True, "", prompt_ids, rollouts=(parent,))
