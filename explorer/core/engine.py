@@ -74,6 +74,7 @@ class Engine:
         self.model = lb.LlamaModel(self.path, n_gpu_layers)
         self.n_gpu_layers = min(n_gpu_layers, self.model.n_layers + 1)
         if n_ctx is not None and n_ctx < 16:
+            self.model.close()
             raise ContextOverflowError(f"a context of {n_ctx} tokens is too small (at least 16)")
         self._fixed_ctx = n_ctx
         self._n_threads = n_threads
@@ -81,7 +82,11 @@ class Engine:
         self._kv: dict[int, list[int]] = {}  # what each sequence holds in the KV cache, for prefix reuse
         self._ws = Workspace(self.model.n_vocab)
         self._formatter = None
-        self._ensure_context(n_ctx or min(AUTO_CTX_MIN, self._auto_cap()), 1)
+        try:
+            self._ensure_context(n_ctx or min(AUTO_CTX_MIN, self._auto_cap()), 1)
+        except BaseException:
+            self.close()
+            raise
         self.load_s = time.perf_counter() - t0
 
     # -- facts -------------------------------------------------------------------------------------------------
@@ -92,7 +97,7 @@ class Engine:
         g = self.gguf
         return ModelInfo(
             path=self.path, name=g.name, architecture=g.architecture, n_params=self.model.n_params,
-            n_vocab=self.model.n_vocab, n_ctx=self._ctx.n_ctx if self._ctx else None, file_size=g.file_size,
+            n_vocab=self.model.n_vocab, n_ctx=self._fixed_ctx or (self._ctx.n_ctx if self._ctx else None), file_size=g.file_size,
             fingerprint=g.fingerprint, chat_template=self.model.chat_template is not None,
             n_gpu_layers=self.n_gpu_layers, gpu_offload=self.gpu_offload and self.n_gpu_layers > 0,
             llama_cpp_python=getattr(llama_cpp, "__version__", None), quantization=g.quantization,

@@ -149,6 +149,16 @@ class LlamaModel:
         return self.piece(token, True).decode("utf-8", "replace")
 
 
+def default_threads() -> int:
+    """Half the logical CPUs (llama-cpp-python's default too): llama.cpp's threads spin while they wait, and with
+    every CPU taken the window's thread and the worker's Python starve (measured: 2 threads on a busy 2-core machine
+    decoded ~15x slower than 1). ROLLOUT_EXPLORER_THREADS overrides it."""
+    env = os.environ.get("ROLLOUT_EXPLORER_THREADS", "").strip()
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    return max(1, (os.cpu_count() or 2) // 2)
+
+
 class LlamaContext:
     """A context with a unified KV cache shared by up to n_seq sequences, and one reusable batch."""
 
@@ -162,7 +172,7 @@ class LlamaContext:
         params.n_ubatch = max(N_BATCH, MAX_SEQ)
         params.n_seq_max = n_seq
         params.kv_unified = True  # the prompt's cells are shared by every sequence instead of copied
-        threads = n_threads or max(1, os.cpu_count() or 1)
+        threads = n_threads or default_threads()
         params.n_threads = threads
         params.n_threads_batch = threads
         params.no_perf = True
