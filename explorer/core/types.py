@@ -93,8 +93,30 @@ def _sequence_stats(tokens: tuple[TokenInfo, ...]) -> tuple[float, Optional[floa
     return total, mean, ppl
 
 
+class _TokenSequence:
+    """log pi(y|x) and friends of anything that holds `tokens` (a rollout, a scored response)."""
+
+    tokens: tuple[TokenInfo, ...]
+
+    @property
+    def token_ids(self) -> tuple[int, ...]:
+        return tuple(t.id for t in self.tokens)
+
+    @property
+    def logprob(self) -> float:
+        return _sequence_stats(self.tokens)[0]
+
+    @property
+    def mean_logprob(self) -> Optional[float]:
+        return _sequence_stats(self.tokens)[1]
+
+    @property
+    def perplexity(self) -> Optional[float]:
+        return _sequence_stats(self.tokens)[2]
+
+
 @dataclass(frozen=True)
-class Rollout:
+class Rollout(_TokenSequence):
     id: str
     index: int
     seed: int
@@ -107,45 +129,13 @@ class Rollout:
     advantage: Optional[float] = None
     reward_error: Optional[str] = None
 
-    @property
-    def token_ids(self) -> tuple[int, ...]:
-        return tuple(t.id for t in self.tokens)
-
-    @property
-    def logprob(self) -> float:
-        return _sequence_stats(self.tokens)[0]
-
-    @property
-    def mean_logprob(self) -> Optional[float]:
-        return _sequence_stats(self.tokens)[1]
-
-    @property
-    def perplexity(self) -> Optional[float]:
-        return _sequence_stats(self.tokens)[2]
-
 
 @dataclass(frozen=True)
-class Score:
+class Score(_TokenSequence):
     """The teacher-forced log pi(response | query) with its per-token breakdown."""
 
     response: str
     tokens: tuple[TokenInfo, ...]
-
-    @property
-    def token_ids(self) -> tuple[int, ...]:
-        return tuple(t.id for t in self.tokens)
-
-    @property
-    def logprob(self) -> float:
-        return _sequence_stats(self.tokens)[0]
-
-    @property
-    def mean_logprob(self) -> Optional[float]:
-        return _sequence_stats(self.tokens)[1]
-
-    @property
-    def perplexity(self) -> Optional[float]:
-        return _sequence_stats(self.tokens)[2]
 
 
 @dataclass(frozen=True)
