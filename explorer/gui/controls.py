@@ -1,4 +1,4 @@
-"""The side panel: model picker and facts, query set, prompt mode, sampling parameters, Run / Stop."""
+"""The side panel: model picker and facts, query set, prompt mode, sampling parameters, reward, Run / Stop."""
 
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ from ..core.models import ModelEntry, format_params, format_size
 from ..core.queries import SEED_QUERIES
 from ..core.types import ModelInfo, Query, SamplingParams
 from .query_list import QueryListEditor
+from .reward_box import RewardBox
 
 MAX_SEED = 2**31 - 1
 _PATH_ROLE = Qt.ItemDataRole.UserRole
@@ -111,6 +112,9 @@ class ControlPanel(QWidget):
         layout.addWidget(self._build_query_box(), 1)
         layout.addWidget(self._build_prompt_box())
         layout.addWidget(self._build_sampling_box())
+        self.reward_box = RewardBox()
+        self.reward_box.error.connect(self.error)
+        layout.addWidget(self.reward_box)
         layout.addLayout(self._build_run_row())
         self.set_gpu_offload_supported(*gpu_offload_support())
         self.show_model_info(None)
@@ -363,6 +367,7 @@ class ControlPanel(QWidget):
                          "repeat_penalty": p.repeat_penalty, "max_tokens": p.max_tokens, "seed": p.seed,
                          "top_n": p.top_n, "stop": list(p.stop)},
             "queries": [{"query": q.text, "reference": q.reference} for q in self.queries()],
+            "reward": self.reward_box.state(),
         }
 
     def restore_state(self, state: dict) -> None:
@@ -390,3 +395,4 @@ class ControlPanel(QWidget):
             parsed = [Query(q["query"], q.get("reference")) for q in queries
                       if isinstance(q, dict) and isinstance(q.get("query"), str)]
             self.set_queries(parsed)
+        self.reward_box.restore_state(state.get("reward"))

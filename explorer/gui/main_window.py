@@ -28,8 +28,10 @@ from ..core.types import ModelInfo
 from .actions import build_menus
 from .controls import ControlPanel
 from .recovery import AUTOSAVE_INTERVAL_MS, RecoveryStore
+from .stats_panel import StatsPanel
 from .status import StatusPanel
 from .window_files import WindowFilesMixin
+from .window_rewards import WindowRewardsMixin
 from .window_views import WindowViewsMixin
 from .views import RolloutPanes, ScoringPanel, SidePlot, TokenTreeView
 from .worker import EngineHost, default_engine_factory
@@ -39,7 +41,7 @@ ErrorSink = Callable[[str, str], None]
 Asker = Callable[[str, str], bool]
 
 
-class MainWindow(WindowViewsMixin, WindowFilesMixin, QMainWindow):
+class MainWindow(WindowViewsMixin, WindowFilesMixin, WindowRewardsMixin, QMainWindow):
     model_ready = Signal(object)  # ModelInfo, after a load succeeded
     model_load_failed = Signal(str)
     run_done = Signal(bool, bool)  # cancelled, failed: the current run (or branch) has ended and been drawn
@@ -88,6 +90,7 @@ class MainWindow(WindowViewsMixin, WindowFilesMixin, QMainWindow):
         self._build_layout()
         self.actions = build_menus(self)
         self.status = StatusPanel(self.statusBar())
+        self._init_rewards()
 
         self._refresh_timer = QTimer(self)
         self._refresh_timer.setInterval(REFRESH_INTERVAL_MS)
@@ -165,7 +168,15 @@ class MainWindow(WindowViewsMixin, WindowFilesMixin, QMainWindow):
                 tree_area.addWidget(self.side_plot)
                 tree_area.setSizes([280, 170])
             self.bottom_splitter.addWidget(tree_area)
-        self.bottom_splitter.addWidget(self.scoring)
+        # the selected query's statistics sit under the scoring panel, which gets the spare height
+        self.stats_panel = StatsPanel()
+        score_side = QWidget()
+        sv = QVBoxLayout(score_side)
+        sv.setContentsMargins(0, 0, 0, 0)
+        sv.setSpacing(4)
+        sv.addWidget(self.scoring, 1)
+        sv.addWidget(self.stats_panel)
+        self.bottom_splitter.addWidget(score_side)
         self.bottom_splitter.setSizes([600, 480] if self.tree_view is not None else [1080])
 
         self.right_splitter = QSplitter(Qt.Orientation.Vertical)
@@ -366,6 +377,7 @@ class MainWindow(WindowViewsMixin, WindowFilesMixin, QMainWindow):
             self._dirty_since_autosave = True
             if new_groups:
                 self._sync_tabs()
+            self._reward_finished_groups(events)
         self.panes.refresh()
         if self.tree_view is not None:
             self.tree_view.refresh()
@@ -397,6 +409,7 @@ class MainWindow(WindowViewsMixin, WindowFilesMixin, QMainWindow):
         cancelled = bool(self.collector and self.collector.cancelled)
         if self.collector is not None:
             self.status.end_run(self.collector.tokens_done, self.collector.total_tokens, cancelled, self._run_failed)
+            self._rewards_after_run()
         if self.collector is not None and (self._run_failed or cancelled) and self.collector.group_ids:
             self.autosave()  # an interrupted run is worth keeping until the user exports it or closes
         else:

@@ -11,6 +11,7 @@ from PySide6.QtWidgets import (
     QAbstractItemView,
     QFileDialog,
     QHBoxLayout,
+    QLineEdit,
     QListWidget,
     QListWidgetItem,
     QToolButton,
@@ -64,10 +65,21 @@ class QueryListEditor(QWidget):
             self.buttons[name] = button
         row.addStretch(1)
 
+        # The selected query's reference answer: what the exact / contains / regex rewards compare against.
+        self.reference_edit = QLineEdit()
+        self.reference_edit.setPlaceholderText("Reference answer (optional, for rewards)")
+        self.reference_edit.setToolTip("The selected query's expected answer: the exact, contains and regex rewards "
+                                       "compare each rollout with it (regex: it is the pattern)")
+        self.reference_edit.setClearButtonEnabled(True)
+        self.reference_edit.textEdited.connect(self._reference_edited)
+        self.list.currentItemChanged.connect(lambda item, _prev: self._show_reference(item))
+
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.list, 1)
+        layout.addWidget(self.reference_edit)
         layout.addLayout(row)
+        self._show_reference(None)
 
     # -- data ------------------------------------------------------------------------------------------------------
     def queries(self) -> list[Query]:
@@ -85,16 +97,42 @@ class QueryListEditor(QWidget):
         for q in queries:
             self._append(q if isinstance(q, Query) else Query(str(q)))
         self.list.blockSignals(False)
+        self._show_reference(self.list.currentItem())
         self.changed.emit()
 
     def _append(self, query: Query) -> QListWidgetItem:
         item = QListWidgetItem(query.text)
         item.setFlags(item.flags() | Qt.ItemFlag.ItemIsEditable)
-        item.setData(_REFERENCE_ROLE, query.reference)
-        if query.reference is not None:
-            item.setToolTip(f"reference: {query.reference}")
+        self._set_reference(item, query.reference)
         self.list.addItem(item)
         return item
+
+    @staticmethod
+    def _set_reference(item: QListWidgetItem, reference: Optional[str]) -> None:
+        item.setData(_REFERENCE_ROLE, reference)
+        item.setToolTip(f"reference: {reference}" if reference is not None else "")
+
+    def set_reference(self, row: int, reference: Optional[str]) -> None:
+        """Set (None or '': clear) the reference answer of the query at `row`."""
+        item = self.list.item(row)
+        if item is None:
+            raise IndexError(f"no query at row {row}")
+        self._set_reference(item, reference or None)
+        if item is self.list.currentItem():
+            self._show_reference(item)
+        self.changed.emit()
+
+    def _show_reference(self, item: Optional[QListWidgetItem]) -> None:
+        self.reference_edit.setEnabled(item is not None)
+        reference = item.data(_REFERENCE_ROLE) if item is not None else None
+        if self.reference_edit.text() != (reference or ""):
+            self.reference_edit.setText(reference or "")
+
+    def _reference_edited(self, text: str) -> None:
+        item = self.list.currentItem()
+        if item is not None:
+            self._set_reference(item, text if text.strip() else None)
+            self.changed.emit()
 
     # -- actions ---------------------------------------------------------------------------------------------------
     def add_new(self) -> None:

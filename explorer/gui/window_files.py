@@ -66,6 +66,7 @@ class WindowFilesMixin:
         self._clear_tabs()
         for group in rollout_set.groups:
             self._rebuild_tree(group)
+        self._rewards_after_open()
         self._sync_tabs()
         name = Path(source).name
         self.setWindowTitle(f"{name} — Rollout Explorer")

@@ -47,6 +47,7 @@ class WindowViewsMixin:
         self.group_tabs.blockSignals(False)
         self.panes.show_group(None, None)
         self.scoring.set_group(None, "")
+        self._show_stats(None)
         if self.tree_view is not None:
             self.tree_view.set_tree(None)
 
@@ -86,6 +87,7 @@ class WindowViewsMixin:
         self.scoring.set_group(gid, self.collector.header(gid).query)
         # always, even when empty: the panel keeps scores by group id, and a new run reuses the ids
         self.scoring.show_scores(gid, self.collector.group(gid).scores)
+        self._show_stats(gid)
         if self.tree_view is not None:
             self.tree_view.set_tree(self.trees.get(gid))
 

@@ -1,0 +1,111 @@
+"""A small panel of the selected query's group statistics (explorer.core.stats): diversity, and rewards when there
+are any. The window hands it the group whenever the tab changes or the group's statistics are recomputed."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import QFrame, QGridLayout, QLabel, QVBoxLayout, QWidget
+
+from ..core.stats import STAT_DESCRIPTIONS
+from ..core.types import QueryGroup
+
+# (stat name, label) in the order shown; two columns of label/value pairs
+ROWS = (
+    ("distinct_responses", "Distinct responses"),
+    ("distinct_1", "Distinct-1"),
+    ("distinct_2", "Distinct-2"),
+    ("mean_first_divergence", "First divergence"),
+    ("branch_mass_coverage", "Branch mass coverage"),
+    ("mean_reward", "Mean reward"),
+    ("reward_std", "Reward std"),
+)
+_EMPTY = "—"
+
+
+def format_stat(name: str, value: Optional[float], n_rollouts: Optional[int] = None) -> str:
+    """How one statistic reads in the panel; None (undefined for this group) is a dash."""
+    if value is None:
+        return _EMPTY
+    if name == "distinct_responses":
+        return f"{int(value)} of {n_rollouts}" if n_rollouts is not None else f"{int(value)}"
+    if name in ("distinct_1", "distinct_2"):
+        return f"{value:.2f}"
+    if name == "mean_first_divergence":
+        return f"{value:.1f} tokens"
+    if name == "branch_mass_coverage":
+        return f"{100 * value:.0f}%"
+    return f"{value:.3g}"
+
+
+class StatsPanel(QFrame):
+    def __init__(self, parent: Optional[QWidget] = None):
+        super().__init__(parent)
+        self.setFrameShape(QFrame.Shape.StyledPanel)
+        self._group_id: Optional[str] = None
+        self._values: dict[str, Optional[float]] = {}
+        self.title = QLabel()
+        self.title.setTextFormat(Qt.TextFormat.RichText)
+        self.note = QLabel()
+        self.note.setWordWrap(True)
+        self.note.setStyleSheet("color: palette(mid);")
+        grid = QGridLayout()
+        grid.setContentsMargins(0, 0, 0, 0)
+        grid.setHorizontalSpacing(10)
+        grid.setVerticalSpacing(1)
+        self.labels: dict[str, QLabel] = {}
+        self.values: dict[str, QLabel] = {}
+        for i, (name, text) in enumerate(ROWS):
+            label, value = QLabel(text + ":"), QLabel(_EMPTY)
+            value.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+            value.setAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+            for w in (label, value):
+                w.setToolTip(STAT_DESCRIPTIONS[name])
+            row, col = divmod(i, 2)
+            grid.addWidget(label, row, 2 * col)
+            grid.addWidget(value, row, 2 * col + 1)
+            self.labels[name], self.values[name] = label, value
+        grid.setColumnStretch(1, 1)
+        grid.setColumnStretch(3, 1)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(6, 4, 6, 4)
+        layout.setSpacing(2)
+        layout.addWidget(self.title)
+        layout.addLayout(grid)
+        layout.addWidget(self.note)
+        self.show_group(None)
+
+    @property
+    def group_id(self) -> Optional[str]:
+        return self._group_id
+
+    def value(self, name: str) -> Optional[float]:
+        """The statistic shown, as a number (None when undefined or not computed yet)."""
+        return self._values.get(name)
+
+    def text(self, name: str) -> str:
+        return self.values[name].text()
+
+    def show_group(self, group: Optional[QueryGroup]) -> None:
+        self._group_id = group.id if group is not None else None
+        stats = dict(group.stats) if group is not None and group.stats is not None else {}
+        self._values = stats
+        n = len(group.rollouts) if group is not None else None
+        self.title.setText("<b>Query statistics</b>" + (f" · {n} rollouts" if group is not None else ""))
+        has_reward = "mean_reward" in stats
+        for name, _ in ROWS:
+            self.values[name].setText(format_stat(name, stats.get(name), n))
+            reward_row = name in ("mean_reward", "reward_std")
+            for w in (self.labels[name], self.values[name]):
+                w.setEnabled(has_reward or not reward_row)
+        if group is None:
+            self.note.setText("Statistics of the selected query's rollouts appear here.")
+        elif group.stats is None:
+            self.note.setText("Computed when this query's rollouts have finished.")
+        elif not has_reward:
+            self.note.setText("No rewards: pick a reward in the side panel.")
+        else:
+            failed = sum(1 for r in group.rollouts if r.reward_error)
+            self.note.setText(f"{failed} of {n} rewards failed (hover a pane's header for why)." if failed else "")
+        self.note.setVisible(bool(self.note.text()))
