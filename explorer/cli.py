@@ -35,6 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
     gui = sub.add_parser("gui", help="open the window (the default command)")
     _add_model_args(gui, required=False)
     gui.add_argument("-q", "--query", dest="queries", action="append", default=[], help="a query (repeatable)")
+    gui.add_argument("--queries", dest="queries_file", default=None,
+                     help="a text file (one query a line) or a JSON list of strings or {query, reference} objects")
+    gui.add_argument("--reward", default=None, help="exact | contains | regex | length | PATH.py")
+    gui.add_argument("--no-std", action="store_true", help="advantages as r - mean, not divided by the std")
     gui.add_argument("-k", type=int, default=None, help="rollouts per query")
     gui.add_argument("--max-tokens", type=int, default=None)
     gui.add_argument("--seed", type=int, default=None)

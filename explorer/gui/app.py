@@ -51,6 +51,23 @@ def _apply_args(window, args) -> None:
     system = _arg(args, "system")
     if system:
         c.system_edit.setPlainText(system)
+    if _arg(args, "no_std", False):
+        c.reward_box.std_check.setChecked(False)
+
+
+def _read_reward_and_queries(args):
+    """The --reward function and the --queries file's queries, read before the window opens so a bad one gives a
+    one-line error and exit 2. Raises ExplorerError."""
+    from ..core.queries import read_query_file
+    from ..core.rewards import load_reward
+    from ..core.types import Query
+
+    spec = _arg(args, "reward")
+    fn = load_reward(spec) if spec else None
+    queries = None
+    if _arg(args, "queries_file"):
+        queries = [Query(q) for q in _arg(args, "queries", [])] + read_query_file(args.queries_file)
+    return spec, fn, queries
 
 
 class ScriptedSession:
@@ -111,8 +128,8 @@ class ScriptedSession:
 
 
 def run_gui(args, engine_factory: Callable = default_engine_factory, settings: Optional[QSettings] = None) -> int:
-    """Open the main window; args carries model, queries, k, max_tokens, seed, run, screenshot, export, quit,
-    n_gpu_layers, n_ctx (any may be missing or None). Returns the exit status."""
+    """Open the main window; args carries model, queries, queries_file, reward, no_std, k, max_tokens, seed, run,
+    screenshot, export, quit, n_gpu_layers, n_ctx (any may be missing or None). Returns the exit status."""
     from .main_window import MainWindow
 
     app = create_app()
@@ -124,11 +141,20 @@ def run_gui(args, engine_factory: Callable = default_engine_factory, settings: O
         except ExplorerError as exc:
             print(f"rollout-explorer: {exc}", file=sys.stderr)
             return 2
+    try:
+        reward_spec, reward_fn, queries = _read_reward_and_queries(args)
+    except ExplorerError as exc:
+        print(f"rollout-explorer: {exc}", file=sys.stderr)
+        return 2
     session = None
     quit_after = bool(_arg(args, "quit", False))
     window = MainWindow(engine_factory, settings=settings, persist=not scripted,
                         show_error=(lambda t, m: session.error(t, m)) if quit_after else None)
     _apply_args(window, args)
+    if queries is not None:
+        window.controls.set_queries(queries)
+    if reward_fn is not None:
+        window.controls.reward_box.set_spec(reward_spec, reward_fn)
     if not model and not scripted:
         model = window.startup_model()
     window.show()

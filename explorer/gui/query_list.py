@@ -11,9 +11,11 @@ from PySide6.QtWidgets import (
     QAbstractItemView,
     QFileDialog,
     QHBoxLayout,
+    QLabel,
     QLineEdit,
     QListWidget,
     QListWidgetItem,
+    QStyledItemDelegate,
     QToolButton,
     QVBoxLayout,
     QWidget,
@@ -23,6 +25,16 @@ from ..core.queries import QueryFileError, read_query_file, write_query_file
 from ..core.types import Query
 
 _REFERENCE_ROLE = Qt.ItemDataRole.UserRole + 1
+
+
+class _ReferenceDelegate(QStyledItemDelegate):
+    """Shows a query's reference after it ("query  ⇒ reference"); editing still edits the query text only."""
+
+    def initStyleOption(self, option, index) -> None:  # noqa: N802 (Qt override)
+        super().initStyleOption(option, index)
+        reference = index.data(_REFERENCE_ROLE)
+        if reference:
+            option.text = f"{option.text}  ⇒ {reference}"
 
 
 class QueryListEditor(QWidget):
@@ -40,6 +52,7 @@ class QueryListEditor(QWidget):
                                   | QAbstractItemView.EditTrigger.EditKeyPressed)
         self.list.setWordWrap(True)
         self.list.setAlternatingRowColors(True)
+        self.list.setItemDelegate(_ReferenceDelegate(self.list))
         self.list.setToolTip("Double-click (or F2) to edit a query; drag to reorder.")
         self.list.model().rowsMoved.connect(lambda *_: self.changed.emit())
         self.list.itemChanged.connect(lambda *_: self.changed.emit())
@@ -77,7 +90,14 @@ class QueryListEditor(QWidget):
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.list, 1)
-        layout.addWidget(self.reference_edit)
+        reference_row = QHBoxLayout()
+        reference_row.setContentsMargins(0, 0, 0, 0)
+        label = QLabel("Reference")
+        label.setBuddy(self.reference_edit)
+        label.setToolTip(self.reference_edit.toolTip())
+        reference_row.addWidget(label)
+        reference_row.addWidget(self.reference_edit, 1)
+        layout.addLayout(reference_row)
         layout.addLayout(row)
         self._show_reference(None)
 
@@ -97,6 +117,8 @@ class QueryListEditor(QWidget):
         for q in queries:
             self._append(q if isinstance(q, Query) else Query(str(q)))
         self.list.blockSignals(False)
+        if self.list.count():
+            self.list.setCurrentRow(0)  # the reference field shows the first query's reference
         self._show_reference(self.list.currentItem())
         self.changed.emit()
 
@@ -124,6 +146,8 @@ class QueryListEditor(QWidget):
 
     def _show_reference(self, item: Optional[QListWidgetItem]) -> None:
         self.reference_edit.setEnabled(item is not None)
+        self.reference_edit.setPlaceholderText("Reference answer (optional, for rewards)" if item is not None
+                                               else "Select a query to give it a reference answer")
         reference = item.data(_REFERENCE_ROLE) if item is not None else None
         if self.reference_edit.text() != (reference or ""):
             self.reference_edit.setText(reference or "")

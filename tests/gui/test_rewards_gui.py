@@ -8,6 +8,7 @@ import math
 import statistics
 
 import pytest
+from PySide6.QtWidgets import QStyleOptionViewItem
 
 from explorer.core import export
 from explorer.core.rewards import normalize_text
@@ -238,6 +239,9 @@ def test_reference_edit_and_reapply_on_an_opened_set(qtbot, make_window, fake_mo
     editor.reference_edit.setText("")
     qtbot.keyClicks(editor.reference_edit, "the")
     assert editor.queries()[0].reference == "the" and editor.queries()[1].reference is None
+    option = QStyleOptionViewItem()
+    editor.list.itemDelegate().initStyleOption(option, editor.list.model().index(0, 0))
+    assert option.text == f"{OCEAN}  ⇒ the"  # the list shows it too
     with qtbot.waitSignal(window.run_done, timeout=10000):
         window.run()
     path = tmp_path / "set.json"
@@ -296,3 +300,27 @@ def test_reward_choice_persists_in_the_settings(qtbot, make_window, tmp_path):
     box.set_spec("regex")
     second.close()
     assert make_window().controls.reward_box.spec() == "regex"
+
+
+def test_scripted_gui_with_a_reward_and_a_query_file(fake_factory, fake_model, gui_settings, tmp_path, capsys):
+    import types
+
+    from explorer.gui.app import run_gui
+
+    queries = tmp_path / "queries.json"
+    queries.write_text(json.dumps([{"query": OCEAN, "reference": "ocean"}]))
+    args = types.SimpleNamespace(model=str(fake_model), queries=[CODE], queries_file=str(queries), reward="contains",
+                                 no_std=True, k=3, max_tokens=10, seed=1, run=True, screenshot=None,
+                                 export=str(tmp_path / "set.json"), quit=True)
+    assert run_gui(args, fake_factory, gui_settings) == 0
+    groups = export.load(tmp_path / "set.json").groups
+    assert [(g.query, g.reference) for g in groups] == [(CODE, None), (OCEAN, "ocean")]
+    ocean = groups[1].rollouts
+    rewards = [float("ocean" in normalize_text(r.text)) for r in ocean]
+    assert [r.reward for r in ocean] == rewards
+    assert [r.advantage for r in ocean] == pytest.approx([x - statistics.fmean(rewards) for x in rewards])
+    assert all(r.reward is None and "needs a reference" in r.reward_error for r in groups[0].rollouts)
+
+    args.reward = str(tmp_path / "missing.py")
+    assert run_gui(args, fake_factory, gui_settings) == 2
+    assert "missing.py does not exist" in capsys.readouterr().err
