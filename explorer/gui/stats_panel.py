@@ -103,9 +103,10 @@ class StatsPanel(QFrame):
             self.note.setText("Statistics of the selected query's rollouts appear here.")
         elif group.stats is None:
             self.note.setText("Computed when this query's rollouts have finished.")
-        elif not has_reward:
-            self.note.setText("No rewards: pick a reward in the side panel.")
         else:
             failed = sum(1 for r in group.rollouts if r.reward_error)
-            self.note.setText(f"{failed} of {n} rewards failed (hover a pane's header for why)." if failed else "")
+            if failed:
+                self.note.setText(f"{failed} of {n} rewards failed (hover a pane's header for why).")
+            else:
+                self.note.setText("" if has_reward else "No rewards: pick a reward in the side panel.")
         self.note.setVisible(bool(self.note.text()))

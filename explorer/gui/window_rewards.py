@@ -104,6 +104,7 @@ class WindowRewardsMixin:
             return
         if self.collector is None or group_id is None or group_id not in self.collector.group_ids:
             panel.show_group(None)
+            self._update_reward_status()  # the tabs were cleared: a new run or set, no failures of the last one
             return
         group = self.collector.group(group_id)
         if group.stats is None and not self.is_running() and group.rollouts:

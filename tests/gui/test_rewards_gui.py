@@ -159,6 +159,7 @@ def test_a_reward_file_that_raises_or_returns_nan_gives_null_rewards_and_a_visib
     window.select_group("q0")
     for pane in window.panes.panes():
         assert "reward error" in pane.stats.text() and "boom" in pane.stats.toolTip()
+    assert window.stats_panel.note.text().startswith(f"{len(ocean)} of {len(ocean)} rewards failed")
     assert f"{failed} failed" in window.reward_status.text()
     assert "boom" in window.reward_status.toolTip()
     message = window.statusBar().currentMessage()
