@@ -17,6 +17,7 @@ from PySide6.QtWidgets import QVBoxLayout, QWidget
 from explorer.core.tree import TokenTree
 from explorer.core.tree_layout import mean_series, rollout_series
 from explorer.gui.style import blend
+from explorer.gui.tree_items import cache_axes
 
 
 class SidePlot(QWidget):
@@ -43,6 +44,7 @@ class SidePlot(QWidget):
         self._spacer = pg.GraphicsWidget()
         self._spacer.setMaximumWidth(0)
         self.graphics.addItem(self._spacer, row=0, col=1, rowspan=2)
+        cache_axes(*(plot.getAxis(name) for plot in (self.prob_plot, self.entropy_plot) for name in ("left", "bottom")))
         self.legend = self.prob_plot.addLegend(offset=(-8, 4), labelTextSize="8pt")
         self.mean_prob = self.prob_plot.plot(name="group mean")
         self.rollout_prob = self.prob_plot.plot(name="selected rollout")
@@ -107,6 +109,8 @@ class SidePlot(QWidget):
             curve.setData(np.arange(len(y)), y, connect="finite")
         self.rollout_prob.opts["name"] = self._rollout or "selected rollout"
         self._relabel_legend()
+        for plot in (self.prob_plot, self.entropy_plot):
+            plot.vb.prepareForPaint()  # settle the y range now, or the paint changes it and paints again
         return True
 
     def series(self) -> dict[str, np.ndarray]:

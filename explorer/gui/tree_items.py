@@ -9,6 +9,7 @@ layout has been stable across pyqtgraph 0.12-0.14, and any mismatch falls back t
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ from pyqtgraph import exporters
 from PySide6.QtCore import QRectF, QSize
 from PySide6.QtGui import QPainter
 from PySide6.QtSvg import QSvgGenerator
-from PySide6.QtWidgets import QPushButton
+from PySide6.QtWidgets import QGraphicsItem, QPushButton
 
 from explorer.core.tree_layout import display_token
 
@@ -255,6 +256,27 @@ def label_entries(tree, lay, chains, px_width: float, marked: tuple[int, ...], l
     return entries
 
 
+def cache_axes(*axes) -> None:
+    """Keep each axis drawn in a pixmap until it changes. pyqtgraph replays an axis's recorded QPicture on every
+    paint of its view, and replaying tick labels costs ~1-2 ms per axis: while a run streams, the views repaint
+    several times a second, mostly for the data, not the axes."""
+    for axis in axes:
+        axis.setCacheMode(QGraphicsItem.CacheMode.DeviceCoordinateCache)
+
+
+@contextmanager
+def _uncached(scene):
+    """Items drawn directly while exporting: a cached item would go into an SVG as a bitmap."""
+    cached = [(it, it.cacheMode()) for it in scene.items() if it.cacheMode() != QGraphicsItem.CacheMode.NoCache]
+    for it, _ in cached:
+        it.setCacheMode(QGraphicsItem.CacheMode.NoCache)
+    try:
+        yield
+    finally:
+        for it, mode in cached:
+            it.setCacheMode(mode)
+
+
 def export_graphics(item, path) -> None:
     """Write a graphics item (and what it holds) as PNG or SVG, chosen by the file's suffix."""
     path = Path(path)
@@ -266,12 +288,13 @@ def export_graphics(item, path) -> None:
     if suffix == ".png":
         exporters.ImageExporter(item).export(str(path))
     else:
-        try:
-            exporters.SVGExporter(item).export(str(path))
-        except ValueError:
-            # pyqtgraph's SVG post-processing cannot parse the closing "Z" of the clip paths Qt >= 6.10 writes;
-            # QSvgGenerator renders the same scene into a valid SVG instead.
-            _render_svg(item, path)
+        with _uncached(item.scene()):
+            try:
+                exporters.SVGExporter(item).export(str(path))
+            except ValueError:
+                # pyqtgraph's SVG post-processing cannot parse the closing "Z" of the clip paths Qt >= 6.10
+                # writes; QSvgGenerator renders the same scene into a valid SVG instead.
+                _render_svg(item, path)
     if not path.is_file():
         raise OSError(f"cannot export the tree to {path}: the file was not written")
 

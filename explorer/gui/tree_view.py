@@ -26,8 +26,8 @@ from PySide6.QtWidgets import QFileDialog, QHBoxLayout, QLabel, QMenu, QMessageB
 from explorer.core.tree import ROOT, TokenTree
 from explorer.core.tree_layout import color_levels, colormap_lut, describe_node, display_token
 from explorer.gui.style import blend, widget_is_dark
-from explorer.gui.tree_items import (EdgeLayer, LabelPool, NodeLayer, export_graphics, label_entries,
-                                     rollout_polylines, tool_button)
+from explorer.gui.tree_items import (EdgeLayer, LabelPool, NodeLayer, cache_axes, export_graphics,
+                                     label_entries, rollout_polylines, tool_button)
 
 N_LEVELS = 32  # colour buckets: one reusable brush each
 MAX_LABELS = 40  # branch-point / chain labels shown at once (hovered and selected come on top)
@@ -98,6 +98,7 @@ class TokenTreeView(QWidget):
             self.plot.addItem(item)
         self.labels = LabelPool(self.plot, MAX_LABELS + 3)
         self.plot.vb.setDefaultPadding(0.04)
+        cache_axes(self.plot.getAxis("left"), self.plot.getAxis("bottom"), self.colorbar.getAxis("right"))
 
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
@@ -160,6 +161,8 @@ class TokenTreeView(QWidget):
         self.nodes.sync(x, y, sizes, levels, shown)
         self.ghost_nodes.sync(x, y, sizes, levels, ghosts)
         self._draw_edges()
+        # settle the followed range now: settled by the paint, it would change there and make the view paint twice
+        self.plot.vb.prepareForPaint()
         self._update_ghost_visibility()
         self._draw_highlight()
         self._label_lanes()
