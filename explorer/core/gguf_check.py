@@ -14,7 +14,6 @@ import os
 import stat
 import struct
 from dataclasses import dataclass
-from pathlib import Path
 from types import MappingProxyType
 from typing import Any, BinaryIO, Mapping, Optional
 
