@@ -32,7 +32,7 @@ from .stats_panel import StatsPanel
 from .status import StatusPanel
 from .window_files import WindowFilesMixin
 from .window_rewards import WindowRewardsMixin
-from .window_views import WindowViewsMixin
+from .window_views import PANES_PER_TICK, WindowViewsMixin
 from .views import RolloutPanes, ScoringPanel, SidePlot, TokenTreeView
 from .worker import EngineHost, default_engine_factory
 
@@ -94,7 +94,7 @@ class MainWindow(WindowViewsMixin, WindowFilesMixin, WindowRewardsMixin, QMainWi
 
         self._refresh_timer = QTimer(self)
         self._refresh_timer.setInterval(REFRESH_INTERVAL_MS)
-        self._refresh_timer.timeout.connect(self.drain)
+        self._refresh_timer.timeout.connect(self._tick)
         self._autosave_timer = QTimer(self)
         self._autosave_timer.setInterval(AUTOSAVE_INTERVAL_MS)
         self._autosave_timer.timeout.connect(self.autosave)
@@ -347,6 +347,7 @@ class MainWindow(WindowViewsMixin, WindowFilesMixin, WindowRewardsMixin, QMainWi
 
     def _begin_run(self) -> None:
         self._run_failed = False
+        self.panes.set_pane_budget(PANES_PER_TICK)
         self._set_running(True)
         self.status.start_run()
         self._refresh_timer.start()
@@ -366,8 +367,12 @@ class MainWindow(WindowViewsMixin, WindowFilesMixin, WindowRewardsMixin, QMainWi
         if run_id in self._accepted:
             self._pending.extend(events)
 
-    def drain(self) -> None:
-        """Feed buffered events to the collector and the trees, then refresh the views once."""
+    def _tick(self) -> None:
+        self.drain(spread=True)
+
+    def drain(self, spread: bool = False) -> None:
+        """Feed buffered events to the collector and the trees, then refresh the views once (spread: the refresh
+        timer's tick while a run streams, where the views take turns; see _refresh_views)."""
         if self._pending and self.collector is not None:
             events, self._pending = self._pending, []
             new_groups = False
@@ -378,9 +383,7 @@ class MainWindow(WindowViewsMixin, WindowFilesMixin, WindowRewardsMixin, QMainWi
             if new_groups:
                 self._sync_tabs()
             self._reward_finished_groups(events)
-        self.panes.refresh()
-        if self.tree_view is not None:
-            self.tree_view.refresh()
+        self._refresh_views(spread)
         if self.collector is not None and self.is_running():
             self.status.update_run(self.collector.tokens_done, self.collector.total_tokens)
 
@@ -401,6 +404,7 @@ class MainWindow(WindowViewsMixin, WindowFilesMixin, WindowRewardsMixin, QMainWi
             return
         if run_id != self._run_id:
             return
+        self.panes.set_pane_budget(None)  # everything is drawn before run_done
         self.drain()
         self._run_id = None
         self._refresh_timer.stop()

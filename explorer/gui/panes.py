@@ -275,6 +275,7 @@ class RolloutPanes(QWidget):
         self._sort = "index"
         self._highlighted: set[str] = set()
         self._compact_choice: Optional[bool] = None  # None: compact when there are more than COMPACT_ABOVE panes
+        self._pane_budget: Optional[int] = None  # most panes made per refresh; None: all at once
 
         self.legend = ShadingLegend(self, self._mode)
         self.shading_box = QComboBox()
@@ -405,29 +406,35 @@ class RolloutPanes(QWidget):
         if 0 <= position < pane.view.token_count:
             pane.view.mark_token(position)
 
+    def set_pane_budget(self, budget: Optional[int]) -> None:
+        """Make at most `budget` new panes per refresh, the rest on the next ones: a run's start then never stalls
+        the window for all its panes at once. None (the default) makes them all at once."""
+        self._pane_budget = budget
+
     def set_compact(self, compact: Optional[bool]) -> None:
         """Force compact panes on or off; None goes back to automatic (compact for more than 8 panes)."""
         self._compact_choice = compact
         self._apply_compact()
 
     # -- internals --------------------------------------------------------------------------------------------------
-    def _apply_compact(self) -> None:
-        compact = self._compact_choice if self._compact_choice is not None else len(self._panes) > COMPACT_ABOVE
+    def _apply_compact(self, count: Optional[int] = None) -> None:
+        """count: the panes there will be (some may not be made yet)."""
+        count = len(self._panes) if count is None else count
+        compact = self._compact_choice if self._compact_choice is not None else count > COMPACT_ABOVE
         for pane in self._panes.values():
             if pane.compact != compact:
                 pane.set_compact(compact)
 
     def _add_panes(self, lives) -> None:
-        for live in lives:
-            if live.id in self._panes:
-                continue
+        new = [live for live in lives if live.id not in self._panes]
+        for live in new[:self._pane_budget] if self._pane_budget is not None else new:
             pane = RolloutPane(self._collector, live, self._mode, self._container)
             pane.token_clicked.connect(self.token_clicked)
             pane.set_highlighted(live.id in self._highlighted)
             self._panes[live.id] = pane
             self._order.append(live.id)
             self._row.addWidget(pane, 1)
-        self._apply_compact()
+        self._apply_compact(len(lives))
         for pane in self._panes.values():  # new panes show what they have before the sort looks at them
             pane.refresh()
         self._apply_sort()

@@ -134,6 +134,10 @@ class TokenTreeView(QWidget):
         self.refresh()
         self.fit()
 
+    def is_stale(self) -> bool:
+        """Whether refresh() has something new to draw."""
+        return self._version != (self._tree.version if self._tree is not None else -2)
+
     def refresh(self) -> bool:
         """Redraw what changed since the last call; a no-op (False) when the tree did not change."""
         tree = self._tree

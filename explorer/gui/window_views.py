@@ -4,6 +4,7 @@ score requests. A mixin of MainWindow (kept apart to keep each file readable).""
 from __future__ import annotations
 
 import sys
+import time
 from typing import Optional
 
 from PySide6.QtCore import Slot
@@ -11,8 +12,30 @@ from PySide6.QtCore import Slot
 from ..core.types import RolloutFinished, RunStarted, TokenBatch
 from .views import TokenTree
 
+TREE_INTERVAL_S = 0.1  # while a run streams, the token tree (and the plot that follows it) redraws at ~10 Hz
+PANES_PER_TICK = 2  # while a run streams, panes made per refresh tick (each costs a few ms, plus its first layout)
+
 
 class WindowViewsMixin:
+    _tree_drawn_at = 0.0  # time.monotonic() of the last tree refresh of a spread tick
+
+    def _refresh_views(self, spread: bool = False) -> None:
+        """Bring the panes and the tree up to date. spread (the refresh timer while a run streams): one of them per
+        tick, the tree at most every TREE_INTERVAL_S, the panes on the other ticks, so that one tick's work and the
+        repaint it causes stay short and the window keeps answering."""
+        tree = self.tree_view
+        if not spread:
+            self.panes.refresh()
+            if tree is not None:
+                tree.refresh()
+            return
+        now = time.monotonic()
+        if tree is not None and tree.is_stale() and now - self._tree_drawn_at >= TREE_INTERVAL_S:
+            self._tree_drawn_at = now
+            tree.refresh()
+        else:
+            self.panes.refresh()
+
     # -- trees ---------------------------------------------------------------------------------------------------
     def _feed_trees(self, event) -> bool:
         """Returns True when the event named groups not seen before."""
