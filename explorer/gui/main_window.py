@@ -32,7 +32,7 @@ from .stats_panel import StatsPanel
 from .status import StatusPanel
 from .window_files import WindowFilesMixin
 from .window_rewards import WindowRewardsMixin
-from .window_views import PANES_PER_TICK, WindowViewsMixin
+from .window_views import WindowViewsMixin
 from .views import RolloutPanes, ScoringPanel, SidePlot, TokenTreeView
 from .worker import EngineHost, default_engine_factory
 
@@ -347,7 +347,7 @@ class MainWindow(WindowViewsMixin, WindowFilesMixin, WindowRewardsMixin, QMainWi
 
     def _begin_run(self) -> None:
         self._run_failed = False
-        self.panes.set_pane_budget(PANES_PER_TICK)
+        self._set_streaming_views(True)
         self._set_running(True)
         self.status.start_run()
         self._refresh_timer.start()
@@ -404,7 +404,7 @@ class MainWindow(WindowViewsMixin, WindowFilesMixin, WindowRewardsMixin, QMainWi
             return
         if run_id != self._run_id:
             return
-        self.panes.set_pane_budget(None)  # everything is drawn before run_done
+        self._set_streaming_views(False)  # everything is drawn in full before run_done
         self.drain()
         self._run_id = None
         self._refresh_timer.stop()

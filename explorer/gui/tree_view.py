@@ -26,8 +26,8 @@ from PySide6.QtWidgets import QFileDialog, QHBoxLayout, QLabel, QMenu, QMessageB
 from explorer.core.tree import ROOT, TokenTree
 from explorer.core.tree_layout import color_levels, colormap_lut, describe_node, display_token
 from explorer.gui.style import blend, widget_is_dark
-from explorer.gui.tree_items import (EdgeLayer, LabelPool, NodeLayer, cache_axes, export_graphics,
-                                     label_entries, rollout_polylines, tool_button)
+from explorer.gui.tree_items import (EdgeLayer, LabelPool, NodeLayer, RangeExtent, cache_axes, export_graphics,
+                                     label_entries, rollout_polylines, stepped_end, tool_button)
 
 N_LEVELS = 32  # colour buckets: one reusable brush each
 MAX_LABELS = 40  # branch-point / chain labels shown at once (hovered and selected come on top)
@@ -97,6 +97,9 @@ class TokenTreeView(QWidget):
             item.setZValue(z)
             self.plot.addItem(item)
         self.labels = LabelPool(self.plot, MAX_LABELS + 3)
+        self.extent = RangeExtent()
+        self.plot.addItem(self.extent)
+        self._growing = False
         self.plot.vb.setDefaultPadding(0.04)
         cache_axes(self.plot.getAxis("left"), self.plot.getAxis("bottom"), self.colorbar.getAxis("right"))
 
@@ -134,6 +137,12 @@ class TokenTreeView(QWidget):
         self.refresh()
         self.fit()
 
+    def set_growing(self, growing: bool) -> None:
+        """While the tree grows (a run streams), the followed x range steps ahead of it; after, it fits exactly."""
+        self._growing = growing
+        if not growing:
+            self.extent.set_end(None)
+
     def is_stale(self) -> bool:
         """Whether refresh() has something new to draw."""
         return self._version != (self._tree.version if self._tree is not None else -2)
@@ -152,6 +161,7 @@ class TokenTreeView(QWidget):
         self._version = tree.version
         lay = self._layout = tree.layout()
         x, y = lay.positions[:, 0], lay.positions[:, 1]
+        self.extent.set_end(stepped_end(float(x.max())) if self._growing and len(x) else None)
         sizes = np.round(lay.sizes).astype(np.float64)
         levels = color_levels(lay.probs, N_LEVELS).astype(np.float64)
         if self._collapsed:

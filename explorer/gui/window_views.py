@@ -19,6 +19,12 @@ PANES_PER_TICK = 2  # while a run streams, panes made per refresh tick (each cos
 class WindowViewsMixin:
     _tree_drawn_at = 0.0  # time.monotonic() of the last tree refresh of a spread tick
 
+    def _set_streaming_views(self, streaming: bool) -> None:
+        """While a run streams, panes are made a few per tick and the tree's x range steps ahead of the tree."""
+        self.panes.set_pane_budget(PANES_PER_TICK if streaming else None)
+        if self.tree_view is not None:
+            self.tree_view.set_growing(streaming)
+
     def _refresh_views(self, spread: bool = False) -> None:
         """Bring the panes and the tree up to date. spread (the refresh timer while a run streams): one of them per
         tick, the tree at most every TREE_INTERVAL_S, the panes on the other ticks, so that one tick's work and the
