@@ -66,6 +66,7 @@ class TokenTreeView(QWidget):
                                          "once zoomed in enough)", bar, checkable=True, checked=True)
         self.export_button = tool_button("Export…", "Save the tree as PNG or SVG", bar)
         self.info_label = QLabel("")
+        self.info_label.setMinimumWidth(1)  # its growing text must not widen the view (and resize the plots)
         bar.addStretch(1)
         bar.addWidget(self.info_label)
         self.fit_button.clicked.connect(self.fit)
