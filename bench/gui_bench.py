@@ -1,0 +1,326 @@
+"""Window responsiveness while streaming: the longest event-loop stall during a real run (issue 3, section 9).
+
+An offscreen MainWindow loads the default model with the real engine (through its worker thread, as in the app) and
+streams k=8 rollouts for 2 queries. A 5 ms QTimer probe stamps every tick it gets; the gap between two stamps is how
+long the GUI thread could not serve its event loop. Target: the longest gap at 30 ms or less.
+
+Attribution, without timing code in the product: the bench wraps some of the window's methods on the instance
+(drain, panes / tree / side plot refresh, event delivery) with perf_counter, and its QApplication subclass times
+every event delivered to the GUI thread (notify), so the longest gaps can be traced to what ran inside them.
+
+`run_gui_bench(...)` returns one dict per row (a summary row per run, then the worst calls of each step); run this
+file to print them as a table. The machine may be shared: several runs are made, the best and the worst are shown.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+TARGET_MS = 30.0
+PROBE_MS = 5
+QUERIES = ("Explain in detail how a steam engine works, step by step.",
+           "Write a short story about a lighthouse keeper and a storm.")
+SLOW_EVENT_MS = 3.0  # events delivered on the GUI thread that took longer than this are kept for attribution
+
+
+def _sched_reader() -> Callable[[], tuple[float, float]]:
+    """(CPU ms, ms spent waiting for a CPU) of the calling thread so far, from Linux's schedstat; zeros elsewhere."""
+    path = f"/proc/self/task/{threading.get_native_id()}/schedstat"
+    if not os.path.exists(path):
+        return lambda: (0.0, 0.0)
+
+    def read() -> tuple[float, float]:
+        with open(path) as f:
+            run_ns, wait_ns, _ = f.read().split()
+        return int(run_ns) / 1e6, int(wait_ns) / 1e6
+
+    return read
+
+
+def _percentile(values: list[float], q: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, int(round(q / 100.0 * (len(ordered) - 1)))))
+    return ordered[index]
+
+
+class _Recorder:
+    """Timed spans on the GUI thread: (name, start, end) in perf_counter seconds."""
+
+    def __init__(self):
+        self.spans: list[tuple[str, float, float]] = []
+        self.gui_thread = threading.get_ident()
+        self.depth = 0
+        self.totals: Optional[dict] = None  # event name -> (count, total ms), when asked for
+
+    def wrap(self, obj, name: str, label: str) -> None:
+        original = getattr(obj, name)
+
+        def timed(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self.spans.append((label, t0, time.perf_counter()))
+
+        setattr(obj, name, timed)
+
+    def calls(self, label: str) -> list[float]:
+        return [(e - s) * 1000.0 for n, s, e in self.spans if n == label]
+
+
+def _make_app(recorder: _Recorder):
+    from PySide6.QtCore import QEvent
+    from PySide6.QtWidgets import QApplication
+
+    class TimedApp(QApplication):
+        """Times each event delivered on the GUI thread (outermost deliveries only: nested ones sit inside)."""
+
+        def notify(self, receiver, event):  # noqa: N802 (Qt override)
+            if threading.get_ident() != recorder.gui_thread or recorder.depth:
+                return super().notify(receiver, event)
+            recorder.depth += 1
+            t0 = time.perf_counter()
+            try:
+                return super().notify(receiver, event)
+            finally:
+                t1 = time.perf_counter()
+                recorder.depth -= 1
+                if recorder.totals is not None or (t1 - t0) * 1000.0 >= SLOW_EVENT_MS:
+                    kind = QEvent.Type(event.type()).name if hasattr(QEvent.Type(event.type()), "name") \
+                        else str(int(event.type()))
+                    name = f"event {kind} -> {type(receiver).__name__}"
+                    if (t1 - t0) * 1000.0 >= SLOW_EVENT_MS:
+                        recorder.spans.append((name, t0, t1))
+                    if recorder.totals is not None:
+                        count, total = recorder.totals.get(name, (0, 0.0))
+                        recorder.totals[name] = (count + 1, total + (t1 - t0) * 1000.0)
+
+    app = QApplication.instance()
+    if app is not None:
+        return app, False
+    return TimedApp(sys.argv[:1]), True
+
+
+def _wait(app, done: Callable[[], bool], timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not done():
+        if time.monotonic() > deadline:
+            return False
+        app.processEvents()
+        time.sleep(0.001)
+    return True
+
+
+def _one_run(window, app, recorder: _Recorder, k: int, n_tokens: int, timeout_s: float) -> dict:
+    """One run streamed to the end while the probe ticks; the gaps and the spans inside the run's window of time."""
+    from PySide6.QtCore import QEventLoop, QTimer
+
+    stamps: list[float] = []
+    sched: list[tuple[float, float]] = []
+    read_sched = _sched_reader()
+
+    def tick():
+        stamps.append(time.perf_counter())
+        sched.append(read_sched())
+
+    probe = QTimer()
+    probe.setInterval(PROBE_MS)
+    probe.timeout.connect(tick)
+    loop = QEventLoop()
+    finished: list = []
+
+    def on_done(cancelled, failed):
+        finished.append((cancelled, failed))
+        loop.quit()
+
+    window.run_done.connect(on_done)
+    QTimer.singleShot(int(timeout_s * 1000), loop.quit)
+    window.controls.k_spin.setValue(k)
+    window.controls.max_tokens.setValue(n_tokens)
+    recorder.spans.clear()
+    if recorder.totals is not None:
+        recorder.totals.clear()
+    probe.start()
+    tick()
+    t_start = stamps[0]
+    run_id = window.run()
+    if run_id is None:
+        raise RuntimeError("the window refused to run (see its error dialog text above)")
+    loop.exec()
+    tick()
+    t_end = stamps[-1]
+    probe.stop()
+    window.run_done.disconnect(on_done)
+    if not finished:
+        raise RuntimeError(f"the run did not finish within {timeout_s:.0f} s")
+    gaps = [(stamps[i + 1] - stamps[i]) * 1000.0 for i in range(len(stamps) - 1)]
+    worst_at = max(range(len(gaps)), key=gaps.__getitem__)
+    g0, g1 = stamps[worst_at], stamps[worst_at + 1]
+    inside = sorted(((n, (e - s) * 1000.0) for n, s, e in recorder.spans if s >= g0 - 1e-4 and e <= g1 + 1e-4),
+                    key=lambda item: -item[1])
+    tokens = window.collector.tokens_done if window.collector is not None else 0
+    if recorder.totals:
+        print("  event time by kind (count, total ms):", file=sys.stderr)
+        for name, (count, total) in sorted(recorder.totals.items(), key=lambda kv: -kv[1][1])[:14]:
+            print(f"    {name:60} {count:6d} {total:9.1f}", file=sys.stderr)
+        recorder.totals.clear()
+    if os.environ.get("GUI_BENCH_VERBOSE"):  # the five longest gaps of the run and what ran inside each
+        for i in sorted(range(len(gaps)), key=gaps.__getitem__)[-5:]:
+            a, b = stamps[i], stamps[i + 1]
+            spans = sorted(((n, s - a, (e - s) * 1000.0) for n, s, e in recorder.spans if s >= a - 1e-4
+                            and e <= b + 1e-4), key=lambda item: item[1])
+            print(f"  gap {gaps[i]:.1f} ms at {a - t_start:.2f} s, CPU {sched[i + 1][0] - sched[i][0]:.0f} ms: "
+                  + "; ".join(f"+{at * 1000:.0f} {n} {ms:.1f}" for n, at, ms in spans), file=sys.stderr)
+    # where the worst gap went: the GUI thread running, waiting for a CPU, or neither (blocked: the GIL, a lock)
+    cpu = sched[worst_at + 1][0] - sched[worst_at][0]
+    runq = sched[worst_at + 1][1] - sched[worst_at][1]
+    split = (cpu, runq, max(0.0, gaps[worst_at] - cpu - runq))
+    total_cpu = sched[-1][0] - sched[0][0]
+    return {"gaps": gaps, "wall_s": t_end - t_start, "tokens": tokens, "spans": list(recorder.spans),
+            "worst_split": split, "gui_cpu_s": total_cpu / 1000.0,
+            "worst_gap_at_s": g0 - t_start, "worst_gap_inside": inside[:6], "cancelled_failed": finished[0]}
+
+
+def _wrap_pyqtgraph(recorder: _Recorder) -> None:
+    """Time pyqtgraph's paint entry points too (class-wide: every plot of the window)."""
+    import pyqtgraph as pg
+
+    for cls, name in ((pg.GraphicsView, "paintEvent"), (pg.GraphicsView, "resizeEvent"), (pg.ViewBox, "prepareForPaint"),
+                      (pg.PlotCurveItem, "paint"), (pg.ScatterPlotItem, "paint"), (pg.TextItem, "paint")):
+        recorder.wrap(cls, name, f"pg {cls.__name__}.{name}")
+    axis_paint = pg.AxisItem.paint
+
+    def timed_axis_paint(axis, *args):
+        fresh = axis.picture is None  # the axis regenerates its ticks and labels, else it replays them
+        t0 = time.perf_counter()
+        try:
+            return axis_paint(axis, *args)
+        finally:
+            recorder.spans.append((f"pg AxisItem.paint {axis.orientation}{' (new ticks)' if fresh else ''}", t0,
+                                   time.perf_counter()))
+
+    pg.AxisItem.paint = timed_axis_paint
+
+
+def run_gui_bench(k: int = 8, n_tokens: int = 96, runs: int = 3, model_path: Optional[str] = None,
+                  timeout_s: float = 300.0, deep: bool = False) -> list[dict]:
+    """Stream `runs` runs of k rollouts x n_tokens for 2 queries in an offscreen window; one row per run (longest
+    event-loop gap, p50, p99 of the probe's gaps), a best/worst summary, then the worst call of each timed step."""
+    from PySide6.QtCore import QSettings
+
+    from explorer.core.models import default_model_path
+    from explorer.gui.main_window import MainWindow
+    from explorer.gui.worker import default_engine_factory
+
+    recorder = _Recorder()
+    if os.environ.get("GUI_BENCH_VERBOSE"):
+        recorder.totals = {}
+    app, _ = _make_app(recorder)
+    if deep:
+        _wrap_pyqtgraph(recorder)
+    path = str(model_path or default_model_path())
+    errors: list[str] = []
+    tmp = tempfile.TemporaryDirectory(prefix="gui-bench-")
+    settings = QSettings(os.path.join(tmp.name, "settings.ini"), QSettings.Format.IniFormat)
+    window = MainWindow(default_engine_factory, settings=settings, show_error=lambda t, m: errors.append(f"{t}: {m}"),
+                        ask=lambda *_: True, recovery_dir=os.path.join(tmp.name, "recovery"), discover=None,
+                        persist=False)
+    window.resize(1440, 900)
+    window.show()
+    app.processEvents()
+
+    recorder.wrap(window, "drain", "drain (whole tick)")  # the refresh timer's tick calls self.drain()
+    recorder.wrap(window, "_feed_trees", "feed trees (per event)")
+    recorder.wrap(window.panes, "refresh", "panes.refresh")
+    recorder.wrap(window.panes, "show_group", "panes.show_group")
+    if window.tree_view is not None:
+        recorder.wrap(window.tree_view, "refresh", "tree_view.refresh")
+        recorder.wrap(window.tree_view, "set_tree", "tree_view.set_tree")
+    if window.side_plot is not None:
+        recorder.wrap(window.side_plot, "refresh", "side_plot.refresh")
+    recorder.wrap(window, "_sync_tabs", "sync tabs")
+
+    loaded = []
+    window.model_ready.connect(lambda info: loaded.append(info))
+    window.model_load_failed.connect(lambda msg: loaded.append(None))
+    window.load_model(path)
+    if not _wait(app, lambda: bool(loaded), 120) or loaded[0] is None:
+        raise RuntimeError(f"cannot load the default model: {errors or 'timed out'}")
+    window.controls.set_queries(list(QUERIES))
+
+    rows = []
+    results = []
+    try:
+        for i in range(runs):
+            load = os.getloadavg()[0]
+            result = _one_run(window, app, recorder, k, n_tokens, timeout_s)
+            if errors:
+                raise RuntimeError("; ".join(errors))
+            results.append(result)
+            gaps = result["gaps"]
+            inside = ", ".join(f"{name} {ms:.1f}" for name, ms in result["worst_gap_inside"][:3]) or "-"
+            rows.append({"case": f"run {i + 1}: longest stall", "k": k, "tokens": result["tokens"],
+                         "max_ms": max(gaps), "p50_ms": _percentile(gaps, 50), "p99_ms": _percentile(gaps, 99),
+                         "ticks": len(gaps), "wall_s": result["wall_s"], "load1": load,
+                         "worst_at_s": result["worst_gap_at_s"], "inside": inside,
+                         "worst_cpu_ms": result["worst_split"][0], "worst_runq_ms": result["worst_split"][1],
+                         "worst_blocked_ms": result["worst_split"][2], "gui_cpu_s": result["gui_cpu_s"]})
+    finally:
+        window.close()
+        app.processEvents()
+        tmp.cleanup()
+
+    best = min(rows, key=lambda r: r["max_ms"])
+    worst = max(rows, key=lambda r: r["max_ms"])
+    rows.append({**best, "case": "best of runs: longest stall"})
+    rows.append({**worst, "case": "worst of runs: longest stall"})
+    # the steps, over every run: the worst single call and the 99th percentile
+    labels = sorted({name for res in results for name, _, _ in res["spans"]})
+    for label in labels:
+        times = [(e - s) * 1000.0 for res in results for n, s, e in res["spans"] if n == label]
+        rows.append({"case": f"step: {label}", "calls": len(times), "max_ms": max(times),
+                     "p50_ms": _percentile(times, 50), "p99_ms": _percentile(times, 99)})
+    return rows
+
+
+def print_rows(rows: list[dict]) -> None:
+    print(f"{'case':64} {'max ms':>8} {'p50 ms':>8} {'p99 ms':>8}  notes")
+    for row in rows:
+        if "ticks" in row:
+            verdict = "ok" if row["max_ms"] <= TARGET_MS else f"> {TARGET_MS:.0f} ms target"
+            notes = (f"{verdict}; {row['ticks']} ticks, {row['tokens']} tokens in {row['wall_s']:.1f} s "
+                     f"(GUI thread CPU {row['gui_cpu_s']:.1f} s), load {row['load1']:.1f}; worst at "
+                     f"{row['worst_at_s']:.2f} s = {row['worst_cpu_ms']:.0f} ms CPU + {row['worst_runq_ms']:.0f} "
+                     f"waiting for a CPU + {row['worst_blocked_ms']:.0f} blocked: {row['inside']}")
+        else:
+            notes = f"{row['calls']} calls"
+        print(f"{row['case'][:64]:64} {row['max_ms']:>8.1f} {row['p50_ms']:>8.2f} {row['p99_ms']:>8.2f}  {notes}")
+
+
+def main() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--k", type=int, default=8)
+    parser.add_argument("--tokens", type=int, default=96)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--deep", action="store_true", help="also time pyqtgraph's paint calls")
+    args = parser.parse_args()
+    print_rows(run_gui_bench(k=args.k, n_tokens=args.tokens, runs=args.runs, deep=args.deep))
+
+
+if __name__ == "__main__":
+    main()
