@@ -292,9 +292,11 @@ def stepped_end(x_max: float) -> float:
 def cache_axes(*axes) -> None:
     """Keep each axis drawn in a pixmap until it changes. pyqtgraph replays an axis's recorded QPicture on every
     paint of its view, and replaying tick labels costs ~1-2 ms per axis: while a run streams, the views repaint
-    several times a second, mostly for the data, not the axes."""
+    several times a second, mostly for the data, not the axes. No SI prefixes either (positions, probabilities
+    and nats never need one): the prefix check re-lays out the axis label's HTML at every range change."""
     for axis in axes:
         axis.setCacheMode(QGraphicsItem.CacheMode.DeviceCoordinateCache)
+        axis.enableAutoSIPrefix(False)
 
 
 @contextmanager
