@@ -386,9 +386,9 @@ class MainWindow(WindowViewsMixin, WindowFilesMixin, WindowRewardsMixin, QMainWi
     def drain(self, spread: bool = False) -> None:
         """Feed buffered events to the collector and the trees, then refresh the views once (spread: the refresh
         timer's tick while a run streams, where the views take turns; see _refresh_views)."""
+        new_groups = False
         if self._pending and self.collector is not None:
             events, self._pending = self._pending, []
-            new_groups = False
             for event in events:
                 self.collector.add(event)
                 new_groups |= self._feed_trees(event)
@@ -396,7 +396,7 @@ class MainWindow(WindowViewsMixin, WindowFilesMixin, WindowRewardsMixin, QMainWi
             if new_groups:
                 self._sync_tabs()
             self._reward_finished_groups(events)
-        self._refresh_views(spread)
+        self._refresh_views(spread, busy=new_groups)
         if self.collector is not None and self.is_running():
             self.status.update_run(self.collector.tokens_done, self.collector.total_tokens)
 

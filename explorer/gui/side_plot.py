@@ -26,6 +26,8 @@ class SidePlot(QWidget):
         self._tree: Optional[TokenTree] = None
         self._rollout: Optional[str] = None
         self._version = -1
+        self._held = False
+        self._follow_pending = False  # the followed tree view redrew while this plot was held
         self.graphics = pg.GraphicsLayoutWidget()
         self.prob_plot: pg.PlotItem = self.graphics.addPlot(row=0, col=0)
         self.entropy_plot: pg.PlotItem = self.graphics.addPlot(row=1, col=0)
@@ -76,8 +78,21 @@ class SidePlot(QWidget):
     def _follow_tree(self, view) -> None:
         if view.tree is not self._tree:
             self.set_tree(view.tree)
+        elif self._held:
+            self._follow_pending = True
         else:
             self.refresh()
+
+    def set_held(self, held: bool) -> None:
+        """Held (while a run streams), a redraw of the followed tree view only marks this plot stale (is_stale), and
+        its owner refreshes it on an event-loop turn of its own; letting go catches up at once."""
+        self._held = held
+        if not held and self._follow_pending:
+            self.refresh()
+
+    def is_stale(self) -> bool:
+        """The followed tree view redrew since this plot last refreshed (only while held)."""
+        return self._follow_pending
 
     def set_tree(self, tree: Optional[TokenTree]) -> None:
         self._tree = tree
@@ -97,6 +112,7 @@ class SidePlot(QWidget):
         return self._rollout
 
     def refresh(self) -> bool:
+        self._follow_pending = False
         tree = self._tree
         version = tree.version if tree is not None else -2
         if version == self._version:

@@ -12,35 +12,55 @@ from PySide6.QtCore import Slot
 from ..core.types import RolloutFinished, RunStarted, TokenBatch
 from .views import TokenTree
 
-TREE_INTERVAL_S = 0.1  # while a run streams, the token tree (and the plot that follows it) redraws at ~10 Hz
+TREE_INTERVAL_S = 0.1  # while a run streams, the token tree redraws at ~10 Hz
 PANES_PER_TICK = 2  # while a run streams, panes made per refresh tick (each costs a few ms, plus its first layout)
+_NO_TREE_SWITCH = object()
 
 
 class WindowViewsMixin:
-    _tree_drawn_at = 0.0  # time.monotonic() of the last tree refresh of a spread tick
+    _tree_drawn_at = 0.0  # time.monotonic() of the last tree refresh
+    _tree_to_show = _NO_TREE_SWITCH  # a tree the tree view switches to on its next refresh (see _on_tab_changed)
 
     def _set_streaming_views(self, streaming: bool) -> None:
-        """While a run streams, panes are made a few per tick and the tree's x range steps ahead of the tree."""
+        """While a run streams: panes are made a few per tick, the tree's x range steps ahead of the tree, and the
+        side plot waits for a turn of its own to follow the tree."""
         self.panes.set_pane_budget(PANES_PER_TICK if streaming else None)
         if self.tree_view is not None:
             self.tree_view.set_growing(streaming)
+        if self.side_plot is not None:
+            self.side_plot.set_held(streaming)
 
-    def _refresh_views(self, spread: bool = False) -> None:
-        """Bring the panes and the tree up to date. spread (the refresh timer while a run streams): one of them per
-        tick, the tree at most every TREE_INTERVAL_S, the panes on the other ticks, so that one tick's work and the
-        repaint it causes stay short and the window keeps answering."""
-        tree = self.tree_view
-        if not spread:
-            self.panes.refresh()
-            if tree is not None:
-                tree.refresh()
-            return
+    def _refresh_views(self, spread: bool = False, busy: bool = False) -> None:
+        """Bring the panes, the tree and its side plot up to date. spread (the refresh timer while a run streams):
+        one of them per tick -- the tree at most every TREE_INTERVAL_S, the side plot on the next tick, the panes
+        on the others, none when busy (the tick already made new tabs and their first panes) -- so that one tick's
+        work and the repaint it causes stay short and the window keeps answering."""
+        view, side = self.tree_view, self.side_plot
         now = time.monotonic()
-        if tree is not None and tree.is_stale() and now - self._tree_drawn_at >= TREE_INTERVAL_S:
-            self._tree_drawn_at = now
-            tree.refresh()
+        if spread:
+            if busy:
+                pass
+            elif side is not None and side.is_stale():
+                side.refresh()
+            elif view is not None and now - self._tree_drawn_at >= TREE_INTERVAL_S and (
+                    self._tree_to_show is not _NO_TREE_SWITCH or view.is_stale()):
+                self._draw_tree(now)
+            else:
+                self.panes.refresh()
+            return
+        self.panes.refresh()
+        if view is not None:
+            self._draw_tree(now)
+        if side is not None and side.is_stale():
+            side.refresh()
+
+    def _draw_tree(self, now: float) -> None:
+        self._tree_drawn_at = now
+        if self._tree_to_show is not _NO_TREE_SWITCH:
+            tree, self._tree_to_show = self._tree_to_show, _NO_TREE_SWITCH
+            self.tree_view.set_tree(tree)  # draws it whole and fits it
         else:
-            self.panes.refresh()
+            self.tree_view.refresh()
 
     # -- trees ---------------------------------------------------------------------------------------------------
     def _feed_trees(self, event) -> bool:
@@ -78,6 +98,7 @@ class WindowViewsMixin:
         self.scoring.set_group(None, "")
         self._show_stats(None)
         if self.tree_view is not None:
+            self._tree_to_show = _NO_TREE_SWITCH
             self.tree_view.set_tree(None)
 
     def _sync_tabs(self) -> None:
@@ -118,7 +139,11 @@ class WindowViewsMixin:
         self.scoring.show_scores(gid, self.collector.group(gid).scores)
         self._show_stats(gid)
         if self.tree_view is not None:
-            self.tree_view.set_tree(self.trees.get(gid))
+            if self.is_running():  # drawing a whole tree takes a while: on the tree's own turn (_refresh_views)
+                self._tree_to_show = self.trees.get(gid)
+            else:
+                self._tree_to_show = _NO_TREE_SWITCH
+                self.tree_view.set_tree(self.trees.get(gid))
 
     def set_shading(self, mode: str) -> None:
         self.panes.set_shading(mode)
