@@ -136,7 +136,8 @@ class TokenTreeView(QWidget):
         self.ghost_nodes.clear()
         self._lanes_labelled = -1
         self.refresh()
-        self.fit()
+        if tree is not None:  # an empty view keeps its range: fitting nothing only redraws every axis
+            self.fit()
 
     def set_growing(self, growing: bool) -> None:
         """While the tree grows (a run streams), the followed x range steps ahead of it; after, it fits exactly."""
