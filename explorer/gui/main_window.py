@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 import sys
 import threading
+import time
 from typing import Callable, Optional
 
 from PySide6.QtCore import QSettings, Qt, QTimer, Signal, Slot
@@ -38,6 +39,7 @@ from .views import RolloutPanes, ScoringPanel, SidePlot, TokenTreeView
 from .worker import EngineHost, default_engine_factory
 
 REFRESH_INTERVAL_MS = 33
+STATUS_INTERVAL_S = 0.2
 _startup_frozen = False
 ErrorSink = Callable[[str, str], None]
 Asker = Callable[[str, str], bool]
@@ -97,6 +99,7 @@ class MainWindow(WindowViewsMixin, WindowFilesMixin, WindowRewardsMixin, QMainWi
         self._run_failed = False
         self._closed = False
         self._dirty_since_autosave = False
+        self._status_shown_at = 0.0
 
         self._models_found.connect(self._on_models_found)
         self._build_layout()
@@ -384,8 +387,9 @@ class MainWindow(WindowViewsMixin, WindowFilesMixin, WindowRewardsMixin, QMainWi
         self.drain(spread=True)
 
     def drain(self, spread: bool = False) -> None:
-        """Feed buffered events to the collector and the trees, then refresh the views once (spread: the refresh
-        timer's tick while a run streams, where the views take turns; see _refresh_views)."""
+        """Feed buffered events to the collector and the trees, then refresh the views once. While a run streams the
+        refresh timer's ticks (spread) draw the views, a view at a time (see _refresh_views): a drain asked for
+        elsewhere then (autosave, export, a branch) only feeds, instead of drawing everything in one go."""
         new_groups = False
         if self._pending and self.collector is not None:
             events, self._pending = self._pending, []
@@ -396,8 +400,12 @@ class MainWindow(WindowViewsMixin, WindowFilesMixin, WindowRewardsMixin, QMainWi
             if new_groups:
                 self._sync_tabs()
             self._reward_finished_groups(events)
-        self._refresh_views(spread, busy=new_groups)
-        if self.collector is not None and self.is_running():
+        panes_turn = (spread or not self._views_streaming) and self._refresh_views(spread, busy=new_groups)
+        # the progress bar repaints at once when its value changes: on the panes' turns, a few times a second
+        now = time.monotonic()
+        if self.collector is not None and self.is_running() and panes_turn and (
+                not spread or now - self._status_shown_at >= STATUS_INTERVAL_S):
+            self._status_shown_at = now
             self.status.update_run(self.collector.tokens_done, self.collector.total_tokens)
 
     @Slot(int, str)

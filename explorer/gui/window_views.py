@@ -20,39 +20,44 @@ _NO_TREE_SWITCH = object()
 class WindowViewsMixin:
     _tree_drawn_at = 0.0  # time.monotonic() of the last tree refresh
     _tree_to_show = _NO_TREE_SWITCH  # a tree the tree view switches to on its next refresh (see _on_tab_changed)
+    _views_streaming = False  # between _set_streaming_views(True) and (False)
 
     def _set_streaming_views(self, streaming: bool) -> None:
         """While a run streams: panes are made a few per tick, the tree's x range steps ahead of the tree, and the
         side plot waits for a turn of its own to follow the tree."""
+        self._views_streaming = streaming
         self.panes.set_pane_budget(PANES_PER_TICK if streaming else None)
         if self.tree_view is not None:
             self.tree_view.set_growing(streaming)
         if self.side_plot is not None:
             self.side_plot.set_held(streaming)
 
-    def _refresh_views(self, spread: bool = False, busy: bool = False) -> None:
+    def _refresh_views(self, spread: bool = False, busy: bool = False) -> bool:
         """Bring the panes, the tree and its side plot up to date. spread (the refresh timer while a run streams):
         one of them per tick -- the tree at most every TREE_INTERVAL_S, the side plot on the next tick, the panes
         on the others, none when busy (the tick already made new tabs and their first panes) -- so that one tick's
-        work and the repaint it causes stay short and the window keeps answering."""
+        work and the repaint it causes stay short and the window keeps answering. True when the panes took this turn
+        (or everything was refreshed)."""
         view, side = self.tree_view, self.side_plot
         now = time.monotonic()
         if spread:
             if busy:
-                pass
-            elif side is not None and side.is_stale():
+                return False
+            if side is not None and side.is_stale():
                 side.refresh()
-            elif view is not None and now - self._tree_drawn_at >= TREE_INTERVAL_S and (
+                return False
+            if view is not None and now - self._tree_drawn_at >= TREE_INTERVAL_S and (
                     self._tree_to_show is not _NO_TREE_SWITCH or view.is_stale()):
                 self._draw_tree(now)
-            else:
-                self.panes.refresh()
-            return
+                return False
+            self.panes.refresh()
+            return True
         self.panes.refresh()
         if view is not None:
             self._draw_tree(now)
         if side is not None and side.is_stale():
             side.refresh()
+        return True
 
     def _draw_tree(self, now: float) -> None:
         self._tree_drawn_at = now
