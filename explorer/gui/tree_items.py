@@ -18,10 +18,11 @@ import numpy as np
 import pyqtgraph as pg
 from pyqtgraph import exporters
 from PySide6.QtCore import QRectF, QSize
-from PySide6.QtGui import QPainter
+from PySide6.QtGui import QGuiApplication, QPainter
 from PySide6.QtSvg import QSvgGenerator
-from PySide6.QtWidgets import QGraphicsItem, QPushButton
+from PySide6.QtWidgets import QGraphicsItem, QMenu, QPushButton
 
+from explorer.core.tree import ROOT
 from explorer.core.tree_layout import display_token
 
 
@@ -357,6 +358,31 @@ def _render_svg(item, path: Path) -> None:
         painter.end()
         for it in items:
             it.setExportMode(False)
+
+
+def node_menu(view, node: int) -> QMenu:
+    """The context menu of a tree view's node or ghost; its "branch" action emits the view's branch_requested."""
+    tree = view.tree
+    menu = QMenu(view)
+    prefix = tree.branch_prefix(node)
+    k = view.branch_k
+    if prefix.forced_token is not None:
+        text = f"Branch here ({k} rollouts, forcing “{display_token(tree.text(node))}”)"
+    elif node == ROOT:
+        text = f"Branch here ({k} new rollouts from the prompt)"
+    else:
+        text = f"Branch here ({k} rollouts after “{display_token(tree.text(node))}”)"
+    branch = menu.addAction(text)
+    branch.setData("branch")
+    branch.triggered.connect(lambda: view.branch_requested.emit(
+        tree.group_id, prefix.rollout_id, prefix.position, prefix.forced_token))
+    select = menu.addAction("Select the rollouts through it")
+    select.setData("select")
+    select.triggered.connect(lambda: view.select_node(node))
+    copy = menu.addAction("Copy the text up to here")
+    copy.setData("copy")
+    copy.triggered.connect(lambda: QGuiApplication.clipboard().setText(tree.prefix_text(node)))
+    return menu
 
 
 def tool_button(text: str, tip: str, bar, checkable: bool = False, checked: bool = False) -> QPushButton:

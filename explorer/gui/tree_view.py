@@ -20,14 +20,14 @@ from typing import Optional
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import QEvent, QPoint, Qt, Signal
-from PySide6.QtGui import QCursor, QGuiApplication, QPalette
+from PySide6.QtGui import QCursor, QPalette
 from PySide6.QtWidgets import QFileDialog, QHBoxLayout, QLabel, QMenu, QMessageBox, QToolTip, QVBoxLayout, QWidget
 
 from explorer.core.tree import ROOT, TokenTree
-from explorer.core.tree_layout import color_levels, colormap_lut, describe_node, display_token
+from explorer.core.tree_layout import color_levels, colormap_lut, describe_node
 from explorer.gui.style import blend, widget_is_dark
 from explorer.gui.tree_items import (EdgeLayer, LabelPool, NodeLayer, RangeExtent, cache_axes, export_graphics,
-                                     label_entries, rollout_polylines, stepped_end, tool_button)
+                                     label_entries, node_menu, rollout_polylines, stepped_end, tool_button)
 
 N_LEVELS = 32  # colour buckets: one reusable brush each
 MAX_LABELS = 40  # branch-point / chain labels shown at once (hovered and selected come on top)
@@ -353,27 +353,7 @@ class TokenTreeView(QWidget):
 
     def node_menu(self, node: int) -> QMenu:
         """The context menu of a node or ghost; its "branch" action emits branch_requested."""
-        tree = self._tree
-        menu = QMenu(self)
-        prefix = tree.branch_prefix(node)
-        k = self.branch_k
-        if prefix.forced_token is not None:
-            text = f"Branch here ({k} rollouts, forcing “{display_token(tree.text(node))}”)"
-        elif node == ROOT:
-            text = f"Branch here ({k} new rollouts from the prompt)"
-        else:
-            text = f"Branch here ({k} rollouts after “{display_token(tree.text(node))}”)"
-        branch = menu.addAction(text)
-        branch.setData("branch")
-        branch.triggered.connect(lambda: self.branch_requested.emit(
-            tree.group_id, prefix.rollout_id, prefix.position, prefix.forced_token))
-        select = menu.addAction("Select the rollouts through it")
-        select.setData("select")
-        select.triggered.connect(lambda: self.select_node(node))
-        copy = menu.addAction("Copy the text up to here")
-        copy.setData("copy")
-        copy.triggered.connect(lambda: QGuiApplication.clipboard().setText(tree.prefix_text(node)))
-        return menu
+        return node_menu(self, node)
 
     # -- drawing helpers ---------------------------------------------------------------------------------------------
     def _draw_highlight(self) -> None:
