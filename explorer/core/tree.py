@@ -414,6 +414,26 @@ class TokenTree:
         return tuple(sorted(items)), paths
 
 
+def feed_trees(trees: dict[str, TokenTree], event) -> None:
+    """Grow the trees of a {group id: TokenTree} map from one engine event (RunStarted, TokenBatch,
+    RolloutFinished). Raises ValueError when a finished rollout disagrees with what streamed."""
+    from .types import RolloutFinished, RunStarted, TokenBatch
+
+    if isinstance(event, TokenBatch):
+        for ev in event.events:
+            tree = trees.get(ev.group_id)
+            if tree is not None:
+                tree.add_event(ev)
+    elif isinstance(event, RunStarted):
+        for header in event.groups:
+            if header.id not in trees:
+                trees[header.id] = TokenTree(header.id, header.prompt)
+        for rh in event.rollouts:
+            trees[rh.group_id].add_header(rh)
+    elif isinstance(event, RolloutFinished):
+        trees.setdefault(event.group_id, TokenTree(event.group_id)).add_rollout(event.rollout)
+
+
 class TreeForest:
     """One TokenTree per group, fed straight from engine events (RunStarted, TokenBatch, RolloutFinished)."""
 
@@ -424,22 +444,7 @@ class TreeForest:
         return self.trees.get(group_id)
 
     def add(self, event) -> None:
-        from .types import RolloutFinished, RunStarted, TokenBatch
-
-        if isinstance(event, TokenBatch):
-            for ev in event.events:
-                tree = self.trees.get(ev.group_id)
-                if tree is not None:
-                    tree.add_event(ev)
-        elif isinstance(event, RunStarted):
-            for header in event.groups:
-                if header.id not in self.trees:
-                    self.trees[header.id] = TokenTree(header.id, header.prompt)
-            for rh in event.rollouts:
-                self.trees[rh.group_id].add_header(rh)
-        elif isinstance(event, RolloutFinished):
-            tree = self.trees.setdefault(event.group_id, TokenTree(event.group_id))
-            tree.add_rollout(event.rollout)
+        feed_trees(self.trees, event)
 
     def add_groups(self, groups: Sequence[QueryGroup]) -> None:
         for group in groups:

@@ -35,7 +35,10 @@ from .status import StatusPanel
 from .window_files import WindowFilesMixin
 from .window_rewards import WindowRewardsMixin
 from .window_views import WindowViewsMixin
-from .views import RolloutPanes, ScoringPanel, SidePlot, TokenTreeView
+from .panes import RolloutPanes
+from .scoring import ScoringPanel
+from .side_plot import SidePlot
+from .tree_view import TokenTreeView
 from .worker import EngineHost, default_engine_factory
 
 REFRESH_INTERVAL_MS = 33
@@ -159,31 +162,25 @@ class MainWindow(WindowViewsMixin, WindowFilesMixin, WindowRewardsMixin, QMainWi
         v.addWidget(self.panes, 1)
 
         # The token tree (issue 4) sits under the panes in the same vertical splitter.
-        if TokenTreeView is not None:
-            self.tree_view = TokenTreeView()
-            self.tree_view.token_selected.connect(self._on_tree_token)
-            self.tree_view.node_selected.connect(lambda _gid, ids: self.panes.highlight_rollouts(list(ids)))
-            self.tree_view.branch_requested.connect(self.request_branch)
-            self.controls.k_spin.valueChanged.connect(self.tree_view.set_branch_k)
-            self.tree_view.set_branch_k(self.controls.k())
-        else:
-            self.tree_view = None
-        self.side_plot = None
+        self.tree_view = TokenTreeView()
+        self.tree_view.token_selected.connect(self._on_tree_token)
+        self.tree_view.node_selected.connect(lambda _gid, ids: self.panes.highlight_rollouts(list(ids)))
+        self.tree_view.branch_requested.connect(self.request_branch)
+        self.controls.k_spin.valueChanged.connect(self.tree_view.set_branch_k)
+        self.tree_view.set_branch_k(self.controls.k())
         self.scoring = ScoringPanel()
         self.scoring.score_requested.connect(self.request_score)
 
         # Under the panes: the token tree (with its per-position plot) beside the scoring panel.
         self.bottom_splitter = QSplitter(Qt.Orientation.Horizontal)
         self.bottom_splitter.setChildrenCollapsible(False)
-        if self.tree_view is not None:
-            tree_area = QSplitter(Qt.Orientation.Vertical)
-            tree_area.addWidget(self.tree_view)
-            if SidePlot is not None:
-                self.side_plot = SidePlot()
-                self.side_plot.follow(self.tree_view)
-                tree_area.addWidget(self.side_plot)
-                tree_area.setSizes([280, 170])
-            self.bottom_splitter.addWidget(tree_area)
+        tree_area = QSplitter(Qt.Orientation.Vertical)
+        tree_area.addWidget(self.tree_view)
+        self.side_plot = SidePlot()
+        self.side_plot.follow(self.tree_view)
+        tree_area.addWidget(self.side_plot)
+        tree_area.setSizes([280, 170])
+        self.bottom_splitter.addWidget(tree_area)
         # the selected query's statistics sit under the scoring panel, which gets the spare height
         self.stats_panel = StatsPanel()
         score_side = QWidget()
@@ -193,7 +190,7 @@ class MainWindow(WindowViewsMixin, WindowFilesMixin, WindowRewardsMixin, QMainWi
         sv.addWidget(self.scoring, 1)
         sv.addWidget(self.stats_panel)
         self.bottom_splitter.addWidget(score_side)
-        self.bottom_splitter.setSizes([600, 480] if self.tree_view is not None else [1080])
+        self.bottom_splitter.setSizes([600, 480])
 
         self.right_splitter = QSplitter(Qt.Orientation.Vertical)
         self.right_splitter.addWidget(panes_area)

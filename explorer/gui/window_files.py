@@ -14,17 +14,14 @@ from PySide6.QtWidgets import QFileDialog
 from ..core import export
 from ..core.collect import RunCollector
 from ..core.errors import ExplorerError, ModelError
+from ..core.jsonl import export_jsonl as write_jsonl
+from ..core.tree import TokenTree
 from ..core.types import RolloutSet
 from .actions import fill_recent_menu
-from .views import TokenTree
 from .worker import keep_until_finished
 
 MAX_RECENT = 10
 
-try:
-    from ..core.jsonl import export_jsonl as _export_jsonl
-except ModuleNotFoundError:  # JSONL export belongs to the RL issue; the menu entry stays disabled without it
-    _export_jsonl = None
 
 
 class WindowFilesMixin:
@@ -73,8 +70,6 @@ class WindowFilesMixin:
         self.status.show_file(f"{name}, made with {rollout_set.model.name}")
 
     def _rebuild_tree(self, group) -> None:
-        if TokenTree is None:
-            return
         try:
             self.trees[group.id] = TokenTree.from_group(group)
         except ValueError as exc:
@@ -140,11 +135,11 @@ class WindowFilesMixin:
 
     def export_jsonl(self, path: str) -> bool:
         rollout_set = self.current_rollout_set()
-        if rollout_set is None or _export_jsonl is None:
+        if rollout_set is None:
             self.show_error("Nothing to export", "Run some queries (or open a rollout set) first.")
             return False
         try:
-            n = _export_jsonl(rollout_set, path)
+            n = write_jsonl(rollout_set, path)
         except (ExplorerError, OSError) as exc:
             self.show_error("Cannot export JSONL", str(exc))
             return False
@@ -169,9 +164,6 @@ class WindowFilesMixin:
 
     def refresh_recent_menu(self) -> None:
         fill_recent_menu(self, [p for p in self.recent_files() if Path(p).exists()])
-        self.actions["export_jsonl"].setEnabled(_export_jsonl is not None)
-        self.actions["compact"].setEnabled(hasattr(self.panes, "set_compact"))
-        self.actions["export_jsonl"].setEnabled(_export_jsonl is not None)
 
     def _last_dir(self) -> str:
         return str(self.settings.value("last_dir", "") or "")

@@ -9,8 +9,8 @@ from typing import Optional
 
 from PySide6.QtCore import Slot
 
-from ..core.types import RolloutFinished, RunStarted, TokenBatch
-from .views import TokenTree
+from ..core.tree import feed_trees
+from ..core.types import RunStarted
 
 TREE_INTERVAL_S = 0.1  # while a run streams, the token tree redraws at ~10 Hz
 PANES_PER_TICK = 2  # while a run streams, panes made per refresh tick (each costs a few ms, plus its first layout)
@@ -27,10 +27,8 @@ class WindowViewsMixin:
         side plot waits for a turn of its own to follow the tree."""
         self._views_streaming = streaming
         self.panes.set_pane_budget(PANES_PER_TICK if streaming else None)
-        if self.tree_view is not None:
-            self.tree_view.set_growing(streaming)
-        if self.side_plot is not None:
-            self.side_plot.set_held(streaming)
+        self.tree_view.set_growing(streaming)
+        self.side_plot.set_held(streaming)
 
     def _refresh_views(self, spread: bool = False, busy: bool = False) -> bool:
         """Bring the panes, the tree and its side plot up to date. spread (the refresh timer while a run streams):
@@ -43,19 +41,18 @@ class WindowViewsMixin:
         if spread:
             if busy:
                 return False
-            if side is not None and side.is_stale():
+            if side.is_stale():
                 side.refresh()
                 return False
-            if view is not None and now - self._tree_drawn_at >= TREE_INTERVAL_S and (
+            if now - self._tree_drawn_at >= TREE_INTERVAL_S and (
                     self._tree_to_show is not _NO_TREE_SWITCH or view.is_stale()):
                 self._draw_tree(now)
                 return False
             self.panes.refresh()
             return True
         self.panes.refresh()
-        if view is not None:
-            self._draw_tree(now)
-        if side is not None and side.is_stale():
+        self._draw_tree(now)
+        if side.is_stale():
             side.refresh()
         return True
 
@@ -70,28 +67,11 @@ class WindowViewsMixin:
     # -- trees ---------------------------------------------------------------------------------------------------
     def _feed_trees(self, event) -> bool:
         """Returns True when the event named groups not seen before."""
-        if TokenTree is None:
-            return isinstance(event, RunStarted)
         try:
-            if isinstance(event, TokenBatch):
-                for ev in event.events:
-                    tree = self.trees.get(ev.group_id)
-                    if tree is not None:
-                        tree.add_event(ev)
-            elif isinstance(event, RolloutFinished):
-                tree = self.trees.get(event.group_id)
-                if tree is not None:
-                    tree.add_rollout(event.rollout)
-            elif isinstance(event, RunStarted):
-                for header in event.groups:
-                    if header.id not in self.trees:
-                        self.trees[header.id] = TokenTree(header.id, header.prompt)
-                for rh in event.rollouts:
-                    self.trees[rh.group_id].add_header(rh)
-                return True
+            feed_trees(self.trees, event)
         except ValueError as exc:  # a tree that cannot follow must not stop the panes from streaming
             print(f"rollout-explorer: token tree: {exc}", file=sys.stderr)
-        return False
+        return isinstance(event, RunStarted)
 
     # -- groups and views ------------------------------------------------------------------------------------------
     def _clear_tabs(self) -> None:
@@ -102,9 +82,8 @@ class WindowViewsMixin:
         self.panes.show_group(None, None)
         self.scoring.set_group(None, "")
         self._show_stats(None)
-        if self.tree_view is not None:
-            self._tree_to_show = _NO_TREE_SWITCH
-            self.tree_view.set_tree(None)
+        self._tree_to_show = _NO_TREE_SWITCH
+        self.tree_view.set_tree(None)
 
     def _sync_tabs(self) -> None:
         had = self.group_tabs.count()
@@ -143,34 +122,28 @@ class WindowViewsMixin:
         # always, even when empty: the panel keeps scores by group id, and a new run reuses the ids
         self.scoring.show_scores(gid, self.collector.group(gid).scores)
         self._show_stats(gid)
-        if self.tree_view is not None:
-            if self.is_running():  # drawing a whole tree takes a while: on the tree's own turn (_refresh_views)
-                self._tree_to_show = self.trees.get(gid)
-            else:
-                self._tree_to_show = _NO_TREE_SWITCH
-                self.tree_view.set_tree(self.trees.get(gid))
+        if self.is_running():  # drawing a whole tree takes a while: on the tree's own turn (_refresh_views)
+            self._tree_to_show = self.trees.get(gid)
+        else:
+            self._tree_to_show = _NO_TREE_SWITCH
+            self.tree_view.set_tree(self.trees.get(gid))
 
     def set_shading(self, mode: str) -> None:
         self.panes.set_shading(mode)
         self._on_shading_changed(mode)
 
     def shading(self) -> str:
-        return getattr(self.panes, "shading", "prob")
+        return self.panes.shading
 
     def _on_shading_changed(self, mode: str) -> None:
         self.actions["shade_prob" if mode == "prob" else "shade_entropy"].setChecked(True)
-        scoring_shading = getattr(self.scoring, "set_shading", None)
-        if scoring_shading is not None:
-            scoring_shading(mode)
+        self.scoring.set_shading(mode)
 
     def set_compact(self, compact: bool) -> None:
-        setter = getattr(self.panes, "set_compact", None)  # the panes switch to compact by themselves for k > 8
-        if setter is not None:
-            setter(bool(compact))
+        self.panes.set_compact(True if compact else None)  # unchecked: automatic again (compact for k > 8)
 
     def _on_token_clicked(self, rollout_id: str, position: int) -> None:
-        if self.tree_view is not None:
-            self.tree_view.select_token(rollout_id, position)
+        self.tree_view.select_token(rollout_id, position)
 
     def _on_tree_token(self, rollout_id: str, position: int) -> None:
         self.panes.scroll_to_token(rollout_id, position)
