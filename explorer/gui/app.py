@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from typing import Callable, Optional
 
-from PySide6.QtCore import QSettings, QTimer
+from PySide6.QtCore import QSettings, QTimer, qInstallMessageHandler
 from PySide6.QtWidgets import QApplication
 
 from ..core.errors import ExplorerError
@@ -21,9 +21,21 @@ ORGANIZATION = "rollout-explorer"
 APPLICATION = "Rollout Explorer"
 
 
+# Qt warnings that say nothing to a user: headless platforms (offscreen, used by the scripted mode) print this one
+# for every window resize.
+_QUIET_QT_MESSAGES = ("This plugin does not support propagateSizeHints()",)
+
+
+def _qt_message(mode, context, message: str) -> None:
+    if message in _QUIET_QT_MESSAGES:
+        return
+    sys.stderr.write(message + "\n")
+
+
 def create_app(argv: Optional[list[str]] = None) -> QApplication:
     app = QApplication.instance()
     if app is None:
+        qInstallMessageHandler(_qt_message)
         app = QApplication(argv if argv is not None else sys.argv[:1])
     app.setOrganizationName(ORGANIZATION)
     app.setApplicationName(APPLICATION)
