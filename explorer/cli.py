@@ -43,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     gui.add_argument("--max-tokens", type=int, default=None)
     gui.add_argument("--seed", type=int, default=None)
     gui.add_argument("--run", action="store_true", help="start a run once the model is loaded")
+    gui.add_argument("--score", action="append", default=[], metavar="RESPONSE",
+                     help="after the run, score this response to the shown query (repeatable)")
     gui.add_argument("--screenshot", default=None, help="save a PNG of the whole window when the run ends")
     gui.add_argument("--export", default=None, help="save the rollout set (JSON) when the run ends")
     gui.add_argument("--quit", action="store_true", help="exit when done (0 on success)")

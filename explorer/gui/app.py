@@ -91,6 +91,10 @@ class ScriptedSession:
         window.model_ready.connect(self._on_model_ready)
         window.model_load_failed.connect(lambda _msg: self._fail())
         window.run_done.connect(self._on_run_done)
+        self._score_started = False
+        self._score_request = None
+        window.host.scores_ready.connect(self._on_scores)
+        window.host.failed.connect(self._on_failed)
 
     def error(self, title: str, message: str) -> None:
         print(f"rollout-explorer: {title}: {message}", file=sys.stderr)
@@ -123,7 +127,22 @@ class ScriptedSession:
         if failed:
             self._fail()
         elif not self.failed:
+            responses = _arg(self.args, "score", [])
+            if responses and not self._score_started:
+                self._score_started = True
+                self._score_request = self.window.request_score(self.window.current_group_id(), list(responses))
+                if self._score_request is None:
+                    self._fail()
+                return
             self._finish()
+
+    def _on_scores(self, request: int, *_rest) -> None:
+        if request == self._score_request and not self.failed:
+            QTimer.singleShot(0, self._finish)  # after the window has drawn the scores
+
+    def _on_failed(self, request: int, message: str) -> None:
+        if request == self._score_request:
+            self.error("Scoring failed", message)
 
     def _finish(self) -> None:
         self.app.processEvents()  # let the last layout changes settle before the grab
@@ -141,7 +160,7 @@ class ScriptedSession:
 
 def run_gui(args, engine_factory: Callable = default_engine_factory, settings: Optional[QSettings] = None) -> int:
     """Open the main window; args carries model, queries, queries_file, reward, no_std, k, max_tokens, seed, run,
-    screenshot, export, quit, n_gpu_layers, n_ctx (any may be missing or None). Returns the exit status."""
+    score (responses to score for the first query after the run), screenshot, export, quit, n_gpu_layers, n_ctx (any may be missing or None). Returns the exit status."""
     from .main_window import MainWindow
 
     app = create_app()

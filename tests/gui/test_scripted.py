@@ -1,0 +1,32 @@
+"""Scripted mode (`rollout-explorer gui ... --run --score ... --screenshot ... --export ... --quit`)."""
+
+from __future__ import annotations
+
+import types
+
+from explorer.core import export
+from explorer.gui.app import run_gui
+
+OCEAN = "Which is the largest ocean?"
+
+
+def _args(model, tmp_path, **extra):
+    base = dict(model=str(model), queries=[OCEAN], k=2, max_tokens=6, seed=1, run=True, score=[],
+                screenshot=str(tmp_path / "shot.png"), export=str(tmp_path / "set.json"), quit=True,
+                n_gpu_layers=None, n_ctx=None)
+    base.update(extra)
+    return types.SimpleNamespace(**base)
+
+
+def test_scripted_scores_are_in_the_export(fake_factory, fake_model, gui_settings, tmp_path):
+    args = _args(fake_model, tmp_path, score=["Atlantic Ocean", "Pacific Ocean"])
+    assert run_gui(args, fake_factory, gui_settings) == 0
+    group = export.load(tmp_path / "set.json").groups[0]
+    assert [s.response for s in group.scores] == ["Atlantic Ocean", "Pacific Ocean"]
+    assert all(s.tokens for s in group.scores)
+    assert (tmp_path / "shot.png").stat().st_size > 10_000
+
+
+def test_scripted_without_scores_exports_none(fake_factory, fake_model, gui_settings, tmp_path):
+    assert run_gui(_args(fake_model, tmp_path), fake_factory, gui_settings) == 0
+    assert export.load(tmp_path / "set.json").groups[0].scores == ()
