@@ -221,7 +221,8 @@ class RolloutPane(QFrame):
         branch = ""
         if live.parent_id is not None:
             parent = live.parent_id.rsplit(".", 1)[-1]
-            branch = f' <span style="color:{muted}">⑂{parent}@{live.branch_position}</span>'
+            # plain ASCII: a fork glyph is missing from many fonts and shows as a box
+            branch = f' <span style="color:{muted}">from {parent} @{live.branch_position}</span>'
         if self._compact:
             self.title.setText(f"<b>#{live.index}</b>{branch} <span style='color:{muted}'>{n} tok</span> {finish_html}")
             facts = [f"log π {format_logprob(logprob)}", f"ppl {format_perplexity(ppl)}"]

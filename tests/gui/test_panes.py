@@ -235,7 +235,7 @@ def test_many_rollouts_use_compact_panes_and_branches_join_live(panes):
     collector.add(branch)
     panes.refresh()
     new = panes.pane("q0.r10")
-    assert new is not None and new.text() == "Hi" and "⑂r3@1" in new.title.text()
+    assert new is not None and new.text() == "Hi" and "from r3 @1" in new.title.text()
 
 
 def test_copy_button_copies_the_rollout_text(panes, qtbot):
