@@ -6,13 +6,14 @@ unsure (high entropy) and where the sampled token was unlikely (low pi) line up 
 
 from __future__ import annotations
 
+import html
 from typing import Optional
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import QEvent
+from PySide6.QtCore import QEvent, Qt
 from PySide6.QtGui import QPalette
-from PySide6.QtWidgets import QVBoxLayout, QWidget
+from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
 
 from explorer.core.tree import TokenTree
 from explorer.core.tree_layout import mean_series, rollout_series
@@ -32,10 +33,14 @@ class SidePlot(QWidget):
         self.prob_plot: pg.PlotItem = self.graphics.addPlot(row=0, col=0)
         self.entropy_plot: pg.PlotItem = self.graphics.addPlot(row=1, col=0)
         self.entropy_plot.setXLink(self.prob_plot)
-        self.prob_plot.setLabel("left", "π(token)")
+        # Short axis titles: at this height a long one runs into the other plot's; the tooltips say it in full.
+        self.prob_plot.setLabel("left", "π")
+        self.prob_plot.getAxis("left").setToolTip("π(token): the probability the policy gave the sampled token")
         self.prob_plot.setYRange(0, 1.02, padding=0)
+        self.prob_plot.getAxis("left").setTicks([[(0.0, "0"), (0.5, ".5"), (1.0, "1")]])  # more do not fit ~60 px
         self.prob_plot.getAxis("bottom").setStyle(showValues=False)
-        self.entropy_plot.setLabel("left", "entropy (nats)")
+        self.entropy_plot.setLabel("left", "H")
+        self.entropy_plot.getAxis("left").setToolTip("H: entropy of the next-token distribution, in nats")
         self.entropy_plot.setLabel("bottom", "token position")
         for plot in (self.prob_plot, self.entropy_plot):
             plot.setMenuEnabled(False)
@@ -47,13 +52,19 @@ class SidePlot(QWidget):
         self._spacer.setMaximumWidth(0)
         self.graphics.addItem(self._spacer, row=0, col=1, rowspan=2)
         cache_axes(*(plot.getAxis(name) for plot in (self.prob_plot, self.entropy_plot) for name in ("left", "bottom")))
-        self.legend = self.prob_plot.addLegend(offset=(-8, 4), labelTextSize="8pt")
-        self.mean_prob = self.prob_plot.plot(name="group mean")
-        self.rollout_prob = self.prob_plot.plot(name="selected rollout")
+        # The key is a line of text above the plots, not a legend inside them, where it would hide the curves.
+        self.key = QLabel()
+        self.key.setTextFormat(Qt.TextFormat.RichText)
+        self.key.setContentsMargins(56, 2, 0, 0)  # starts where the plots' data area starts (left axis width)
+        self.key.setToolTip("π: probability of the sampled token · H: entropy in nats, by token position")
+        self.mean_prob = self.prob_plot.plot()
+        self.rollout_prob = self.prob_plot.plot()
         self.mean_entropy = self.entropy_plot.plot()
         self.rollout_entropy = self.entropy_plot.plot()
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
+        layout.setSpacing(0)
+        layout.addWidget(self.key)
         layout.addWidget(self.graphics)
         self._apply_palette()
 
@@ -123,8 +134,7 @@ class SidePlot(QWidget):
                            (self.rollout_prob, "prob"), (self.rollout_entropy, "entropy")):
             y = series[key]
             curve.setData(np.arange(len(y)), y, connect="finite")
-        self.rollout_prob.opts["name"] = self._rollout or "selected rollout"
-        self._relabel_legend()
+        self._update_key()
         for plot in (self.prob_plot, self.entropy_plot):
             plot.vb.prepareForPaint()  # settle the y range now, or the paint changes it and paints again
         return True
@@ -141,10 +151,17 @@ class SidePlot(QWidget):
             prob, entropy = rollout_series(tree, self._rollout)
         return {"prob": prob, "entropy": entropy, "mean_prob": mean_prob, "mean_entropy": mean_entropy}
 
-    def _relabel_legend(self) -> None:
-        for sample, label in self.legend.items:
-            if sample.item is self.rollout_prob:
-                label.setText(self._rollout or "selected rollout")
+    def key_entries(self) -> list[tuple[str, str]]:
+        """The key's (label, colour name) pairs, in order: the group mean, then the selected rollout."""
+        return [("group mean", self.mean_prob.opts["pen"].color().name()),
+                (self._rollout or "selected rollout", self.rollout_prob.opts["pen"].color().name())]
+
+    def _update_key(self) -> None:
+        # Built from the current pens and palette each time, so a palette change recolours the text as well.
+        fg = self.palette().color(QPalette.ColorRole.Text).name()
+        parts = [f'<span style="color:{colour}"><b>—</b></span> {html.escape(label)}'
+                 for label, colour in self.key_entries()]
+        self.key.setText(f'<span style="color:{fg}">' + "&nbsp;&nbsp;&nbsp;".join(parts) + "</span>")
 
     def _apply_palette(self) -> None:
         pal = self.palette()
@@ -161,10 +178,13 @@ class SidePlot(QWidget):
         self.mean_entropy.setPen(mean_pen)
         self.rollout_prob.setPen(pg.mkPen(accent, width=1.8))
         self.rollout_entropy.setPen(pg.mkPen(accent, width=1.8))
-        self.legend.setLabelTextColor(fg)
-        self.legend.setBrush(pg.mkBrush(bg.red(), bg.green(), bg.blue(), 200))
+        key_palette = self.key.palette()
+        key_palette.setColor(QPalette.ColorRole.Window, bg)
+        self.key.setPalette(key_palette)
+        self.key.setAutoFillBackground(True)  # one strip with the plots' background below it
+        self._update_key()
 
     def changeEvent(self, event) -> None:
-        if event.type() == QEvent.Type.PaletteChange and hasattr(self, "legend"):
+        if event.type() == QEvent.Type.PaletteChange and hasattr(self, "key"):
             self._apply_palette()
         super().changeEvent(event)

@@ -219,6 +219,20 @@ def test_side_plot_follows_the_selected_rollout(qtbot, view, tree):
     assert len(series["mean_prob"]) == 5
     x, y = side.rollout_entropy.getData()
     np.testing.assert_allclose(y, tree.entropies[tree.path("q0.r2")], rtol=1e-6)
+    assert [label for label, _ in side.key_entries()] == ["group mean", "q0.r2"]
+    assert "q0.r2" in side.key.text()
+
+
+def test_side_plot_key_follows_a_palette_change(qtbot, view):
+    side = SidePlot()
+    qtbot.addWidget(side)
+    side.follow(view)
+    palette = QPalette(side.palette())
+    palette.setColor(QPalette.ColorRole.Base, QColor("#1e1f22"))
+    palette.setColor(QPalette.ColorRole.Text, QColor("#e6e6e6"))
+    side.setPalette(palette)
+    assert 'color:#e6e6e6' in side.key.text()
+    assert side.key.palette().color(QPalette.ColorRole.Window) == QColor("#1e1f22")
 
 
 def test_dark_palette_gives_a_dark_background(qtbot, view):
