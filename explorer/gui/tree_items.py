@@ -17,7 +17,7 @@ from typing import Optional
 import numpy as np
 import pyqtgraph as pg
 from pyqtgraph import exporters
-from PySide6.QtCore import QRectF, QSize
+from PySide6.QtCore import QPointF, QRectF, QSize
 from PySide6.QtGui import QGuiApplication, QPainter
 from PySide6.QtSvg import QSvgGenerator
 from PySide6.QtWidgets import QGraphicsItem, QMenu, QPushButton
@@ -204,10 +204,14 @@ class EdgeLayer:
             self.curve.setData(x, y, connect="pairs", skipFiniteCheck=True)
 
 
+LABEL_MARGIN = 3  # px of a label's box that is blank document margin, allowed to touch a neighbour's
+
+
 class LabelPool:
     """A fixed number of TextItems reused for labels, so the view never makes one item per node."""
 
     def __init__(self, plot: pg.PlotItem, size: int, z: float = 20):
+        self.vb = plot.vb
         self.items: list[pg.TextItem] = []
         for _ in range(size):
             item = pg.TextItem("", anchor=(0.0, 1.0))
@@ -216,29 +220,56 @@ class LabelPool:
             plot.addItem(item, ignoreBounds=True)
             self.items.append(item)
 
-    def show(self, entries: list[tuple[float, float, str, tuple[float, float]]], color, fill) -> None:
-        """entries: (x, y, text, anchor); surplus items are hidden."""
-        for item, entry in zip(self.items, entries):
-            x, y, text, anchor = entry
+    def show(self, entries: list[tuple[float, float, str, tuple[float, float], bool]], color, fill) -> None:
+        """entries: (x, y, text, anchor, always), in priority order. A label that is not `always` is left out when its
+        box would overlap one already placed or stick out of the data area above or below; surplus items are hidden."""
+        area = self.vb.sceneBoundingRect()
+        placed: list[QRectF] = []
+        for x, y, text, anchor, always in entries:
+            if len(placed) == len(self.items):
+                break
+            item = self.items[len(placed)]
+            if item.toPlainText() != text:
+                item.setText(text)
+            box = self._screen_box(item, x, y, anchor)
+            if not area.isEmpty():  # (not laid out yet: nothing to check against)
+                # slid sideways into the data area rather than over the lane names or the colour bar
+                shift = max(area.left() - box.left(), 0.0) or min(area.right() - box.right(), 0.0)
+                if shift:
+                    anchor = (anchor[0] - shift / max(item.textItem.boundingRect().width(), 1.0), anchor[1])
+                    box.translate(shift, 0.0)
+                inside = area.top() <= box.top() and box.bottom() <= area.bottom()
+            else:
+                inside = True
+            if not always and (not inside or any(box.intersects(other) for other in placed)):
+                continue
+            placed.append(box)
             item.setColor(color)
             item.fill = pg.mkBrush(fill)
             item.setAnchor(anchor)
-            if item.toPlainText() != text:
-                item.setText(text)
             item.setPos(x, y)
             item.show()
-        for item in self.items[len(entries):]:
+        for item in self.items[len(placed):]:
             item.hide()
+
+    def _screen_box(self, item: pg.TextItem, x: float, y: float, anchor: tuple[float, float]) -> QRectF:
+        """The label's box in scene pixels (labels do not scale with the view), less the text's blank margin."""
+        size = item.textItem.boundingRect()
+        at = self.vb.mapViewToScene(QPointF(x, y))
+        box = QRectF(at.x() - anchor[0] * size.width(), at.y() - anchor[1] * size.height(),
+                     size.width(), size.height())
+        return box.adjusted(LABEL_MARGIN, LABEL_MARGIN, -LABEL_MARGIN, -LABEL_MARGIN)
 
     def shown_texts(self) -> list[str]:
         return [item.toPlainText() for item in self.items if item.isVisible()]
 
 
 def label_entries(tree, lay, chains, px_width: float, marked: tuple[int, ...], limit: int) -> list:
-    """Which labels to draw: the prompt, then branch points (most rollouts first) or, collapsed, chain texts cut to
-    the room their edge has at this zoom; the hovered / selected nodes always."""
+    """Which labels to draw, most wanted first: the hovered / selected nodes (always shown), branch points (most
+    rollouts first) or, collapsed, chain texts cut to the room their edge has at this zoom, then the prompt."""
     pos = lay.positions
-    entries = [(pos[0, 0], pos[0, 1], "prompt", (1.1, 0.5))]
+    entries = [(pos[node, 0], pos[node, 1], display_token(tree.text(node), 40), (0.0, -0.25), True)
+               for node in dict.fromkeys(marked) if 0 < node < len(pos)]  # hovered may be the selected
     if chains is not None:
         order = np.lexsort((-chains.lengths, -chains.counts))[:limit]
         for i in order.tolist():
@@ -247,15 +278,14 @@ def label_entries(tree, lay, chains, px_width: float, marked: tuple[int, ...], l
             room = int((pos[lower, 0] - first_x + 1) / px_width / 7)  # ~7 px per character
             if room >= 3:
                 text = display_token(chains.labels[i], room).replace("\u2423", " ")
-                entries.append((first_x, pos[lower, 1], text, (0.0, 1.0)))
+                entries.append((first_x, pos[lower, 1], text, (0.0, 1.0), False))
     else:
         branch = tree.branch_points()
         branch = branch[branch != 0]
         branch = branch[np.argsort(-lay.counts[branch], kind="stable")][:limit]
-        entries += [(pos[b, 0], pos[b, 1], display_token(tree.text(b)), (0.5, 1.25)) for b in branch.tolist()]
-    for node in marked:
-        if 0 < node < len(pos):
-            entries.append((pos[node, 0], pos[node, 1], display_token(tree.text(node), 40), (0.0, -0.25)))
+        entries += [(pos[b, 0], pos[b, 1], display_token(tree.text(b)), (0.5, 1.25), False) for b in branch.tolist()]
+    # Above the root, not left of it where the lane names are; last, so it gives way to any branch label.
+    entries.append((pos[0, 0], pos[0, 1], "prompt", (0.5, 1.25), False))
     return entries
 
 

@@ -84,6 +84,23 @@ def test_hovering_a_node_shows_its_numbers(qtbot, view, tree):
     assert any("sea" in label for label in view.label_texts())  # the hovered node gets a label
 
 
+def shown_label_boxes(view: TokenTreeView) -> list:
+    pool = view.labels
+    return [pool._screen_box(item, item.pos().x(), item.pos().y(), tuple(item.anchor))
+            for item in pool.items if item.isVisible()]
+
+
+def test_labels_neither_overlap_nor_cover_the_lane_names(qtbot, view, tree):
+    assert "prompt" in view.label_texts()  # room enough at this zoom: above the root, not left of it
+    # zoomed far out, the branch labels at depths 0 and 2 and the prompt's would all fall on the same few pixels
+    view.plot.vb.setXRange(-1, 400, padding=0)
+    qtbot.waitUntil(lambda: len(view.label_texts()) < 3)
+    boxes = shown_label_boxes(view)
+    area = view.plot.vb.sceneBoundingRect()
+    assert boxes and all(area.contains(box) for box in boxes)
+    assert not any(a.intersects(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+
+
 def test_clicking_a_node_selects_the_rollouts_through_it(qtbot, view, tree):
     node = node_of(tree, [1, 2, 4])
     selected, tokens = [], []
