@@ -6,10 +6,12 @@ import time
 from collections import deque
 from typing import Optional
 
+from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QLabel, QProgressBar, QStatusBar, QWidget
 
 from ..core.models import format_params
 from ..core.types import ModelInfo
+from .elided_label import ElidedLabel
 
 RATE_WINDOW_S = 1.5  # tokens/s is measured over the last second and a half: live, yet steady enough to read
 
@@ -49,14 +51,20 @@ class StatusPanel:
 
     def __init__(self, bar: QStatusBar):
         self.bar = bar
-        self.model_label = QLabel("No model")
+        self.model_label = ElidedLabel("No model")
         self.backend_label = QLabel("")
         self.rate_label = QLabel("")
+        # Widths that fit any value, so a longer number or a long message on the left never cuts one off.
+        metrics = self.rate_label.fontMetrics()
+        self.rate_label.setMinimumWidth(metrics.horizontalAdvance("99,999 tok/s"))
+        self.rate_label.setAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
         self.progress = QProgressBar()
         self.progress.setMaximumWidth(220)
         self.progress.setTextVisible(True)
         self.progress.setVisible(False)
         self.elapsed_label = QLabel("")
+        self.elapsed_label.setMinimumWidth(metrics.horizontalAdvance("00:00:00"))
+        self.elapsed_label.setAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
         # all permanent (right-hand side): transient messages on the left never hide the model or the progress
         for w in (self.model_label, self.backend_label, self.rate_label, self.progress, self.elapsed_label):
             bar.addPermanentWidget(w)
@@ -75,7 +83,7 @@ class StatusPanel:
             return
         size = format_params(info.n_params)
         self.model_label.setText(f"{info.name} · {size}" + (f" · {note}" if note else ""))
-        self.model_label.setToolTip(info.path)
+        self.model_label.setToolTip(f"{self.model_label.text()}\n{info.path}")  # the name may show elided
         layers = f", {info.n_gpu_layers} layers on GPU" if info.n_gpu_layers else ""
         self.backend_label.setText(f"{info.backend or 'CPU'}{layers}")
         self.backend_label.setToolTip(info.system_info or "")

@@ -21,10 +21,11 @@ import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import QEvent, QPoint, Qt, Signal
 from PySide6.QtGui import QCursor, QPalette
-from PySide6.QtWidgets import QFileDialog, QHBoxLayout, QLabel, QMenu, QMessageBox, QToolTip, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QFileDialog, QHBoxLayout, QMenu, QMessageBox, QToolTip, QVBoxLayout, QWidget
 
 from explorer.core.tree import ROOT, TokenTree
 from explorer.core.tree_layout import color_levels, colormap_lut, describe_node
+from explorer.gui.elided_label import ElidedLabel
 from explorer.gui.style import blend, widget_is_dark
 from explorer.gui.tree_items import (EdgeLayer, LabelPool, NodeLayer, RangeExtent, cache_axes, export_graphics,
                                      label_entries, node_menu, rollout_polylines, stepped_end, tool_button)
@@ -65,7 +66,7 @@ class TokenTreeView(QWidget):
         self.ghosts_button = tool_button("Alternatives", "Show the top-N tokens no rollout took (faded; drawn "
                                          "once zoomed in enough)", bar, checkable=True, checked=True)
         self.export_button = tool_button("Export…", "Save the tree as PNG or SVG", bar)
-        self.info_label = QLabel("")
+        self.info_label = ElidedLabel("")
         self.info_label.setMinimumWidth(1)  # its growing text must not widen the view (and resize the plots)
         bar.addStretch(1)
         bar.addWidget(self.info_label)
@@ -399,6 +400,7 @@ class TokenTreeView(QWidget):
         lay, tree = self._layout, self._tree
         if lay is None or tree is None:
             self.info_label.setText("")
+            self.info_label.setToolTip("")
             return
         n_ghost = int(np.count_nonzero(lay.ghost))
         text = (f"{len(tree.rollout_ids)} rollouts · {len(lay.ghost) - 1 - n_ghost} tokens · "
@@ -406,6 +408,7 @@ class TokenTreeView(QWidget):
         if self._show_ghosts and not self._collapsed and not self._ghosts_in_view:
             text += " (zoom in to see them)"
         self.info_label.setText(text)
+        self.info_label.setToolTip(text)  # the label elides when the bar is narrow
 
     # -- palette, export ---------------------------------------------------------------------------------------------
     def _apply_palette(self) -> None:

@@ -203,6 +203,7 @@ def test_live_growth_draws_the_same_as_a_fresh_view(qtbot, view):
     assert drawn(view.nodes) == drawn(fresh.nodes)
     assert drawn(view.ghost_nodes) == drawn(fresh.ghost_nodes)
     assert view.info_label.text().startswith("11 rollouts")
+    assert view.info_label.toolTip() == view.info_label.text()  # the whole of it, when the label is elided
 
 
 def test_collapsed_mode_draws_forks_and_chain_labels(qtbot, view, tree):

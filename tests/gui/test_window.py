@@ -427,3 +427,18 @@ def test_tiny_gguf_run_streams_into_k_panes(qtbot, make_window, tiny_gguf, main_
     assert len(window.panes.panes()) == 3 and all(r.tokens for r in rollouts)
     assert [p.view.token_count for p in window.panes.panes()] == [len(r.tokens) for r in rollouts]
     assert {r.seed for r in rollouts} == {window.controls.sampling_params().seed + i for i in range(3)}
+
+
+def test_status_numbers_fit_without_waiting_for_a_relayout(qtbot, window):
+    status = window.status
+    status.model_label.setText("A very long model name that goes on and on · " * 4)
+    status.message("A long message on the left of the status bar " * 3)
+    status.rate_label.setText("7 tok/s")
+    status.elapsed_label.setText("0.1 s")
+    window.resize(1000, 700)
+    qtbot.waitUntil(lambda: status.model_label.width() < status.model_label.sizeHint().width())  # squeezed
+    # a screenshot may be taken before the status bar lays out again: the labels must already fit any value
+    status.rate_label.setText("12,345 tok/s")
+    status.elapsed_label.setText("1:02:03")
+    for label in (status.rate_label, status.elapsed_label):
+        assert label.width() >= label.fontMetrics().horizontalAdvance(label.text())
