@@ -36,9 +36,10 @@ from .tokens import (
 
 OCEAN_QUERY = "Which is the largest ocean?"
 OCEAN_CANDIDATES = "Atlantic Ocean\nPacific Ocean"
-COLUMNS = ("Response (shaded per token)", "log π(y|x)", "π(y|x)", "share", "perplexity", "tokens")
+COLUMNS = ("Response", "log π(y|x)", "π(y|x)", "share", "perplexity", "tokens")
 _TIPS = (
-    "The response as the model tokenised it; hover a token for its probability and the alternatives",
+    "The response as the model tokenised it, each token shaded as in the panes; hover a token for its "
+    "probability and the alternatives",
     "Sum of the tokens' raw log-probabilities: log pi(response | query)",
     "pi(response | query), the probability of the whole response",
     "pi(y|x) normalised over the candidates shown: how the model splits its belief among them",
@@ -129,6 +130,8 @@ class ScoringPanel(QWidget):
         self.table.setFocusPolicy(Qt.FocusPolicy.NoFocus)
         header = self.table.horizontalHeader()
         header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        # The response column takes what the numbers leave; never a sideways scroll that hides its start.
+        self.table.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         for col in range(1, len(COLUMNS)):
             header.setSectionResizeMode(col, QHeaderView.ResizeMode.ResizeToContents)
 
@@ -243,3 +246,4 @@ class ScoringPanel(QWidget):
                     font.setBold(True)
                     item.setFont(font)
                 self.table.setItem(row, col, item)
+        self.table.horizontalScrollBar().setValue(0)  # a new cell widget may have scrolled the table to show itself

@@ -108,3 +108,14 @@ def test_shares_are_a_softmax_of_logprobs():
     deep = Score("c", tuple(TokenInfo(i, "c", b"c", -400.0, None, 1.0, 1) for i in range(3)))  # e^-1200 each
     assert shares([deep, deep]) == pytest.approx([0.5, 0.5])  # no underflow to 0/0
     assert shares([]) == []
+
+
+def test_a_narrow_table_keeps_the_responses_start_in_sight(qtbot, panel):
+    panel.resize(380, 300)
+    panel.set_group("q0", OCEAN_QUERY)
+    long = "Pacific Ocean, by far the largest and deepest of the oceans " * 3
+    panel.show_scores("q0", (Score(long, tuple(tok(i, w, 0.5) for i, w in enumerate(long.split(" ")))),))
+    table = panel.table
+    qtbot.waitUntil(lambda: table.horizontalHeader().length() <= table.viewport().width() + 1)
+    assert table.horizontalScrollBar().value() == 0
+    assert table.horizontalHeaderItem(0).text() == "Response"
