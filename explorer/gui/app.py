@@ -93,7 +93,7 @@ class ScriptedSession:
         window.run_done.connect(self._on_run_done)
         self._score_started = False
         self._score_request = None
-        window.host.scores_ready.connect(self._on_scores)
+        window.host.finished.connect(self._on_request_finished)
         window.host.failed.connect(self._on_failed)
 
     def error(self, title: str, message: str) -> None:
@@ -136,9 +136,10 @@ class ScriptedSession:
                 return
             self._finish()
 
-    def _on_scores(self, request: int, *_rest) -> None:
+    def _on_request_finished(self, request: int) -> None:
+        # finished is the last signal of a request: the window has shown the scores and left its busy state
         if request == self._score_request and not self.failed:
-            QTimer.singleShot(0, self._finish)  # after the window has drawn the scores
+            QTimer.singleShot(0, self._finish)
 
     def _on_failed(self, request: int, message: str) -> None:
         if request == self._score_request:
