@@ -103,16 +103,17 @@ class Engine(PrefixMixin):
     def _apply_template(self, query: str, system: Optional[str]) -> str:
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-        if self._formatter is None:
-            m = self.model
-            self._formatter = Jinja2ChatFormatter(
-                template=m.chat_template, eos_token=m.token_text(m.eos), bos_token=m.token_text(m.bos),
-                add_generation_prompt=True)
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": query}]
         try:
+            if self._formatter is None:
+                m = self.model
+                self._formatter = Jinja2ChatFormatter(
+                    template=m.chat_template, eos_token=m.token_text(m.eos), bos_token=m.token_text(m.bos),
+                    add_generation_prompt=True)
             return self._formatter(messages=messages).prompt
         except Exception as exc:  # a template is code from the file: any failure is the file's
-            raise EngineError(f"the model's chat template failed: {type(exc).__name__}: {exc}") from exc
+            raise EngineError(f"{self.path}: the model's chat template failed: {type(exc).__name__}: {exc}; "
+                              "use raw mode (--raw) to run without it") from exc
 
     def uses_chat(self, chat: bool) -> bool:
         return bool(chat and self.model.chat_template)
@@ -144,11 +145,15 @@ class Engine(PrefixMixin):
         self._ctx = lb.LlamaContext(self.model, n_ctx, n_seq, self._n_threads)
         return self._ctx
 
-    def _check_fits(self, n_prefix: int, max_tokens: int, what: str) -> None:
+    def _check_fits(self, n_prefix: int, max_tokens: int, what: str, after: str = "") -> None:
+        """after: what follows the prefix when it is not generated (a scored response, so no max tokens)."""
         limit = self._position_limit()
         if n_prefix + max_tokens > limit:
             if n_prefix >= limit:
                 raise ContextOverflowError(f"{what} is {n_prefix} tokens long; the context holds {limit}")
+            if after:
+                raise ContextOverflowError(f"{what} ({n_prefix} tokens) + {after} ({max_tokens} tokens) exceeds the "
+                                           f"context of {limit} tokens")
             raise ContextOverflowError(
                 f"{what} ({n_prefix} tokens) + max tokens ({max_tokens}) exceeds the context of {limit} tokens; "
                 f"lower max tokens to {limit - n_prefix} or less")

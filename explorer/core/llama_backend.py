@@ -42,8 +42,9 @@ def _log_callback(level, text, user_data):  # pragma: no cover - called from C
 def recent_log(n: int = 6) -> str:
     """The last lines llama.cpp logged: they usually say why a load or a context creation failed."""
     with _log_lock:
-        lines = [ln for ln in list(_log_lines)[-n:] if ln.strip()]
-    return " | ".join(lines)
+        lines = [ln.strip() for ln in list(_log_lines)[-n:] if ln.strip()]
+    errors = [ln for ln in lines if "error" in ln.lower() or "fail" in ln.lower()]
+    return " | ".join(errors or lines)
 
 
 def ensure_backend() -> None:

@@ -143,6 +143,15 @@ def test_not_a_generator_can_still_be_described(corrupt):
      r"qwen3.pooling_type is set: an embedding model"),
     (minimal_llama_kvs() + [("split.no", "u32", 1), ("split.count", "u32", 3)], [("w", (4,), 0, 0)],
      r"part 2 of 3 of a split model: open the first part"),
+    # settings llama.cpp checks only with process-killing asserts
+    (minimal_llama_kvs() + [("llama.block_count", "u32", 0)], [("w", (4,), 0, 0)],
+     r"implausible llama.block_count 0 \(1..512 layers\)"),
+    (minimal_llama_kvs() + [("llama.block_count", "u32", 100000)], [("w", (4,), 0, 0)],
+     r"implausible llama.block_count 100000"),
+    (minimal_llama_kvs() + [("llama.embedding_length", "u32", 0)], [("w", (4,), 0, 0)],
+     r"implausible llama.embedding_length 0 \(must be positive\)"),
+    (minimal_llama_kvs() + [("llama.attention.layer_norm_rms_epsilon", "f32", float("nan"))], [("w", (4,), 0, 0)],
+     r"implausible llama.attention.layer_norm_rms_epsilon nan"),
 ])
 def test_hand_packed_malformations(tmp_path, kvs, tensors, expected):
     path = tmp_path / "bad.gguf"
