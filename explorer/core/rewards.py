@@ -156,11 +156,14 @@ def compute_reward(fn: Callable, query: str, response: str, reference: Optional[
         value = fn(query, response, reference)
     except RewardError as e:
         return None, str(e)
-    except Exception as e:
+    except (Exception, SystemExit) as e:  # a user file that calls sys.exit() must not end the run
         return None, f"reward() raised {_one_line(e)}"
     if not isinstance(value, numbers.Real):  # bool counts: True is 1.0
         return None, f"reward() returned {type(value).__name__}, not a number"
-    value = float(value)
+    try:
+        value = float(value)
+    except (OverflowError, ValueError) as e:
+        return None, f"reward() returned a number that is not a float ({_one_line(e)})"
     if not math.isfinite(value):
         return None, f"reward() returned {value}, not a finite number"
     return value, None

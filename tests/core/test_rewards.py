@@ -188,3 +188,14 @@ def test_apply_rewards_leaves_streaming_rollouts_alone():
     assert [r.reward for r in out.rollouts] == [1.0, 0.0, None]
     assert out.rollouts[2].advantage is None and out.rollouts[2].reward_error is None
     assert [r.advantage for r in out.rollouts[:2]] == pytest.approx([1.0, -1.0], rel=1e-5)
+
+
+@pytest.mark.parametrize("body, why", [
+    ("def reward(q, r, ref):\n    return 10 ** 400\n", "not a float"),
+    ("import sys\ndef reward(q, r, ref):\n    sys.exit(0)\n", "SystemExit"),
+])
+def test_a_reward_that_overflows_or_exits_gives_null_not_the_end_of_the_run(tmp_path, body, why):
+    fn = user_reward(tmp_path, body)
+    scored = apply_rewards(group(["Pacific Ocean", "Atlantic"]), fn)
+    assert [r.reward for r in scored.rollouts] == [None, None]
+    assert all(why in r.reward_error for r in scored.rollouts)
