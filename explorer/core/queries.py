@@ -20,15 +20,22 @@ class QueryFileError(ExplorerError):
 
 
 def parse_queries(text: str, source: str = "<text>", as_json: Optional[bool] = None) -> list[Query]:
-    """Queries from a file's text: JSON when as_json (None: when it starts with '[' or '{'), else one query per
-    non-blank line."""
-    if as_json is None:
-        as_json = text.lstrip()[:1] in ("[", "{")
-    if as_json:
-        try:
+    """Queries from a file's text: JSON when as_json (None: when it starts with '[' or '{' and parses as JSON),
+    else one query per non-blank line."""
+    text = text.removeprefix("\ufeff")  # a byte-order mark some editors write
+    data = None
+    if as_json is None and text.lstrip()[:1] in ("[", "{"):
+        try:  # it looks like JSON; a text line that starts with '[' (e.g. "[Poem] ...") is still text
             data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise QueryFileError(f"{source}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
+            as_json = True
+        except json.JSONDecodeError:
+            as_json = False
+    if as_json:
+        if data is None:
+            try:
+                data = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise QueryFileError(f"{source}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
         if not isinstance(data, list):
             raise QueryFileError(f"{source}: a JSON query list must be a list of strings or of {{\"query\", "
                                  "\"reference\"} objects")
@@ -54,12 +61,13 @@ def parse_queries(text: str, source: str = "<text>", as_json: Optional[bool] = N
 
 def read_query_file(path: str | Path) -> list[Query]:
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = Path(path).read_text(encoding="utf-8-sig")
     except UnicodeDecodeError:
         raise QueryFileError(f"{path}: not a UTF-8 text file") from None
     except OSError as exc:
         raise QueryFileError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    return parse_queries(text, str(path), True if Path(path).suffix.lower() == ".json" else None)
+    suffix = Path(path).suffix.lower()
+    return parse_queries(text, str(path), True if suffix == ".json" else False if suffix == ".txt" else None)
 
 
 def format_queries(queries: Iterable[Query], as_json: bool) -> str:
