@@ -7,16 +7,30 @@ from __future__ import annotations
 
 import argparse
 import math
+import signal
 import sys
 import threading
+from dataclasses import replace
 from typing import Optional, Sequence
 
 EXIT_USAGE = 2
+MAX_K = 4096  # rollouts per query; the engine runs more than fit in one batch in waves, but this many is a typo
+
+
+class _DefaultsFormatter(argparse.HelpFormatter):
+    """Shows an option's default in --help when it has a real one (not None, not an empty list, not a flag)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default not in (None, [], False, argparse.SUPPRESS) and "%(default)" not in text \
+                and action.option_strings:
+            text += " (default: %(default)s)"
+        return text
 
 
 def _add_model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--model", "-m", default="default" if required else None,
-                   help="a .gguf path, or 'default' for the embedded SmolLM2-135M-Instruct (default: %(default)s)")
+                   help="a .gguf path, or 'default' for the embedded SmolLM2-135M-Instruct")
     p.add_argument("--n-gpu-layers", type=int, default=None,
                    help="layers to offload to the GPU (default: all when the build supports it, else 0; -1 = all)")
     p.add_argument("--n-ctx", type=int, default=None,
@@ -49,14 +63,15 @@ def build_parser() -> argparse.ArgumentParser:
     gui.add_argument("--export", default=None, help="save the rollout set (JSON) when the run ends")
     gui.add_argument("--quit", action="store_true", help="exit when done (0 on success)")
 
-    gen = sub.add_parser("generate", help="sample k rollouts per query and write a rollout set (JSON)")
+    gen = sub.add_parser("generate", help="sample k rollouts per query and write a rollout set (JSON)",
+                         formatter_class=_DefaultsFormatter)
     _add_model_args(gen)
     gen.add_argument("-q", "--query", dest="queries", action="append", default=[], help="a query (repeatable)")
     gen.add_argument("--queries", dest="queries_file", default=None,
                      help="a text file (one query a line) or a JSON list of strings or {query, reference} objects")
-    gen.add_argument("-k", type=int, default=5, help="rollouts per query (default: %(default)s)")
-    gen.add_argument("--max-tokens", type=int, default=128)
-    gen.add_argument("--temperature", type=float, default=1.0)
+    gen.add_argument("-k", type=int, default=5, help="rollouts per query")
+    gen.add_argument("--max-tokens", type=int, default=128, help="new tokens per rollout at most")
+    gen.add_argument("--temperature", type=float, default=1.0, help="0 is greedy")
     gen.add_argument("--top-k", type=int, default=40, help="0 switches it off")
     gen.add_argument("--top-p", type=float, default=0.95, help="1 switches it off")
     gen.add_argument("--min-p", type=float, default=0.05, help="0 switches it off")
@@ -70,12 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_prompt_args(gen)
     gen.add_argument("-o", "--output", required=True, help="the JSON file to write ('-' for stdout)")
 
-    score = sub.add_parser("score", help="the probability the model gives responses you type")
+    score = sub.add_parser("score", help="the probability the model gives responses you type",
+                           formatter_class=_DefaultsFormatter)
     _add_model_args(score)
     score.add_argument("-q", "--query", required=True)
     score.add_argument("-r", "--response", dest="responses", action="append", required=True,
                        help="a candidate response (repeatable)")
-    score.add_argument("--top-n", type=int, default=5)
+    score.add_argument("--top-n", type=int, default=5, help="raw alternatives recorded per token")
     _add_prompt_args(score)
     score.add_argument("-o", "--output", default=None, help="also write a rollout set whose group carries the scores")
 
@@ -125,6 +141,7 @@ def cmd_generate(args) -> int:
     from .core.collect import RunCollector
     from .core.queries import read_query_file
     from .core.rewards import apply_rewards, load_reward
+    from .core.stats import group_stats
     from .core.types import Query, SamplingParams, TokenBatch
 
     queries = [Query(q) for q in args.queries]
@@ -132,8 +149,8 @@ def cmd_generate(args) -> int:
         queries += read_query_file(args.queries_file)
     if not queries:
         raise _UsageError("give at least one query (-q QUERY or --queries FILE)")
-    if args.k < 1:
-        raise _UsageError(f"-k must be at least 1 (got {args.k})")
+    if not 1 <= args.k <= MAX_K:
+        raise _UsageError(f"-k must be in 1..{MAX_K} (got {args.k})")
     params = SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
                             repeat_penalty=args.repeat_penalty, max_tokens=args.max_tokens, seed=args.seed,
                             top_n=args.top_n, stop=tuple(args.stop))
@@ -147,30 +164,41 @@ def cmd_generate(args) -> int:
     collector = RunCollector(info, params)
     progress = _Progress(len(queries) * args.k * args.max_tokens)
     cancel = threading.Event()
+    interrupted = False
+
+    def on_sigint(signum, frame):  # the first Ctrl-C stops at the next decode step and keeps what was made
+        nonlocal interrupted
+        if interrupted:
+            raise KeyboardInterrupt
+        interrupted = True
+        cancel.set()
+        sys.stderr.write("\ninterrupted: stopping, writing what was generated (Ctrl-C again to abandon)\n")
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
     try:
         for event in engine.generate(queries, args.k, params, cancel=cancel, chat=not args.raw, system=args.system):
             collector.add(event)
             if isinstance(event, TokenBatch):
                 progress.update(len(event.events))
-    except KeyboardInterrupt:
-        cancel.set()  # keep what was made: the set below is written with the rollouts marked cancelled
-        sys.stderr.write("\ninterrupted: writing what was generated\n")
     finally:
+        signal.signal(signal.SIGINT, previous)
         engine.close()
     t = collector.timings
     progress.close(f"{collector.tokens_done} tokens in {t.generation_s:.1f} s ({t.tokens_per_s:.1f} tokens/s)"
                    f" on {info.backend}")
-    if reward_fn is not None:
-        for group in collector.groups("cancelled"):
-            rewarded = apply_rewards(group, reward_fn, normalize_std=not args.no_std)
-            collector.update_group(rewarded)
-            for r in rewarded.rollouts:
-                if r.reward_error:
-                    sys.stderr.write(f"{r.id}: reward is null: {r.reward_error}\n")
+    for group in collector.groups("cancelled"):
+        if reward_fn is None:  # diversity statistics need no reward
+            collector.update_group(replace(group, stats=group_stats(group)))
+            continue
+        rewarded = apply_rewards(group, reward_fn, normalize_std=not args.no_std)
+        collector.update_group(rewarded)
+        for r in rewarded.rollouts:
+            if r.reward_error:
+                sys.stderr.write(f"{r.id}: reward is null: {r.reward_error}\n")
     export.save(collector.rollout_set("cancelled"), args.output)
     if args.output != "-":
         sys.stderr.write(f"wrote {args.output}\n")
-    return 0
+    return 130 if interrupted else 0
 
 
 def _fmt_prob(logprob: float) -> str:
@@ -195,12 +223,13 @@ def cmd_score(args) -> int:
         info = engine.info
     finally:
         engine.close()
+    out = sys.stderr if args.output == "-" else sys.stdout  # stdout carries the JSON then
     width = max(8, min(48, max(len(s.response) for s in scores)))
-    print(f"{'response':<{width}}  {'log pi(y|x)':>12}  {'pi(y|x)':>11}  {'perplexity':>10}  tokens")
+    print(f"{'response':<{width}}  {'log pi(y|x)':>12}  {'pi(y|x)':>11}  {'perplexity':>10}  tokens", file=out)
     for s in scores:
         ppl = f"{s.perplexity:.3f}" if s.perplexity is not None else "-"
         resp = s.response if len(s.response) <= width else s.response[: width - 1] + "…"
-        print(f"{resp:<{width}}  {s.logprob:>12.4f}  {_fmt_prob(s.logprob):>11}  {ppl:>10}  {len(s.tokens)}")
+        print(f"{resp:<{width}}  {s.logprob:>12.4f}  {_fmt_prob(s.logprob):>11}  {ppl:>10}  {len(s.tokens)}", file=out)
     if args.output:
         collector = RunCollector(info, SamplingParams(top_n=args.top_n))
         collector.add_group(QueryGroup(id="q0", query=args.query, chat=chat, prompt=prompt,
@@ -244,9 +273,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from .core.errors import ExplorerError
 
     parser = build_parser()
+    argv = list(argv if argv is not None else sys.argv[1:])
+    if argv and argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
+        argv = ["gui", *argv]  # `rollout-explorer --model M ...` is the window with options
     args = parser.parse_args(argv)
     if args.command is None:
-        args = parser.parse_args(["gui", *(argv if argv is not None else sys.argv[1:])])
+        args = parser.parse_args(["gui"])
     try:
         return COMMANDS[args.command](args)
     except (ExplorerError, _UsageError, ValueError) as exc:

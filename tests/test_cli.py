@@ -123,3 +123,43 @@ def test_models_lists_the_default_model(default_model_path):
     proc = run_cli("models")
     assert proc.returncode == 0, proc.stderr
     assert "SmolLM2-135M-Instruct" in proc.stdout and "default" in proc.stdout and "llama" in proc.stdout
+
+
+def test_ctrl_c_keeps_what_was_made_with_its_timings(tiny_gguf, tmp_path):
+    import signal
+
+    out = tmp_path / "int.json"
+    env = dict(os.environ, QT_QPA_PLATFORM="offscreen")
+    proc = subprocess.Popen([sys.executable, "-m", "explorer", "generate", "--model", str(tiny_gguf), "-q", "x",
+                             "-k", "4", "--max-tokens", "900", "--temperature", "0", "-o", str(out)],
+                            stderr=subprocess.PIPE, text=True, env=env)
+    # wait until tokens stream (the progress lines), then interrupt
+    seen = []
+    for line in proc.stderr:
+        seen.append(line)
+        if "tokens)" in line:
+            break
+    assert "tokens)" in seen[-1], seen
+    proc.send_signal(signal.SIGINT)
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=120) == 130, rest
+    rs = export.load(out)
+    rollouts = rs.groups[0].rollouts
+    assert any(r.finish_reason == "cancelled" for r in rollouts) and all(r.tokens for r in rollouts)
+    assert rs.timings.generation_s > 0 and rs.timings.load_s > 0
+    assert "Traceback" not in rest
+
+
+def test_stats_are_written_without_a_reward(tiny_gguf, tmp_path):
+    out = tmp_path / "s.json"
+    assert run_cli("generate", "--model", str(tiny_gguf), "-q", "x", "-k", "3", "--max-tokens", "5",
+                   "-o", str(out)).returncode == 0
+    stats = dict(export.load(out).groups[0].stats)
+    assert stats["n_rollouts"] == 3 and 1 <= stats["distinct_responses"] <= 3
+
+
+def test_score_to_stdout_keeps_the_table_off_it(tiny_gguf):
+    proc = run_cli("score", "--model", str(tiny_gguf), "-q", "x", "-r", "the ocean", "-o", "-")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["groups"][0]["scores"][0]["response"] == "the ocean"
+    assert "log pi(y|x)" in proc.stderr

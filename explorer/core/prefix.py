@@ -124,7 +124,7 @@ class PrefixMixin:
         self._check_vocab(prefix, "the prompt")
         todo = [i for i, ids in enumerate(id_lists) if ids]
         for i in todo:
-            self._check_fits(len(prefix), len(id_lists[i]), "the prompt with this response")
+            self._check_fits(len(prefix), len(id_lists[i]), "the prompt", after=f"response {i + 1}")
             self._check_vocab(id_lists[i], "the response")
         cap = self._cell_cap()
         while todo:  # as many responses per pass as the context and the sequence limit allow

@@ -45,6 +45,8 @@ class SamplingParams:
             problems.append(f"min-p must be in [0, 1) (got {self.min_p})")
         if not (self.repeat_penalty > 0 and math.isfinite(self.repeat_penalty)):
             problems.append(f"repeat penalty must be > 0 (got {self.repeat_penalty})")
+        if self.seed < 0:
+            problems.append(f"seed must be >= 0 (got {self.seed})")
         if self.max_tokens < 1:
             problems.append(f"max tokens must be >= 1 (got {self.max_tokens})")
         if not (0 <= self.top_n <= 100):
