@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from explorer.gui.main_window import MainWindow
+
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 from fake_engine import FakeEngine  # noqa: E402  (tests/ is put on sys.path by tests/conftest.py)
@@ -77,3 +79,47 @@ def gui_settings(tmp_path: Path):
 @pytest.fixture
 def main_thread_id() -> int:
     return threading.get_ident()
+
+
+class Dialogs:
+    """Stands in for the error dialog and the yes/no question: records them, never blocks."""
+
+    def __init__(self, answer: bool = True):
+        self.errors: list[tuple[str, str]] = []
+        self.questions: list[tuple[str, str]] = []
+        self.answer = answer
+
+    def error(self, title: str, message: str) -> None:
+        self.errors.append((title, message))
+
+    def ask(self, title: str, question: str) -> bool:
+        self.questions.append((title, question))
+        return self.answer
+
+
+@pytest.fixture
+def dialogs() -> Dialogs:
+    return Dialogs()
+
+
+@pytest.fixture
+def make_window(qtbot, fake_factory, gui_settings, dialogs, tmp_path):
+    windows = []
+
+    def make(factory=fake_factory, settings=gui_settings, discover=lambda: []) -> MainWindow:
+        window = MainWindow(factory, settings=settings, show_error=dialogs.error, ask=dialogs.ask,
+                            recovery_dir=str(tmp_path / "recovery"), discover=discover)
+        qtbot.addWidget(window)
+        window.show()
+        windows.append(window)
+        return window
+
+    yield make
+    for window in windows:
+        window.close()
+        assert not window.host.thread.isRunning()
+
+
+@pytest.fixture
+def window(make_window) -> MainWindow:
+    return make_window()

@@ -20,43 +20,10 @@ OCEAN = "Which is the largest ocean?"
 CODE = "Can you give me some python code?"
 
 
-class Dialogs:
-    def __init__(self):
-        self.errors: list[tuple[str, str]] = []
-
-    def error(self, title: str, message: str) -> None:
-        self.errors.append((title, message))
-
-    def ask(self, title: str, question: str) -> bool:
-        return False
-
-
 @pytest.fixture
-def dialogs() -> Dialogs:
-    return Dialogs()
-
-
-@pytest.fixture
-def make_window(qtbot, fake_factory, gui_settings, dialogs, tmp_path):
-    windows = []
-
-    def make(factory=fake_factory) -> MainWindow:
-        window = MainWindow(factory, settings=gui_settings, show_error=dialogs.error, ask=dialogs.ask,
-                            recovery_dir=str(tmp_path / "recovery"), discover=lambda: [])
-        qtbot.addWidget(window)
-        window.show()
-        windows.append(window)
-        return window
-
-    yield make
-    for window in windows:
-        window.close()
-        assert not window.host.thread.isRunning()
-
-
-@pytest.fixture
-def window(make_window) -> MainWindow:
-    return make_window()
+def dialogs(dialogs):
+    dialogs.answer = False  # never take a recovery file or any other offer
+    return dialogs
 
 
 def run_to_end(qtbot, window: MainWindow, fake_model, k: int = 4, max_tokens: int = 12) -> None:
