@@ -448,10 +448,3 @@ def loads(text: str, source: str = "<string>") -> RolloutSet:
 def load(path: PathLike) -> RolloutSet:
     """Read and validate a rollout-set file ('-' reads stdin). Raises RolloutFileError with a one-line reason."""
     return loads(_read_text(path), "<stdin>" if str(path) == "-" else str(path))
-
-
-def export_jsonl(rs: RolloutSet, path: PathLike) -> int:
-    """One rollout per line for RL tooling; see explorer.core.jsonl (kept there to keep this module short)."""
-    from .jsonl import export_jsonl as write
-
-    return write(rs, path)

