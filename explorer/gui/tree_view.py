@@ -26,6 +26,7 @@ from PySide6.QtWidgets import QFileDialog, QHBoxLayout, QMenu, QMessageBox, QToo
 from explorer.core.tree import ROOT, TokenTree
 from explorer.core.tree_layout import color_levels, colormap_lut, describe_node
 from explorer.gui.elided_label import ElidedLabel
+from explorer.gui.grid_axis import FastGridAxis
 from explorer.gui.style import blend, widget_is_dark
 from explorer.gui.tree_items import (EdgeLayer, LabelPool, NodeLayer, RangeExtent, cache_axes, export_graphics,
                                      label_entries, node_menu, rollout_polylines, stepped_end, tool_button)
@@ -76,7 +77,7 @@ class TokenTreeView(QWidget):
         self.export_button.clicked.connect(self._export_dialog)
 
         self.graphics = pg.GraphicsLayoutWidget()
-        self.plot: pg.PlotItem = self.graphics.addPlot(row=0, col=0)
+        self.plot: pg.PlotItem = self.graphics.addPlot(row=0, col=0, axisItems={"bottom": FastGridAxis("bottom")})
         self.plot.invertY(True)
         self.plot.setMenuEnabled(False)
         self.plot.hideButtons()
