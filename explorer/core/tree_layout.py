@@ -45,6 +45,7 @@ def color_levels(probs: np.ndarray, n_levels: int) -> np.ndarray:
 
 
 _VISIBLE = {" ": "\u2423", "\n": "\u21b5", "\t": "\u21e5", "\r": "\u240d"}
+_VISIBLE_TABLE = str.maketrans(_VISIBLE)
 
 
 def display_token(text: str, limit: int = 24) -> str:
@@ -52,7 +53,7 @@ def display_token(text: str, limit: int = 24) -> str:
     if not text:
         return "\u2205"
     cut = text if len(text) <= limit else text[: limit - 1]  # each character maps to one: cut first, it is cheaper
-    shown = "".join(_VISIBLE.get(ch, ch) for ch in cut)
+    shown = cut.translate(_VISIBLE_TABLE)
     return shown if cut is text else shown + "\u2026"
 
 

@@ -103,6 +103,7 @@ class TokenTreeView(QWidget):
         self.extent = RangeExtent()
         self.plot.addItem(self.extent)
         self._growing = False
+        self._settling = False
         self.plot.vb.setDefaultPadding(0.04)
         cache_axes(self.plot.getAxis("left"), self.plot.getAxis("bottom"), self.colorbar.getAxis("right"))
 
@@ -180,7 +181,11 @@ class TokenTreeView(QWidget):
         self.ghost_nodes.sync(x, y, sizes, levels, ghosts)
         self._draw_edges()
         # settle the followed range now: settled by the paint, it would change there and make the view paint twice
-        self.plot.vb.prepareForPaint()
+        self._settling = True  # the calls below bring ghosts, labels and info up to date for the settled range
+        try:
+            self.plot.vb.prepareForPaint()
+        finally:
+            self._settling = False
         self._update_ghost_visibility()
         self._draw_highlight()
         self._label_lanes()
@@ -267,6 +272,8 @@ class TokenTreeView(QWidget):
         self.plot.vb.enableAutoRange(pg.ViewBox.XYAxes, True)
 
     def _on_range_changed(self, *_args) -> None:
+        if self._settling:
+            return
         was = self._ghosts_in_view
         self._update_ghost_visibility()
         self._update_labels()
