@@ -268,8 +268,16 @@ class TokenTreeView(QWidget):
 
     def fit(self) -> None:
         """Show the whole tree, and keep following it as it grows until the user zooms or pans."""
-        self.plot.vb.autoRange(padding=0.04)
-        self.plot.vb.enableAutoRange(pg.ViewBox.XYAxes, True)
+        # autoRange() fits the data's bounds, and re-enabled auto-range then refits with the markers' pixel sizes:
+        # both settle here, and ghosts and labels follow once, for the final range, not for each step
+        self._settling = True
+        try:
+            self.plot.vb.autoRange(padding=0.04)
+            self.plot.vb.enableAutoRange(pg.ViewBox.XYAxes, True)
+            self.plot.vb.prepareForPaint()
+        finally:
+            self._settling = False
+        self._on_range_changed()
 
     def _on_range_changed(self, *_args) -> None:
         if self._settling:
