@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Optional, Union
 
 FINISH_REASONS = ("stop", "length", "stop_string", "cancelled")
@@ -104,17 +105,22 @@ class _TokenSequence:
     def token_ids(self) -> tuple[int, ...]:
         return tuple(t.id for t in self.tokens)
 
+    @cached_property
+    def _stats(self) -> tuple[float, Optional[float], Optional[float]]:
+        # computed once: tokens never change (frozen), and headers, sorting and export all ask for these
+        return _sequence_stats(self.tokens)
+
     @property
     def logprob(self) -> float:
-        return _sequence_stats(self.tokens)[0]
+        return self._stats[0]
 
     @property
     def mean_logprob(self) -> Optional[float]:
-        return _sequence_stats(self.tokens)[1]
+        return self._stats[1]
 
     @property
     def perplexity(self) -> Optional[float]:
-        return _sequence_stats(self.tokens)[2]
+        return self._stats[2]
 
 
 @dataclass(frozen=True)
