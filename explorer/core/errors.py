@@ -23,3 +23,7 @@ class RolloutFileError(ExplorerError):
 
 class RewardError(ExplorerError):
     """A reward function that cannot be loaded (missing file, no reward() defined, import error)."""
+
+
+class LoadCancelled(ExplorerError):
+    """The user stopped reading a file (the window's Cancel on a large set's progress)."""

@@ -15,18 +15,21 @@ Finite floats round-trip exactly (json writes the shortest repr that reads back 
 
 from __future__ import annotations
 
+import codecs
 import json
 import math
 import os
+import re
 import secrets
+import stat
 import sys
-from dataclasses import fields
+from dataclasses import fields, replace
 from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterable, Optional, Union
+from typing import Any, Callable, Generator, Iterable, Iterator, Optional, Union
 
-from .errors import RolloutFileError
+from .errors import LoadCancelled, RolloutFileError
 from .types import (
     ModelInfo,
     QueryGroup,
@@ -210,23 +213,42 @@ def _lp(x: Optional[float]) -> float:
     return _NEG_INF if x is None else float(x)
 
 
-def _token_from(d: dict) -> TokenInfo:
+def _piece(pieces: dict, token_id: int, text: str, raw: list) -> tuple[str, bytes]:
+    """One shared (text, bytes) per distinct token: a set repeats the same few thousand tokens (and their top
+    alternatives) millions of times, and a str and a bytes object each per occurrence were half its memory."""
+    key = (token_id, text)
+    shared = pieces.get(key)
+    data = bytes(raw)
+    if shared is not None and shared[1] == data:
+        return shared
+    pieces[key] = (text, data)
+    return text, data
+
+
+def _token_from(d: dict, pieces: dict) -> TokenInfo:
     entropy = d["entropy"]
     sampling = d["sampling_logprob"]
+    token_id = int(d["id"])  # JSON Schema counts 1.0 as an integer; the types want real ints
+    text, data = _piece(pieces, token_id, d["token"], d["bytes"])
+    top = []
+    for a in d["top_logprobs"]:
+        alt_id = int(a["id"])
+        alt_text, alt_data = _piece(pieces, alt_id, a["token"], a["bytes"])
+        top.append(TopLogprob(alt_id, alt_text, alt_data, _lp(a["logprob"])))
     return TokenInfo(
-        id=int(d["id"]),  # JSON Schema counts 1.0 as an integer; the types want real ints
-        token=d["token"],
-        bytes=bytes(d["bytes"]),
+        id=token_id,
+        token=text,
+        bytes=data,
         logprob=_lp(d["logprob"]),
         sampling_logprob=None if sampling is None else float(sampling),
         entropy=math.nan if entropy is None else float(entropy),
         rank=int(d["rank"]),
-        top=tuple(TopLogprob(int(a["id"]), a["token"], bytes(a["bytes"]), _lp(a["logprob"])) for a in d["top_logprobs"]),
+        top=tuple(top),
     )
 
 
-def _tokens_from(d: dict, where: str) -> tuple[TokenInfo, ...]:
-    tokens = tuple(_token_from(t) for t in d["tokens"])
+def _tokens_from(d: dict, where: str, pieces: dict) -> tuple[TokenInfo, ...]:
+    tokens = tuple(_token_from(t, pieces) for t in d["tokens"])
     ids = d.get("token_ids")
     if ids is not None and [int(i) for i in ids] != [t.id for t in tokens]:
         raise RolloutFileError(f"at {where}: token_ids do not match the ids in tokens")
@@ -237,13 +259,13 @@ def _opt_float(x: Optional[float]) -> Optional[float]:
     return None if x is None else float(x)
 
 
-def _rollout_from(d: dict, where: str) -> Rollout:
+def _rollout_from(d: dict, where: str, pieces: dict) -> Rollout:
     return Rollout(
         id=d["id"],
         index=int(d["index"]),
         seed=int(d["seed"]),
         text=d["text"],
-        tokens=_tokens_from(d, where),
+        tokens=_tokens_from(d, where, pieces),
         finish_reason=d["finish_reason"],
         parent_id=d.get("parent_id"),
         branch_position=None if d.get("branch_position") is None else int(d["branch_position"]),
@@ -253,16 +275,23 @@ def _rollout_from(d: dict, where: str) -> Rollout:
     )
 
 
-def _group_from(d: dict, where: str) -> QueryGroup:
+def _group_from(d: dict, where: str, pieces: dict, rollouts: Optional[list] = None,
+                scores: Optional[list] = None) -> QueryGroup:
+    """rollouts and scores, when given, are already converted (the file walk does them one by one)."""
     stats = d.get("stats")
+    if rollouts is None:
+        rollouts = [_rollout_from(r, f"{where}.rollouts[{i}]", pieces) for i, r in enumerate(d["rollouts"])]
+    if scores is None:
+        scores = [Score(s["response"], _tokens_from(s, f"{where}.scores[{i}]", pieces))
+                  for i, s in enumerate(d["scores"])]
     return QueryGroup(
         id=d["id"],
         query=d["query"],
         chat=d["chat"],
         prompt=d["prompt"],
         prompt_token_ids=tuple(int(i) for i in d["prompt_token_ids"]),
-        rollouts=tuple(_rollout_from(r, f"{where}.rollouts[{i}]") for i, r in enumerate(d["rollouts"])),
-        scores=tuple(Score(s["response"], _tokens_from(s, f"{where}.scores[{i}]")) for i, s in enumerate(d["scores"])),
+        rollouts=tuple(rollouts),
+        scores=tuple(scores),
         reference=d.get("reference"),
         stats=None if stats is None else tuple((k, _opt_float(v)) for k, v in stats.items()),
     )
@@ -289,21 +318,15 @@ def from_dict(d: dict) -> RolloutSet:
         except ValueError as e:
             raise RolloutFileError(f"at $.sampling: {e}") from None
         timings = Timings(**{k: 0.0 if v is None else float(v) for k, v in _known(Timings, d["timings"]).items()})
-        groups = tuple(_group_from(g, f"$.groups[{i}]") for i, g in enumerate(d["groups"]))
+        pieces: dict = {}
+        groups = tuple(_group_from(g, f"$.groups[{i}]", pieces) for i, g in enumerate(d["groups"]))
         model = ModelInfo(**_known(ModelInfo, d["model"]))
-    except (KeyError, TypeError, ValueError) as e:
+    except (KeyError, TypeError, ValueError, OverflowError) as e:
         detail = f"missing field {e}" if isinstance(e, KeyError) else str(e)
         raise RolloutFileError(f"not a valid rollout set: {detail}") from None
-    seen_groups: set[str] = set()
-    seen_rollouts: set[str] = set()
+    ids = _IdCheck()
     for i, g in enumerate(groups):
-        if g.id in seen_groups:
-            raise RolloutFileError(f"at $.groups[{i}].id: group id {g.id!r} appears twice")
-        seen_groups.add(g.id)
-        for j, r in enumerate(g.rollouts):
-            if r.id in seen_rollouts:
-                raise RolloutFileError(f"at $.groups[{i}].rollouts[{j}].id: rollout id {r.id!r} appears twice")
-            seen_rollouts.add(r.id)
+        ids.group(g, f"$.groups[{i}]")
     return RolloutSet(model=model, sampling=sampling, groups=groups, timings=timings, created_at=d["created_at"])
 
 
@@ -337,12 +360,24 @@ def schema() -> dict:
     return _validators()[0].schema
 
 
+_MAX_ID = 2**31 - 1  # llama.cpp token ids and ranks are int32 (the schema's bounds)
+_MAX_FLOAT = sys.float_info.max
+
+
 def _is_int(x: Any) -> bool:
     return type(x) is int
 
 
-def _is_num(x: Any) -> bool:
-    return x is None or type(x) is float or type(x) is int
+def _is_id(x: Any) -> bool:
+    return type(x) is int and 0 <= x <= _MAX_ID
+
+
+def _is_logprob(x: Any) -> bool:
+    return x is None or ((type(x) is float or type(x) is int) and -_MAX_FLOAT <= x <= 0)
+
+
+def _is_entropy(x: Any) -> bool:
+    return x is None or ((type(x) is float or type(x) is int) and 0 <= x <= _MAX_FLOAT)
 
 
 def _bytes_ok(b: Any) -> bool:
@@ -354,13 +389,13 @@ def _token_ok(t: Any) -> bool:
     if type(t) is not dict:
         return False
     try:
-        if not (_is_int(t["id"]) and t["id"] >= 0 and type(t["token"]) is str and _bytes_ok(t["bytes"])
-                and _is_num(t["logprob"]) and _is_num(t["sampling_logprob"]) and _is_num(t["entropy"])
-                and _is_int(t["rank"]) and t["rank"] >= 1 and type(t["top_logprobs"]) is list):
+        if not (_is_id(t["id"]) and type(t["token"]) is str and _bytes_ok(t["bytes"])
+                and _is_logprob(t["logprob"]) and _is_logprob(t["sampling_logprob"]) and _is_entropy(t["entropy"])
+                and _is_id(t["rank"]) and t["rank"] >= 1 and type(t["top_logprobs"]) is list):
             return False
         for a in t["top_logprobs"]:
-            if not (type(a) is dict and _is_int(a["id"]) and a["id"] >= 0 and type(a["token"]) is str
-                    and _bytes_ok(a["bytes"]) and _is_num(a["logprob"])):
+            if not (type(a) is dict and _is_id(a["id"]) and type(a["token"]) is str
+                    and _bytes_ok(a["bytes"]) and _is_logprob(a["logprob"])):
                 return False
     except KeyError:
         return False
@@ -379,8 +414,8 @@ def _short(text: str, limit: int = 160) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def validate(d: Any) -> None:
-    """Check d is a rollout set this version reads; raise RolloutFileError saying what is wrong and where."""
+def _check_format(d: Any) -> None:
+    """d (a JSON object's members so far) says it is a rollout set of a version this one reads."""
     if not isinstance(d, dict):
         raise RolloutFileError(f"not a rollout set: the top level is a JSON {_json_type(d)}, expected an object")
     if "format" not in d:
@@ -395,19 +430,19 @@ def validate(d: Any) -> None:
     if version != VERSION or isinstance(version, bool):
         raise RolloutFileError(f"unsupported rollout-set version {_short(repr(version), 40)} "
                                f"(this Rollout Explorer reads version {VERSION})")
+
+
+def validate(d: Any) -> None:
+    """Check d is a rollout set this version reads; raise RolloutFileError saying what is wrong and where."""
+    _check_format(d)
     from jsonschema.exceptions import best_match
 
-    _, skeleton, token = _validators()
+    skeleton = _validators()[1]
     error = best_match(skeleton.iter_errors(d))
     if error is not None:
         raise RolloutFileError(f"schema violation at {error.json_path}: {_short(error.message)}")
     for where, tokens in _token_lists(d):
-        for k, t in enumerate(tokens):
-            if not _token_ok(t):
-                error = best_match(token.iter_errors(t))
-                if error is not None:
-                    raise RolloutFileError(f"schema violation at {where}[{k}]{error.json_path[1:]}: "
-                                           f"{_short(error.message)}")
+        _check_tokens(tokens, where)
 
 
 def _json_type(value: Any) -> str:
@@ -415,36 +450,374 @@ def _json_type(value: Any) -> str:
             type(None): "null"}.get(type(value), type(value).__name__)
 
 
-def _read_text(path: PathLike) -> str:
-    if str(path) == "-":
-        return sys.stdin.read()
+# -- reading a file: walked in a sliding window, never parsed whole -----------------------------------------------
+
+READ_CHUNK = 1 << 20
+_WS = re.compile(r"[ \t\n\r]*")
+_DECODER = json.JSONDecoder()
+_scanstring = json.decoder.scanstring
+
+
+class _Text:
+    """The text of a rollout-set file, read in a sliding window.
+
+    Only the top level, the groups array, each group's members and its rollouts/scores arrays are walked here; every
+    other value (one rollout, the model block, ...) is parsed by json's C decoder from the window. So memory holds
+    the window plus one rollout's dicts at a time, never the whole file's dict tree (~8x the file's size). A value
+    that runs past the window makes it grow (doubling, so re-parsing stays linear) until the value fits or the file
+    ends; only then is a decoding error the file's.
+    """
+
+    def __init__(self, read: Callable[[int], str], source: str, cancel=None):
+        self.read = read
+        self.source = source
+        self.cancel = cancel
+        self.buf = ""
+        self.pos = 0
+        self.eof = False
+        self.lines_before = 0  # newlines in the text already dropped from the window (for error positions)
+        self.column_before = 0  # characters after the last dropped newline
+
+    def fill(self) -> None:
+        if self.cancel is not None and self.cancel.is_set():
+            raise LoadCancelled(f"{self.source}: loading cancelled")
+        dropped = self.buf[: self.pos]
+        newlines = dropped.count("\n")
+        if newlines:
+            self.lines_before += newlines
+            self.column_before = len(dropped) - dropped.rfind("\n") - 1
+        else:
+            self.column_before += len(dropped)
+        chunk = self.read(max(READ_CHUNK, len(self.buf) - self.pos))
+        self.buf = self.buf[self.pos:] + chunk
+        self.pos = 0
+        if not chunk:
+            self.eof = True
+
+    def malformed(self, msg: str, pos: int) -> RolloutFileError:
+        newline = self.buf.rfind("\n", 0, pos)
+        line = self.lines_before + self.buf.count("\n", 0, pos) + 1
+        column = pos - newline if newline >= 0 else self.column_before + pos + 1
+        return RolloutFileError(f"{self.source}: malformed JSON at line {line} column {column}: {msg}")
+
+    def peek(self) -> str:
+        """The next character that is not whitespace ('' at the end of the file); pos is left on it."""
+        while True:
+            self.pos = _WS.match(self.buf, self.pos).end()
+            if self.pos < len(self.buf):
+                return self.buf[self.pos]
+            if self.eof:
+                return ""
+            self.fill()
+
+    def value(self) -> Any:
+        self.peek()
+        while True:
+            try:
+                obj, end = _DECODER.raw_decode(self.buf, self.pos)
+            except json.JSONDecodeError as e:
+                if not self.eof:
+                    self.fill()
+                    continue
+                raise self.malformed(e.msg, e.pos) from None
+            except RecursionError:
+                raise RolloutFileError(f"{self.source}: malformed JSON: nested too deeply") from None
+            if end == len(self.buf) and not self.eof:  # a number at the window's edge may go on in the next chunk
+                self.fill()
+                continue
+            self.pos = end
+            return obj
+
+    def _key(self) -> str:
+        while True:
+            try:
+                key, end = _scanstring(self.buf, self.pos + 1)
+            except json.JSONDecodeError as e:
+                if not self.eof:
+                    self.fill()
+                    continue
+                raise self.malformed(e.msg, e.pos) from None
+            self.pos = end
+            return key
+
+    def members(self) -> Iterator[str]:
+        """The keys of the object at pos; after each, the caller consumes its value (value() or a walk)."""
+        self.peek()
+        self.pos += 1  # the caller saw the '{'
+        c = self.peek()
+        if c == "}":
+            self.pos += 1
+            return
+        while True:
+            if c != '"':
+                raise self.malformed("Expecting property name enclosed in double quotes", self.pos)
+            key = self._key()
+            if self.peek() != ":":
+                raise self.malformed("Expecting ':' delimiter", self.pos)
+            self.pos += 1
+            yield key
+            c = self.peek()
+            if c == "}":
+                self.pos += 1
+                return
+            if c != ",":
+                raise self.malformed("Expecting ',' delimiter", self.pos)
+            self.pos += 1
+            c = self.peek()
+
+    def elements(self) -> Iterator[int]:
+        """The indices of the array at pos; after each, the caller consumes the element."""
+        self.peek()
+        self.pos += 1
+        if self.peek() == "]":
+            self.pos += 1
+            return
+        index = 0
+        while True:
+            yield index
+            index += 1
+            c = self.peek()
+            if c == "]":
+                self.pos += 1
+                return
+            if c != ",":
+                raise self.malformed("Expecting ',' delimiter", self.pos)
+            self.pos += 1
+
+
+@lru_cache(maxsize=1)
+def _part_validators() -> dict:
+    """Skeleton validators (tokens screened apart, see _validators) of one rollout, one score, one group."""
+    skeleton = _validators()[1].schema
+    cls = type(_validators()[1])
+    return {name: cls({"$schema": skeleton.get("$schema"), "$defs": skeleton["$defs"], "$ref": f"#/$defs/{name}"})
+            for name in ("rollout", "score", "group")}
+
+
+def _check_part(obj: Any, kind: str, where: str) -> None:
+    from jsonschema.exceptions import best_match
+
+    error = best_match(_part_validators()[kind].iter_errors(obj))
+    if error is not None:
+        raise RolloutFileError(f"schema violation at {where}{error.json_path[1:]}: {_short(error.message)}")
+    if kind != "group":
+        _check_tokens(obj["tokens"], f"{where}.tokens")
+
+
+def _check_tokens(tokens: list, where: str) -> None:
+    from jsonschema.exceptions import best_match
+
+    for k, t in enumerate(tokens):
+        if not _token_ok(t):
+            error = best_match(_validators()[2].iter_errors(t))
+            if error is not None:
+                raise RolloutFileError(f"schema violation at {where}[{k}]{error.json_path[1:]}: "
+                                       f"{_short(error.message)}")
+
+
+class _IdCheck:
+    """Group and rollout ids seen so far: each must be unique in the set."""
+
+    def __init__(self):
+        self.groups: set[str] = set()
+        self.rollouts: set[str] = set()
+
+    def group(self, g: QueryGroup, where: str) -> None:
+        if g.id in self.groups:
+            raise RolloutFileError(f"at {where}.id: group id {g.id!r} appears twice")
+        self.groups.add(g.id)
+        for j, r in enumerate(g.rollouts):
+            if r.id in self.rollouts:
+                raise RolloutFileError(f"at {where}.rollouts[{j}].id: rollout id {r.id!r} appears twice")
+            self.rollouts.add(r.id)
+
+
+def _converted(build: Callable[[], Any], where: str) -> Any:
+    """build() on parts the schema already accepted; a value the schema let through that the types refuse is the
+    file's fault and is said with its place."""
     try:
-        data = Path(path).read_bytes()
-    except OSError as e:
-        raise RolloutFileError(f"cannot read {path}: {e.strerror or e}") from None
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise RolloutFileError(f"{path}: not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start})") from None
+        return build()
+    except (KeyError, TypeError, ValueError, OverflowError) as e:
+        detail = f"missing field {e}" if isinstance(e, KeyError) else str(e)
+        raise RolloutFileError(f"at {where}: not a valid rollout set: {detail}") from None
+
+
+def _walk_group(text: _Text, where: str, pieces: dict) -> QueryGroup:
+    """One group, its rollouts and scores checked and converted one at a time as they are read."""
+    if text.peek() != "{":
+        _check_part(text.value(), "group", where)  # not an object: the schema words it
+    d: dict = {}
+    parts: dict[str, list] = {"rollouts": [], "scores": []}
+    for key in text.members():
+        if key in parts and text.peek() == "[":
+            kind = key[:-1]
+            out = parts[key] = []
+            for j in text.elements():
+                item_where = f"{where}.{key}[{j}]"
+                item = text.value()
+                _check_part(item, kind, item_where)
+                if kind == "rollout":
+                    out.append(_converted(lambda: _rollout_from(item, item_where, pieces), item_where))
+                else:
+                    out.append(_converted(lambda: Score(item["response"], _tokens_from(item, item_where, pieces)),
+                                          item_where))
+            d[key] = []  # the group's own check below sees an (empty) array there
+        else:
+            d[key] = text.value()
+    _check_part(d, "group", where)
+    return _converted(lambda: _group_from(d, where, pieces, parts["rollouts"], parts["scores"]), where)
+
+
+def _walk(text: _Text) -> Generator[QueryGroup, None, RolloutSet]:
+    """Yields each group of the set in text as soon as it is read and checked; returns the set without groups."""
+    c = text.peek()
+    if not c:
+        raise RolloutFileError(f"{text.source} is empty, expected a rollout-set JSON object")
+    if c != "{":
+        whole = text.value()
+        _rest_is_empty(text)
+        validate(whole)  # not an object: validate() says so
+    top: dict = {}
+    streamed = False
+    pieces: dict = {}
+    for key in text.members():
+        if key == "groups" and "format" in top and "version" in top and text.peek() == "[":
+            _check_format(top)  # before reading what may be hundreds of MB of something else
+            ids = _IdCheck()
+            for i in text.elements():
+                group = _walk_group(text, f"$.groups[{i}]", pieces)
+                ids.group(group, f"$.groups[{i}]")
+                yield group
+            top[key] = []
+            streamed = True
+        else:
+            # a writer that puts "groups" before "format" gets the plain path: whole dicts, then validate
+            top[key] = text.value()
+    _rest_is_empty(text)
+    validate(top)
+    rs = from_dict(top)
+    if not streamed:
+        yield from rs.groups
+    return replace(rs, groups=())
+
+
+def _rest_is_empty(text: _Text) -> None:
+    if text.peek():
+        raise text.malformed("Extra data", text.pos)
+
+
+def _string_reader(s: str) -> Callable[[int], str]:
+    position = 0
+
+    def read(n: int) -> str:
+        nonlocal position
+        chunk = s[position: position + n]
+        position += len(chunk)
+        return chunk
+
+    return read
+
+
+class _FileReader:
+    """Bytes from a file decoded as strict UTF-8 (a BOM is dropped), with progress after every chunk."""
+
+    def __init__(self, handle, path: str, total: int, progress: Optional[Callable[[int, int], None]]):
+        self.handle = handle
+        self.path = path
+        self.total = total
+        self.progress = progress
+        self.done = 0
+        self.decoder = codecs.getincrementaldecoder("utf-8-sig")("strict")
+
+    def __call__(self, n: int) -> str:
+        data = self.handle.read(n)
+        try:
+            text = self.decoder.decode(data, final=not data)
+        except UnicodeDecodeError as e:
+            offset = self.done + e.start
+            raise RolloutFileError(f"{self.path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset "
+                                   f"{offset})") from None
+        self.done += len(data)
+        if self.progress is not None:
+            self.progress(self.done, self.total)
+        return text
 
 
 def loads(text: str, source: str = "<string>") -> RolloutSet:
     """Parse and validate rollout-set JSON text; source names it in error messages."""
-    if not text.strip():
-        raise RolloutFileError(f"{source} is empty, expected a rollout-set JSON object")
     try:
-        d = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise RolloutFileError(f"{source}: malformed JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
-    except RecursionError:
-        raise RolloutFileError(f"{source}: malformed JSON: nested too deeply") from None
-    try:
-        validate(d)
-        return from_dict(d)
+        return _collect(_walk(_Text(_string_reader(text.removeprefix("\ufeff")), source)))
     except RolloutFileError as e:
-        raise RolloutFileError(f"{source}: {e}") from None
+        message = str(e)
+        raise RolloutFileError(message if message.startswith(source) else f"{source}: {message}") from None
 
 
-def load(path: PathLike) -> RolloutSet:
-    """Read and validate a rollout-set file ('-' reads stdin). Raises RolloutFileError with a one-line reason."""
-    return loads(_read_text(path), "<stdin>" if str(path) == "-" else str(path))
+def _open_regular(path: PathLike):
+    """path opened for reading in binary, refused first unless it is a regular file: a FIFO would block for good, a
+    device never ends."""
+    try:
+        info = os.stat(path)
+    except OSError as e:
+        raise RolloutFileError(f"cannot read {path}: {e.strerror or e}") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise RolloutFileError(f"cannot read {path}: it is a directory, not a rollout-set file")
+    if not stat.S_ISREG(info.st_mode):
+        kind = "a named pipe (FIFO)" if stat.S_ISFIFO(info.st_mode) else \
+            "a device" if stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode) else \
+            "a socket" if stat.S_ISSOCK(info.st_mode) else "not a regular file"
+        raise RolloutFileError(f"cannot read {path}: it is {kind}, not a regular file")
+    try:
+        # O_NONBLOCK: had the path been swapped for a FIFO since the stat, opening it must not wait for a writer
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as e:
+        raise RolloutFileError(f"cannot read {path}: {e.strerror or e}") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise RolloutFileError(f"cannot read {path}: not a regular file")
+    return os.fdopen(fd, "rb"), info.st_size
+
+
+def _read_file(path: PathLike, progress, cancel) -> Generator[QueryGroup, None, RolloutSet]:
+    if str(path) == "-":
+        return (yield from _walk(_Text(sys.stdin.read, "<stdin>", cancel)))
+    handle, size = _open_regular(path)
+    with handle:
+        text = _Text(_FileReader(handle, str(path), size, progress), str(path), cancel)
+        try:
+            return (yield from _walk(text))
+        except RolloutFileError as e:
+            message = str(e)
+            raise RolloutFileError(message if message.startswith(str(path)) else f"{path}: {message}") from None
+        except OSError as e:
+            raise RolloutFileError(f"cannot read {path}: {e.strerror or e}") from None
+
+
+def _collect(walk: Generator[QueryGroup, None, RolloutSet]) -> RolloutSet:
+    groups = []
+    while True:
+        try:
+            groups.append(next(walk))
+        except StopIteration as done:
+            return replace(done.value, groups=tuple(groups))
+
+
+def load(path: PathLike, progress: Optional[Callable[[int, int], None]] = None, cancel=None) -> RolloutSet:
+    """Read and validate a rollout-set file ('-' reads stdin). Raises RolloutFileError with a one-line reason.
+
+    The file is read in chunks and each rollout is checked and converted as it is read: peak memory is the set's
+    own objects plus one rollout's parse (see BENCHMARKS.md). progress(bytes_read, file_size) is called after
+    every chunk; cancel (a threading.Event) stops the read at the next chunk with LoadCancelled. Safe to call on a
+    worker thread: nothing here touches shared state.
+    """
+    return _collect(_read_file(path, progress, cancel))
+
+
+def iter_groups(path: PathLike, progress: Optional[Callable[[int, int], None]] = None,
+                cancel=None) -> Iterator[QueryGroup]:
+    """The groups of a rollout-set file, each yielded once read (memory: one group); the whole file is checked.
+
+    A RolloutFileError for a later part of the file may follow groups already yielded: a consumer that writes as
+    it goes must write atomically (atomic_write does), so a bad file leaves nothing behind.
+    """
+    yield from _read_file(path, progress, cancel)

@@ -298,7 +298,7 @@ def test_duplicate_rollout_id(tmp_path):
 def test_sampling_values_the_engine_would_refuse(tmp_path):
     d = export.to_dict(make_set())
     d["sampling"]["top_n"] = 500
-    assert load_error(write_dict(tmp_path, d)).endswith("at $.sampling: top-N must be in [0, 100] (got 500)")
+    assert load_error(write_dict(tmp_path, d)).endswith("at $.sampling.top_n: 500 is greater than the maximum of 100")
 
 
 TOKEN_MUTATIONS = [
