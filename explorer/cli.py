@@ -14,6 +14,7 @@ from dataclasses import replace
 from typing import Optional, Sequence
 
 EXIT_USAGE = 2
+TIME_LIMIT_S = 10.0  # a reward file's time per rollout (reward_sandbox.TIME_LIMIT_S; not imported: --help stays fast)
 MAX_K = 4096  # rollouts per query; the engine runs more than fit in one batch in waves, but this many is a typo
 
 
@@ -82,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--reward", default=None,
                      help="exact | contains | regex | length | PATH.py (uses the references from --queries)")
     gen.add_argument("--no-std", action="store_true", help="advantages as r - mean, not divided by the std")
+    gen.add_argument("--reward-time-limit", type=float, default=TIME_LIMIT_S, metavar="SECONDS",
+                     help="a reward file's reward() gets this long per rollout; past it that reward is null")
     _add_prompt_args(gen)
     gen.add_argument("-o", "--output", required=True, help="the JSON file to write ('-' for stdout)")
 
@@ -139,11 +142,13 @@ def _load_engine(args):
 def cmd_generate(args) -> int:
     from .core import export
     from .core.collect import RunCollector
-    from .core.queries import read_query_file
+    from .core.queries import check_text, read_query_file
     from .core.rewards import apply_rewards, load_reward
     from .core.stats import group_stats
     from .core.types import Query, SamplingParams, TokenBatch
 
+    for i, text in enumerate(args.queries):
+        check_text(text, f"query {i + 1}")
     queries = [Query(q) for q in args.queries]
     if args.queries_file:
         queries += read_query_file(args.queries_file)
@@ -158,7 +163,12 @@ def cmd_generate(args) -> int:
         params.validate()
     except ValueError as exc:
         raise _UsageError(str(exc)) from None
-    reward_fn = load_reward(args.reward) if args.reward else None  # before the model: fail fast on a bad file
+    if args.system is not None:
+        check_text(args.system, "the system prompt")
+    if args.reward_time_limit is not None and not (0 < args.reward_time_limit <= 86400):
+        raise _UsageError(f"--reward-time-limit must be in (0, 86400] seconds (got {args.reward_time_limit})")
+    # before the model: fail fast on a bad file
+    reward_fn = load_reward(args.reward, args.reward_time_limit) if args.reward else None
     engine = _load_engine(args)
     info = engine.info
     collector = RunCollector(info, params)
@@ -213,7 +223,14 @@ def _fmt_prob(logprob: float) -> str:
 def cmd_score(args) -> int:
     from .core import export
     from .core.collect import RunCollector
+    from .core.queries import check_text
     from .core.types import QueryGroup, SamplingParams
+
+    check_text(args.query, "the query")
+    for i, response in enumerate(args.responses):
+        check_text(response, f"response {i + 1}")
+    if args.system is not None:
+        check_text(args.system, "the system prompt")
 
     engine = _load_engine(args)
     try:
@@ -246,10 +263,10 @@ def cmd_models(args) -> int:
 
 
 def cmd_export_jsonl(args) -> int:
-    from .core.export import load
-    from .core.jsonl import export_jsonl
+    from .core.jsonl import convert_file
 
-    n = export_jsonl(load(args.input), args.output)
+    # streamed a group at a time: a 200 MB set converts in the memory of its largest group
+    n = convert_file(args.input, args.output, warn=lambda line: sys.stderr.write(f"warning: {line}\n"))
     if args.output != "-":
         sys.stderr.write(f"wrote {n} rollouts to {args.output}\n")
     return 0

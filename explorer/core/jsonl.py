@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Iterator, Optional
+from typing import Callable, Iterable, Iterator, Optional
 
-from .export import PathLike, atomic_write
-from .types import RolloutSet
+from .export import PathLike, atomic_write, iter_groups
+from .integrity import group_text_problems
+from .types import QueryGroup, RolloutSet
 
 JSONL_KEYS = (
     "group_id", "rollout_id", "index", "seed", "query", "reference", "prompt", "completion", "prompt_token_ids",
@@ -29,42 +30,66 @@ def _num(x: Optional[float]) -> Optional[float]:
     return x if math.isfinite(x) else None
 
 
+def group_records(g: QueryGroup) -> Iterator[dict]:
+    """The records of one group's rollouts, keys in JSONL_KEYS order."""
+    prompt_ids = [int(i) for i in g.prompt_token_ids]
+    for r in g.rollouts:
+        tokens = r.tokens
+        yield {
+            "group_id": g.id,
+            "rollout_id": r.id,
+            "index": int(r.index),
+            "seed": int(r.seed),
+            "query": g.query,
+            "reference": g.reference,
+            "prompt": g.prompt,
+            "completion": r.text,
+            "prompt_token_ids": prompt_ids,
+            "completion_token_ids": [int(t.id) for t in tokens],
+            "token_logprobs": [_num(t.logprob) for t in tokens],
+            "sampling_logprobs": [_num(t.sampling_logprob) for t in tokens],
+            "logprob": _num(math.fsum(t.logprob for t in tokens)) if tokens else 0.0,
+            "reward": _num(r.reward),
+            "advantage": _num(r.advantage),
+            "reward_error": r.reward_error,
+            "finish_reason": r.finish_reason if r.finish_reason is not None else "cancelled",
+            "parent_id": r.parent_id,
+            "branch_position": r.branch_position,
+        }
+
+
 def jsonl_records(rs: RolloutSet) -> Iterator[dict]:
     """The records export_jsonl writes, one per rollout, keys in JSONL_KEYS order."""
     for g in rs.groups:
-        prompt_ids = [int(i) for i in g.prompt_token_ids]
-        for r in g.rollouts:
-            tokens = r.tokens
-            yield {
-                "group_id": g.id,
-                "rollout_id": r.id,
-                "index": int(r.index),
-                "seed": int(r.seed),
-                "query": g.query,
-                "reference": g.reference,
-                "prompt": g.prompt,
-                "completion": r.text,
-                "prompt_token_ids": prompt_ids,
-                "completion_token_ids": [int(t.id) for t in tokens],
-                "token_logprobs": [_num(t.logprob) for t in tokens],
-                "sampling_logprobs": [_num(t.sampling_logprob) for t in tokens],
-                "logprob": _num(math.fsum(t.logprob for t in tokens)) if tokens else 0.0,
-                "reward": _num(r.reward),
-                "advantage": _num(r.advantage),
-                "reward_error": r.reward_error,
-                "finish_reason": r.finish_reason if r.finish_reason is not None else "cancelled",
-                "parent_id": r.parent_id,
-                "branch_position": r.branch_position,
-            }
+        yield from group_records(g)
 
 
-def _lines(rs: RolloutSet) -> Iterator[str]:
-    for record in jsonl_records(rs):
-        yield json.dumps(record, ensure_ascii=False, allow_nan=False, separators=(",", ":")) + "\n"
+def _lines(groups: Iterable[QueryGroup], counter: list) -> Iterator[str]:
+    for g in groups:
+        for record in group_records(g):
+            counter[0] += 1
+            yield json.dumps(record, ensure_ascii=False, allow_nan=False, separators=(",", ":")) + "\n"
 
 
 def export_jsonl(rs: RolloutSet, path: PathLike) -> int:
     """Write rs as JSONL, atomically ('-' means stdout); returns the number of lines written."""
-    n = sum(len(g.rollouts) for g in rs.groups)
-    atomic_write(path, _lines(rs))
-    return n
+    counter = [0]
+    atomic_write(path, _lines(rs.groups, counter))
+    return counter[0]
+
+
+def convert_file(source: PathLike, path: PathLike, progress: Optional[Callable[[int, int], None]] = None,
+                 warn: Optional[Callable[[str], None]] = None) -> int:
+    """A rollout-set file to JSONL, a group at a time (memory: one group, whatever the file's size); the output
+    appears only if the whole input is valid. warn gets each rollout whose text disagrees with its tokens."""
+    counter = [0]
+
+    def checked(groups: Iterable[QueryGroup]) -> Iterator[QueryGroup]:
+        for i, g in enumerate(groups):
+            if warn is not None:
+                for line in group_text_problems(g, i):
+                    warn(line)
+            yield g
+
+    atomic_write(path, _lines(checked(iter_groups(source, progress)), counter))
+    return counter[0]

@@ -19,6 +19,17 @@ class QueryFileError(ExplorerError):
     """A query list that cannot be read."""
 
 
+def check_text(text: str, what: str) -> None:
+    """Refuse text that cannot be written as UTF-8: a lone surrogate comes from bytes that were not UTF-8 (a
+    terminal in another encoding, a JSON "\\ud800" escape) and would fail the tokenizer and every file written."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise QueryFileError(f"{what} is not valid text: a lone surrogate U+{ord(text[e.start]):04X} at character "
+                             f"{e.start} (bytes that are not UTF-8; check the terminal's or the file's encoding)") \
+            from None
+
+
 def parse_queries(text: str, source: str = "<text>", as_json: Optional[bool] = None) -> list[Query]:
     """Queries from a file's text: JSON when as_json (None: when it starts with '[' or '{' and parses as JSON),
     else one query per non-blank line."""
@@ -54,6 +65,10 @@ def parse_queries(text: str, source: str = "<text>", as_json: Optional[bool] = N
     else:
         queries = [Query(line.strip()) for line in text.splitlines() if line.strip()]
     queries = [q for q in queries if q.text.strip()]
+    for i, q in enumerate(queries):
+        check_text(q.text, f"{source}: query {i + 1}")
+        if q.reference is not None:
+            check_text(q.reference, f"{source}: the reference of query {i + 1}")
     if not queries:
         raise QueryFileError(f"{source}: no queries in the file")
     return queries

@@ -7,8 +7,8 @@ A reward function is called as fn(query, response, reference) -> float. Built-in
   regex     1.0 when re.search(reference, response, re.IGNORECASE) matches, else 0.0 (the reference is the pattern)
   length    -len(response) / 100: minus one hundredth per character of the stripped response, so a shorter answer
             scores higher (characters, not tokens, so values compare across tokenizers)
-A path ending in .py names a user file defining reward(query, response, reference) -> float; it is imported only
-when picked. exact, contains and regex need a reference: without one that rollout's reward is None, with a message.
+A path ending in .py names a user file defining reward(query, response, reference) -> float; it is imported when
+picked, in a child process that gives each call a time limit and has a memory cap (reward_sandbox.py). exact, contains and regex need a reference: without one that rollout's reward is None, with a message.
 
 Advantages: A_i = (r_i - mean(r)) / (std(r) + eps) over the group's rollouts that have a reward (population std,
 eps = 1e-6), or r_i - mean(r) without the division. A group whose rewards are all equal gets zeros.
@@ -16,26 +16,20 @@ eps = 1e-6), or r_i - mean(r) without the division. A group whose rewards are al
 
 from __future__ import annotations
 
-import importlib.util
-import inspect
 import math
-import numbers
 import re
-import sys
 from dataclasses import replace
 from functools import lru_cache
-from itertools import count
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from .errors import RewardError
+from .reward_sandbox import TIME_LIMIT_S, Sandbox, SandboxError, checked_value, one_line
 from .stats import group_stats
 from .types import QueryGroup
 
 EPS = 1e-6
 BUILTIN_REWARDS = ("exact", "contains", "regex", "length")
-
-_module_serial = count()
 
 
 def normalize_text(text: str) -> str:
@@ -74,15 +68,31 @@ def length_reward(query: str, response: str, reference: Optional[str]) -> float:
 
 
 class RewardFn:
-    """A named reward function. needs_reference tells a caller to check the queries carry references."""
+    """A named reward function. needs_reference tells a caller to check the queries carry references.
 
-    def __init__(self, name: str, fn: Callable[[str, str, Optional[str]], object], needs_reference: bool = False):
+    A user file's function runs in a Sandbox (reward_sandbox.py): each call has a time limit and the child a memory
+    cap, so a reward that hangs or allocates without limit costs that rollout its reward, not the run.
+    """
+
+    def __init__(self, name: str, fn: Optional[Callable[[str, str, Optional[str]], object]] = None,
+                 needs_reference: bool = False, sandbox: Optional[Sandbox] = None):
         self.name = name
         self.fn = fn
         self.needs_reference = needs_reference
+        self.sandbox = sandbox
 
     def __call__(self, query: str, response: str, reference: Optional[str]) -> object:
-        return self.fn(query, response, reference)
+        if self.sandbox is None:
+            return self.fn(query, response, reference)
+        value, error = self.sandbox.call(query, response, reference)
+        if error is not None:
+            raise RewardError(error)
+        return value
+
+    def close(self) -> None:
+        """Stop a user file's process now (it also stops when this object is freed or the app exits)."""
+        if self.sandbox is not None:
+            self.sandbox.close()
 
     def __repr__(self) -> str:
         return f"RewardFn({self.name!r})"
@@ -96,77 +106,43 @@ _BUILTINS = {
 }
 
 
-def _load_user_file(path: Path) -> RewardFn:
+def _load_user_file(path: Path, time_limit_s: float) -> RewardFn:
     if not path.is_file():
         raise RewardError(f"reward file {path} does not exist" if not path.exists()
                           else f"reward file {path} is not a file")
-    # A unique module name per load keeps user files apart from each other and from real modules; it sits in
-    # sys.modules because dataclasses and pickling in the user's file look their module up there.
-    name = f"_rollout_explorer_reward_{next(_module_serial)}"
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None:
-        raise RewardError(f"reward file {path} cannot be imported as Python")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
     try:
-        spec.loader.exec_module(module)
-    except SyntaxError as e:
-        sys.modules.pop(name, None)
-        raise RewardError(f"reward file {path}: syntax error at line {e.lineno}: {e.msg}") from None
-    except BaseException as e:  # the user's module code may raise anything, SystemExit included
-        sys.modules.pop(name, None)
-        raise RewardError(f"reward file {path}: importing it failed: {_one_line(e)}") from None
-    fn = getattr(module, "reward", None)
-    if fn is None:
-        sys.modules.pop(name, None)
-        raise RewardError(f"reward file {path} does not define reward(query, response, reference)")
-    if not callable(fn):
-        sys.modules.pop(name, None)
-        raise RewardError(f"reward file {path}: 'reward' is a {type(fn).__name__}, not a function")
-    try:
-        inspect.signature(fn).bind("query", "response", "reference")
-    except TypeError:
-        sys.modules.pop(name, None)
-        raise RewardError(f"reward file {path}: reward() must accept (query, response, reference)") from None
-    except ValueError:
-        pass  # no signature to inspect (some builtins): find out when it is called
-    return RewardFn(path.name, fn)
+        sandbox = Sandbox(path.resolve(), time_limit_s)
+    except SandboxError as e:
+        raise RewardError(f"reward file {path}: {e}") from None
+    except OSError as e:
+        raise RewardError(f"reward file {path}: cannot start a process to run it ({e.strerror or e})") from None
+    return RewardFn(path.name, sandbox=sandbox)
 
 
-def load_reward(spec: str) -> RewardFn:
-    """'exact', 'contains', 'regex', 'length' or a path ending in .py. Raises RewardError."""
+def load_reward(spec: str, time_limit_s: float = TIME_LIMIT_S) -> RewardFn:
+    """'exact', 'contains', 'regex', 'length' or a path ending in .py (its reward() gets time_limit_s seconds per
+    rollout). Raises RewardError."""
     key = spec.strip()
     if key.lower() in _BUILTINS:
         fn, needs_reference = _BUILTINS[key.lower()]
         return RewardFn(key.lower(), fn, needs_reference)
     if key.lower().endswith(".py"):
-        return _load_user_file(Path(key).expanduser())
+        return _load_user_file(Path(key).expanduser(), time_limit_s)
     raise RewardError(f"unknown reward {spec!r}: choose exact, contains, regex, length or a Python file (.py)")
-
-
-def _one_line(e: BaseException, limit: int = 200) -> str:
-    text = " ".join(f"{type(e).__name__}: {e}".split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def compute_reward(fn: Callable, query: str, response: str, reference: Optional[str]) -> tuple[Optional[float],
                                                                                                 Optional[str]]:
-    """(reward, None) or (None, why): a reward that raises or is not a finite real number gives no reward."""
+    """(reward, None) or (None, why): a reward that raises, times out or is not a finite real number gives none."""
+    if isinstance(fn, RewardFn) and fn.sandbox is not None:
+        return fn.sandbox.call(query, response, reference)  # the child checks the value the same way
     try:
         value = fn(query, response, reference)
     except RewardError as e:
         return None, str(e)
     except (Exception, SystemExit) as e:  # a user file that calls sys.exit() must not end the run
-        return None, f"reward() raised {_one_line(e)}"
-    if not isinstance(value, numbers.Real):  # bool counts: True is 1.0
-        return None, f"reward() returned {type(value).__name__}, not a number"
-    try:
-        value = float(value)
-    except (OverflowError, ValueError) as e:
-        return None, f"reward() returned a number that is not a float ({_one_line(e)})"
-    if not math.isfinite(value):
-        return None, f"reward() returned {value}, not a finite number"
-    return value, None
+        return None, f"reward() raised {one_line(e)}"
+    return checked_value(value)
 
 
 def group_advantages(rewards: Sequence[Optional[float]], normalize_std: bool = True,
