@@ -69,7 +69,7 @@ def _num(x: Optional[float]) -> Optional[float]:
 
 
 def _token_dict(t: TokenInfo) -> dict:
-    return {
+    d = {
         "id": int(t.id),
         "token": t.token,
         "bytes": list(t.bytes),
@@ -81,6 +81,9 @@ def _token_dict(t: TokenInfo) -> dict:
             {"id": int(a.id), "token": a.token, "bytes": list(a.bytes), "logprob": _num(a.logprob)} for a in t.top
         ],
     }
+    if t.id_flag is not None:  # only tokens from a server without ids can carry one
+        d["id_flag"] = t.id_flag
+    return d
 
 
 def _sequence_dict(seq: Union[Rollout, Score]) -> dict:
@@ -259,6 +262,7 @@ def _token_from(d: dict, pieces: dict) -> TokenInfo:
         entropy=math.nan if entropy is None else float(entropy),
         rank=int(d["rank"]),
         top=tuple(top),
+        id_flag=d.get("id_flag"),
     )
 
 

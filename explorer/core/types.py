@@ -78,6 +78,8 @@ class TokenInfo:
     entropy: float  # entropy (nats) of the raw distribution this token was drawn from
     rank: int  # 1 = the most probable token under the raw distribution
     top: tuple[TopLogprob, ...] = ()  # top-N raw alternatives, most probable first
+    # Set when the id was recovered from a server that sends no ids and re-tokenizing its text disagrees here
+    id_flag: Optional[str] = None
 
     @property
     def prob(self) -> float:
@@ -186,6 +188,13 @@ class ModelInfo:
     n_layers: Optional[int] = None
     backend: str = "CPU"
     system_info: str = ""
+    # A policy on a server (remote.py): its URL without credentials, kind and version, and what its numbers are
+    server_url: Optional[str] = None
+    server_kind: Optional[str] = None  # "vllm" | "sglang" | "llama-server" | "llama_cpp.server"
+    server_version: Optional[str] = None
+    logprob_kind: str = "raw"  # "raw": before temperature and truncation (the policy); "processed": after them
+    entropy_kind: str = "exact"  # "exact" over the vocabulary, or "unavailable" (a server gives only the top N)
+    server_facts: Optional[str] = None  # what the capability probe found, one line
 
 
 @dataclass(frozen=True)
