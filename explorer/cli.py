@@ -36,6 +36,17 @@ def _add_model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
                    help="layers to offload to the GPU (default: all when the build supports it, else 0; -1 = all)")
     p.add_argument("--n-ctx", type=int, default=None,
                    help="context size in tokens (default: sized automatically for k x (prompt + max tokens))")
+    _add_server_args(p)
+
+
+def _add_server_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--server", default=None, metavar="URL",
+                   help="explore the policy a vLLM / SGLang / llama-server / llama_cpp.server serves (its base URL) "
+                        "instead of a local model")
+    p.add_argument("--api-key", default=None, metavar="KEY",
+                   help="the server's API key (default: $ROLLOUT_EXPLORER_API_KEY); never saved or exported")
+    p.add_argument("--server-model", default=None, metavar="NAME",
+                   help="which of the server's models (default: the first it lists)")
 
 
 def _add_prompt_args(p: argparse.ArgumentParser) -> None:
@@ -133,10 +144,22 @@ class _Progress:
 
 
 def _load_engine(args):
+    if getattr(args, "server", None):
+        return _connect(args)
     from .core.engine import Engine
     from .core.models import resolve_model
 
     return Engine(resolve_model(args.model), n_gpu_layers=args.n_gpu_layers, n_ctx=args.n_ctx)
+
+
+def _connect(args):
+    import os
+
+    from .core.remote import RemoteEngine
+    from .core.servers import API_KEY_ENV
+
+    return RemoteEngine(args.server, api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,
+                        model=args.server_model)
 
 
 def cmd_generate(args) -> int:
@@ -184,12 +207,19 @@ def cmd_generate(args) -> int:
         cancel.set()
         sys.stderr.write("\ninterrupted: stopping, writing what was generated (Ctrl-C again to abandon)\n")
 
+    from .core.errors import ExplorerError
+
     previous = signal.signal(signal.SIGINT, on_sigint)
+    run_error = None
     try:
         for event in engine.generate(queries, args.k, params, cancel=cancel, chat=not args.raw, system=args.system):
             collector.add(event)
             if isinstance(event, TokenBatch):
                 progress.update(len(event.events))
+    except ExplorerError as exc:  # a server failing mid-run: what arrived is still written, then exit 2
+        if not collector.group_ids:
+            raise
+        run_error = exc
     finally:
         signal.signal(signal.SIGINT, previous)
         engine.close()
@@ -207,7 +237,10 @@ def cmd_generate(args) -> int:
                 sys.stderr.write(f"{r.id}: reward is null: {r.reward_error}\n")
     export.save(collector.rollout_set("cancelled"), args.output)
     if args.output != "-":
-        sys.stderr.write(f"wrote {args.output}\n")
+        sys.stderr.write(f"wrote {args.output}" + (" (partial)" if run_error else "") + "\n")
+    if run_error is not None:
+        sys.stderr.write(f"rollout-explorer generate: {run_error}\n")
+        return EXIT_USAGE
     return 130 if interrupted else 0
 
 
