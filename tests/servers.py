@@ -80,7 +80,7 @@ class ScriptedVllm:
         class Handler(_Handler):
             server_ref = outer
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = _QuietServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
@@ -90,6 +90,11 @@ class ScriptedVllm:
         self.release.set()
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request, client_address):  # a client that hung up on purpose (a timeout test)
+        pass
 
 
 class _Handler(BaseHTTPRequestHandler):
