@@ -94,6 +94,20 @@ def _optional_bench(module: str, function: str):
         return None
 
 
+def print_remote_tables() -> None:
+    bench = _optional_bench("remote_bench", "run_remote_bench")
+    if bench is None:
+        return
+    overhead, throughput = bench(log)
+    print_dict_table(overhead, "Remote client (llama_cpp.server on 127.0.0.1) against a bare httpx client replaying "
+                               "the same requests (target: client/bare <= 1.05)")
+    for r in overhead:
+        print(f"  k={r['k']}: client within 5% of the bare client: {100 * (r['client/bare'] - 1):+.1f}%  "
+              + ("MET" if r["client/bare"] <= 1.05 else "NOT MET"))
+    print_dict_table(throughput, "Remote (llama_cpp.server, one request at a time) against the local engine, same "
+                                 "model, same run")
+
+
 def write_big_vocab_model(directory: str) -> str:
     sys.path.insert(0, str(ROOT / "tests"))
     from tiny_gguf import write_tiny_gguf
@@ -116,6 +130,7 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-262k", action="store_true")
     ap.add_argument("--skip-naive", action="store_true")
     ap.add_argument("--skip-tree", action="store_true")
+    ap.add_argument("--skip-remote", action="store_true", help="skip the llama_cpp.server client benchmark")
     args = ap.parse_args(argv)
     t_start = time.perf_counter()
 
@@ -157,6 +172,8 @@ def main(argv=None) -> int:
         print_engine_table(big_rows, f"Synthetic model, vocabulary {BIG_VOCAB} (SmolLM2-135M-sized body, random f16 "
                                      "weights; no naive baseline)")
     print_targets(rows, big_rows)
+    if not args.skip_remote:
+        print_remote_tables()
 
     if not args.skip_tree:
         os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
