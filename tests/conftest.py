@@ -29,3 +29,13 @@ def default_model_path() -> Path:
         return locate()
     except ModelError as exc:
         pytest.skip(f"default model not available: {exc}")
+
+
+@pytest.fixture(scope="module")
+def local_engine(default_model_path):
+    """The local engine on the default model, for checking other engines (a server) against it."""
+    from explorer.core.engine import Engine
+
+    eng = Engine(default_model_path)
+    yield eng
+    eng.close()

@@ -312,9 +312,8 @@ def _id_key(key: str) -> int:
     return int(key.rsplit(":", 1)[-1])
 
 
-class VllmDialect(Dialect):
-    kind = "vllm"
-    completion_path = "/v1/completions"
+class _ModelTokenizerDialect(Dialect):
+    """vLLM's and SGLang's shared /tokenize {model, prompt, add_special_tokens} and /detokenize {model, tokens}."""
 
     async def tokenize(self, text, add_special, parse_special):
         _, body = await self.http.request("POST", "/tokenize", {"model": self.model, "prompt": text,
@@ -324,7 +323,12 @@ class VllmDialect(Dialect):
     async def detokenize(self, ids):
         _, body = await self.http.request("POST", "/detokenize", {"model": self.model, "tokens": list(ids)},
                                           self.model)
-        return body["prompt"]
+        return body.get("prompt", body.get("text", ""))  # vLLM says prompt, SGLang text
+
+
+class VllmDialect(_ModelTokenizerDialect):
+    kind = "vllm"
+    completion_path = "/v1/completions"
 
     async def chat_prompt(self, messages):
         _, body = await self.http.request("POST", "/tokenize", {
@@ -376,20 +380,10 @@ class VllmDialect(Dialect):
         return out
 
 
-class SglangDialect(Dialect):
+class SglangDialect(_ModelTokenizerDialect):
     kind = "sglang"
     logprob_kind = "processed"
     completion_path = "/generate"
-
-    async def tokenize(self, text, add_special, parse_special):
-        _, body = await self.http.request("POST", "/tokenize", {"model": self.model, "prompt": text,
-                                                               "add_special_tokens": add_special}, self.model)
-        return [int(t) for t in body["tokens"]]
-
-    async def detokenize(self, ids):
-        _, body = await self.http.request("POST", "/detokenize", {"model": self.model, "tokens": list(ids)},
-                                          self.model)
-        return body.get("text", body.get("prompt", ""))
 
     def _sampling(self, params: SamplingParams, seed: Optional[int], max_new: int) -> dict:
         d = {"max_new_tokens": max_new, "top_k": params.top_k if params.top_k > 0 else -1,

@@ -38,6 +38,15 @@ def scripted():
         srv.stop()
 
 
+def against(srv, k=2, params=PARAMS, **engine_args):
+    """Connect to srv, run k rollouts of one query, hang up: (collector, the error the run ended with or None)."""
+    eng = RemoteEngine(srv.url, **engine_args)
+    try:
+        return collect(eng, k, params)
+    finally:
+        eng.close()
+
+
 def collect(eng, k=2, params=PARAMS):
     collector = RunCollector(eng.info, params)
     error = None
@@ -96,22 +105,14 @@ def test_rate_limit_is_retried_with_backoff_then_succeeds(scripted):
             full_stream(h, n)
 
     srv = scripted(limited)
-    eng = RemoteEngine(srv.url)
-    try:
-        collector, error = collect(eng, k=1)
-    finally:
-        eng.close()
+    collector, error = against(srv, k=1)
     assert error is None and srv.count == 3
     assert collector.groups()[0].rollouts[0].token_ids == (10, 11, 12)
 
 
 def test_rate_limit_that_never_ends_is_one_line(scripted):
     srv = scripted(lambda h, n: h.send_json(429, {"error": {"message": "slow down"}}))
-    eng = RemoteEngine(srv.url)
-    try:
-        collector, error = collect(eng, k=1)
-    finally:
-        eng.close()
+    collector, error = against(srv, k=1)
     assert isinstance(error, ServerError) and "HTTP 429" in str(error) and "\n" not in str(error)
     assert collector.groups()[0].rollouts[0].finish_reason == "cancelled"
 
@@ -123,11 +124,7 @@ def test_500_mid_stream_keeps_the_tokens_that_arrived(scripted):
         h.cut()
 
     srv = scripted(crash)
-    eng = RemoteEngine(srv.url)
-    try:
-        collector, error = collect(eng, k=2)
-    finally:
-        eng.close()
+    collector, error = against(srv, k=2)
     assert isinstance(error, ServerError) and srv.url in str(error)
     assert "truncated after 1 tokens" in str(error) or "closed the connection" in str(error)
     rollouts = collector.groups()[0].rollouts
@@ -137,11 +134,7 @@ def test_500_mid_stream_keeps_the_tokens_that_arrived(scripted):
 
 def test_500_before_the_stream_is_not_retried(scripted):
     srv = scripted(lambda h, n: h.send_json(500, {"error": {"message": "CUDA out of memory"}}))
-    eng = RemoteEngine(srv.url)
-    try:
-        _, error = collect(eng, k=1)
-    finally:
-        eng.close()
+    _, error = against(srv, k=1)
     assert "the server failed (HTTP 500: CUDA out of memory)" in str(error) and srv.count == 1
 
 
@@ -152,11 +145,7 @@ def test_malformed_event(scripted):
         h.event("{not json")
 
     srv = scripted(garbage)
-    eng = RemoteEngine(srv.url)
-    try:
-        collector, error = collect(eng, k=1)
-    finally:
-        eng.close()
+    collector, error = against(srv, k=1)
     assert "malformed stream" in str(error)
     assert collector.groups()[0].rollouts[0].token_ids == (10,)
 
@@ -168,11 +157,7 @@ def test_silence_is_a_timeout(scripted):
         h.server_ref.release.wait(30)
 
     srv = scripted(silent)
-    eng = RemoteEngine(srv.url, timeout_s=0.5)
-    try:
-        collector, error = collect(eng, k=1)
-    finally:
-        eng.close()
+    collector, error = against(srv, k=1, timeout_s=0.5)
     assert "(timeout)" in str(error)
     assert collector.groups()[0].rollouts[0].token_ids == (10,)
 

@@ -41,15 +41,6 @@ def remote(server):
     eng.close()
 
 
-@pytest.fixture(scope="module")
-def local(default_model_path):
-    from explorer.core.engine import Engine
-
-    eng = Engine(default_model_path)
-    yield eng
-    eng.close()
-
-
 def run(eng, events) -> RunCollector:
     collector = RunCollector(eng.info, SamplingParams())
     for ev in events:
@@ -76,8 +67,8 @@ def test_probe_says_what_the_server_is_and_cannot_do(remote, server):
     assert "token ids no" in info.server_facts and "prompt logprobs no" in info.server_facts
 
 
-def test_k_rollouts_have_their_seeds_and_ids_recovered_by_tokenizing(remote, local, four):
-    _, local_prompt = local.format_prompt(QUERY, chat=False)
+def test_k_rollouts_have_their_seeds_and_ids_recovered_by_tokenizing(remote, local_engine, four):
+    _, local_prompt = local_engine.format_prompt(QUERY, chat=False)
     assert four.prompt_token_ids == local_prompt
     assert [r.seed for r in four.rollouts] == [11, 12, 13, 14]
     assert len({r.text for r in four.rollouts}) > 1  # four requests with four seeds, not one answer copied
@@ -85,18 +76,18 @@ def test_k_rollouts_have_their_seeds_and_ids_recovered_by_tokenizing(remote, loc
         assert r.finish_reason in ("stop", "length") and r.tokens
         ids = [t.id for t in r.tokens]
         # the ids are the model's own tokens of the text: the local tokenizer of the same GGUF agrees
-        assert local.model.tokenize(r.text, add_special=False, parse_special=False) == ids
+        assert local_engine.model.tokenize(r.text, add_special=False, parse_special=False) == ids
         assert all(t.id_flag is None for t in r.tokens)
-        assert b"".join(local.model.piece(i) for i in ids).decode() == r.text
+        assert b"".join(local_engine.model.piece(i) for i in ids).decode() == r.text
         for t in r.tokens:
             assert t.top and t.top[0].logprob >= t.top[-1].logprob and t.rank >= 1
             assert t.sampling_logprob is None and t.entropy != t.entropy  # NaN: not known from the top N
 
 
-def test_generated_logprobs_match_local_teacher_forcing(local, four):
+def test_generated_logprobs_match_local_teacher_forcing(local_engine, four):
     diffs = []
     for r in four.rollouts:
-        scored = local.score_token_ids(list(four.prompt_token_ids), [[t.id for t in r.tokens]], 5)[0]
+        scored = local_engine.score_token_ids(list(four.prompt_token_ids), [[t.id for t in r.tokens]], 5)[0]
         diffs += [abs(s.logprob - t.logprob) for s, t in zip(scored, r.tokens)]
         # the top alternatives are the same tokens as the local engine's, where their ids were recovered
         for s, t in zip(scored, r.tokens):
@@ -110,7 +101,7 @@ def test_same_seed_same_rollout(remote, four):
     assert again.groups()[0].rollouts[0].token_ids == four.rollouts[0].token_ids
 
 
-def test_branch_keeps_the_prefix_and_forces_an_alternative(remote, local, four):
+def test_branch_keeps_the_prefix_and_forces_an_alternative(remote, local_engine, four):
     parent = next(r for r in four.rollouts if len(r.tokens) >= 4)
     alt = parent.tokens[2].top[1]
     c = run(remote, remote.branch(four, parent.id, 2, forced_token=alt.id, k=2,
@@ -123,7 +114,7 @@ def test_branch_keeps_the_prefix_and_forces_an_alternative(remote, local, four):
         assert len(r.tokens) > 3
         new = r.tokens[3:]
         prefix = list(four.prompt_token_ids) + [t.id for t in r.tokens[:3]]
-        scored = local.score_token_ids(prefix, [[t.id for t in new]], 5)[0]
+        scored = local_engine.score_token_ids(prefix, [[t.id for t in new]], 5)[0]
         assert max(abs(s.logprob - t.logprob) for s, t in zip(scored, new)) <= WORST_BAND
 
 

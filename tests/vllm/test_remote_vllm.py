@@ -68,15 +68,6 @@ def remote(vllm_url):
 
 
 @pytest.fixture(scope="module")
-def local(default_model_path):
-    from explorer.core.engine import Engine
-
-    eng = Engine(default_model_path)
-    yield eng
-    eng.close()
-
-
-@pytest.fixture(scope="module")
 def group(remote):
     c = RunCollector(remote.info, SamplingParams())
     c.extend(remote.generate([QUERY], 4, SamplingParams(max_tokens=24, seed=3)))
@@ -88,25 +79,25 @@ def test_probe(remote):
     assert f.kind == "vllm" and f.token_ids and f.prompt_logprobs and f.chat_template and f.n_ctx == 2048
 
 
-def test_chat_prompt_and_ids_match_the_local_engine(remote, local, group):
-    assert group.chat and group.prompt_token_ids == local.format_prompt(QUERY, chat=True)[1]
+def test_chat_prompt_and_ids_match_the_local_engine(remote, local_engine, group):
+    assert group.chat and group.prompt_token_ids == local_engine.format_prompt(QUERY, chat=True)[1]
     for r in group.rollouts:
         assert [t.id_flag for t in r.tokens] == [None] * len(r.tokens)
         # keyed on ids: the local tokenizer's pieces of the server's ids spell the server's text
-        assert b"".join(local.model.piece(i, special=False) for i in r.token_ids).decode("utf-8", "replace") == r.text
+        assert b"".join(local_engine.model.piece(i, special=False) for i in r.token_ids).decode("utf-8", "replace") == r.text
 
 
-def test_logprobs_match_local_teacher_forcing(local, group):
+def test_logprobs_match_local_teacher_forcing(local_engine, group):
     diffs = []
     for r in group.rollouts:
-        scored = local.score_token_ids(list(group.prompt_token_ids), [list(r.token_ids)], 5)[0]
+        scored = local_engine.score_token_ids(list(group.prompt_token_ids), [list(r.token_ids)], 5)[0]
         diffs += [abs(a.logprob - b.logprob) for a, b in zip(scored, r.tokens)]
     assert statistics.median(diffs) <= MEDIAN_BAND and max(diffs) <= WORST_BAND
 
 
-def test_scoring_through_prompt_logprobs(remote, local):
+def test_scoring_through_prompt_logprobs(remote, local_engine):
     mine = remote.score(QUERY, [" Paris", " The capital is Paris."])
-    theirs = local.score(QUERY, [" Paris", " The capital is Paris."])
+    theirs = local_engine.score(QUERY, [" Paris", " The capital is Paris."])
     for a, b in zip(mine, theirs):
         assert a.token_ids == b.token_ids
         assert max(abs(x.logprob - y.logprob) for x, y in zip(a.tokens, b.tokens)) <= WORST_BAND
