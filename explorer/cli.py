@@ -11,7 +11,10 @@ import signal
 import sys
 import threading
 from dataclasses import replace
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
+
+if TYPE_CHECKING:  # the CLI imports the engine lazily: --help must not load llama.cpp
+    from .core.engine_like import EngineLike
 
 EXIT_USAGE = 2
 TIME_LIMIT_S = 10.0  # a reward file's time per rollout (reward_sandbox.TIME_LIMIT_S; not imported: --help stays fast)
@@ -143,7 +146,7 @@ class _Progress:
         sys.stderr.write(note + "\n")
 
 
-def _load_engine(args):
+def _load_engine(args) -> EngineLike:
     if getattr(args, "server", None):
         return _connect(args)
     from .core.engine import Engine
@@ -152,7 +155,7 @@ def _load_engine(args):
     return Engine(resolve_model(args.model), n_gpu_layers=args.n_gpu_layers, n_ctx=args.n_ctx)
 
 
-def _connect(args):
+def _connect(args) -> EngineLike:
     import os
 
     from .core.remote import RemoteEngine

@@ -1,4 +1,4 @@
-"""A scripted, deterministic stand-in for explorer.core.engine.Engine.
+"""A scripted, deterministic stand-in for explorer.core.engine.Engine (an EngineLike, see core/engine_like.py).
 
 Same constructor, attributes and methods as the real engine, the same event protocol, real TokenInfo values: the
 "model" is a fixed small vocabulary whose next-token distribution is a deterministic function of the context, so
@@ -24,7 +24,7 @@ import time
 import zlib
 from typing import Callable, Iterator, Optional, Sequence, Union
 
-from explorer.core.errors import ContextOverflowError, EngineError, ModelError
+from explorer.core.errors import ContextOverflowError, EngineError, ExplorerError, ModelError
 from explorer.core.types import (
     Event,
     GroupHeader,
@@ -182,6 +182,9 @@ class FakeEngine:
         self._record("info")
         return self._info
 
+    def uses_chat(self, chat: bool) -> bool:
+        return chat  # the fake always has a chat template
+
     def format_prompt(self, query: str, chat: bool = True, system: Optional[str] = None) -> tuple[str, tuple[int, ...]]:
         self._record("format_prompt")
         if chat:
@@ -220,10 +223,11 @@ class FakeEngine:
         yield RunStarted(tuple(groups), tuple(lv.header for lv in lives), params, len(lives) * params.max_tokens)
         yield from self._decode(lives, params, cancel)
 
-    def branch(self, group: QueryGroup, rollout_id: str, position: int, forced_token: Optional[int], k: int,
-               params: SamplingParams, cancel: Optional[threading.Event] = None) -> Iterator[Event]:
+    def branch(self, group: QueryGroup, rollout_id: str, position: int, forced_token: Optional[int] = None,
+               k: int = 1, params: Optional[SamplingParams] = None,
+               cancel: Optional[threading.Event] = None) -> Iterator[Event]:
         self._record("branch")
-        return self._branch(group, rollout_id, position, forced_token, k, params, cancel)
+        return self._branch(group, rollout_id, position, forced_token, k, params or SamplingParams(), cancel)
 
     def _branch(self, group, rollout_id, position, forced_token, k, params, cancel) -> Iterator[Event]:
         self._record("branch.start")
@@ -231,14 +235,14 @@ class FakeEngine:
         params.validate()
         parent = next((r for r in group.rollouts if r.id == rollout_id), None)
         if parent is None:
-            raise EngineError(f"no rollout {rollout_id} in group {group.id}")
+            raise ExplorerError(f"no rollout {rollout_id} in group {group.id}")
         if not 0 <= position <= len(parent.tokens):
-            raise EngineError(f"position {position} is outside rollout {rollout_id} ({len(parent.tokens)} tokens)")
+            raise ExplorerError(f"position {position} is outside rollout {rollout_id} ({len(parent.tokens)} tokens)")
         prefix = list(parent.tokens[:position])
         context = list(group.prompt_token_ids) + [t.id for t in prefix]
         if forced_token is not None:
             if not 0 <= forced_token < len(VOCAB):
-                raise EngineError(f"token id {forced_token} is outside the vocabulary")
+                raise ExplorerError(f"token id {forced_token} is outside the vocabulary")
             prefix.append(_token_info(forced_token, raw_logprobs(context, len(prefix)), None, params.top_n))
             context.append(forced_token)
         prefix_text = "".join(t.token for t in prefix)
@@ -320,8 +324,6 @@ class FakeEngine:
         _, prompt_ids = self.format_prompt(query, chat, system)
         scores = []
         for response in responses:
-            if not response:
-                raise EngineError("cannot score an empty response")
             context = list(prompt_ids)
             tokens = []
             for position, token_id in enumerate(tokenize(response)):

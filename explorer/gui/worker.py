@@ -16,15 +16,17 @@ from typing import Callable, Iterable, Optional, Sequence
 
 from PySide6.QtCore import QObject, QThread, Signal, Slot
 
+from ..core.engine_like import EngineLike
 from ..core.errors import ExplorerError
 from ..core.types import Query, QueryGroup, RunStarted, SamplingParams
 
-EngineFactory = Callable[..., object]  # (model_path, n_gpu_layers=None, n_ctx=None) -> engine
+EngineFactory = Callable[..., EngineLike]  # (model_path, n_gpu_layers=None, n_ctx=None) -> engine
 
 EMIT_INTERVAL_S = 0.03  # the GUI repaints at ~30 Hz; batching events at the same pace keeps the signal count low
 
 
-def default_engine_factory(model_path: str, n_gpu_layers: Optional[int] = None, n_ctx: Optional[int] = None):
+def default_engine_factory(model_path: str, n_gpu_layers: Optional[int] = None,
+                           n_ctx: Optional[int] = None) -> EngineLike:
     from ..core.engine import Engine  # imported here: loading llama.cpp is the worker's business, not the GUI's
 
     return Engine(model_path, n_gpu_layers=n_gpu_layers, n_ctx=n_ctx)
@@ -51,7 +53,7 @@ class EngineWorker(QObject):
     def __init__(self, engine_factory: EngineFactory = default_engine_factory):
         super().__init__()
         self._factory = engine_factory
-        self._engine = None
+        self._engine: Optional[EngineLike] = None
 
     # -- slots (queued from EngineHost) ----------------------------------------------------------------------------
     @Slot(str, object, object)
@@ -100,7 +102,7 @@ class EngineWorker(QObject):
         QThread.currentThread().quit()
 
     # -- helpers ---------------------------------------------------------------------------------------------------
-    def _require_engine(self):
+    def _require_engine(self) -> EngineLike:
         if self._engine is None:
             raise ExplorerError("No model is loaded: pick a model first.")
         return self._engine
@@ -113,7 +115,7 @@ class EngineWorker(QObject):
             except Exception:  # noqa: BLE001 -- a failing close must not keep the next model from loading
                 pass
 
-    def _stream(self, run_id: int, start: Callable[[object], Iterable]) -> None:
+    def _stream(self, run_id: int, start: Callable[[EngineLike], Iterable]) -> None:
         pending: list = []
         last_emit = time.monotonic()
         try:
