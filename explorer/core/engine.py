@@ -21,6 +21,7 @@ from . import llama_backend as lb
 from .errors import ContextOverflowError, EngineError, ExplorerError
 from .models import read_gguf
 from .prefix import PrefixMixin, _Live, _Unit
+from .run_args import check_branch, check_generate
 from .sampling import Workspace, sample_step
 from .types import (
     GroupHeader, ModelInfo, Query, QueryGroup, Rollout, RolloutFinished, RolloutHeader, RunFinished, RunStarted,
@@ -186,12 +187,7 @@ class Engine(PrefixMixin):
                  cancel: Optional[threading.Event] = None, chat: bool = True,
                  system: Optional[str] = None) -> Iterator:
         """Stream k rollouts for each query (events, see types.py). Rollout i of a query uses seed + i."""
-        params.validate()
-        if k < 1:
-            raise ValueError(f"k must be >= 1 (got {k})")
-        if not queries:
-            raise ExplorerError("no queries to run")
-        qs = [q if isinstance(q, Query) else Query(str(q)) for q in queries]
+        qs = check_generate(queries, k, params)
         use_chat = self.uses_chat(chat)
         groups, units = [], []
         for qi, q in enumerate(qs):
@@ -212,16 +208,7 @@ class Engine(PrefixMixin):
                k: int = 1, params: Optional[SamplingParams] = None,
                cancel: Optional[threading.Event] = None) -> Iterator:
         """k new rollouts that keep the first `position` tokens of rollout_id, then (optionally) forced_token."""
-        params = params or SamplingParams()
-        params.validate()
-        if k < 1:
-            raise ValueError(f"k must be >= 1 (got {k})")
-        parent = next((r for r in group.rollouts if r.id == rollout_id), None)
-        if parent is None:
-            raise ExplorerError(f"no rollout {rollout_id} in group {group.id}")
-        if not 0 <= position <= len(parent.tokens):
-            raise ExplorerError(f"position {position} is outside rollout {rollout_id} (0..{len(parent.tokens)})")
-        kept = tuple(parent.tokens[:position])
+        params, parent, kept = check_branch(group, rollout_id, position, k, params)
         if kept and self.model.is_eog(kept[-1].id):
             raise ExplorerError(f"rollout {rollout_id} has ended at token {position - 1}: nothing follows it")
         if forced_token is not None and not 0 <= forced_token < self.model.n_vocab:

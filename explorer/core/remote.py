@@ -31,7 +31,8 @@ from dataclasses import dataclass, field
 from typing import Iterator, Optional, Sequence, Union
 
 from .errors import ExplorerError
-from .servers import Dialect, Http, RawToken, ServerError, ServerFacts, probe
+from .run_args import check_branch, check_generate
+from .servers import Http, RawToken, ServerError, probe
 from .types import (
     GroupHeader, ModelInfo, Query, QueryGroup, Rollout, RolloutFinished, RolloutHeader, RunFinished, RunStarted,
     SamplingParams, Score, Timings, TokenBatch, TokenEvent, TokenInfo, TopLogprob,
@@ -148,12 +149,7 @@ class RemoteEngine:
                  cancel: Optional[threading.Event] = None, chat: bool = True,
                  system: Optional[str] = None) -> Iterator:
         """Stream k rollouts for each query (events, see types.py). Rollout i of a query uses seed + i."""
-        params.validate()
-        if k < 1:
-            raise ValueError(f"k must be >= 1 (got {k})")
-        if not queries:
-            raise ExplorerError("no queries to run")
-        qs = [q if isinstance(q, Query) else Query(str(q)) for q in queries]
+        qs = check_generate(queries, k, params)
         use_chat = self.uses_chat(chat)
         groups, jobs = [], []
         for qi, q in enumerate(qs):
@@ -171,16 +167,7 @@ class RemoteEngine:
                k: int = 1, params: Optional[SamplingParams] = None,
                cancel: Optional[threading.Event] = None) -> Iterator:
         """k new rollouts that keep the first `position` tokens of rollout_id, then (optionally) forced_token."""
-        params = params or SamplingParams()
-        params.validate()
-        if k < 1:
-            raise ValueError(f"k must be >= 1 (got {k})")
-        parent = next((r for r in group.rollouts if r.id == rollout_id), None)
-        if parent is None:
-            raise ExplorerError(f"no rollout {rollout_id} in group {group.id}")
-        if not 0 <= position <= len(parent.tokens):
-            raise ExplorerError(f"position {position} is outside rollout {rollout_id} (0..{len(parent.tokens)})")
-        kept = tuple(parent.tokens[:position])
+        params, parent, kept = check_branch(group, rollout_id, position, k, params)
         prefix = list(group.prompt_token_ids) + [t.id for t in kept]
         if forced_token is not None:
             kept = kept + (self._forced_info(parent, position, prefix, forced_token, params.top_n),)

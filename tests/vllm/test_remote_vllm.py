@@ -20,8 +20,9 @@ from explorer.core.types import RolloutFinished, SamplingParams
 
 VLLM_PYTHON = os.environ.get("VLLM_PYTHON")
 MODEL_DIR = os.environ.get("VLLM_MODEL_DIR")
+RUNNING = os.environ.get("VLLM_URL")  # a vLLM already serving that folder (to rerun the suite without a cold start)
 pytestmark = [pytest.mark.vllm, pytest.mark.model,
-              pytest.mark.skipif(not (VLLM_PYTHON and MODEL_DIR), reason="run by `make test-vllm`")]
+              pytest.mark.skipif(not (RUNNING or (VLLM_PYTHON and MODEL_DIR)), reason="run by `make test-vllm`")]
 START_TIMEOUT_S = 400  # cold start measured at 60-90 s on 2 cores; the bound is generous, the wait is on readiness
 MEDIAN_BAND, WORST_BAND = 0.05, 0.6  # Q4_1 on CPU against its float32 dequantisation
 QUERY = "What is the capital of France?"
@@ -29,6 +30,9 @@ QUERY = "What is the capital of France?"
 
 @pytest.fixture(scope="module")
 def vllm_url():
+    if RUNNING:
+        yield RUNNING
+        return
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
