@@ -6,7 +6,7 @@
   - `rollout-explorer generate` of 200 rollouts x 256 tokens on the default model, against the same command
     generating 1 token (the model and the runtime alone).
 
-Peaks come from wait4() on each child (its own maximum resident set), not from timers.
+Peaks are each child's own VmHWM (see _peak_mb), not timers.
 """
 
 from __future__ import annotations
@@ -26,16 +26,28 @@ _WHOLE = ("import json, sys; from explorer.core import export; d = json.loads(op
 _IMPORTS = "import json, jsonschema; from explorer.core import export; export._validators()"
 
 
+_HWM = ("import atexit, os\n"
+        "def _hwm():\n"
+        "    with open('/proc/self/status') as f, open(os.environ['BENCH_HWM_FILE'], 'w') as out:\n"
+        "        out.write(next(line.split()[1] for line in f if line.startswith('VmHWM:')))\n"
+        "atexit.register(_hwm)\n")
+
+
 def _peak_mb(args: list[str]) -> float:
-    env = dict(os.environ, PYTHONPATH=str(ROOT), QT_QPA_PLATFORM="offscreen")
-    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    err = proc.stderr.read().decode("utf-8", "replace")
-    proc.stderr.close()
-    if proc.returncode not in (0,):
-        raise RuntimeError(f"{' '.join(args[:4])}... exited {proc.returncode}: {err[-300:]}")
-    return usage.ru_maxrss / 1024  # KiB on Linux
+    """The child's own peak resident set (VmHWM, per address space). Not its rusage: Linux carries a process's
+    maximum RSS across exec, so every child would report at least this (large) benchmark process's size."""
+    with tempfile.NamedTemporaryFile("r", suffix=".hwm") as hwm:
+        env = dict(os.environ, PYTHONPATH=str(ROOT), QT_QPA_PLATFORM="offscreen", BENCH_HWM_FILE=hwm.name)
+        if args[1] == "-c":
+            args = [args[0], "-c", _HWM + args[2], *args[3:]]
+        else:  # -m module ...: run it under the same hook
+            args = [args[0], "-c", _HWM + "import runpy, sys; sys.argv = sys.argv[1:]; "
+                    "runpy.run_module(sys.argv[0], run_name='__main__', alter_sys=True)", *args[2:]]
+        proc = subprocess.run(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                              errors="replace")
+        if proc.returncode != 0:
+            raise RuntimeError(f"{' '.join(args[-4:])} exited {proc.returncode}: {proc.stderr[-300:]}")
+        return int(hwm.read()) / 1024  # kB
 
 
 def _write_set(path: Path, target_mb: float) -> None:
