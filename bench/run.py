@@ -180,7 +180,9 @@ def main(argv=None) -> int:
         for module, function, title in (
                 ("tree_bench", "run_tree_bench", "Token tree (32 rollouts x 256 tokens, top-5 ghosts; target <= 33 ms "
                                                  "per repaint)"),
-                ("gui_bench", "run_gui_bench", "GUI event-loop stalls")):
+                ("gui_bench", "run_gui_bench", "GUI event-loop stalls"),
+                ("reliability_bench", "run_reliability_bench", "Memory with large inputs (peak RSS of a fresh "
+                                                               "process per case; target load <= 3x the file)")):
             bench = _optional_bench(module, function)
             if bench is not None:
                 log(f"{module} ...")

@@ -665,6 +665,26 @@ def _group_ok(d: dict) -> bool:
 _SCREENS = {"rollout": _rollout_ok, "score": _score_ok, "group": _group_ok}
 
 
+def token_to_json(t: TokenInfo) -> dict:
+    """One token as the file holds it (the journal writes tokens one batch at a time)."""
+    return _token_dict(t)
+
+
+def rollout_to_json(r: Rollout) -> dict:
+    return _rollout_dict(r)
+
+
+def token_from_json(d: Any, where: str, pieces: dict) -> TokenInfo:
+    """One token read back, checked like a token of a file; RolloutFileError with `where` otherwise."""
+    _check_tokens([d], where)
+    return _converted(lambda: _token_from(d, pieces), where)
+
+
+def rollout_from_json(d: Any, where: str, pieces: dict) -> Rollout:
+    _check_part(d, "rollout", where)
+    return _converted(lambda: _rollout_from(d, where, pieces), where)
+
+
 def _check_part(obj: Any, kind: str, where: str) -> None:
     from jsonschema.exceptions import best_match
 
