@@ -169,7 +169,7 @@ def _one_run(window, recorder: _Recorder, k: int, n_tokens: int, timeout_s: floa
     g0, g1 = stamps[worst_at], stamps[worst_at + 1]
     inside = sorted(((n, (e - s) * 1000.0) for n, s, e in recorder.spans if s >= g0 - 1e-4 and e <= g1 + 1e-4),
                     key=lambda item: -item[1])
-    tokens = window.collector.tokens_done if window.collector is not None else 0
+    tokens = window.session.tokens_done if window.session is not None else 0
     if recorder.totals:
         print("  event time by kind (count, total ms):", file=sys.stderr)
         for name, (count, total) in sorted(recorder.totals.items(), key=lambda kv: -kv[1][1])[:14]:
@@ -252,13 +252,13 @@ def run_gui_bench(k: int = 8, n_tokens: int = 96, runs: int = 3, model_path: Opt
 
     recorder.wrap(window, "drain", "drain (whole tick)")  # the refresh timer's tick calls self.drain()
     recorder.wrap(window, "_feed_trees", "feed trees (per event)")
-    recorder.wrap(window.panes, "refresh", "panes.refresh")
-    recorder.wrap(window.panes, "show_group", "panes.show_group")
-    if window.tree_view is not None:
-        recorder.wrap(window.tree_view, "refresh", "tree_view.refresh")
-        recorder.wrap(window.tree_view, "set_tree", "tree_view.set_tree")
-    if window.side_plot is not None:
-        recorder.wrap(window.side_plot, "refresh", "side_plot.refresh")
+    recorder.wrap(window.views.panes, "refresh", "panes.refresh")
+    recorder.wrap(window.views.panes, "show_group", "panes.show_group")
+    if window.views.tree_view is not None:
+        recorder.wrap(window.views.tree_view, "refresh", "tree_view.refresh")
+        recorder.wrap(window.views.tree_view, "set_tree", "tree_view.set_tree")
+    if window.views.side_plot is not None:
+        recorder.wrap(window.views.side_plot, "refresh", "side_plot.refresh")
     recorder.wrap(window, "_sync_tabs", "sync tabs")
     recorder.wrap(window.status, "update_run", "status.update_run")
 

@@ -10,7 +10,6 @@ import math
 import signal
 import sys
 import threading
-from dataclasses import replace
 from typing import TYPE_CHECKING, Optional, Sequence
 
 if TYPE_CHECKING:  # the CLI imports the engine lazily: --help must not load llama.cpp
@@ -167,10 +166,9 @@ def _connect(args) -> EngineLike:
 
 def cmd_generate(args) -> int:
     from .core import export
-    from .core.collect import RunCollector
     from .core.queries import check_text, read_query_file
-    from .core.rewards import apply_rewards, load_reward
-    from .core.stats import group_stats
+    from .core.rewards import load_reward
+    from .core.session import LOCAL_RUN, Session
     from .core.types import Query, SamplingParams, TokenBatch
 
     for i, text in enumerate(args.queries):
@@ -185,10 +183,7 @@ def cmd_generate(args) -> int:
     params = SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
                             repeat_penalty=args.repeat_penalty, max_tokens=args.max_tokens, seed=args.seed,
                             top_n=args.top_n, stop=tuple(args.stop))
-    try:
-        params.validate()
-    except ValueError as exc:
-        raise _UsageError(str(exc)) from None
+    params.validate()  # a SamplingParamsError (an ExplorerError) names each bad value
     if args.system is not None:
         check_text(args.system, "the system prompt")
     if args.reward_time_limit is not None and not (0 < args.reward_time_limit <= 86400):
@@ -197,7 +192,7 @@ def cmd_generate(args) -> int:
     reward_fn = load_reward(args.reward, args.reward_time_limit) if args.reward else None
     engine = _load_engine(args)
     info = engine.info
-    collector = RunCollector(info, params)
+    session = Session(info, params)
     progress = _Progress(len(queries) * args.k * args.max_tokens)
     cancel = threading.Event()
     interrupted = False
@@ -216,29 +211,24 @@ def cmd_generate(args) -> int:
     run_error = None
     try:
         for event in engine.generate(queries, args.k, params, cancel=cancel, chat=not args.raw, system=args.system):
-            collector.add(event)
+            session.feed(LOCAL_RUN, (event,))
             if isinstance(event, TokenBatch):
                 progress.update(len(event.events))
     except ExplorerError as exc:  # a server failing mid-run: what arrived is still written, then exit 2
-        if not collector.group_ids:
+        if not session.group_ids:
             raise
         run_error = exc
     finally:
         signal.signal(signal.SIGINT, previous)
         engine.close()
-    t = collector.timings
-    progress.close(f"{collector.tokens_done} tokens in {t.generation_s:.1f} s ({t.tokens_per_s:.1f} tokens/s)"
+    t = session.timings
+    progress.close(f"{session.tokens_done} tokens in {t.generation_s:.1f} s ({t.tokens_per_s:.1f} tokens/s)"
                    f" on {info.backend}")
-    for group in collector.groups("cancelled"):
-        if reward_fn is None:  # diversity statistics need no reward
-            collector.update_group(replace(group, stats=group_stats(group)))
-            continue
-        rewarded = apply_rewards(group, reward_fn, normalize_std=not args.no_std)
-        collector.update_group(rewarded)
-        for r in rewarded.rollouts:
-            if r.reward_error:
-                sys.stderr.write(f"{r.id}: reward is null: {r.reward_error}\n")
-    export.save(collector.rollout_set("cancelled"), args.output)
+    # every group is rewarded (or gets its diversity statistics) over its finished rollouts, as in the window
+    session.set_reward(reward_fn, divide_by_std=not args.no_std)
+    for rollout_id, why in session.reward_errors():
+        sys.stderr.write(f"{rollout_id}: reward is null: {why}\n")
+    export.save(session.rollout_set("cancelled"), args.output)
     if args.output != "-":
         sys.stderr.write(f"wrote {args.output}" + (" (partial)" if run_error else "") + "\n")
     if run_error is not None:
@@ -258,8 +248,8 @@ def _fmt_prob(logprob: float) -> str:
 
 def cmd_score(args) -> int:
     from .core import export
-    from .core.collect import RunCollector
     from .core.queries import check_text
+    from .core.session import Session
     from .core.types import QueryGroup, SamplingParams
 
     check_text(args.query, "the query")
@@ -284,10 +274,10 @@ def cmd_score(args) -> int:
         resp = s.response if len(s.response) <= width else s.response[: width - 1] + "…"
         print(f"{resp:<{width}}  {s.logprob:>12.4f}  {_fmt_prob(s.logprob):>11}  {ppl:>10}  {len(s.tokens)}", file=out)
     if args.output:
-        collector = RunCollector(info, SamplingParams(top_n=args.top_n))
-        collector.add_group(QueryGroup(id="q0", query=args.query, chat=chat, prompt=prompt,
-                                       prompt_token_ids=prompt_ids, scores=scores))
-        export.save(collector.rollout_set(), args.output)
+        session = Session(info, SamplingParams(top_n=args.top_n))
+        session.add_group(QueryGroup(id="q0", query=args.query, chat=chat, prompt=prompt,
+                                     prompt_token_ids=prompt_ids, scores=scores))
+        export.save(session.rollout_set(), args.output)
     return 0
 
 
@@ -334,7 +324,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         args = parser.parse_args(["gui"])
     try:
         return COMMANDS[args.command](args)
-    except (ExplorerError, _UsageError, ValueError) as exc:
+    except (ExplorerError, _UsageError) as exc:  # the user's input; anything else is a bug and shows its traceback
         sys.stderr.write(f"rollout-explorer {args.command}: {exc}\n")
         return EXIT_USAGE
     except KeyboardInterrupt:

@@ -27,3 +27,7 @@ class RewardError(ExplorerError):
 
 class LoadCancelled(ExplorerError):
     """The user stopped reading a file (the window's Cancel on a large set's progress)."""
+
+
+class SamplingParamsError(ExplorerError):
+    """Sampling parameters out of range (temperature < 0, top-p outside (0, 1], ...); names each one."""

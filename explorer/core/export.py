@@ -29,7 +29,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Generator, Iterable, Iterator, Optional, Union
 
-from .errors import LoadCancelled, RolloutFileError
+from .errors import LoadCancelled, RolloutFileError, SamplingParamsError
 from .types import (
     FINISH_REASONS,
     ModelInfo,
@@ -103,8 +103,13 @@ def _sequence_dict(seq: Union[Rollout, Score]) -> dict:
     }
 
 
+def _sampling_dict(sampling: SamplingParams) -> dict:
+    return {f.name: _plain(getattr(sampling, f.name)) for f in fields(SamplingParams)}
+
+
 def _rollout_dict(r: Rollout) -> dict:
     seq = _sequence_dict(r)
+    own = {} if r.sampling is None else {"sampling": _sampling_dict(r.sampling)}  # additive: a branch's own
     return {
         "id": r.id,
         "index": int(r.index),
@@ -122,6 +127,7 @@ def _rollout_dict(r: Rollout) -> dict:
         "reward": _num(r.reward),
         "advantage": _num(r.advantage),
         "reward_error": r.reward_error,
+        **own,
     }
 
 
@@ -159,7 +165,7 @@ def to_dict(rs: RolloutSet) -> dict:
         "version": VERSION,
         "created_at": rs.created_at or now_iso(),
         "model": {f.name: _plain(getattr(rs.model, f.name)) for f in fields(ModelInfo)},
-        "sampling": {f.name: _plain(getattr(rs.sampling, f.name)) for f in fields(SamplingParams)},
+        "sampling": _sampling_dict(rs.sampling),
         "timings": {f.name: _num(getattr(rs.timings, f.name)) for f in fields(Timings)},
         "groups": [_group_dict(g) for g in rs.groups],
     }
@@ -278,6 +284,17 @@ def _opt_float(x: Optional[float]) -> Optional[float]:
     return None if x is None else float(x)
 
 
+def _sampling_from(d: dict, where: str) -> SamplingParams:
+    fields_d = _known(SamplingParams, d)
+    fields_d["stop"] = tuple(fields_d.get("stop", ()))
+    sampling = SamplingParams(**fields_d)
+    try:
+        sampling.validate()
+    except SamplingParamsError as e:
+        raise RolloutFileError(f"at {where}: {e}") from None
+    return sampling
+
+
 def _rollout_from(d: dict, where: str, pieces: dict) -> Rollout:
     return Rollout(
         id=d["id"],
@@ -291,6 +308,7 @@ def _rollout_from(d: dict, where: str, pieces: dict) -> Rollout:
         reward=_opt_float(d.get("reward")),
         advantage=_opt_float(d.get("advantage")),
         reward_error=d.get("reward_error"),
+        sampling=None if d.get("sampling") is None else _sampling_from(d["sampling"], f"{where}.sampling"),
     )
 
 
@@ -329,13 +347,7 @@ def from_dict(d: dict) -> RolloutSet:
     sampling values pass SamplingParams.validate(). Raises RolloutFileError.
     """
     try:
-        sampling_d = _known(SamplingParams, d["sampling"])
-        sampling_d["stop"] = tuple(sampling_d.get("stop", ()))
-        sampling = SamplingParams(**sampling_d)
-        try:
-            sampling.validate()
-        except ValueError as e:
-            raise RolloutFileError(f"at $.sampling: {e}") from None
+        sampling = _sampling_from(d["sampling"], "$.sampling")
         timings = Timings(**{k: 0.0 if v is None else float(v) for k, v in _known(Timings, d["timings"]).items()})
         pieces: dict = {}
         groups = tuple(_group_from(g, f"$.groups[{i}]", pieces) for i, g in enumerate(d["groups"]))

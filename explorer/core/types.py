@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Optional, Union
 
+from .errors import SamplingParamsError
+
 FINISH_REASONS = ("stop", "length", "stop_string", "cancelled")
 
 
@@ -55,7 +57,7 @@ class SamplingParams:
         if any(s == "" for s in self.stop):
             problems.append("stop strings must not be empty")
         if problems:
-            raise ValueError("; ".join(problems))
+            raise SamplingParamsError("; ".join(problems))
 
 
 @dataclass(frozen=True, slots=True)  # millions per large set: no __dict__ each
@@ -138,6 +140,8 @@ class Rollout(_TokenSequence):
     reward: Optional[float] = None
     advantage: Optional[float] = None
     reward_error: Optional[str] = None
+    # the parameters that drew it when they are not its set's (a branch run with other controls); None: the set's
+    sampling: Optional[SamplingParams] = None
 
 
 @dataclass(frozen=True)

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from PySide6.QtGui import QAction, QActionGroup, QKeySequence
-from PySide6.QtWidgets import QMessageBox
+from PySide6.QtWidgets import QMenu, QMessageBox
 
 if TYPE_CHECKING:
     from .main_window import MainWindow
@@ -37,23 +36,36 @@ def _action(window, text: str, slot, shortcut=None, tip: str = "") -> QAction:
     return action
 
 
-def build_menus(window: "MainWindow") -> dict[str, QAction]:
-    bar = window.menuBar()
-    a: dict[str, QAction] = {}
+class MenuActions(dict):
+    """The window's actions by name, and the Open recent menu (FileActions fills it)."""
 
+    def __init__(self, recent_menu: QMenu):
+        super().__init__()
+        self.recent_menu = recent_menu
+
+    def show_shading(self, mode: str) -> None:
+        """Check the shading entry of the mode the views show."""
+        self["shade_prob" if mode == "prob" else "shade_entropy"].setChecked(True)
+
+
+def build_menus(window: "MainWindow") -> MenuActions:
+    bar = window.menuBar()
     file_menu = bar.addMenu("&File")
+    recent_menu = QMenu("Open &recent", file_menu)
+    a = MenuActions(recent_menu)
+
     a["open_model"] = _action(window, "Open &model…", window.controls.open_model_dialog, "Ctrl+Shift+O",
                               "Load a .gguf model")
-    a["open_set"] = _action(window, "&Open rollout set…", window.open_rollout_set_dialog, QKeySequence.StandardKey.Open,
+    a["open_set"] = _action(window, "&Open rollout set…", window.files.open_rollout_set_dialog, QKeySequence.StandardKey.Open,
                             "Show a saved rollout set read-only, without loading a model")
-    a["export"] = _action(window, "&Export rollout set…", window.export_dialog, QKeySequence.StandardKey.Save,
+    a["export"] = _action(window, "&Export rollout set…", window.files.export_dialog, QKeySequence.StandardKey.Save,
                           "Save the rollouts as JSON (schema v1)")
-    a["export_jsonl"] = _action(window, "Export &JSONL…", window.export_jsonl_dialog, None,
+    a["export_jsonl"] = _action(window, "Export &JSONL…", window.files.export_jsonl_dialog, None,
                                 "One rollout per line, for RL tooling")
     a["quit"] = _action(window, "&Quit", window.close, QKeySequence.StandardKey.Quit)
     file_menu.addAction(a["open_model"])
     file_menu.addAction(a["open_set"])
-    window.recent_menu = file_menu.addMenu("Open &recent")
+    file_menu.addMenu(recent_menu)
     file_menu.addSeparator()
     file_menu.addAction(a["export"])
     file_menu.addAction(a["export_jsonl"])
@@ -71,13 +83,13 @@ def build_menus(window: "MainWindow") -> dict[str, QAction]:
     shading = QActionGroup(window)
     for key, text, shortcut, mode in (("shade_prob", "Shade by &probability", "Ctrl+1", "prob"),
                                       ("shade_entropy", "Shade by &entropy", "Ctrl+2", "entropy")):
-        action = _action(window, text, lambda _=False, m=mode: window.set_shading(m), shortcut)
+        action = _action(window, text, lambda _=False, m=mode: window.views.set_shading(m), shortcut)
         action.setCheckable(True)
         shading.addAction(action)
         view_menu.addAction(action)
         a[key] = action
     a["shade_prob"].setChecked(True)
-    a["compact"] = _action(window, "&Compact panes", window.set_compact)
+    a["compact"] = _action(window, "&Compact panes", window.views.set_compact)
     a["compact"].setCheckable(True)
     a["compact"].setToolTip("Narrow panes (automatic for k > 8)")
     view_menu.addAction(a["compact"])
@@ -88,17 +100,6 @@ def build_menus(window: "MainWindow") -> dict[str, QAction]:
     help_menu.addAction(a["shortcuts"])
     help_menu.addAction(a["about"])
     return a
-
-
-def fill_recent_menu(window: "MainWindow", paths: list[str]) -> None:
-    menu = window.recent_menu
-    menu.clear()
-    for path in paths:
-        action = menu.addAction(Path(path).name)
-        action.setToolTip(path)
-        action.setStatusTip(path)
-        action.triggered.connect(lambda _=False, p=path: window.open_path(p))
-    menu.setEnabled(bool(paths))
 
 
 def shortcuts_html() -> str:

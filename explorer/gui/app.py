@@ -93,8 +93,8 @@ class ScriptedSession:
         window.run_done.connect(self._on_run_done)
         self._score_started = False
         self._score_request = None
-        window.host.finished.connect(self._on_request_finished)
-        window.host.failed.connect(self._on_failed)
+        window.runs.host.finished.connect(self._on_request_finished)
+        window.runs.host.failed.connect(self._on_failed)
 
     def error(self, title: str, message: str) -> None:
         print(f"rollout-explorer: {title}: {message}", file=sys.stderr)
@@ -130,7 +130,7 @@ class ScriptedSession:
             responses = _arg(self.args, "score", [])
             if responses and not self._score_started:
                 self._score_started = True
-                self._score_request = self.window.request_score(self.window.current_group_id(), list(responses))
+                self._score_request = self.window.request_score(self.window.views.current_group_id(), list(responses))
                 if self._score_request is None:
                     self._fail()
                 return
@@ -141,9 +141,9 @@ class ScriptedSession:
         if request == self._score_request and not self.failed:
             QTimer.singleShot(0, self._finish)
 
-    def _on_failed(self, request: int, message: str) -> None:
+    def _on_failed(self, request: int, message) -> None:
         if request == self._score_request:
-            self.error("Scoring failed", message)
+            self.error("Scoring failed", str(message))
 
     def _finish(self) -> None:
         self.app.processEvents()  # let the last layout changes settle before the grab
@@ -152,7 +152,7 @@ class ScriptedSession:
             self.error("Cannot save the screenshot", f"{screenshot}: Qt could not write the image")
             return
         export_path = _arg(self.args, "export")
-        if export_path and not self.window.export_rollout_set(str(export_path)):
+        if export_path and not self.window.files.export_rollout_set(str(export_path)):
             self._fail()
             return
         if _arg(self.args, "quit", False):
@@ -188,13 +188,13 @@ def run_gui(args, engine_factory: Callable = default_engine_factory, settings: O
     if reward_fn is not None:
         window.controls.reward_box.set_spec(reward_spec, reward_fn)
     if not model and not scripted:
-        model = window.startup_model()
+        model = window.window_settings.startup_model()
     window.show()
     if scripted:
         session = ScriptedSession(app, window, args)
         session.start(model)
     else:
-        QTimer.singleShot(0, window.offer_recovery)
+        QTimer.singleShot(0, window.files.offer_recovery)
         if model:
             window.load_model(model)
     code = app.exec()

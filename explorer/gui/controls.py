@@ -26,6 +26,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from ..core.errors import SamplingParamsError
 from ..core.models import ModelEntry, format_params, format_size
 from ..core.queries import SEED_QUERIES
 from ..core.types import ModelInfo, Query, SamplingParams
@@ -381,7 +382,7 @@ class ControlPanel(QWidget):
             params = SamplingParams(**fields)
             params.validate()
             self.set_sampling_params(params)
-        except (TypeError, ValueError):
+        except (TypeError, SamplingParamsError):  # a settings file from another version: the defaults stay
             pass
         for key, widget in (("k", self.k_spin), ("gpu_layers", self.gpu_layers), ("n_ctx", self.n_ctx)):
             if isinstance(state.get(key), int):

@@ -1,7 +1,9 @@
-"""The main window: wiring between the controls, the engine worker, the views, the status bar and the files.
+"""The main window: it builds its parts, wires them together and closes them.
 
-Events from the worker are only buffered when they arrive; a ~30 Hz timer drains the buffer into the RunCollector
-and the token trees and asks the views to refresh, so a burst of tokens costs one repaint, never one per token.
+The parts each own their state: the RunController (engine host, the Session shown, the run drawn, pending events,
+the drain timer), the ViewsPanel (tabs, panes, tree, side plot, scoring, statistics), FileActions (open, export,
+recent files, autosave, recovery), WindowSettings, the StatusPanel and the RewardStatus. The window keeps only what
+is about the window itself: the model loaded, the dialogs, and the error log.
 """
 
 from __future__ import annotations
@@ -10,39 +12,29 @@ import gc
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Callable, Optional
 
-from PySide6.QtCore import QSettings, Qt, QTimer, Signal, Slot
-from PySide6.QtWidgets import (
-    QHBoxLayout,
-    QMainWindow,
-    QMessageBox,
-    QScrollArea,
-    QSplitter,
-    QTabBar,
-    QVBoxLayout,
-    QWidget,
-)
+from PySide6.QtCore import QSettings, QStandardPaths, Qt, QTimer, Signal, Slot
+from PySide6.QtWidgets import QMainWindow, QMessageBox, QScrollArea, QSplitter
 
-from ..core.collect import RunCollector
+from ..core.errors import SamplingParamsError
 from ..core.models import discover_models
-from ..core.types import ModelInfo
+from ..core.session import Session
+from ..core.types import ModelInfo, RolloutSet
 from .actions import build_menus
 from .controls import ControlPanel
-from .recovery import AUTOSAVE_INTERVAL_MS, RecoveryStore
-from .stats_panel import StatsPanel
+from .file_actions import FileActions, dropped_path
+from .reward_status import RewardStatus
+from .run_controller import RunController
 from .status import StatusPanel
-from .window_files import WindowFilesMixin
-from .window_rewards import WindowRewardsMixin
-from .window_views import WindowViewsMixin
-from .panes import RolloutPanes
-from .scoring import ScoringPanel
-from .side_plot import SidePlot
-from .tree_view import TokenTreeView
-from .worker import EngineHost, default_engine_factory
+from .views import ViewsPanel
+from .window_settings import WindowSettings
+from .worker import Failure, default_engine_factory, keep_until_finished
 
-REFRESH_INTERVAL_MS = 33
 STATUS_INTERVAL_S = 0.2
+MESSAGE_MS = 20000  # a failure message stays long enough to be read
+ERROR_LOG = "errors.log"
 _startup_frozen = False
 ErrorSink = Callable[[str, str], None]
 Asker = Callable[[str, str], bool]
@@ -58,7 +50,24 @@ def _freeze_startup_objects() -> None:
         gc.freeze()
 
 
-class MainWindow(WindowViewsMixin, WindowFilesMixin, WindowRewardsMixin, QMainWindow):
+def error_log_path() -> Path:
+    return Path(QStandardPaths.writableLocation(QStandardPaths.StandardLocation.AppDataLocation)) / ERROR_LOG
+
+
+def log_traceback(title: str, trace: str, log_dir: Optional[Path] = None) -> None:
+    """A bug's traceback goes to stderr and to the error log in the app's data folder (best effort)."""
+    text = f"rollout-explorer: {title}\n{trace.rstrip()}\n"
+    sys.stderr.write(text)
+    path = (log_dir / ERROR_LOG) if log_dir is not None else error_log_path()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {text}")
+    except OSError as exc:
+        sys.stderr.write(f"rollout-explorer: cannot write {path}: {exc}\n")
+
+
+class MainWindow(QMainWindow):
     model_ready = Signal(object)  # ModelInfo, after a load succeeded
     model_load_failed = Signal(str)
     run_done = Signal(bool, bool)  # cancelled, failed: the current run (or branch) has ended and been drawn
@@ -78,155 +87,104 @@ class MainWindow(WindowViewsMixin, WindowFilesMixin, WindowRewardsMixin, QMainWi
         self._show_error_impl = show_error or self._error_dialog
         self._ask_impl = ask or self._question_dialog
         self._discover = discover
-        self.recovery = RecoveryStore(recovery_dir, enabled=persist)
-
-        self.host = EngineHost(engine_factory)
-        w = self.host  # its signals arrive on this (the GUI) thread
-        w.model_loading.connect(self._on_model_loading)
-        w.model_loaded.connect(self._on_model_loaded)
-        w.model_failed.connect(self._on_model_failed)
-        w.events.connect(self._on_events)
-        w.scores_ready.connect(self._on_scores)
-        w.failed.connect(self._on_failed)
-        w.finished.connect(self._on_finished)
-
+        self._log_dir = Path(recovery_dir) if recovery_dir is not None else None
         self.model_info: Optional[ModelInfo] = None
         self.model_loading = False
-        self.collector: Optional[RunCollector] = None
-        self.trees: dict = {}
-        self.read_only_path: Optional[str] = None
-        self._run_id: Optional[int] = None  # the generate or branch run being drawn
-        self._accepted: set[int] = set()  # runs whose events feed the current collector (a generate and its branches)
-        self._score_requests: dict[int, tuple[RunCollector, str]] = {}
-        self._pending: list = []
-        self._run_failed = False
         self._closed = False
-        self._dirty_since_autosave = False
+        self._sized = False
         self._status_shown_at = 0.0
 
-        self._models_found.connect(self._on_models_found)
+        self.runs = RunController(engine_factory, self)
+        self.files = FileActions(self, recovery_dir, persist)
+        self.window_settings = WindowSettings(self, self.settings)
+        self.controls = ControlPanel()
+        self.views = ViewsPanel(self.is_running)
+        self.main_splitter = QSplitter(Qt.Orientation.Horizontal)
         self._build_layout()
-        self.actions = build_menus(self)
+        self.menu_actions = build_menus(self)
+        self.files.recent_menu = self.menu_actions.recent_menu
         self.status = StatusPanel(self.statusBar())
-        self._init_rewards()
+        self.reward_status = RewardStatus("")
+        self.statusBar().insertPermanentWidget(0, self.reward_status)
+        self._wire()
 
-        self._refresh_timer = QTimer(self)
-        self._refresh_timer.setInterval(REFRESH_INTERVAL_MS)
-        self._refresh_timer.timeout.connect(self._tick)
-        self._autosave_timer = QTimer(self)
-        self._autosave_timer.setInterval(AUTOSAVE_INTERVAL_MS)
-        self._autosave_timer.timeout.connect(self.autosave)
-
-        self._splitters_restored = False
         if persist:  # a scripted run starts from the defaults and its arguments, whatever the user last used
-            self.restore_settings()
-        self.refresh_recent_menu()
+            self.window_settings.restore()
+        self.files.refresh_recent_menu()
         self._set_running(False)
+        self._update_reward_status()
         if self._discover is not None:
             QTimer.singleShot(0, self.refresh_models)
         _freeze_startup_objects()
 
-    # -- layout ----------------------------------------------------------------------------------------------------
+    # -- construction ----------------------------------------------------------------------------------------------
     def _build_layout(self) -> None:
-        self.controls = ControlPanel()
-        self.controls.run_requested.connect(self.run)
-        self.controls.stop_requested.connect(self.stop)
-        self.controls.model_chosen.connect(self.load_model)
-        self.controls.reload_requested.connect(self.reload_model)
-        self.controls.error.connect(self.show_error)
         side = QScrollArea()
         side.setWidgetResizable(True)
         side.setWidget(self.controls)
         side.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         side.setMinimumWidth(self.controls.minimumSizeHint().width() + 24)
-
-        self.group_tabs = QTabBar()
-        self.group_tabs.setExpanding(False)
-        self.group_tabs.setDocumentMode(True)
-        self.group_tabs.setElideMode(Qt.TextElideMode.ElideRight)
-        self.group_tabs.currentChanged.connect(self._on_tab_changed)
-        header = QHBoxLayout()
-        header.setContentsMargins(4, 2, 4, 0)
-        header.addWidget(self.group_tabs, 1)
-
-        # The panes bring their own legend, shading and sort choices.
-        self.panes = RolloutPanes()
-        self.panes.token_clicked.connect(self._on_token_clicked)
-        if hasattr(self.panes, "shading_changed"):
-            self.panes.shading_changed.connect(self._on_shading_changed)
-        panes_area = QWidget()
-        v = QVBoxLayout(panes_area)
-        v.setContentsMargins(0, 0, 0, 0)
-        v.setSpacing(2)
-        v.addLayout(header)
-        v.addWidget(self.panes, 1)
-
-        # The token tree (issue 4) sits under the panes in the same vertical splitter.
-        self.tree_view = TokenTreeView()
-        self.tree_view.token_selected.connect(self._on_tree_token)
-        self.tree_view.node_selected.connect(lambda _gid, ids: self.panes.highlight_rollouts(list(ids)))
-        self.tree_view.branch_requested.connect(self.request_branch)
-        self.controls.k_spin.valueChanged.connect(self.tree_view.set_branch_k)
-        self.tree_view.set_branch_k(self.controls.k())
-        self.scoring = ScoringPanel()
-        self.scoring.score_requested.connect(self.request_score)
-
-        # Under the panes: the token tree (with its per-position plot) beside the scoring panel.
-        self.bottom_splitter = QSplitter(Qt.Orientation.Horizontal)
-        self.bottom_splitter.setChildrenCollapsible(False)
-        tree_area = QSplitter(Qt.Orientation.Vertical)
-        tree_area.addWidget(self.tree_view)
-        self.side_plot = SidePlot()
-        self.side_plot.follow(self.tree_view)
-        tree_area.addWidget(self.side_plot)
-        tree_area.setSizes([280, 170])
-        self.bottom_splitter.addWidget(tree_area)
-        # the selected query's statistics sit under the scoring panel, which gets the spare height
-        self.stats_panel = StatsPanel()
-        score_side = QWidget()
-        sv = QVBoxLayout(score_side)
-        sv.setContentsMargins(0, 0, 0, 0)
-        sv.setSpacing(4)
-        sv.addWidget(self.scoring, 1)
-        sv.addWidget(self.stats_panel)
-        self.bottom_splitter.addWidget(score_side)
-        self.bottom_splitter.setSizes([600, 480])
-
-        self.right_splitter = QSplitter(Qt.Orientation.Vertical)
-        self.right_splitter.addWidget(panes_area)
-        self.right_splitter.addWidget(self.bottom_splitter)
-        self.right_splitter.setStretchFactor(0, 1)
-        self.right_splitter.setStretchFactor(1, 1)
-        self.right_splitter.setChildrenCollapsible(False)
-        self.right_splitter.setSizes([400, 450])
-
-        self.main_splitter = QSplitter(Qt.Orientation.Horizontal)
         self.main_splitter.addWidget(side)
-        self.main_splitter.addWidget(self.right_splitter)
+        self.main_splitter.addWidget(self.views)
         self.main_splitter.setStretchFactor(0, 0)
         self.main_splitter.setStretchFactor(1, 1)
         self.main_splitter.setSizes([300, 1140])
         self.setCentralWidget(self.main_splitter)
         self.resize(1440, 900)
 
+    def _wire(self) -> None:
+        host = self.runs.host  # its signals arrive on this (the GUI) thread
+        host.model_loading.connect(self._on_model_loading)
+        host.model_loaded.connect(self._on_model_loaded)
+        host.model_failed.connect(self._on_model_failed)
+        self.runs.session_replaced.connect(lambda: self.views.show_session(self.runs.session))
+        self.runs.ticked.connect(lambda: self.drain(spread=True))
+        self.runs.run_ended.connect(self._on_run_ended)
+        self.runs.run_failed.connect(lambda failure: self.report_failure("The run failed", failure))
+        self.runs.scores_arrived.connect(self.views.show_scores)
+        self.runs.score_failed.connect(lambda failure: self.report_failure("Scoring failed", failure))
+        self.runs.score_done.connect(lambda: self.views.scoring.set_busy(False))
+        self.controls.run_requested.connect(self.run)
+        self.controls.stop_requested.connect(self.stop)
+        self.controls.model_chosen.connect(self.load_model)
+        self.controls.reload_requested.connect(self.reload_model)
+        self.controls.error.connect(self.show_error)
+        self.controls.reward_box.changed.connect(self.reapply_rewards)
+        self.controls.k_spin.valueChanged.connect(self.views.tree_view.set_branch_k)
+        self.views.tree_view.set_branch_k(self.controls.k())
+        self.views.tree_view.branch_requested.connect(self.request_branch)
+        self.views.scoring.score_requested.connect(self.request_score)
+        self.views.shading_changed.connect(self.menu_actions.show_shading)
+        self.views.group_changed.connect(lambda _gid: self._update_reward_status())
+        self._models_found.connect(self._on_models_found)
+
     def showEvent(self, event) -> None:  # noqa: N802 (Qt override)
         super().showEvent(event)
-        if not self._splitters_restored and not getattr(self, "_sized", False):
+        if not self.window_settings.splitters_restored and not self._sized:
             self._sized = True
-            QTimer.singleShot(0, self._default_splitter_sizes)
+            QTimer.singleShot(0, self.views.default_sizes)  # sizes given before the window shows are not kept
 
-    def _default_splitter_sizes(self) -> None:
-        """First start: split the space by proportion once the real sizes are known (sizes given before the
-        window is shown are not kept in proportion)."""
-        h, w = max(self.right_splitter.height(), 400), max(self.bottom_splitter.width(), 600)
-        self.right_splitter.setSizes([int(h * 0.46), h - int(h * 0.46)])
-        if self.bottom_splitter.count() == 2:
-            self.bottom_splitter.setSizes([int(w * 0.57), w - int(w * 0.57)])
+    # -- what the parts ask the window -----------------------------------------------------------------------------
+    @property
+    def session(self) -> Optional[Session]:
+        return self.runs.session
 
-    # -- dialogs ---------------------------------------------------------------------------------------------------
+    def is_running(self) -> bool:
+        return self.runs.is_running()
+
+    # -- dialogs and errors ----------------------------------------------------------------------------------------
     def show_error(self, title: str, message: str) -> None:
         self.error_shown.emit(title, message)
         self._show_error_impl(title, message)
+
+    def report_failure(self, title: str, failure: Failure) -> None:
+        """A failure from the worker: the message for the user; a bug's traceback to stderr and the error log."""
+        if not failure.user_error:
+            log_traceback(title, failure.traceback, self._log_dir)
+        self.show_error(title, str(failure))
+
+    def report_bug(self, title: str, message: str, exc: BaseException) -> None:
+        self.report_failure(title, Failure(type(exc).__name__, message, Failure.of(exc).traceback, False))
 
     def ask(self, title: str, question: str) -> bool:
         return self._ask_impl(title, question)
@@ -246,8 +204,8 @@ class MainWindow(WindowViewsMixin, WindowFilesMixin, WindowRewardsMixin, QMainWi
         def work() -> None:
             try:
                 entries = self._discover()
-            except Exception as exc:  # noqa: BLE001 -- discovery never raises by contract; be safe anyway
-                print(f"rollout-explorer: model discovery failed: {exc}", file=sys.stderr)
+            except Exception as exc:  # noqa: BLE001 -- discovery never raises by contract; log a bug anyway
+                log_traceback(f"model discovery failed: {exc}", Failure.of(exc).traceback, self._log_dir)
                 return
             self._models_found.emit(entries)
 
@@ -267,8 +225,8 @@ class MainWindow(WindowViewsMixin, WindowFilesMixin, WindowRewardsMixin, QMainWi
     @Slot(str)
     def load_model(self, path: str) -> None:
         self.controls.select_model_path(str(path))
-        self.host.stop_all()  # the worker loads after the current run has ended; end it now
-        self.host.load_model(str(path), self.controls.n_gpu_layers(), self.controls.context_size())
+        self.runs.host.stop_all()  # the worker loads after the current run has ended; end it now
+        self.runs.host.load_model(str(path), self.controls.n_gpu_layers(), self.controls.context_size())
 
     def reload_model(self) -> None:
         path = self.controls.current_model_path()
@@ -292,23 +250,20 @@ class MainWindow(WindowViewsMixin, WindowFilesMixin, WindowRewardsMixin, QMainWi
         self.status.end_loading()
         self.status.set_model(info)
         if self.persist:
-            self.settings.setValue("last_model", info.path)
+            self.window_settings.remember_model(info.path)
         self.model_ready.emit(info)
 
-    @Slot(str)
-    def _on_model_failed(self, message: str) -> None:
+    @Slot(object)
+    def _on_model_failed(self, failure: Failure) -> None:
         self.model_loading = False
         self.controls.set_model_busy(False)
         self.controls.show_model_info(None)
         self.status.end_loading()
         self.status.set_model(None, "No model loaded")
-        self.show_error("Cannot load the model", message)
-        self.model_load_failed.emit(message)
+        self.report_failure("Cannot load the model", failure)
+        self.model_load_failed.emit(str(failure))
 
     # -- runs ------------------------------------------------------------------------------------------------------
-    def is_running(self) -> bool:
-        return self._run_id is not None
-
     def _check_can_run(self) -> bool:
         if self.model_info is None:
             self.show_error("No model", "The model is still loading; run again when it is ready."
@@ -328,112 +283,192 @@ class MainWindow(WindowViewsMixin, WindowFilesMixin, WindowRewardsMixin, QMainWi
         params = self.controls.sampling_params()
         try:
             params.validate()
-        except ValueError as exc:
+        except SamplingParamsError as exc:
             self.show_error("Invalid sampling parameters", str(exc))
             return None
-        self._pending.clear()
-        self.collector = RunCollector(self.model_info, params)
-        self.trees = {}
-        self.read_only_path = None
-        self._clear_tabs()
-        self._run_id = self.host.generate(queries, self.controls.k(), params, self.controls.chat(),
-                                          self.controls.system_prompt())
-        self._accepted = {self._run_id}
+        box = self.controls.reward_box
+        run_id = self.runs.generate(self.model_info, queries, self.controls.k(), params, self.controls.chat(),
+                                    self.controls.system_prompt(), box.reward_fn(), box.normalize_std())
+        self.setWindowTitle("Rollout Explorer")
         self._begin_run()
-        return self._run_id
+        return run_id
 
     def request_branch(self, group_id: str, rollout_id: str, position: int, forced_token) -> Optional[int]:
         """k new rollouts continuing `rollout_id` from `position` (forcing `forced_token` there when given)."""
-        if not self._check_can_run() or self.collector is None or group_id not in self.collector.group_ids:
+        session = self.session
+        if not self._check_can_run() or session is None or group_id not in session.group_ids:
             return None
-        if self.read_only_path is not None and not self._same_model_as_collector():
-            self.show_error("Different model", "This rollout set was made with another model; load that model to "
-                            "branch from its rollouts.")
+        why_not = session.can_branch(group_id, self.model_info)
+        if why_not is not None:
+            self.show_error("Different model", why_not)
             return None
-        self.drain()
-        params = self.controls.sampling_params()
-        group = self.collector.group(group_id, unfinished_reason="cancelled")
-        self._run_id = self.host.branch(group, rollout_id, position, forced_token, self.controls.k(), params)
-        self._accepted.add(self._run_id)
+        run_id = self.runs.branch(group_id, rollout_id, position, forced_token, self.controls.k(),
+                                  self.controls.sampling_params())
         self._begin_run()
-        return self._run_id
+        return run_id
 
     def _begin_run(self) -> None:
-        self._run_failed = False
-        self._set_streaming_views(True)
+        self.views.set_streaming(True)
         self._set_running(True)
         self.status.start_run()
-        self._refresh_timer.start()
-        self._autosave_timer.start()
+        self.files.autosave_timer.start()
 
     def stop(self) -> None:
-        if self._run_id is not None:
-            self.host.stop(self._run_id)
+        if self.runs.stop():
             self.status.message("Stopping after the current decode step…")
 
     def _set_running(self, running: bool) -> None:
         self.controls.set_running(running)
-        self.actions["stop"].setEnabled(running)
-
-    @Slot(int, object)
-    def _on_events(self, run_id: int, events: tuple) -> None:
-        if run_id in self._accepted:
-            self._pending.extend(events)
-
-    def _tick(self) -> None:
-        self.drain(spread=True)
+        self.menu_actions["stop"].setEnabled(running)
 
     def drain(self, spread: bool = False) -> None:
-        """Feed buffered events to the collector and the trees, then refresh the views once. While a run streams the
-        refresh timer's ticks (spread) draw the views, a view at a time (see _refresh_views): a drain asked for
-        elsewhere then (autosave, export, a branch) only feeds, instead of drawing everything in one go."""
-        new_groups = False
-        if self._pending and self.collector is not None:
-            events, self._pending = self._pending, []
-            for event in events:
-                self.collector.add(event)
-                new_groups |= self._feed_trees(event)
-            self._dirty_since_autosave = True
-            if new_groups:
-                self._sync_tabs()
-            self._reward_finished_groups(events)
-        panes_turn = (spread or not self._views_streaming) and self._refresh_views(spread, busy=new_groups)
+        """Feed buffered events to the session, then refresh the views once. While a run streams the refresh timer's
+        ticks (spread) draw the views, a view at a time (see ViewsPanel.refresh): a drain asked for elsewhere then
+        (autosave, export, a branch) only feeds, instead of drawing everything in one go."""
+        had_events = self.runs.has_pending()
+        changes = self.runs.drain()
+        if had_events:
+            self.files.mark_dirty()
+        if changes.new_groups:
+            self.views.sync_tabs()
+        if changes.rewarded_groups:
+            self._rewards_changed(changes.rewarded_groups)
+        streaming = self.views.streaming
+        panes_turn = (spread or not streaming) and self.views.refresh(spread, busy=bool(changes.new_groups))
         # the progress bar repaints at once when its value changes: on the panes' turns, a few times a second
         now = time.monotonic()
-        if self.collector is not None and self.is_running() and panes_turn and (
+        session = self.session
+        if session is not None and self.is_running() and panes_turn and (
                 not spread or now - self._status_shown_at >= STATUS_INTERVAL_S):
             self._status_shown_at = now
-            self.status.update_run(self.collector.tokens_done, self.collector.total_tokens)
-
-    @Slot(int, str)
-    def _on_failed(self, run_id: int, message: str) -> None:
-        request = self._score_requests.get(run_id)
-        if request is not None:
-            self.scoring.set_busy(False)
-            self.show_error("Scoring failed", message)
-        elif run_id == self._run_id:
-            self._run_failed = True
-            self.show_error("The run failed", message)
+            self.status.update_run(session.tokens_done, session.total_tokens)
 
     @Slot(int)
-    def _on_finished(self, run_id: int) -> None:
-        if self._score_requests.pop(run_id, None) is not None:
-            self.scoring.set_busy(False)
-            return
-        if run_id != self._run_id:
-            return
-        self._set_streaming_views(False)  # everything is drawn in full before run_done
+    def _on_run_ended(self, run_id: int) -> None:
+        self.views.set_streaming(False)  # everything is drawn in full before run_done
         self.drain()
-        self._run_id = None
-        self._refresh_timer.stop()
-        self._autosave_timer.stop()
+        self.runs.end_run()
+        self.files.autosave_timer.stop()
         self._set_running(False)
-        cancelled = bool(self.collector and self.collector.cancelled)
-        if self.collector is not None:
-            self.status.end_run(self.collector.tokens_done, self.collector.total_tokens, cancelled, self._run_failed)
-            self._rewards_after_run()
-        if self.collector is not None and (self._run_failed or cancelled) and self.collector.group_ids:
-            self.autosave()  # an interrupted run is worth keeping until the user exports it or closes
+        session, failed = self.session, self.runs.failed
+        cancelled = bool(session and session.cancelled)
+        if session is not None:
+            # the figures of this run only: a branch's progress and tok/s are its own
+            self.status.end_run(session.tokens_done, session.total_tokens, cancelled, failed)
+            rewarded = session.reward_after_run()
+            if rewarded:
+                self._rewards_changed(rewarded)
+                self.views.panes.refresh()
+            self._report_reward_errors()
+        if session is not None and (failed or cancelled) and session.group_ids:
+            self.files.autosave()  # an interrupted run is worth keeping until the user exports it or closes
         else:
-            self.recovery.clear()
-        self.run_done.emit(cancelled, self._run_failed)
+            self.files.recovery.clear()
+        self.run_done.emit(cancelled, failed)
+
+    # -- opened sets -----------------------------------------------------------------------------------------------
+    def show_rollout_set(self, rollout_set: RolloutSet, source: str) -> None:
+        """Show a saved (or recovered) set read-only; the reward chosen here applies to a set without rewards."""
+        session = Session.from_set(rollout_set, source)
+        box = self.controls.reward_box
+        session.choose_reward(box.reward_fn(), box.normalize_std())
+        n = session.reward_opened()
+        self._set_running(False)
+        self.files.autosave_timer.stop()
+        self.runs.show_session(session)
+        self._update_reward_status()
+        if n:
+            self._report_reward_errors()
+        name = Path(source).name
+        self.setWindowTitle(f"{name} — Rollout Explorer")
+        self.status.show_file(f"{name}, made with {rollout_set.model.name}")
+
+    # -- scoring ---------------------------------------------------------------------------------------------------
+    def request_score(self, group_id: str, responses: list) -> Optional[int]:
+        if self.model_info is None:
+            self.show_error("No model", "Load a model to score responses (what you typed is kept).")
+            return None
+        session = self.session
+        if session is None or group_id not in session.group_ids:
+            return None
+        if not session.same_model(self.model_info):
+            self.show_error("Different model", f"This rollout set was made with {session.model.name}; load "
+                            "that model to score responses against it (what you typed is kept).")
+            return None
+        request = self.runs.score(group_id, list(responses), self.controls.system_prompt(),
+                                  self.controls.sampling_params().top_n)
+        self.views.scoring.set_busy(True)
+        return request
+
+    # -- rewards ---------------------------------------------------------------------------------------------------
+    def reapply_rewards(self) -> None:
+        """The reward choice changed: score every group that can be again, and show the result."""
+        session = self.session
+        if session is None:
+            self._update_reward_status()
+            return
+        self.drain()
+        box = self.controls.reward_box
+        gids = session.set_reward(box.reward_fn(), box.normalize_std())
+        self._rewards_changed(gids)
+        self.views.panes.refresh()
+        errors = self._report_reward_errors()
+        name = box.description()
+        if gids and not errors:
+            self.status.message(f"Rewards: {name} on {len(gids)} queries" if name else "Rewards cleared")
+
+    def _rewards_changed(self, gids) -> None:
+        self.files.mark_dirty()
+        current = self.views.current_group_id()
+        if current in gids:
+            self.views.show_stats(current)
+        self._report_reward_errors(quiet_ids=gids)
+
+    def _update_reward_status(self) -> list:
+        return self.reward_status.update_for(self.controls.reward_box.description(), self.session)
+
+    def _report_reward_errors(self, quiet_ids=None) -> list:
+        """Status bar: a permanent count of failed rewards (in its tooltip), and a message for new ones."""
+        errors = self._update_reward_status()
+        if quiet_ids is not None and self.session is not None:
+            errors = self.session.reward_errors(quiet_ids)
+        if errors:
+            rid, why = errors[0]
+            self.status.message(f"{len(errors)} reward{'s' if len(errors) != 1 else ''} failed: {rid}: {why}",
+                                MESSAGE_MS)
+        return errors
+
+    # -- drag and drop, shutdown -----------------------------------------------------------------------------------
+    def dragEnterEvent(self, event) -> None:  # noqa: N802 (Qt override)
+        if dropped_path(event.mimeData()):
+            event.acceptProposedAction()
+        else:
+            event.ignore()
+
+    def dropEvent(self, event) -> None:  # noqa: N802 (Qt override)
+        path = dropped_path(event.mimeData())
+        if path:
+            event.acceptProposedAction()
+            self.files.open_path(path)
+
+    def shutdown(self) -> None:
+        """Stop the run, close the engine on its thread and join it (at most 2 s); idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self.runs.abandon()  # signals still queued from the worker are ignored from here on
+        self.files.autosave_timer.stop()
+        if self.persist:
+            self.window_settings.save()
+        recovery = self.files.recovery
+        recovery.clear()
+        if not self.runs.host.shutdown(2000):
+            print("rollout-explorer: the engine is still busy (loading a model?); exiting when it is done",
+                  file=sys.stderr)
+            keep_until_finished(self.runs.host)
+        recovery.flush()
+        recovery.close()
+
+    def closeEvent(self, event) -> None:  # noqa: N802 (Qt override)
+        self.shutdown()
+        event.accept()

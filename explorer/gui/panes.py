@@ -19,16 +19,14 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from ..core.collect import RunCollector
+from ..core.session import Session
 from .style import SHADING_MODES, ShadingLegend, accent, finish_colour, muted_text
+from ..core.token_text import decode_pieces, fit_pieces
 from .tokens import (
     TokenTextView,
-    decode_pieces,
-    fit_pieces,
     format_logprob,
     format_perplexity,
     format_probability,
-    new_decoder,
 )
 
 SORT_KEYS = ("index", "logprob", "reward", "advantage")
@@ -39,22 +37,19 @@ _FINISH_TEXT = {"stop": "stop", "length": "length", "stop_string": "stop string"
 
 
 class RolloutPane(QFrame):
-    """One rollout: a header of facts and the shaded text, appended as the collector grows it."""
+    """One rollout: a header of facts and the shaded text, appended as the session grows it."""
 
     token_clicked = Signal(str, int)
 
-    def __init__(self, collector: RunCollector, live, mode: str = "prob", parent: Optional[QWidget] = None):
+    def __init__(self, session: Session, live, mode: str = "prob", parent: Optional[QWidget] = None):
         super().__init__(parent)
-        self._collector = collector
+        self._session = session
         self._live = live
         self.rollout_id: str = live.id
         self._compact = False
         self._highlighted = False
         self._final = None  # the Rollout last rendered, once the rollout finished
         self._n_tokens = 0  # tokens of live.tokens already in the view
-        self._n_parts = 0  # text parts of live.text_parts already in the view
-        self._decoder = new_decoder()
-        self._logprob = 0.0
         self._header_key = None
 
         self.setFrameShape(QFrame.Shape.StyledPanel)
@@ -92,7 +87,7 @@ class RolloutPane(QFrame):
 
     @property
     def logprob(self) -> float:
-        return self._final.logprob if self._final is not None else self._logprob
+        return self._final.logprob if self._final is not None else self._live.logprob
 
     @property
     def compact(self) -> bool:
@@ -106,8 +101,7 @@ class RolloutPane(QFrame):
         return self.view.text()
 
     def copy_text(self) -> None:
-        QGuiApplication.clipboard().setText(self._final.text if self._final is not None
-                                            else "".join(self._live.text_parts))
+        QGuiApplication.clipboard().setText(self._live.text)
 
     def set_compact(self, compact: bool) -> None:
         self._compact = compact
@@ -145,7 +139,7 @@ class RolloutPane(QFrame):
 
     # -- streaming --------------------------------------------------------------------------------------------------
     def refresh(self) -> tuple[bool, bool]:
-        """Pull what the collector has beyond what the view shows. Returns (anything changed, finished changed)."""
+        """Pull what the session has beyond what the view shows. Returns (anything changed, finished changed)."""
         live = self._live
         final = live.final
         if final is not self._final:
@@ -156,39 +150,31 @@ class RolloutPane(QFrame):
                 return True, True
         if final is not None:
             return self._update_header(), False
-        tokens, parts = live.tokens, live.text_parts
-        if len(tokens) == self._n_tokens and len(parts) == self._n_parts:
+        tokens = live.tokens
+        if len(tokens) == self._n_tokens:
             return self._update_header(), False
-        new_tokens = tokens[self._n_tokens:]
-        new_parts = parts[self._n_parts:]
-        text = "".join(new_parts)
-        pieces = decode_pieces(new_tokens, self._decoder)
-        if "".join(pieces) != text:
-            # the engine's text does not match the token bytes here (a branch prefix, a trimmed stop string):
-            # the text parts are authoritative; start decoding afresh from the next token
-            pieces = list(new_parts) if len(new_parts) == len(new_tokens) else fit_pieces(pieces, text)
-            self._decoder = new_decoder()
+        # the session keeps one text delta per token (the engine's, empty while a character is split): no decoding
+        new_tokens, pieces = tokens[self._n_tokens:], live.deltas[self._n_tokens:]
         self.view.append_tokens(new_tokens, pieces)
-        self._n_tokens, self._n_parts = len(tokens), len(parts)
-        self._logprob += math.fsum(t.logprob for t in new_tokens if t.logprob is not None)
+        self._n_tokens = len(tokens)
         self._update_header()
         return True, False
 
     def _take_final(self, final) -> None:
-        """The collector swapped in the finished Rollout: append its tail if it extends what is shown, else redraw."""
+        """The session swapped in the finished Rollout: append its tail if it extends what is shown, else redraw."""
         shown = self.view.text()
         if self.view.token_count <= len(final.tokens) and final.text.startswith(shown):
             tail_tokens = final.tokens[self.view.token_count:]
             tail_text = final.text[len(shown):]
             if tail_tokens or tail_text:
-                pieces = fit_pieces(decode_pieces(tail_tokens, self._decoder), tail_text)
+                pieces = fit_pieces(decode_pieces(tail_tokens), tail_text)
                 if not tail_tokens:  # text without tokens: nothing to attribute it to but the last token; redraw
                     self._redraw(final)
                 else:
                     self.view.append_tokens(tail_tokens, pieces)
         else:
             self._redraw(final)
-        self._n_tokens, self._n_parts = len(final.tokens), 1
+        self._n_tokens = len(final.tokens)
 
     def _redraw(self, final) -> None:
         self.view.set_tokens(final.tokens, fit_pieces(decode_pieces(final.tokens), final.text))
@@ -198,7 +184,7 @@ class RolloutPane(QFrame):
         if self._final is not None and self._final.finish_reason:
             reason = self._final.finish_reason
             return _FINISH_TEXT.get(reason, reason), reason
-        return ("streaming…" if self._collector.running else "unfinished"), None
+        return ("streaming…" if self._session.running else "unfinished"), None
 
     def _update_header(self) -> bool:
         final = self._final
@@ -268,7 +254,7 @@ class RolloutPanes(QWidget):
 
     def __init__(self, parent: Optional[QWidget] = None):
         super().__init__(parent)
-        self._collector: Optional[RunCollector] = None
+        self._session: Optional[Session] = None
         self._group_id: Optional[str] = None
         self._panes: dict[str, RolloutPane] = {}
         self._order: list[str] = []
@@ -338,23 +324,23 @@ class RolloutPanes(QWidget):
     def pane(self, rollout_id: str) -> Optional[RolloutPane]:
         return self._panes.get(rollout_id)
 
-    def show_group(self, collector: Optional[RunCollector], group_id: Optional[str]) -> None:
+    def show_group(self, session: Optional[Session], group_id: Optional[str]) -> None:
         for pane in self._panes.values():
             self._row.removeWidget(pane)
             pane.deleteLater()
         self._panes.clear()
         self._order.clear()
         self._highlighted.clear()
-        self._collector = collector
-        self._group_id = group_id if collector is not None else None
+        self._session = session
+        self._group_id = group_id if session is not None else None
         self.refresh()
         self._update_visibility()
 
     def refresh(self) -> None:
-        collector, group_id = self._collector, self._group_id
-        if collector is None or group_id is None:
+        session, group_id = self._session, self._group_id
+        if session is None or group_id is None:
             return
-        lives = collector.live_rollouts(group_id)
+        lives = session.live_rollouts(group_id)
         if len(lives) != len(self._panes):
             self._add_panes(lives)
         resort = False
@@ -429,7 +415,7 @@ class RolloutPanes(QWidget):
     def _add_panes(self, lives) -> None:
         new = [live for live in lives if live.id not in self._panes]
         for live in new[:self._pane_budget] if self._pane_budget is not None else new:
-            pane = RolloutPane(self._collector, live, self._mode, self._container)
+            pane = RolloutPane(self._session, live, self._mode, self._container)
             pane.token_clicked.connect(self.token_clicked)
             pane.set_highlighted(live.id in self._highlighted)
             self._panes[live.id] = pane

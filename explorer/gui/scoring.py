@@ -24,10 +24,9 @@ from PySide6.QtWidgets import (
 
 from ..core.types import Score
 from .style import muted_text
+from ..core.token_text import decode_pieces, fit_pieces
 from .tokens import (
     TokenTextView,
-    decode_pieces,
-    fit_pieces,
     format_logprob,
     format_percent,
     format_perplexity,
@@ -95,8 +94,6 @@ class ScoringPanel(QWidget):
         self._group_id: Optional[str] = None
         self._query = ""
         self._drafts: dict[tuple[str, str], str] = {}  # typed per (group, query): switching loses nothing
-        self._queries: dict[str, str] = {}  # the query each group id last stood for
-        self._scores: dict[str, tuple[Score, ...]] = {}
         self._mode = "prob"
         self._busy = False
 
@@ -155,14 +152,11 @@ class ScoringPanel(QWidget):
     def group_id(self) -> Optional[str]:
         return self._group_id
 
-    def set_group(self, group_id: Optional[str], query: str) -> None:
+    def set_group(self, group_id: Optional[str], query: str, scores: Sequence[Score] = ()) -> None:
+        """Show this group's query and its scores (the session keeps them; the panel only shows them)."""
         if self._group_id is not None:
             self._drafts[(self._group_id, self._query)] = self.candidates.toPlainText()
-        if group_id is not None and self._queries.get(group_id, query) != query:
-            self._scores.pop(group_id, None)  # a new run reused the id for another query: old scores do not apply
         self._group_id, self._query = group_id, query
-        if group_id is not None:
-            self._queries[group_id] = query
         muted = muted_text(self.palette()).name()
         if group_id is None:
             self.query_label.setText(f'<span style="color:{muted}">Select a query to score responses for it.</span>')
@@ -176,13 +170,12 @@ class ScoringPanel(QWidget):
             self.candidates.setPlainText(draft)
         self._set_message("")
         self._update_enabled()
-        self._show_table(self._scores.get(group_id, ()) if group_id is not None else ())
+        self._show_table(scores if group_id is not None else ())
 
-    def show_scores(self, group_id: str, scores: Sequence[Score]) -> None:
-        self._scores[group_id] = tuple(scores)
-        if group_id == self._group_id:
-            self._set_message("")
-            self._show_table(self._scores[group_id])
+    def show_scores(self, scores: Sequence[Score]) -> None:
+        """New scores of the group shown."""
+        self._set_message("")
+        self._show_table(scores)
 
     def set_busy(self, busy: bool) -> None:
         self._busy = busy

@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import codecs
 import html
 import math
 from bisect import bisect_right
@@ -17,6 +16,7 @@ from typing import Optional, Sequence
 from PySide6.QtCore import QEvent, QPoint, QRect, Qt, Signal
 from PySide6.QtGui import QFontDatabase, QPalette, QTextCharFormat, QTextCursor, QTextOption
 from PySide6.QtWidgets import QApplication, QPlainTextEdit, QTextEdit, QToolTip, QWidget
+
 
 from ..core.types import TokenInfo
 from .style import SHADING_MODES, blend, is_dark, shade_colour, shade_level
@@ -143,53 +143,6 @@ def token_tooltip_html(token: TokenInfo, position: Optional[int] = None, dark: b
 
 
 # -- text <-> tokens ------------------------------------------------------------------------------------------------
-def new_decoder():
-    return codecs.getincrementaldecoder("utf-8")(errors="replace")
-
-
-def decode_pieces(tokens: Sequence[TokenInfo], decoder=None) -> list[str]:
-    """The text each token completes: a character split across tokens belongs to the token that completes it."""
-    decoder = decoder or new_decoder()
-    return [decoder.decode(t.bytes) for t in tokens]
-
-
-def fit_pieces(pieces: Sequence[str], text: str) -> list[str]:
-    """Pieces whose concatenation is exactly `text`, following `pieces` (what the token bytes decode to).
-
-    The displayed text is authoritative: it leaves out end-of-generation and control tokens (whose bytes spell
-    "<|im_end|>" and the like), may be cut at a stop string, or may differ in leading whitespace.
-    """
-    joined = "".join(pieces)
-    if joined == text:
-        return list(pieces)
-    if not pieces:
-        return []
-    # 1. walk the text: a piece found where the text has got to takes its span; one that is not there (a control
-    #    token, a trimmed tail) gets nothing
-    out: list[str] = []
-    at = 0
-    for piece in pieces:
-        if piece and text.startswith(piece, at):
-            out.append(piece)
-            at += len(piece)
-        else:
-            out.append("")
-    if at == len(text):
-        return out
-    # 2. otherwise keep each token's own span length, shifted to where the text sits inside the tokens' text
-    shift = max(joined.find(text), 0) if text else 0
-    out = []
-    pos = -shift
-    for piece in pieces:
-        start, end = max(pos, 0), max(pos + len(piece), 0)
-        out.append(text[min(start, len(text)):min(end, len(text))])
-        pos += len(piece)
-    taken = sum(len(p) for p in out)
-    if taken < len(text):  # the text runs on past what the tokens decode to: the last token carries the rest
-        out[-1] += text[taken:]
-    return out
-
-
 def _u16len(s: str) -> int:
     """Length in UTF-16 code units: Qt document positions count these, Python counts code points."""
     if s.isascii():

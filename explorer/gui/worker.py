@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import threading
 import time
+import traceback
+from dataclasses import dataclass
 from typing import Callable, Iterable, Optional, Sequence
 
 from PySide6.QtCore import QObject, QThread, Signal, Slot
@@ -32,11 +34,24 @@ def default_engine_factory(model_path: str, n_gpu_layers: Optional[int] = None,
     return Engine(model_path, n_gpu_layers=n_gpu_layers, n_ctx=n_ctx)
 
 
-def error_message(exc: BaseException) -> str:
-    """The text a user sees: our own errors as they are, anything else named by its type."""
-    if isinstance(exc, ExplorerError):
-        return str(exc)
-    return f"Engine error: {type(exc).__name__}: {exc}"
+@dataclass(frozen=True)
+class Failure:
+    """An exception caught on the worker thread, sent to the GUI with its cause: the type, the message, the
+    traceback, and whether it is the user's input (an ExplorerError) or a bug (then the window logs the trace)."""
+
+    kind: str
+    message: str
+    traceback: str
+    user_error: bool
+
+    @classmethod
+    def of(cls, exc: BaseException) -> "Failure":
+        trace = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        return cls(type(exc).__name__, str(exc), trace, isinstance(exc, ExplorerError))
+
+    def __str__(self) -> str:
+        """The text a user sees: our own errors as they are, anything else named by its type."""
+        return self.message if self.user_error else f"Engine error: {self.kind}: {self.message}"
 
 
 class EngineWorker(QObject):
@@ -44,10 +59,10 @@ class EngineWorker(QObject):
 
     model_loading = Signal(str)  # path
     model_loaded = Signal(object)  # ModelInfo
-    model_failed = Signal(str)  # message
+    model_failed = Signal(object)  # Failure
     events = Signal(int, object)  # run id, tuple of events
     scores_ready = Signal(int, str, object)  # run id, group id, tuple of Score
-    failed = Signal(int, str)  # run id, message
+    failed = Signal(int, object)  # run id, Failure
     finished = Signal(int)  # run id; always the last signal of a generate / branch / score request
 
     def __init__(self, engine_factory: EngineFactory = default_engine_factory):
@@ -65,7 +80,7 @@ class EngineWorker(QObject):
             engine = self._factory(path, n_gpu_layers=n_gpu_layers, n_ctx=n_ctx)
             info = engine.info
         except BaseException as exc:  # noqa: BLE001 -- anything reaching Qt's event loop would abort the thread
-            self.model_failed.emit(error_message(exc))
+            self.model_failed.emit(Failure.of(exc))
             return
         self._engine = engine
         self.model_loaded.emit(info)
@@ -89,7 +104,7 @@ class EngineWorker(QObject):
             engine = self._require_engine()
             scores = tuple(engine.score(query, list(responses), chat=chat, system=system, top_n=top_n))
         except BaseException as exc:  # noqa: BLE001
-            self.failed.emit(run_id, error_message(exc))
+            self.failed.emit(run_id, Failure.of(exc))
         else:
             self.scores_ready.emit(run_id, group_id, scores)
         self.finished.emit(run_id)
@@ -132,7 +147,7 @@ class EngineWorker(QObject):
             if pending:  # what was generated before the failure is kept
                 self.events.emit(run_id, tuple(pending))
                 pending.clear()
-            self.failed.emit(run_id, error_message(exc))
+            self.failed.emit(run_id, Failure.of(exc))
         if pending:
             self.events.emit(run_id, tuple(pending))
         self.finished.emit(run_id)
@@ -149,10 +164,10 @@ class EngineHost(QObject):
     # GUI thread are queued), so whatever the GUI connects to them, lambdas included, runs on the GUI thread.
     model_loading = Signal(str)
     model_loaded = Signal(object)
-    model_failed = Signal(str)
+    model_failed = Signal(object)
     events = Signal(int, object)
     scores_ready = Signal(int, str, object)
-    failed = Signal(int, str)
+    failed = Signal(int, object)
     finished = Signal(int)
 
     _load_requested = Signal(str, object, object)

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from tiny_gguf import BOS_ID, EOS_ID, FIRST_BYTE_ID, IM_END_ID, IM_START_ID, UNK_ID, corrupt_variants
 
-from explorer.core.collect import RunCollector
+from explorer.core.session import Session
 from explorer.core.engine import Engine
 from explorer.core.errors import ContextOverflowError, ExplorerError, ModelError
 from explorer.core.types import (QueryGroup, Rollout, RolloutFinished, RunFinished, RunStarted, SamplingParams,
@@ -341,7 +341,7 @@ def test_cancel_before_the_start(engine):
 
 
 def _group(engine, k=2, max_tokens=8):
-    collector = RunCollector(engine.info)
+    collector = Session(engine.info)
     collector.extend(engine.generate(QUERIES[:1], k, SamplingParams(max_tokens=max_tokens, seed=31)))
     return collector, collector.group("q0")
 

@@ -117,7 +117,7 @@ def make_window(qtbot, fake_factory, gui_settings, dialogs, tmp_path):
     yield make
     for window in windows:
         window.close()
-        assert not window.host.thread.isRunning()
+        assert not window.runs.host.thread.isRunning()
 
 
 @pytest.fixture

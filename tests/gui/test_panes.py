@@ -1,4 +1,4 @@
-"""Rollout panes fed by a RunCollector that receives hand-made engine events."""
+"""Rollout panes fed by a Session that receives hand-made engine events."""
 
 import math
 
@@ -6,7 +6,7 @@ import pytest
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QGuiApplication, QTextCursor
 
-from explorer.core.collect import RunCollector
+from explorer.core.session import Session
 from explorer.core.types import (
     GroupHeader,
     Rollout,
@@ -65,7 +65,7 @@ def stream(collector, panes, k, words):
 
 
 def test_streaming_appends_text_to_each_pane_and_never_rewrites_it(panes):
-    collector = RunCollector()
+    collector = Session()
     collector.add(start(3))
     panes.show_group(collector, "q0")
     assert [p.rollout_id for p in panes.panes()] == ["q0.r0", "q0.r1", "q0.r2"]
@@ -75,14 +75,14 @@ def test_streaming_appends_text_to_each_pane_and_never_rewrites_it(panes):
     stream(collector, panes, 3, ["The", " Pacific", " Ocean", ".\n", "Yes"])
     for pane in panes.panes():
         live = collector.live_rollouts("q0")[pane.index]
-        assert pane.text() == "".join(live.text_parts) == f"The{pane.index} Pacific{pane.index} Ocean{pane.index}" \
+        assert pane.text() == "".join(live.deltas) == f"The{pane.index} Pacific{pane.index} Ocean{pane.index}" \
             f".\n{pane.index}Yes{pane.index}"
         assert "streaming" in pane.title.text()
     assert removed and not any(removed)  # appended only
 
 
 def test_finished_rollout_header_shows_reason_logprob_probability_and_reward(panes):
-    collector = RunCollector()
+    collector = Session()
     collector.add(start(2))
     panes.show_group(collector, "q0")
     tokens = [tok(0, "Pac", 0.5), tok(1, "ific", 0.25)]
@@ -104,7 +104,7 @@ def test_finished_rollout_header_shows_reason_logprob_probability_and_reward(pan
 
 
 def test_probability_that_underflows_is_shown_as_a_power_of_ten(panes):
-    collector = RunCollector()
+    collector = Session()
     collector.add(start(1))
     panes.show_group(collector, "q0")
     tokens = [TokenInfo(i, "x", b"x", -250.0, None, 1.0, 9) for i in range(4)]  # pi = e^-1000
@@ -114,7 +114,7 @@ def test_probability_that_underflows_is_shown_as_a_power_of_ten(panes):
 
 
 def test_multibyte_character_split_across_two_tokens_renders_once_and_maps_to_the_second(panes):
-    collector = RunCollector()
+    collector = Session()
     collector.add(start(1))
     panes.show_group(collector, "q0")
     collector.add(batch(0, {0: (tok(0, "caf"), "caf")}))
@@ -130,7 +130,7 @@ def test_multibyte_character_split_across_two_tokens_renders_once_and_maps_to_th
 
 
 def test_branch_prefix_text_covering_several_tokens(panes):
-    collector = RunCollector()
+    collector = Session()
     prefix = (tok(0, "The"), tok(1, " Pac"), tok(2, "ific"))
     collector.add(start(1, prefixes={0: (prefix, "The Pacific")}))
     panes.show_group(collector, "q0")
@@ -142,7 +142,7 @@ def test_branch_prefix_text_covering_several_tokens(panes):
 
 
 def test_final_text_trimmed_at_a_stop_string_replaces_what_streamed(panes):
-    collector = RunCollector()
+    collector = Session()
     collector.add(start(1))
     panes.show_group(collector, "q0")
     tokens = [tok(0, "Pacific"), tok(1, "\n\n"), tok(2, "User")]
@@ -156,7 +156,7 @@ def test_final_text_trimmed_at_a_stop_string_replaces_what_streamed(panes):
 
 
 def test_shading_switches_to_entropy(panes):
-    collector = RunCollector()
+    collector = Session()
     collector.add(start(1))
     panes.show_group(collector, "q0")
     collector.add(batch(0, {0: (tok(0, "sure", prob=0.99, entropy=3.5), "sure")}))
@@ -179,7 +179,7 @@ def test_shading_switches_to_entropy(panes):
 
 
 def test_sort_orders_panes_by_logprob_reward_and_back_to_index(panes):
-    collector = RunCollector()
+    collector = Session()
     collector.add(start(3))
     panes.show_group(collector, "q0")
     probs = {0: 0.2, 1: 0.9, 2: 0.5}
@@ -197,7 +197,7 @@ def test_sort_orders_panes_by_logprob_reward_and_back_to_index(panes):
 
 
 def test_clicking_a_token_emits_rollout_id_and_position(panes, qtbot):
-    collector = RunCollector()
+    collector = Session()
     collector.add(start(2))
     panes.show_group(collector, "q0")
     stream(collector, panes, 2, ["Alpha", " beta", " gamma"])
@@ -208,7 +208,7 @@ def test_clicking_a_token_emits_rollout_id_and_position(panes, qtbot):
 
 
 def test_highlight_and_scroll_to_token_mark_the_pane_and_the_token(panes):
-    collector = RunCollector()
+    collector = Session()
     collector.add(start(2))
     panes.show_group(collector, "q0")
     stream(collector, panes, 2, ["One", " two", " three"])
@@ -222,7 +222,7 @@ def test_highlight_and_scroll_to_token_mark_the_pane_and_the_token(panes):
 
 
 def test_many_rollouts_use_compact_panes_and_branches_join_live(panes):
-    collector = RunCollector()
+    collector = Session()
     collector.add(start(10))
     panes.show_group(collector, "q0")
     assert len(panes.panes()) == 10 and all(p.compact for p in panes.panes())
@@ -239,7 +239,7 @@ def test_many_rollouts_use_compact_panes_and_branches_join_live(panes):
 
 
 def test_copy_button_copies_the_rollout_text(panes, qtbot):
-    collector = RunCollector()
+    collector = Session()
     collector.add(start(1))
     panes.show_group(collector, "q0")
     stream(collector, panes, 1, ["Pacific", " Ocean"])
@@ -248,7 +248,7 @@ def test_copy_button_copies_the_rollout_text(panes, qtbot):
 
 
 def test_clearing_the_group_shows_the_placeholder(panes):
-    collector = RunCollector()
+    collector = Session()
     collector.add(start(2))
     panes.show_group(collector, "q0")
     assert len(panes.panes()) == 2 and not panes.placeholder.isVisible()
@@ -258,7 +258,7 @@ def test_clearing_the_group_shows_the_placeholder(panes):
 
 
 def test_end_of_generation_token_counts_but_adds_no_text(panes):
-    collector = RunCollector()
+    collector = Session()
     collector.add(start(1))
     panes.show_group(collector, "q0")
     tokens = [tok(0, "Pacific"), tok(1, " Ocean"), tok(2, "<|im_end|>", prob=0.95)]

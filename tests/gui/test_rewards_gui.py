@@ -46,7 +46,7 @@ def pick(box, key: str) -> None:
 
 
 def rollouts_of(window: MainWindow, gid: str):
-    return window.collector.group(gid).rollouts
+    return window.session.group(gid).rollouts
 
 
 def write_reward_file(tmp_path, body: str, name: str = "my_reward.py"):
@@ -59,7 +59,7 @@ def test_length_reward_fills_headers_advantages_stats_and_export(qtbot, window, 
     window.controls.reward_box.set_spec("length")
     run_to_end(qtbot, window, fake_model)
     for gid in ("q0", "q1"):
-        window.select_group(gid)
+        window.views.select_group(gid)
         rollouts = rollouts_of(window, gid)
         rewards = [r.reward for r in rollouts]
         assert rewards == [-len(r.text.strip()) / 100 for r in rollouts]
@@ -67,7 +67,7 @@ def test_length_reward_fills_headers_advantages_stats_and_export(qtbot, window, 
         assert math.fsum(advantages) == pytest.approx(0.0, abs=1e-9)
         if len(set(rewards)) > 1:  # divided by the std: the advantages have unit spread
             assert statistics.pstdev(advantages) == pytest.approx(1.0, abs=1e-3)
-        panes = window.panes.panes()
+        panes = window.views.panes.panes()
         assert len(panes) == 4
         for pane in panes:
             header = pane.stats.text()
@@ -75,7 +75,7 @@ def test_length_reward_fills_headers_advantages_stats_and_export(qtbot, window, 
     assert "length" in window.reward_status.text() and "failed" not in window.reward_status.text()
 
     path = tmp_path / "set.json"
-    assert window.export_rollout_set(str(path))
+    assert window.files.export_rollout_set(str(path))
     data = json.loads(path.read_text())
     for group in data["groups"]:
         assert all(isinstance(r["reward"], float) and isinstance(r["advantage"], float) for r in group["rollouts"])
@@ -96,11 +96,11 @@ def test_std_option_and_no_reward_reapply_to_the_shown_run(qtbot, window, fake_m
         assert [r.advantage for r in rollouts] == pytest.approx([r.reward - mean for r in rollouts])
     box.set_spec("none")
     for gid in ("q0", "q1"):
-        group = window.collector.group(gid)
+        group = window.session.group(gid)
         assert all(r.reward is None and r.advantage is None for r in group.rollouts)
         names = dict(group.stats)
         assert "mean_reward" not in names and names["distinct_responses"] >= 1  # diversity stats stay
-    assert all("R&nbsp;" not in p.stats.text() for p in window.panes.panes())
+    assert all("R&nbsp;" not in p.stats.text() for p in window.views.panes.panes())
     assert not window.reward_status.isVisible()
 
 
@@ -123,17 +123,17 @@ def test_a_reward_file_that_raises_or_returns_nan_gives_null_rewards_and_a_visib
             assert r.reward == float(len(r.text)) and r.reward_error is None
     failed = len(ocean) + sum(1 for r in code if len(r.text) % 2)
     # visible: the pane headers, a permanent count in the status bar, and the status message
-    window.select_group("q0")
-    for pane in window.panes.panes():
+    window.views.select_group("q0")
+    for pane in window.views.panes.panes():
         assert "reward error" in pane.stats.text() and "boom" in pane.stats.toolTip()
-    assert window.stats_panel.note.text().startswith(f"{len(ocean)} of {len(ocean)} rewards failed")
+    assert window.views.stats_panel.note.text().startswith(f"{len(ocean)} of {len(ocean)} rewards failed")
     assert f"{failed} failed" in window.reward_status.text()
     assert "boom" in window.reward_status.toolTip()
     message = window.statusBar().currentMessage()
     assert message.startswith(f"{failed} rewards failed") and "boom" in message
     assert not dialogs.errors
     run_to_end(qtbot, window, fake_model, k=2)  # the app goes on
-    assert len(window.panes.panes()) == 2
+    assert len(window.views.panes.panes()) == 2
 
 
 def test_a_reward_file_without_reward_shows_the_error_and_falls_back_to_none(qtbot, window, tmp_path, dialogs):
@@ -158,9 +158,9 @@ def test_a_reward_file_without_reward_shows_the_error_and_falls_back_to_none(qtb
 
 def test_stats_panel_follows_the_query_tab(qtbot, window, fake_model):
     run_to_end(qtbot, window, fake_model, k=5)
-    panel = window.stats_panel
+    panel = window.views.stats_panel
     for gid in ("q1", "q0"):
-        window.select_group(gid)
+        window.views.select_group(gid)
         texts = [r.text for r in rollouts_of(window, gid)]
         assert panel.group_id == gid
         assert panel.value("distinct_responses") == len(set(texts))
@@ -176,11 +176,11 @@ def test_stats_panel_follows_the_query_tab(qtbot, window, fake_model):
 def test_sort_by_reward_orders_the_panes(qtbot, window, fake_model):
     window.controls.reward_box.set_spec("length")
     run_to_end(qtbot, window, fake_model, k=6, max_tokens=16)
-    window.panes.set_sort("reward")
-    rewards = [p.final.reward for p in window.panes.panes()]
+    window.views.panes.set_sort("reward")
+    rewards = [p.final.reward for p in window.views.panes.panes()]
     assert rewards == sorted(rewards, reverse=True)
-    window.panes.set_sort("advantage")
-    advantages = [p.final.advantage for p in window.panes.panes()]
+    window.views.panes.set_sort("advantage")
+    advantages = [p.final.advantage for p in window.views.panes.panes()]
     assert advantages == sorted(advantages, reverse=True)
 
 
@@ -193,8 +193,8 @@ def test_branch_joins_the_group_and_is_rewarded(qtbot, window, fake_model):
     assert len(rollouts) == 4
     assert [r.reward for r in rollouts] == [-len(r.text.strip()) / 100 for r in rollouts]
     assert math.fsum(r.advantage for r in rollouts) == pytest.approx(0.0, abs=1e-9)
-    assert dict(window.collector.group("q0").stats)["n_rollouts"] == 4
-    assert window.stats_panel.value("n_rollouts") == 4
+    assert dict(window.session.group("q0").stats)["n_rollouts"] == 4
+    assert window.views.stats_panel.value("n_rollouts") == 4
 
 
 def test_reference_edit_and_reapply_on_an_opened_set(qtbot, make_window, fake_model, tmp_path, dialogs):
@@ -213,17 +213,17 @@ def test_reference_edit_and_reapply_on_an_opened_set(qtbot, make_window, fake_mo
     with qtbot.waitSignal(window.run_done, timeout=10000):
         window.run()
     path = tmp_path / "set.json"
-    assert window.export_rollout_set(str(path))
+    assert window.files.export_rollout_set(str(path))
     saved = export.load(path)
 
     viewer = make_window(factory=lambda *a, **k: pytest.fail("opening a set must not load a model"))
     box = viewer.controls.reward_box
     box.set_spec("contains")
-    assert viewer.open_rollout_set(str(path))
-    assert viewer.collector.groups() == saved.groups  # a set with rewards keeps them, whatever the choice
+    assert viewer.files.open_rollout_set(str(path))
+    assert viewer.session.groups() == saved.groups  # a set with rewards keeps them, whatever the choice
     pick(box, "contains")  # picking the reward again re-scores the opened set
     ocean = rollouts_of(viewer, "q0")
-    assert viewer.collector.group("q0").reference == "the"
+    assert viewer.session.group("q0").reference == "the"
     assert [r.reward for r in ocean] == [float("the" in normalize_text(r.text)) for r in ocean]
     code = rollouts_of(viewer, "q1")  # no reference: null rewards, said so
     assert all(r.reward is None and "needs a reference" in r.reward_error for r in code)
@@ -231,28 +231,28 @@ def test_reference_edit_and_reapply_on_an_opened_set(qtbot, make_window, fake_mo
 
     box.set_spec("none")  # a set saved without rewards gets the reward chosen when it is opened
     plain = tmp_path / "plain.json"
-    assert viewer.export_rollout_set(str(plain))
+    assert viewer.files.export_rollout_set(str(plain))
     assert all(r["reward"] is None for g in json.loads(plain.read_text())["groups"] for r in g["rollouts"])
     box.set_spec("length")
-    assert viewer.open_rollout_set(str(plain))
-    assert all(r.reward == -len(r.text.strip()) / 100 for g in viewer.collector.groups() for r in g.rollouts)
+    assert viewer.files.open_rollout_set(str(plain))
+    assert all(r.reward == -len(r.text.strip()) / 100 for g in viewer.session.groups() for r in g.rollouts)
 
 
 def test_jsonl_export_from_the_window(qtbot, window, fake_model, tmp_path, dialogs):
     window.controls.reward_box.set_spec("length")
     run_to_end(qtbot, window, fake_model, k=3)
     path = tmp_path / "out.jsonl"
-    assert window.export_jsonl(str(path))
+    assert window.files.export_jsonl(str(path))
     lines = path.read_text().splitlines()
     records = [json.loads(line) for line in lines]
-    expected = {r.id: r for g in window.collector.groups() for r in g.rollouts}
+    expected = {r.id: r for g in window.session.groups() for r in g.rollouts}
     assert len(lines) == len(expected) == 6
     for rec in records:
         r = expected[rec["rollout_id"]]
         assert rec["group_id"] == rec["rollout_id"].split(".")[0]
         assert rec["completion"] == r.text and rec["completion_token_ids"] == list(r.token_ids)
         assert rec["reward"] == r.reward and rec["advantage"] == r.advantage
-    assert window.actions["export_jsonl"].isEnabled()
+    assert window.menu_actions["export_jsonl"].isEnabled()
     assert not dialogs.errors
 
 

@@ -79,9 +79,7 @@ def test_scores_show_logprob_probability_share_perplexity_and_shaded_tokens(pane
     panel.set_group("q0", OCEAN_QUERY)
     atlantic = Score("Atlantic Ocean", (tok(1, "Atl", 0.02), tok(2, "antic", 0.99), tok(3, " Ocean", 0.7)))
     pacific = Score("Pacific Ocean", (tok(4, "Pacific", 0.61), tok(3, " Ocean", 0.93)))
-    panel.show_scores("q1", (pacific,))  # another group: stored, not shown
-    assert panel.table.rowCount() == 0
-    panel.show_scores("q0", (atlantic, pacific))
+    panel.show_scores((atlantic, pacific))
     table = panel.table
     assert table.rowCount() == 2
     p_atl, p_pac = 0.02 * 0.99 * 0.7, 0.61 * 0.93
@@ -95,7 +93,7 @@ def test_scores_show_logprob_probability_share_perplexity_and_shaded_tokens(pane
     assert isinstance(view, TokenTextView) and view.text() == "Atlantic Ocean" and view.token_count == 3
     panel.set_shading("entropy")
     assert view.mode == "entropy"
-    panel.set_group("q1", "other")
+    panel.set_group("q1", "other", (pacific,))  # the panel shows the scores it is given, keeps none
     assert table.rowCount() == 1 and table.cellWidget(0, 0).text() == "Pacific Ocean"
     panel.set_group("q0", "a new run reused the id for another query")
     assert table.rowCount() == 0 and panel.candidates.toPlainText() == ""
@@ -114,7 +112,7 @@ def test_a_narrow_table_keeps_the_responses_start_in_sight(qtbot, panel):
     panel.resize(380, 300)
     panel.set_group("q0", OCEAN_QUERY)
     long = "Pacific Ocean, by far the largest and deepest of the oceans " * 3
-    panel.show_scores("q0", (Score(long, tuple(tok(i, w, 0.5) for i, w in enumerate(long.split(" ")))),))
+    panel.show_scores((Score(long, tuple(tok(i, w, 0.5) for i, w in enumerate(long.split(" ")))),))
     table = panel.table
     qtbot.waitUntil(lambda: table.horizontalHeader().length() <= table.viewport().width() + 1)
     assert table.horizontalScrollBar().value() == 0

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PySide6.QtWidgets import QApplication
 
-from explorer.core.collect import RunCollector
+from explorer.core.session import Session
 from explorer.core.tree import TokenTree
 from explorer.core.types import (GroupHeader, RolloutHeader, RunStarted, SamplingParams, TokenBatch, TokenEvent,
                                  TokenInfo, TopLogprob)
@@ -49,7 +49,7 @@ def panes(qtbot) -> RolloutPanes:
 
 @pytest.mark.parametrize("k", [5, 10])
 def test_pane_budget_makes_panes_a_few_per_refresh(panes, k):
-    collector = RunCollector()
+    collector = Session()
     collector.add(started(k))
     collector.add(step(0, k))
     panes.set_pane_budget(2)
@@ -66,7 +66,7 @@ def test_pane_budget_makes_panes_a_few_per_refresh(panes, k):
 
 
 def test_pane_budget_none_makes_them_all_at_once(panes):
-    collector = RunCollector()
+    collector = Session()
     collector.add(started(6))
     panes.set_pane_budget(2)
     panes.show_group(collector, "q0")
@@ -168,22 +168,22 @@ def test_refresh_ticks_take_turns_and_run_done_follows_a_full_redraw(qtbot, wind
     window.controls.k_spin.setValue(3)
     window.controls.max_tokens.setValue(12)
     window.run()
-    window._refresh_timer.stop()  # this test plays the refresh timer's ticks itself
+    window.runs.timer.stop()  # this test plays the refresh timer's ticks itself
     qtbot.waitUntil(lambda: fake_factory.engine.held.is_set()
-                    and any(isinstance(e, TokenBatch) for e in window._pending), timeout=5000)
+                    and any(isinstance(e, TokenBatch) for _, batch in window.runs._pending for e in batch), timeout=5000)
 
     window.drain()  # outside the ticks, while streaming: feeds the collector (and makes the tab) but draws no tree
-    assert window.collector.tokens_done > 0 and window.group_tabs.count() == 1
-    assert window.tree_view.tree is None and len(window.panes.panes()) == 2  # two panes per refresh
+    assert window.session.tokens_done > 0 and window.views.group_tabs.count() == 1
+    assert window.views.tree_view.tree is None and len(window.views.panes.panes()) == 2  # two panes per refresh
     window.drain(spread=True)  # the tree's turn: it switches to the group's tree; no new pane
-    assert window.tree_view.tree is window.trees["q0"] and len(window.panes.panes()) == 2
+    assert window.views.tree_view.tree is window.session.trees["q0"] and len(window.views.panes.panes()) == 2
     window.drain(spread=True)  # the tree was just drawn: the panes' turn
-    assert len(window.panes.panes()) == 3
+    assert len(window.views.panes.panes()) == 3
 
     with qtbot.waitSignal(window.run_done, timeout=10000):
-        window._refresh_timer.start()
+        window.runs.timer.start()
         fake_factory.engine.release.set()
-    rollouts = window.collector.group("q0").rollouts
-    assert [p.view.token_count for p in window.panes.panes()] == [len(r.tokens) for r in rollouts]
-    assert not window.tree_view.is_stale() and not window.side_plot.is_stale()
-    assert set(window.tree_view.tree.rollout_ids) == {r.id for r in rollouts}
+    rollouts = window.session.group("q0").rollouts
+    assert [p.view.token_count for p in window.views.panes.panes()] == [len(r.tokens) for r in rollouts]
+    assert not window.views.tree_view.is_stale() and not window.views.side_plot.is_stale()
+    assert set(window.views.tree_view.tree.rollout_ids) == {r.id for r in rollouts}

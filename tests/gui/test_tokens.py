@@ -9,10 +9,9 @@ from PySide6.QtWidgets import QToolTip
 
 from explorer.core.types import TokenInfo, TopLogprob
 from explorer.gui.style import SHADE_LEVELS, shade_colour, shade_level
+from explorer.core.token_text import decode_pieces, fit_pieces
 from explorer.gui.tokens import (
     TokenTextView,
-    decode_pieces,
-    fit_pieces,
     format_percent,
     format_probability,
     token_label,

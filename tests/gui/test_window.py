@@ -13,7 +13,7 @@ from PySide6.QtCore import QMimeData, QPointF, Qt, QUrl
 from PySide6.QtGui import QDropEvent
 
 from explorer.core import export
-from explorer.core.collect import RunCollector
+from explorer.core.session import Session
 from explorer.gui.main_window import MainWindow
 from explorer.gui.recovery import RecoveryStore
 
@@ -34,7 +34,7 @@ def run_to_end(qtbot, window: MainWindow, k: int = 3, max_tokens: int = 12):
 
 
 def pane_texts(window: MainWindow) -> list[str]:
-    return [pane.text() for pane in window.panes.panes()]
+    return [pane.text() for pane in window.views.panes.panes()]
 
 
 def test_first_start_prefills_the_seed_queries(window):
@@ -66,19 +66,19 @@ def test_run_streams_into_k_panes(qtbot, window, fake_factory, fake_model, main_
     window.controls.max_tokens.setValue(40)
     window.run()
     # tokens reach the panes while the run is still going (the engine is held at step 25)
-    qtbot.waitUntil(lambda: bool(window.panes.panes()) and window.panes.panes()[0].view.token_count > 0, timeout=5000)
+    qtbot.waitUntil(lambda: bool(window.views.panes.panes()) and window.views.panes.panes()[0].view.token_count > 0, timeout=5000)
     assert window.is_running() and not fake_factory.engine.release.is_set()
     with qtbot.waitSignal(window.run_done, timeout=10000) as blocker:
         fake_factory.engine.release.set()
     assert blocker.args == [False, False]
-    assert window.group_tabs.count() == 2
-    assert window.current_group_id() == "q0"
-    group = window.collector.group("q0")
-    assert len(window.panes.panes()) == 4
-    assert [p.view.token_count for p in window.panes.panes()] == [len(r.tokens) for r in group.rollouts]
+    assert window.views.group_tabs.count() == 2
+    assert window.views.current_group_id() == "q0"
+    group = window.session.group("q0")
+    assert len(window.views.panes.panes()) == 4
+    assert [p.view.token_count for p in window.views.panes.panes()] == [len(r.tokens) for r in group.rollouts]
     assert pane_texts(window) == [r.text for r in group.rollouts]
-    window.group_tabs.setCurrentIndex(1)
-    assert window.panes.group_id == "q1" and len(window.panes.panes()) == 4
+    window.views.group_tabs.setCurrentIndex(1)
+    assert window.views.panes.group_id == "q1" and len(window.views.panes.panes()) == 4
     assert not window.controls.stop_button.isEnabled()
     assert main_thread_id not in fake_factory.engine.threads()
 
@@ -92,13 +92,13 @@ def test_stop_mid_run_keeps_tokens_and_marks_cancelled(qtbot, window, fake_facto
     qtbot.waitUntil(fake_factory.engine.held.is_set, timeout=5000)
     assert window.controls.stop_button.isEnabled()
     with qtbot.waitSignal(window.run_done, timeout=5000) as blocker:
-        window.actions["stop"].trigger()
+        window.menu_actions["stop"].trigger()
     assert blocker.args == [True, False]
     for gid in ("q0", "q1"):
-        rollouts = window.collector.group(gid).rollouts
+        rollouts = window.session.group(gid).rollouts
         assert [len(r.tokens) for r in rollouts] == [5, 5, 5]
         assert {r.finish_reason for r in rollouts} == {"cancelled"}
-    assert [p.view.token_count for p in window.panes.panes()] == [5, 5, 5]
+    assert [p.view.token_count for p in window.views.panes.panes()] == [5, 5, 5]
     assert not window.is_running()
 
 
@@ -114,9 +114,9 @@ def test_run_while_running_restarts_cleanly(qtbot, window, fake_factory, fake_mo
     with qtbot.waitSignal(window.run_done, timeout=10000) as blocker:
         second = window.run()
     assert second != first and blocker.args == [False, False]
-    assert window.collector.group_ids == ["q0"] and window.collector.header("q0").query == "only this one"
-    assert [r.seed for r in window.collector.group("q0").rollouts] == [100 + i for i in range(window.controls.k())]
-    assert window.group_tabs.count() == 1
+    assert window.session.group_ids == ["q0"] and window.session.header("q0").query == "only this one"
+    assert [r.seed for r in window.session.group("q0").rollouts] == [100 + i for i in range(window.controls.k())]
+    assert window.views.group_tabs.count() == 1
 
 
 def test_close_mid_run_joins_the_thread_quickly(qtbot, window, fake_factory, fake_model, qtlog):
@@ -127,7 +127,7 @@ def test_close_mid_run_joins_the_thread_quickly(qtbot, window, fake_factory, fak
     started = time.monotonic()
     window.close()
     assert time.monotonic() - started < 2.0
-    assert not window.host.thread.isRunning()
+    assert not window.runs.host.thread.isRunning()
     assert fake_factory.engine.closed
     assert not [r for r in qtlog.records if "QThread" in r.message]
 
@@ -162,7 +162,7 @@ def test_close_mid_run_in_a_process_prints_no_qt_warning(tmp_path):
         poll()
         window.load_model("fake:model")
         app.exec()
-        print("exited", window.host.thread.isRunning())
+        print("exited", window.runs.host.thread.isRunning())
     """)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
                           env={**__import__("os").environ, "QT_QPA_PLATFORM": "offscreen"})
@@ -182,7 +182,7 @@ def test_bad_model_shows_a_dialog_and_the_app_goes_on(qtbot, window, dialogs, ba
     assert [q.text for q in window.controls.queries()] == ["my carefully typed query"]
     load(qtbot, window, fake_model)
     run_to_end(qtbot, window)
-    assert window.collector.header("q0").query == "my carefully typed query"
+    assert window.session.header("q0").query == "my carefully typed query"
 
 
 def test_engine_failure_mid_run_shows_a_dialog_and_keeps_tokens(qtbot, window, fake_factory, fake_model, dialogs):
@@ -190,7 +190,7 @@ def test_engine_failure_mid_run_shows_a_dialog_and_keeps_tokens(qtbot, window, f
     load(qtbot, window, fake_model)
     assert run_to_end(qtbot, window, k=2) == [False, True]
     assert dialogs.errors[-1][0] == "The run failed" and "step 4" in dialogs.errors[-1][1]
-    assert [len(r.tokens) for r in window.collector.group("q0").rollouts] == [4, 4]
+    assert [len(r.tokens) for r in window.session.group("q0").rollouts] == [4, 4]
 
 
 def test_engine_is_never_touched_from_the_gui_thread(qtbot, window, fake_factory, fake_model, main_thread_id):
@@ -198,7 +198,7 @@ def test_engine_is_never_touched_from_the_gui_thread(qtbot, window, fake_factory
     run_to_end(qtbot, window, k=2)
     with qtbot.waitSignal(window.run_done, timeout=5000):
         window.request_branch("q0", "q0.r0", 2, None)
-    with qtbot.waitSignal(window.host.scores_ready, timeout=5000):
+    with qtbot.waitSignal(window.runs.host.scores_ready, timeout=5000):
         window.request_score("q0", [" Atlantic Ocean"])
     window.close()
     names = {name for name, _ in fake_factory.engine.calls}
@@ -209,27 +209,27 @@ def test_engine_is_never_touched_from_the_gui_thread(qtbot, window, fake_factory
 def test_branch_adds_rollouts_to_the_group(qtbot, window, fake_model):
     load(qtbot, window, fake_model)
     run_to_end(qtbot, window, k=2, max_tokens=10)
-    parent = window.collector.rollout("q0.r1")
+    parent = window.session.rollout("q0.r1")
     with qtbot.waitSignal(window.run_done, timeout=5000):
         window.request_branch("q0", "q0.r1", 3, 1)  # force " Atlantic" at position 3
-    rollouts = window.collector.group("q0").rollouts
+    rollouts = window.session.group("q0").rollouts
     assert [r.id for r in rollouts] == ["q0.r0", "q0.r1", "q0.r2", "q0.r3"]
     for r in rollouts[2:]:
         assert r.parent_id == "q0.r1" and r.branch_position == 3
         assert r.token_ids[:4] == parent.token_ids[:3] + (1,)
-    assert len(window.panes.panes()) == 4
-    if window.tree_view is not None:
-        assert set(window.tree_view.tree.rollout_ids) == {r.id for r in rollouts}
+    assert len(window.views.panes.panes()) == 4
+    if window.views.tree_view is not None:
+        assert set(window.views.tree_view.tree.rollout_ids) == {r.id for r in rollouts}
 
 
 def test_scoring_shows_scores_for_the_group(qtbot, window, fake_model):
     load(qtbot, window, fake_model)
     run_to_end(qtbot, window, k=1)
     window.request_score("q0", [" Atlantic Ocean", " Pacific Ocean"])
-    qtbot.waitUntil(lambda: len(window.collector.group("q0").scores) == 2, timeout=5000)
-    scores = window.collector.group("q0").scores
+    qtbot.waitUntil(lambda: len(window.session.group("q0").scores) == 2, timeout=5000)
+    scores = window.session.group("q0").scores
     assert [s.response for s in scores] == [" Atlantic Ocean", " Pacific Ocean"]
-    assert window.scoring.table.rowCount() == 2
+    assert window.views.scoring.table.rowCount() == 2
 
 
 def test_export_then_open_shows_the_same(qtbot, make_window, fake_model, tmp_path, dialogs):
@@ -237,23 +237,23 @@ def test_export_then_open_shows_the_same(qtbot, make_window, fake_model, tmp_pat
     load(qtbot, window, fake_model)
     run_to_end(qtbot, window, k=3, max_tokens=15)
     window.request_score("q0", [" Atlantic Ocean"])
-    qtbot.waitUntil(lambda: len(window.collector.group("q0").scores) == 1, timeout=5000)
+    qtbot.waitUntil(lambda: len(window.session.group("q0").scores) == 1, timeout=5000)
     path = tmp_path / "set.json"
-    assert window.export_rollout_set(str(path))
-    original = window.collector.rollout_set()
+    assert window.files.export_rollout_set(str(path))
+    original = window.session.rollout_set()
     texts = pane_texts(window)
 
     def no_engine(*_args, **_kwargs):
         raise AssertionError("opening a rollout set must not load a model")
 
     viewer = make_window(factory=no_engine)
-    assert viewer.open_rollout_set(str(path))
-    assert viewer.model_info is None and viewer.read_only_path == str(path)
-    assert viewer.collector.groups() == original.groups
+    assert viewer.files.open_rollout_set(str(path))
+    assert viewer.model_info is None and viewer.session.source == str(path)
+    assert viewer.session.groups() == original.groups
     assert pane_texts(viewer) == texts
-    assert [s.response for s in viewer.collector.group("q0").scores] == [" Atlantic Ocean"]
-    assert viewer.scoring.table.rowCount() == 1
-    assert str(path.absolute()) in viewer.recent_files()
+    assert [s.response for s in viewer.session.group("q0").scores] == [" Atlantic Ocean"]
+    assert viewer.views.scoring.table.rowCount() == 1
+    assert str(path.absolute()) in viewer.files.recent_files()
     assert not dialogs.errors
 
 
@@ -261,7 +261,7 @@ def test_drop_a_json_opens_it_and_a_malformed_one_shows_a_dialog(qtbot, window, 
     load(qtbot, window, fake_model)
     run_to_end(qtbot, window, k=2)
     good = tmp_path / "good.json"
-    window.export_rollout_set(str(good))
+    window.files.export_rollout_set(str(good))
     bad = tmp_path / "bad.json"
     bad.write_text('{"format": "rollout-explorer/rollout-set", "version": 1, "groups": [')
 
@@ -273,9 +273,9 @@ def test_drop_a_json_opens_it_and_a_malformed_one_shows_a_dialog(qtbot, window, 
 
     drop(bad)
     assert dialogs.errors[-1][0] == "Cannot open the rollout set" and "bad.json" in dialogs.errors[-1][1]
-    assert window.read_only_path is None and window.group_tabs.count() == 2  # the run is still shown
+    assert window.session.source is None and window.views.group_tabs.count() == 2  # the run is still shown
     drop(good)
-    assert window.read_only_path == str(good) and window.group_tabs.count() == 2
+    assert window.session.source == str(good) and window.views.group_tabs.count() == 2
 
 
 def test_settings_persist_to_the_given_location(qtbot, make_window, fake_model, gui_settings):
@@ -295,7 +295,7 @@ def test_settings_persist_to_the_given_location(qtbot, make_window, fake_model, 
     assert c2.k() == 7 and c2.system_prompt() == "Be brief."
     p = c2.sampling_params()
     assert (p.temperature, p.seed, p.stop) == (0.7, 4242, ("\n\n", "###"))
-    assert second.startup_model() == str(fake_model)
+    assert second.window_settings.startup_model() == str(fake_model)
     assert Path(gui_settings.fileName()).is_file()
 
 
@@ -307,39 +307,39 @@ def test_autosave_during_a_run_and_recovery_on_next_start(qtbot, make_window, fa
     window.controls.k_spin.setValue(2)
     window.run()
     qtbot.waitUntil(fake_factory.engine.held.is_set, timeout=5000)
-    qtbot.waitUntil(lambda: window.drain() or window.collector.tokens_done > 0, timeout=5000)
-    window.autosave()
-    window.recovery.flush()
-    saved = export.load(window.recovery.path)
+    qtbot.waitUntil(lambda: window.drain() or window.session.tokens_done > 0, timeout=5000)
+    window.files.autosave()
+    window.files.recovery.flush()
+    saved = export.load(window.files.recovery.path)
     # what streamed so far, the unfinished rollouts marked cancelled
     assert {r.finish_reason for g in saved.groups for r in g.rollouts} == {"cancelled"}
-    assert sum(len(r.tokens) for g in saved.groups for r in g.rollouts) == window.collector.tokens_done > 0
+    assert sum(len(r.tokens) for g in saved.groups for r in g.rollouts) == window.session.tokens_done > 0
     # a crash leaves the file behind; keep a copy before this window's clean close removes it
     leftover = saved
     window.close()
-    assert not window.recovery.path.exists()
+    assert not window.files.recovery.path.exists()
 
     store = RecoveryStore(tmp_path / "recovery")
     store.save_async(leftover).result(5)
     store.close()
     restored = make_window()
-    assert restored.offer_recovery()
+    assert restored.files.offer_recovery()
     assert dialogs.questions and "Recover" in dialogs.questions[-1][0]
-    assert restored.collector.groups() == RunCollector.from_set(leftover).groups()
-    assert restored.group_tabs.count() == 2
-    restored.recovery.flush()
-    assert not restored.recovery.path.exists()
+    assert restored.session.groups() == Session.from_set(leftover).groups()
+    assert restored.views.group_tabs.count() == 2
+    restored.files.recovery.flush()
+    assert not restored.files.recovery.path.exists()
 
 
 def test_clean_finish_clears_the_recovery_file(qtbot, window, fake_model):
     load(qtbot, window, fake_model)
     run_to_end(qtbot, window, k=2)
-    window.autosave()  # as if the timer fired just before the end
-    window.recovery.flush()
-    assert window.recovery.path.exists()
+    window.files.autosave()  # as if the timer fired just before the end
+    window.files.recovery.flush()
+    assert window.files.recovery.path.exists()
     run_to_end(qtbot, window, k=2)
-    window.recovery.flush()
-    assert not window.recovery.path.exists()
+    window.files.recovery.flush()
+    assert not window.files.recovery.path.exists()
 
 
 def test_scripted_mode_saves_screenshot_and_rollout_set(qtbot, fake_factory, fake_model, gui_settings, tmp_path):
@@ -378,9 +378,9 @@ def test_tiny_gguf_run_streams_into_k_panes(qtbot, make_window, tiny_gguf, main_
     assert window.model_info.architecture == "llama"
     window.controls.set_queries(["hello"])
     assert run_to_end(qtbot, window, k=3, max_tokens=6) == [False, False]
-    rollouts = window.collector.group("q0").rollouts
-    assert len(window.panes.panes()) == 3 and all(r.tokens for r in rollouts)
-    assert [p.view.token_count for p in window.panes.panes()] == [len(r.tokens) for r in rollouts]
+    rollouts = window.session.group("q0").rollouts
+    assert len(window.views.panes.panes()) == 3 and all(r.tokens for r in rollouts)
+    assert [p.view.token_count for p in window.views.panes.panes()] == [len(r.tokens) for r in rollouts]
     assert {r.seed for r in rollouts} == {window.controls.sampling_params().seed + i for i in range(3)}
 
 

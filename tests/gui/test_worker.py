@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from explorer.core.collect import RunCollector
+from explorer.core.session import Session
 from explorer.core.errors import EngineError
 from explorer.core.types import RunFinished, RunStarted, SamplingParams, TokenBatch
 from explorer.gui.worker import EngineHost
@@ -19,10 +19,10 @@ class Recorder:
         self.log: list[tuple] = []
         w = host  # re-emitted on the GUI thread
         w.model_loaded.connect(lambda info: self.log.append(("loaded", info)))
-        w.model_failed.connect(lambda msg: self.log.append(("model_failed", msg)))
+        w.model_failed.connect(lambda failure: self.log.append(("model_failed", str(failure))))
         w.events.connect(lambda rid, evs: self.log.append(("events", rid, evs)))
         w.scores_ready.connect(lambda rid, gid, scores: self.log.append(("scores", rid, gid, scores)))
-        w.failed.connect(lambda rid, msg: self.log.append(("failed", rid, msg)))
+        w.failed.connect(lambda rid, failure: self.log.append(("failed", rid, str(failure))))
         w.finished.connect(lambda rid: self.log.append(("finished", rid)))
 
     def events(self, run_id: int) -> list:
@@ -59,7 +59,7 @@ def test_generate_streams_batched_events_on_the_worker_thread(qtbot, host, fake_
     # the worker batches: far fewer signals than decode steps
     n_steps = sum(isinstance(ev, TokenBatch) for ev in events)
     assert len(rec.of("events")) < n_steps
-    collector = RunCollector(info).extend(events)
+    collector = Session(info).extend(events)
     assert len(collector.group_ids) == 2
     for gid in collector.group_ids:
         rollouts = collector.group(gid).rollouts
@@ -80,7 +80,7 @@ def test_stop_mid_run_keeps_tokens_and_marks_cancelled(qtbot, host, fake_factory
     qtbot.waitUntil(fake_factory.engine.held.is_set, timeout=5000)
     with qtbot.waitSignal(host.finished, timeout=5000):
         host.stop(run_id)
-    collector = RunCollector(info).extend(rec.events(run_id))
+    collector = Session(info).extend(rec.events(run_id))
     assert collector.cancelled
     rollouts = collector.group("q0").rollouts
     assert [len(r.tokens) for r in rollouts] == [3, 3, 3]
@@ -97,15 +97,16 @@ def test_run_while_running_cancels_the_old_run_first(qtbot, host, fake_factory, 
     with qtbot.waitSignals([host.finished, host.finished], timeout=5000):
         second = host.generate(["b"], 2, SamplingParams(max_tokens=5))
     assert [entry[1] for entry in rec.of("finished")] == [first, second]
-    assert RunCollector(info).extend(rec.events(first)).cancelled
-    done = RunCollector(info).extend(rec.events(second))
+    assert Session(info).extend(rec.events(first)).cancelled
+    done = Session(info).extend(rec.events(second))
     assert not done.cancelled and done.group("q0").query == "b"
 
 
 def test_bad_model_reports_the_reason(qtbot, host, bad_model):
     with qtbot.waitSignal(host.model_failed, timeout=5000) as blocker:
         host.load_model(str(bad_model))
-    assert "not a GGUF" in blocker.args[0] and str(bad_model) in blocker.args[0]
+    failure = blocker.args[0]
+    assert "not a GGUF" in str(failure) and str(bad_model) in str(failure) and failure.user_error
 
 
 def test_generate_without_model_fails_cleanly(qtbot, host):
@@ -127,7 +128,7 @@ def test_failure_mid_run_keeps_earlier_tokens(qtbot, host, fake_factory, fake_mo
     with qtbot.waitSignal(host.finished, timeout=5000):
         run_id = host.generate(["q"], 2, SamplingParams(max_tokens=30))
     assert rec.of("failed") == [("failed", run_id, expected)]
-    collector = RunCollector(info).extend(rec.events(run_id))
+    collector = Session(info).extend(rec.events(run_id))
     assert [len(r.tokens) for r in collector.group("q0").rollouts] == [4, 4]
 
 

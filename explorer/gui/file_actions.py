@@ -1,0 +1,206 @@
+"""The window's files: open and export rollout sets, recent files, dropped files, autosave and crash recovery."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional
+
+from PySide6.QtCore import QObject, QTimer
+from PySide6.QtWidgets import QFileDialog, QMenu
+
+from ..core import export
+from ..core.errors import ExplorerError
+from ..core.jsonl import export_jsonl as write_jsonl
+from ..core.types import RolloutSet
+from .recovery import AUTOSAVE_INTERVAL_MS, RecoveryStore
+
+if TYPE_CHECKING:
+    from .main_window import MainWindow
+
+MAX_RECENT = 10
+RECOVERED = "recovered run"  # the source of a set shown from the recovery file
+
+
+def dropped_path(mime) -> Optional[str]:
+    """The first .gguf or .json file among dropped URLs."""
+    for url in mime.urls() if mime.hasUrls() else ():
+        if url.isLocalFile() and Path(url.toLocalFile()).suffix.lower() in (".gguf", ".json"):
+            return url.toLocalFile()
+    return None
+
+
+class FileActions(QObject):
+    def __init__(self, window: "MainWindow", recovery_dir: Optional[str], persist: bool):
+        super().__init__(window)
+        self._window = window
+        self._persist = persist
+        self.recovery = RecoveryStore(recovery_dir, enabled=persist)
+        self.recent_menu: Optional[QMenu] = None  # File > Open recent, once the menus exist
+        self._dirty_since_autosave = False
+        self.autosave_timer = QTimer(self)
+        self.autosave_timer.setInterval(AUTOSAVE_INTERVAL_MS)
+        self.autosave_timer.timeout.connect(self.autosave)
+
+    @property
+    def _settings(self):
+        return self._window.settings
+
+    def mark_dirty(self) -> None:
+        """The session changed since the last autosave."""
+        self._dirty_since_autosave = True
+
+    # -- open ------------------------------------------------------------------------------------------------------
+    def open_path(self, path: str) -> None:
+        suffix = Path(path).suffix.lower()
+        if suffix == ".gguf":
+            self._window.load_model(path)
+        elif suffix == ".json":
+            self.open_rollout_set(path)
+        else:
+            self._window.show_error("Cannot open this file",
+                                    f"{path}: drop or open a .gguf model or a .json rollout set.")
+
+    def open_rollout_set_dialog(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self._window, "Open rollout set", self._last_dir(),
+                                              "Rollout sets (*.json);;All files (*)")
+        if path:
+            self.open_rollout_set(path)
+
+    def open_rollout_set(self, path: str) -> bool:
+        """Show a saved rollout set read-only (panes, hover, scores, tree) without loading any model."""
+        try:
+            rollout_set = export.load(path)
+        except ExplorerError as exc:
+            self._window.show_error("Cannot open the rollout set", str(exc))
+            return False
+        except Exception as exc:  # noqa: BLE001 -- a reader bug must not take the window down; its trace is logged
+            self._window.report_bug("Cannot open the rollout set", f"{path}: {type(exc).__name__}: {exc}", exc)
+            return False
+        self._window.show_rollout_set(rollout_set, str(path))
+        self.add_recent(str(path))
+        return True
+
+    # -- export ----------------------------------------------------------------------------------------------------
+    def current_rollout_set(self) -> Optional[RolloutSet]:
+        session = self._window.session
+        if session is None or not session.group_ids or session.model is None:
+            return None
+        self._window.drain()
+        return session.rollout_set("cancelled")
+
+    def export_dialog(self) -> None:
+        if self._nothing_to_export():
+            return
+        path, _ = QFileDialog.getSaveFileName(self._window, "Export rollout set",
+                                              str(Path(self._last_dir()) / "rollouts.json"), "Rollout sets (*.json)")
+        if path:
+            self.export_rollout_set(path)
+
+    def export_jsonl_dialog(self) -> None:
+        if self._nothing_to_export():
+            return
+        path, _ = QFileDialog.getSaveFileName(self._window, "Export JSONL",
+                                              str(Path(self._last_dir()) / "rollouts.jsonl"), "JSON Lines (*.jsonl)")
+        if path:
+            self.export_jsonl(path)
+
+    def _nothing_to_export(self) -> bool:
+        if self.current_rollout_set() is None:
+            self._window.show_error("Nothing to export", "Run some queries (or open a rollout set) first.")
+            return True
+        return False
+
+    def export_rollout_set(self, path: str) -> bool:
+        rollout_set = self.current_rollout_set()
+        if rollout_set is None:
+            self._window.show_error("Nothing to export", "Run some queries (or open a rollout set) first.")
+            return False
+        try:
+            export.save(rollout_set, path)
+        except ExplorerError as exc:
+            self._window.show_error("Cannot export the rollout set", str(exc))
+            return False
+        except OSError as exc:
+            self._window.show_error("Cannot export the rollout set", f"{path}: {exc.strerror or exc}")
+            return False
+        self.add_recent(str(path))
+        self.recovery.clear()
+        self._window.status.message(f"Saved {path}")
+        return True
+
+    def export_jsonl(self, path: str) -> bool:
+        rollout_set = self.current_rollout_set()
+        if rollout_set is None:
+            self._window.show_error("Nothing to export", "Run some queries (or open a rollout set) first.")
+            return False
+        try:
+            n = write_jsonl(rollout_set, path)
+        except (ExplorerError, OSError) as exc:
+            self._window.show_error("Cannot export JSONL", str(exc))
+            return False
+        self._window.status.message(f"Wrote {n} rollouts to {path}")
+        return True
+
+    # -- recent files ----------------------------------------------------------------------------------------------
+    def recent_files(self) -> list[str]:
+        try:
+            paths = json.loads(self._settings.value("recent_files", "[]"))
+        except (TypeError, ValueError):  # a settings value another version wrote
+            return []
+        return [p for p in paths if isinstance(p, str)] if isinstance(paths, list) else []
+
+    def add_recent(self, path: str) -> None:
+        path = str(Path(path).absolute())
+        paths = [path] + [p for p in self.recent_files() if p != path]
+        if self._persist:
+            self._settings.setValue("recent_files", json.dumps(paths[:MAX_RECENT]))
+            self._settings.setValue("last_dir", str(Path(path).parent))
+        self.refresh_recent_menu()
+
+    def refresh_recent_menu(self) -> None:
+        menu = self.recent_menu
+        if menu is None:
+            return
+        menu.clear()
+        paths = [p for p in self.recent_files() if Path(p).exists()]
+        for path in paths:
+            action = menu.addAction(Path(path).name)
+            action.setToolTip(path)
+            action.setStatusTip(path)
+            action.triggered.connect(lambda _=False, p=path: self.open_path(p))
+        menu.setEnabled(bool(paths))
+
+    def _last_dir(self) -> str:
+        return str(self._settings.value("last_dir", "") or "")
+
+    # -- autosave and recovery -------------------------------------------------------------------------------------
+    def autosave(self) -> None:
+        self._window.drain()
+        if not self._dirty_since_autosave and self._window.is_running():
+            return  # nothing new since the last save
+        rollout_set = self.current_rollout_set()
+        session = self._window.session
+        if rollout_set is not None and session.source is None:
+            self.recovery.save_async(rollout_set)
+            self._dirty_since_autosave = False
+
+    def offer_recovery(self) -> bool:
+        """After a crash the recovery file is still there: offer to show it. True when it was opened."""
+        if not self.recovery.exists():
+            return False
+        try:
+            rollout_set = self.recovery.load()
+        except ExplorerError as exc:
+            self.recovery.clear()
+            self._window.show_error("Cannot recover the last run", str(exc))
+            return False
+        n = sum(len(g.rollouts) for g in rollout_set.groups)
+        if self._window.ask("Recover the last run?", f"The last session ended during a run. Show its {n} rollouts "
+                            f"({len(rollout_set.groups)} queries, {rollout_set.model.name})? Export them to keep "
+                            "them."):
+            self._window.show_rollout_set(rollout_set, RECOVERED)
+            self.recovery.clear()
+            return True
+        self.recovery.clear()
+        return False

@@ -1,0 +1,69 @@
+"""What the window keeps between sessions in QSettings: geometry, splitters, the side panel's controls, shading,
+and the model to open at start."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional
+
+from PySide6.QtCore import QByteArray, QSettings
+
+from ..core.errors import ModelError
+
+if TYPE_CHECKING:
+    from .main_window import MainWindow
+
+
+class WindowSettings:
+    def __init__(self, window: "MainWindow", settings: QSettings):
+        self._window = window
+        self.settings = settings
+        self.splitters_restored = False  # restore() found saved splitter states: keep them over the defaults
+
+    def _splitters(self):
+        w = self._window
+        return (("window/main_splitter", w.main_splitter), ("window/right_splitter", w.views),
+                ("window/bottom_splitter", w.views.bottom_splitter))
+
+    def startup_model(self) -> Optional[str]:
+        """The model to open at start: the last one used if it is still there, else the default model."""
+        last = self.settings.value("last_model", "")
+        if isinstance(last, str) and last and Path(last).is_file():
+            return last
+        from ..core.models import default_model_path
+
+        try:
+            return str(default_model_path())
+        except ModelError:
+            return None
+
+    def remember_model(self, path: str) -> None:
+        self.settings.setValue("last_model", path)
+
+    def restore(self) -> None:
+        s, w = self.settings, self._window
+        geometry = s.value("window/geometry")
+        if isinstance(geometry, QByteArray) and not geometry.isEmpty():
+            w.restoreGeometry(geometry)
+        for key, splitter in self._splitters():
+            state = s.value(key)
+            if isinstance(state, QByteArray) and not state.isEmpty():
+                self.splitters_restored |= splitter.restoreState(state)
+        try:
+            state = json.loads(s.value("controls", "") or "null")
+        except (TypeError, ValueError):  # a settings value another version wrote
+            state = None
+        if isinstance(state, dict):
+            w.controls.restore_state(state)
+        if s.value("view/shading", "prob") == "entropy":
+            w.views.set_shading("entropy")
+
+    def save(self) -> None:
+        s, w = self.settings, self._window
+        s.setValue("window/geometry", w.saveGeometry())
+        for key, splitter in self._splitters():
+            s.setValue(key, splitter.saveState())
+        s.setValue("controls", json.dumps(w.controls.state()))
+        s.setValue("view/shading", w.views.shading())
+        s.sync()
