@@ -397,3 +397,41 @@ def test_status_numbers_fit_without_waiting_for_a_relayout(qtbot, window):
     status.elapsed_label.setText("1:02:03")
     for label in (status.rate_label, status.elapsed_label):
         assert label.width() >= label.fontMetrics().horizontalAdvance(label.text())
+
+
+def test_branch_here_in_the_tree_menu_adds_rollouts_to_the_window(qtbot, window, fake_model):
+    load(qtbot, window, fake_model)
+    run_to_end(qtbot, window, k=2, max_tokens=10)
+    window.controls.k_spin.setValue(3)  # the menu branches k rollouts
+    tree = window.views.tree_view.tree
+    node = tree.paths()[list(tree.rollout_ids).index("q0.r1")][2]  # r1's third token
+    action = next(a for a in window.views.tree_view.node_menu(node).actions() if a.data() == "branch")
+    assert "3 rollouts" in action.text()
+    with qtbot.waitSignal(window.run_done, timeout=5000) as blocker:
+        action.trigger()
+    assert blocker.args == [False, False]
+    parent = window.session.rollout("q0.r1")
+    branched = [r for r in window.session.group("q0").rollouts if r.parent_id == "q0.r1"]
+    assert [r.id for r in branched] == ["q0.r2", "q0.r3", "q0.r4"]
+    assert all(r.branch_position == 3 and r.token_ids[:3] == parent.token_ids[:3] for r in branched)
+    assert len(window.views.panes.panes()) == 5 and set(tree.rollout_ids) >= {r.id for r in branched}
+    # the status bar's figures are the branch's own: its tokens, not the first run's as well
+    branch_run = window.session.runs[-1]
+    assert branch_run.is_branch and window.status.progress.format() == f"{branch_run.tokens_done:,} tokens"
+
+
+def test_a_bug_in_the_engine_shows_its_message_and_logs_its_traceback(qtbot, window, fake_factory, fake_model,
+                                                                       dialogs, tmp_path, capfd):
+    load(qtbot, window, fake_model)
+    fake_factory.engine.fail_at_step = 2
+    fake_factory.engine.fail_with = ZeroDivisionError("an internal slip")
+    window.controls.k_spin.setValue(2)
+    with qtbot.waitSignal(window.run_done, timeout=5000) as blocker:
+        window.run()
+    assert blocker.args == [False, True]
+    title, message = dialogs.errors[-1]
+    assert title == "The run failed" and message == "Engine error: ZeroDivisionError: an internal slip"
+    err = capfd.readouterr().err
+    assert "Traceback (most recent call last)" in err and "ZeroDivisionError: an internal slip" in err
+    log = (tmp_path / "recovery" / "errors.log").read_text()  # the app's data folder (where recovery lives)
+    assert "ZeroDivisionError: an internal slip" in log and "fake_engine.py" in log

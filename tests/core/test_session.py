@@ -1,0 +1,105 @@
+"""The Session: a run's state in one Qt-free owner, fed by the scripted fake engine's events."""
+
+from __future__ import annotations
+
+import json
+
+from fake_engine import FakeEngine
+
+from explorer.core import export
+from explorer.core.rewards import load_reward
+from explorer.core.session import LOCAL_RUN, Session
+from explorer.core.types import SamplingParams
+
+GENERATE = SamplingParams(temperature=1.0, max_tokens=12, seed=5)
+BRANCH = SamplingParams(temperature=0.3, top_k=7, max_tokens=6, seed=900)
+
+
+def generate_then_branch(k: int = 3, branch_k: int = 2) -> Session:
+    engine = FakeEngine("fake:model")
+    session = Session(engine.info)
+    session.accept(1)
+    session.feed(1, engine.generate(["Which is the largest ocean?"], k, GENERATE))
+    session.accept(2)
+    group = session.group("q0")
+    session.feed(2, engine.branch(group, "q0.r1", 2, None, branch_k, BRANCH))
+    return session
+
+
+def test_branch_rollouts_carry_the_sampling_that_drew_them_through_a_file():
+    session = generate_then_branch()
+    saved = session.rollout_set()
+    assert saved.sampling == GENERATE  # the set's parameters stay the generate's, a branch does not overwrite them
+    own = {r.id: r.sampling for r in saved.groups[0].rollouts}
+    assert own == {"q0.r0": None, "q0.r1": None, "q0.r2": None, "q0.r3": BRANCH, "q0.r4": BRANCH}
+    assert [r.seed for r in saved.groups[0].rollouts][3:] == [BRANCH.seed + 3, BRANCH.seed + 4]
+    text = export.dumps(saved)
+    loaded = export.loads(text)
+    assert loaded.groups == saved.groups
+    written = {r["id"]: r.get("sampling") for r in json.loads(text)["groups"][0]["rollouts"]}
+    assert written["q0.r3"]["temperature"] == BRANCH.temperature and written["q0.r3"]["top_k"] == BRANCH.top_k
+    assert written["q0.r0"] is None  # drawn with the set's parameters: not repeated per rollout
+
+
+def test_each_run_keeps_its_own_progress_and_timings():
+    session = generate_then_branch(k=3, branch_k=2)
+    generate, branch = session.runs
+    assert (generate.is_branch, branch.is_branch) == (False, True)
+    assert generate.total_tokens == 3 * GENERATE.max_tokens and branch.total_tokens == 2 * BRANCH.max_tokens
+    streamed = {rid: len(session.rollout(rid).tokens) for rid in ("q0.r3", "q0.r4")}
+    prefix = 2
+    assert branch.tokens_done == sum(n - prefix for n in streamed.values())  # the branch's own tokens only
+    assert generate.tokens_done == sum(len(session.rollout(f"q0.r{i}").tokens) for i in range(3))
+    assert session.tokens_done == branch.tokens_done and session.total_tokens == branch.total_tokens
+    assert branch.rollout_ids == ["q0.r3", "q0.r4"] and branch.sampling == BRANCH
+    assert session.timings == generate.timings  # the set's timings are the generate's, not the branch's
+
+
+def test_events_of_a_run_not_accepted_are_dropped():
+    engine = FakeEngine("fake:model")
+    session = Session(engine.info)
+    assert not session.feed(7, engine.generate(["q"], 2, GENERATE)) and session.group_ids == []
+    session.accept(8)
+    changes = session.feed(8, engine.generate(["q"], 2, GENERATE))
+    assert changes.new_groups == ("q0",) and changes.finished_groups == ("q0",)
+    assert len(session.trees["q0"].paths()) == 2  # the group's tree was fed the same events
+
+
+def test_text_deltas_are_one_per_token():
+    engine = FakeEngine("fake:model")
+    session = Session(engine.info)
+    events = list(engine.generate(["q"], 2, GENERATE))
+    session.extend(e for e in events if not hasattr(e, "rollout"))  # streamed only: no finished rollout swapped in
+    finished = {e.rollout.id: e.rollout for e in events if hasattr(e, "rollout")}
+    for live in session.live_rollouts("q0"):
+        assert len(live.deltas) == len(live.tokens) > 0
+        assert "".join(live.deltas) == live.text
+        assert tuple(live.tokens) == finished[live.id].tokens[: len(live.tokens)]
+
+
+def test_reward_is_applied_when_a_group_finishes_and_again_when_changed():
+    engine = FakeEngine("fake:model")
+    session = Session(engine.info)
+    length = load_reward("length")
+    session.choose_reward(length, divide_by_std=False)
+    changes = session.feed(LOCAL_RUN, engine.generate(["q"], 3, GENERATE))
+    assert changes.rewarded_groups == ("q0",)
+    rewards = [r.reward for r in session.group("q0").rollouts]
+    assert rewards == [-len(r.text.strip()) / 100 for r in session.group("q0").rollouts]
+    assert session.set_reward(None) == ["q0"]
+    assert all(r.reward is None for r in session.group("q0").rollouts) and session.group("q0").stats is not None
+
+
+def test_can_branch_names_why_not():
+    session = generate_then_branch()
+    other = FakeEngine("fake:other").info
+    assert session.can_branch("q0", session.model) is None
+    assert "another model" in session.can_branch("q0", other)
+    assert session.can_branch("q0", None) and session.can_branch("q9", session.model)
+
+
+def test_from_set_keeps_the_source_scores_and_trees():
+    saved = generate_then_branch().rollout_set()
+    opened = Session.from_set(saved, "set.json")
+    assert opened.source == "set.json" and opened.groups() == saved.groups and set(opened.trees) == {"q0"}
+    assert opened.timings == saved.timings and not opened.running
