@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 
+from kit import node_of
 from explorer.core.tree import ROOT, TokenTree, TreeForest
 from explorer.core.tree_layout import colormap_lut, describe_node, display_token, mean_series, probability_colors
 from explorer.core.types import (GroupHeader, QueryGroup, Rollout, RolloutFinished, RolloutHeader, RunStarted,
@@ -45,13 +46,6 @@ def tree_of(*rollouts: Rollout) -> TokenTree:
     for r in rollouts:
         tree.add_rollout(r)
     return tree
-
-
-def node_of(tree: TokenTree, ids: list[int]) -> int:
-    node = ROOT
-    for t in ids:
-        node = next(c.node for c in tree.children(node) if c.token_id == t)
-    return node
 
 
 def random_rollouts(n: int, length: int, seed: int) -> list[Rollout]:

@@ -8,73 +8,42 @@ from PySide6.QtGui import QGuiApplication, QTextCursor
 
 from explorer.core.session import Session
 from explorer.core.types import (
-    GroupHeader,
     Rollout,
-    RolloutFinished,
     RolloutHeader,
     RunFinished,
     RunStarted,
     SamplingParams,
     Timings,
-    TokenBatch,
-    TokenEvent,
     TokenInfo,
-    TopLogprob,
 )
 from explorer.gui.panes import RolloutPanes
-
-
-def tok(tid, raw, prob=0.5, entropy=1.0):
-    raw = raw.encode() if isinstance(raw, str) else raw
-    top = (TopLogprob(tid, raw.decode("utf-8", "replace"), raw, math.log(prob)),)
-    return TokenInfo(tid, raw.decode("utf-8", "replace"), raw, math.log(prob), math.log(prob), entropy, 1, top)
-
-
-def start(k, prefixes=None, group="q0"):
-    prefixes = prefixes or {}
-    headers = tuple(RolloutHeader(group, f"{group}.r{i}", i, 10 + i, prefix=prefixes.get(i, ((), ""))[0],
-                                  prefix_text=prefixes.get(i, ((), ""))[1]) for i in range(k))
-    return RunStarted((GroupHeader(group, "Which is the largest ocean?", True, "prompt", (1, 2)),), headers,
-                      SamplingParams(seed=10), total_tokens=k * 8)
-
-
-def batch(step, items, group="q0"):
-    """items: {rollout index: (token, text delta)}"""
-    return TokenBatch(tuple(TokenEvent(group, f"{group}.r{i}", step, t, text) for i, (t, text) in items.items()))
-
-
-def finished(i, text, tokens, reason="stop", group="q0", **extra):
-    return RolloutFinished(group, Rollout(f"{group}.r{i}", i, 10 + i, text, tuple(tokens), reason, **extra))
+from gui_kit import show
+from kit import rollout_finished, run_started, sampled_tok, token_batch
 
 
 @pytest.fixture
 def panes(qtbot):
-    widget = RolloutPanes()
-    qtbot.addWidget(widget)
-    widget.resize(1000, 400)
-    widget.show()
-    qtbot.waitExposed(widget)
-    return widget
+    return show(qtbot, RolloutPanes(), 1000, 400)
 
 
-def stream(collector, panes, k, words):
+def stream(session, panes, k, words):
     """Feed the words to every rollout (rollout i gets word + str(i)), refreshing after each step."""
     for step, word in enumerate(words):
-        collector.add(batch(step, {i: (tok(step, f"{word}{i}", 0.9 - 0.1 * i), f"{word}{i}") for i in range(k)}))
+        session.add(token_batch(step, {i: (sampled_tok(step, f"{word}{i}", 0.9 - 0.1 * i), f"{word}{i}") for i in range(k)}))
         panes.refresh()
 
 
 def test_streaming_appends_text_to_each_pane_and_never_rewrites_it(panes):
-    collector = Session()
-    collector.add(start(3))
-    panes.show_group(collector, "q0")
+    session = Session()
+    session.add(run_started(3))
+    panes.show_group(session, "q0")
     assert [p.rollout_id for p in panes.panes()] == ["q0.r0", "q0.r1", "q0.r2"]
     removed = []
     for pane in panes.panes():
         pane.view.document().contentsChange.connect(lambda pos, rem, add: removed.append(rem))
-    stream(collector, panes, 3, ["The", " Pacific", " Ocean", ".\n", "Yes"])
+    stream(session, panes, 3, ["The", " Pacific", " Ocean", ".\n", "Yes"])
     for pane in panes.panes():
-        live = collector.live_rollouts("q0")[pane.index]
+        live = session.live_rollouts("q0")[pane.index]
         assert pane.text() == "".join(live.deltas) == f"The{pane.index} Pacific{pane.index} Ocean{pane.index}" \
             f".\n{pane.index}Yes{pane.index}"
         assert "streaming" in pane.title.text()
@@ -82,16 +51,16 @@ def test_streaming_appends_text_to_each_pane_and_never_rewrites_it(panes):
 
 
 def test_finished_rollout_header_shows_reason_logprob_probability_and_reward(panes):
-    collector = Session()
-    collector.add(start(2))
-    panes.show_group(collector, "q0")
-    tokens = [tok(0, "Pac", 0.5), tok(1, "ific", 0.25)]
-    collector.add(batch(0, {0: (tokens[0], "Pac")}))
+    session = Session()
+    session.add(run_started(2))
+    panes.show_group(session, "q0")
+    tokens = [sampled_tok(0, "Pac", 0.5), sampled_tok(1, "ific", 0.25)]
+    session.add(token_batch(0, {0: (tokens[0], "Pac")}))
     panes.refresh()
-    collector.add(batch(1, {0: (tokens[1], "ific")}))
-    collector.add(finished(0, "Pacific", tokens, "length", reward=1.0, advantage=0.5))
-    collector.add(finished(1, "", [], "cancelled"))
-    collector.add(RunFinished(Timings()))
+    session.add(token_batch(1, {0: (tokens[1], "ific")}))
+    session.add(rollout_finished(0, "Pacific", tokens, "length", reward=1.0, advantage=0.5))
+    session.add(rollout_finished(1, "", [], "cancelled"))
+    session.add(RunFinished(Timings()))
     panes.refresh()
     first, second = panes.panes()
     assert first.text() == "Pacific"
@@ -104,24 +73,24 @@ def test_finished_rollout_header_shows_reason_logprob_probability_and_reward(pan
 
 
 def test_probability_that_underflows_is_shown_as_a_power_of_ten(panes):
-    collector = Session()
-    collector.add(start(1))
-    panes.show_group(collector, "q0")
+    session = Session()
+    session.add(run_started(1))
+    panes.show_group(session, "q0")
     tokens = [TokenInfo(i, "x", b"x", -250.0, None, 1.0, 9) for i in range(4)]  # pi = e^-1000
-    collector.add(finished(0, "xxxx", tokens))
+    session.add(rollout_finished(0, "xxxx", tokens))
     panes.refresh()
     assert "10<sup>\u2212434.3</sup>" in panes.panes()[0].stats.text()
 
 
 def test_multibyte_character_split_across_two_tokens_renders_once_and_maps_to_the_second(panes):
-    collector = Session()
-    collector.add(start(1))
-    panes.show_group(collector, "q0")
-    collector.add(batch(0, {0: (tok(0, "caf"), "caf")}))
-    collector.add(batch(1, {0: (tok(1, b"\xc3"), "")}))  # first byte of é: the engine adds no text yet
+    session = Session()
+    session.add(run_started(1))
+    panes.show_group(session, "q0")
+    session.add(token_batch(0, {0: (sampled_tok(0, "caf"), "caf")}))
+    session.add(token_batch(1, {0: (sampled_tok(1, b"\xc3"), "")}))  # first byte of é: the engine adds no text yet
     panes.refresh()
-    collector.add(batch(2, {0: (tok(2, b"\xa9"), "é")}))
-    collector.add(batch(3, {0: (tok(3, " bien"), " bien")}))
+    session.add(token_batch(2, {0: (sampled_tok(2, b"\xa9"), "é")}))
+    session.add(token_batch(3, {0: (sampled_tok(3, " bien"), " bien")}))
     panes.refresh()
     view = panes.panes()[0].view
     assert view.text() == "café bien"
@@ -130,11 +99,11 @@ def test_multibyte_character_split_across_two_tokens_renders_once_and_maps_to_th
 
 
 def test_branch_prefix_text_covering_several_tokens(panes):
-    collector = Session()
-    prefix = (tok(0, "The"), tok(1, " Pac"), tok(2, "ific"))
-    collector.add(start(1, prefixes={0: (prefix, "The Pacific")}))
-    panes.show_group(collector, "q0")
-    collector.add(batch(3, {0: (tok(3, " Ocean"), " Ocean")}))
+    session = Session()
+    prefix = (sampled_tok(0, "The"), sampled_tok(1, " Pac"), sampled_tok(2, "ific"))
+    session.add(run_started(1, prefixes={0: (prefix, "The Pacific")}))
+    panes.show_group(session, "q0")
+    session.add(token_batch(3, {0: (sampled_tok(3, " Ocean"), " Ocean")}))
     panes.refresh()
     view = panes.panes()[0].view
     assert view.text() == "The Pacific Ocean"
@@ -142,24 +111,24 @@ def test_branch_prefix_text_covering_several_tokens(panes):
 
 
 def test_final_text_trimmed_at_a_stop_string_replaces_what_streamed(panes):
-    collector = Session()
-    collector.add(start(1))
-    panes.show_group(collector, "q0")
-    tokens = [tok(0, "Pacific"), tok(1, "\n\n"), tok(2, "User")]
+    session = Session()
+    session.add(run_started(1))
+    panes.show_group(session, "q0")
+    tokens = [sampled_tok(0, "Pacific"), sampled_tok(1, "\n\n"), sampled_tok(2, "User")]
     for step, t in enumerate(tokens):
-        collector.add(batch(step, {0: (t, t.token)}))
+        session.add(token_batch(step, {0: (t, t.token)}))
         panes.refresh()
-    collector.add(finished(0, "Pacific", tokens, "stop_string"))
+    session.add(rollout_finished(0, "Pacific", tokens, "stop_string"))
     panes.refresh()
     pane = panes.panes()[0]
     assert pane.text() == "Pacific" and "stop string" in pane.title.text()
 
 
 def test_shading_switches_to_entropy(panes):
-    collector = Session()
-    collector.add(start(1))
-    panes.show_group(collector, "q0")
-    collector.add(batch(0, {0: (tok(0, "sure", prob=0.99, entropy=3.5), "sure")}))
+    session = Session()
+    session.add(run_started(1))
+    panes.show_group(session, "q0")
+    session.add(token_batch(0, {0: (sampled_tok(0, "sure", prob=0.99, entropy=3.5), "sure")}))
     panes.refresh()
     view = panes.panes()[0].view
     cursor = QTextCursor(view.document())
@@ -179,12 +148,12 @@ def test_shading_switches_to_entropy(panes):
 
 
 def test_sort_orders_panes_by_logprob_reward_and_back_to_index(panes):
-    collector = Session()
-    collector.add(start(3))
-    panes.show_group(collector, "q0")
+    session = Session()
+    session.add(run_started(3))
+    panes.show_group(session, "q0")
     probs = {0: 0.2, 1: 0.9, 2: 0.5}
     for i, p in probs.items():
-        collector.add(finished(i, "x", [tok(0, "x", p)], reward={0: 1.0, 1: None, 2: 0.0}[i]))
+        session.add(rollout_finished(i, "x", [sampled_tok(0, "x", p)], reward={0: 1.0, 1: None, 2: 0.0}[i]))
     panes.refresh()
     panes.set_sort("logprob")
     assert [p.index for p in panes.panes()] == [1, 2, 0]
@@ -197,10 +166,10 @@ def test_sort_orders_panes_by_logprob_reward_and_back_to_index(panes):
 
 
 def test_clicking_a_token_emits_rollout_id_and_position(panes, qtbot):
-    collector = Session()
-    collector.add(start(2))
-    panes.show_group(collector, "q0")
-    stream(collector, panes, 2, ["Alpha", " beta", " gamma"])
+    session = Session()
+    session.add(run_started(2))
+    panes.show_group(session, "q0")
+    stream(session, panes, 2, ["Alpha", " beta", " gamma"])
     view = panes.pane("q0.r1").view
     with qtbot.waitSignal(panes.token_clicked, timeout=2000) as blocker:
         qtbot.mouseClick(view.viewport(), Qt.MouseButton.LeftButton, pos=view.token_rect(1).center())
@@ -208,10 +177,10 @@ def test_clicking_a_token_emits_rollout_id_and_position(panes, qtbot):
 
 
 def test_highlight_and_scroll_to_token_mark_the_pane_and_the_token(panes):
-    collector = Session()
-    collector.add(start(2))
-    panes.show_group(collector, "q0")
-    stream(collector, panes, 2, ["One", " two", " three"])
+    session = Session()
+    session.add(run_started(2))
+    panes.show_group(session, "q0")
+    stream(session, panes, 2, ["One", " two", " three"])
     panes.highlight_rollouts(["q0.r1"])
     assert panes.pane("q0.r1")._highlighted and not panes.pane("q0.r0")._highlighted
     panes.scroll_to_token("q0.r1", 2)
@@ -222,53 +191,53 @@ def test_highlight_and_scroll_to_token_mark_the_pane_and_the_token(panes):
 
 
 def test_many_rollouts_use_compact_panes_and_branches_join_live(panes):
-    collector = Session()
-    collector.add(start(10))
-    panes.show_group(collector, "q0")
+    session = Session()
+    session.add(run_started(10))
+    panes.show_group(session, "q0")
     assert len(panes.panes()) == 10 and all(p.compact for p in panes.panes())
     panes.set_compact(False)
     assert not any(p.compact for p in panes.panes())
     panes.set_compact(None)  # automatic again
     assert all(p.compact for p in panes.panes())
-    branch = RunStarted((), (RolloutHeader("q0", "q0.r10", 10, 20, "q0.r3", 1, (tok(0, "Hi"),), "Hi"),),
+    branch = RunStarted((), (RolloutHeader("q0", "q0.r10", 10, 20, "q0.r3", 1, (sampled_tok(0, "Hi"),), "Hi"),),
                         SamplingParams(), total_tokens=4, is_branch=True)
-    collector.add(branch)
+    session.add(branch)
     panes.refresh()
     new = panes.pane("q0.r10")
     assert new is not None and new.text() == "Hi" and "from r3 @1" in new.title.text()
 
 
 def test_copy_button_copies_the_rollout_text(panes, qtbot):
-    collector = Session()
-    collector.add(start(1))
-    panes.show_group(collector, "q0")
-    stream(collector, panes, 1, ["Pacific", " Ocean"])
+    session = Session()
+    session.add(run_started(1))
+    panes.show_group(session, "q0")
+    stream(session, panes, 1, ["Pacific", " Ocean"])
     qtbot.mouseClick(panes.panes()[0].copy_button, Qt.MouseButton.LeftButton)
     assert QGuiApplication.clipboard().text() == "Pacific0 Ocean0"
 
 
 def test_clearing_the_group_shows_the_placeholder(panes):
-    collector = Session()
-    collector.add(start(2))
-    panes.show_group(collector, "q0")
+    session = Session()
+    session.add(run_started(2))
+    panes.show_group(session, "q0")
     assert len(panes.panes()) == 2 and not panes.placeholder.isVisible()
-    panes.show_group(collector, None)
+    panes.show_group(session, None)
     assert panes.panes() == [] and panes.placeholder.isVisible()
     panes.refresh()  # nothing to do, no error
 
 
 def test_end_of_generation_token_counts_but_adds_no_text(panes):
-    collector = Session()
-    collector.add(start(1))
-    panes.show_group(collector, "q0")
-    tokens = [tok(0, "Pacific"), tok(1, " Ocean"), tok(2, "<|im_end|>", prob=0.95)]
-    collector.add(batch(0, {0: (tokens[0], "Pacific")}))
+    session = Session()
+    session.add(run_started(1))
+    panes.show_group(session, "q0")
+    tokens = [sampled_tok(0, "Pacific"), sampled_tok(1, " Ocean"), sampled_tok(2, "<|im_end|>", prob=0.95)]
+    session.add(token_batch(0, {0: (tokens[0], "Pacific")}))
     panes.refresh()
-    collector.add(batch(1, {0: (tokens[1], " Ocean")}))
-    collector.add(batch(2, {0: (tokens[2], "")}))  # the engine adds no text for end-of-generation tokens
+    session.add(token_batch(1, {0: (tokens[1], " Ocean")}))
+    session.add(token_batch(2, {0: (tokens[2], "")}))  # the engine adds no text for end-of-generation tokens
     panes.refresh()
-    collector.add(finished(0, "Pacific Ocean", tokens, "stop"))
-    collector.add(batch(3, {0: (tok(3, "late"), "late")}))  # after the finish: ignored by the collector
+    session.add(rollout_finished(0, "Pacific Ocean", tokens, "stop"))
+    session.add(token_batch(3, {0: (sampled_tok(3, "late"), "late")}))  # after the finish: ignored by the session
     panes.refresh()
     pane = panes.panes()[0]
     assert pane.text() == "Pacific Ocean" and pane.view.token_count == 3

@@ -14,6 +14,7 @@ from explorer.core import export
 from explorer.core.rewards import normalize_text
 from explorer.core.stats import STAT_DESCRIPTIONS
 from explorer.gui.main_window import MainWindow
+import gui_kit
 from explorer.gui.reward_box import PICK
 
 OCEAN = "Which is the largest ocean?"
@@ -27,14 +28,10 @@ def dialogs(dialogs):
 
 
 def run_to_end(qtbot, window: MainWindow, fake_model, k: int = 4, max_tokens: int = 12) -> None:
+    """Both queries, the fake model loaded first if need be."""
     if window.model_info is None:
-        with qtbot.waitSignal(window.model_ready, timeout=5000):
-            window.load_model(str(fake_model))
-    window.controls.set_queries([OCEAN, CODE])
-    window.controls.k_spin.setValue(k)
-    window.controls.max_tokens.setValue(max_tokens)
-    with qtbot.waitSignal(window.run_done, timeout=10000):
-        assert window.run() is not None
+        gui_kit.load(qtbot, window, fake_model)
+    gui_kit.run_to_end(qtbot, window, k, max_tokens, queries=[OCEAN, CODE])
 
 
 def pick(box, key: str) -> None:

@@ -6,22 +6,15 @@ import pytest
 from PySide6.QtCore import Qt
 
 from explorer.core.types import Score, TokenInfo
+from gui_kit import show
+from kit import tok
 from explorer.gui.scoring import OCEAN_QUERY, ScoringPanel, candidate_lines, shares
 from explorer.gui.tokens import TokenTextView
 
 
-def tok(tid, text, prob):
-    return TokenInfo(tid, text, text.encode(), math.log(prob), None, 1.0, 1)
-
-
 @pytest.fixture
 def panel(qtbot):
-    widget = ScoringPanel()
-    qtbot.addWidget(widget)
-    widget.resize(700, 300)
-    widget.show()
-    qtbot.waitExposed(widget)
-    return widget
+    return show(qtbot, ScoringPanel(), 700, 300)
 
 
 def test_the_ocean_query_comes_with_the_two_candidates_and_drafts_survive_switching(panel):

@@ -4,16 +4,15 @@ ticks that draw one view at a time (with a full redraw before run_done)."""
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 from PySide6.QtWidgets import QApplication
 
 from explorer.core.session import Session
+from gui_kit import show
+from kit import run_started, sampled_tok
 from explorer.core.tree import TokenTree
-from explorer.core.types import (GroupHeader, RolloutHeader, RunStarted, SamplingParams, TokenBatch, TokenEvent,
-                                 TokenInfo, TopLogprob)
+from explorer.core.types import TokenBatch, TokenEvent, TokenInfo
 from explorer.gui.main_window import MainWindow
 from explorer.gui.panes import RolloutPanes
 from explorer.gui.side_plot import SidePlot
@@ -21,16 +20,8 @@ from explorer.gui.tree_items import stepped_end
 from explorer.gui.tree_view import TokenTreeView
 
 
-def tok(tid: int, prob: float = 0.6) -> TokenInfo:
-    text = f" w{tid}"
-    top = (TopLogprob(tid, text, text.encode(), math.log(prob)), TopLogprob(tid + 1000, " x", b" x", math.log(0.1)))
-    return TokenInfo(tid, text, text.encode(), math.log(prob), math.log(prob), 1.0, 1, top)
-
-
-def started(k: int) -> RunStarted:
-    headers = tuple(RolloutHeader("q0", f"q0.r{i}", i, 10 + i) for i in range(k))
-    return RunStarted((GroupHeader("q0", "Which is the largest ocean?", True, "prompt", (1, 2)),), headers,
-                      SamplingParams(seed=10), total_tokens=k * 8)
+def tok(tid: int) -> TokenInfo:
+    return sampled_tok(tid, f" w{tid}", 0.6, alternatives=((tid + 1000, " x", 0.1),))
 
 
 def step(position: int, k: int) -> TokenBatch:
@@ -40,20 +31,16 @@ def step(position: int, k: int) -> TokenBatch:
 
 @pytest.fixture
 def panes(qtbot) -> RolloutPanes:
-    widget = RolloutPanes()
-    qtbot.addWidget(widget)
-    widget.resize(1000, 400)
-    widget.show()
-    return widget
+    return show(qtbot, RolloutPanes(), 1000, 400)
 
 
 @pytest.mark.parametrize("k", [5, 10])
 def test_pane_budget_makes_panes_a_few_per_refresh(panes, k):
-    collector = Session()
-    collector.add(started(k))
-    collector.add(step(0, k))
+    session = Session()
+    session.add(run_started(k))
+    session.add(step(0, k))
     panes.set_pane_budget(2)
-    panes.show_group(collector, "q0")
+    panes.show_group(session, "q0")
     # compact or not is decided on the panes there will be, not on those made so far
     assert {p.compact for p in panes.panes()} == {k > 8}
     made = [len(panes.panes())]
@@ -66,10 +53,10 @@ def test_pane_budget_makes_panes_a_few_per_refresh(panes, k):
 
 
 def test_pane_budget_none_makes_them_all_at_once(panes):
-    collector = Session()
-    collector.add(started(6))
+    session = Session()
+    session.add(run_started(6))
     panes.set_pane_budget(2)
-    panes.show_group(collector, "q0")
+    panes.show_group(session, "q0")
     panes.set_pane_budget(None)
     panes.refresh()
     assert len(panes.panes()) == 6
@@ -99,12 +86,7 @@ def growing_tree(view: TokenTreeView, k: int, length: int):
 
 @pytest.fixture
 def view(qtbot) -> TokenTreeView:
-    v = TokenTreeView()
-    qtbot.addWidget(v)
-    v.resize(900, 400)
-    v.show()
-    qtbot.waitExposed(v)
-    return v
+    return show(qtbot, TokenTreeView(), 900, 400)
 
 
 def test_growing_tree_range_steps_ahead_then_fits(view):
@@ -172,7 +154,7 @@ def test_refresh_ticks_take_turns_and_run_done_follows_a_full_redraw(qtbot, wind
     qtbot.waitUntil(lambda: fake_factory.engine.held.is_set()
                     and any(isinstance(e, TokenBatch) for _, batch in window.runs._pending for e in batch), timeout=5000)
 
-    window.drain()  # outside the ticks, while streaming: feeds the collector (and makes the tab) but draws no tree
+    window.drain()  # outside the ticks, while streaming: feeds the session (and makes the tab) but draws no tree
     assert window.session.tokens_done > 0 and window.views.group_tabs.count() == 1
     assert window.views.tree_view.tree is None and len(window.views.panes.panes()) == 2  # two panes per refresh
     window.drain(spread=True)  # the tree's turn: it switches to the group's tree; no new pane

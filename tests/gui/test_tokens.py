@@ -10,6 +10,7 @@ from PySide6.QtWidgets import QToolTip
 from explorer.core.types import TokenInfo, TopLogprob
 from explorer.gui.style import SHADE_LEVELS, shade_colour, shade_level
 from explorer.core.token_text import decode_pieces, fit_pieces
+from kit import tok
 from explorer.gui.tokens import (
     TokenTextView,
     format_percent,
@@ -17,11 +18,6 @@ from explorer.gui.tokens import (
     token_label,
     token_tooltip_html,
 )
-
-
-def tok(tid, raw, prob=0.5, entropy=1.0, rank=1, top=()):
-    raw = raw.encode() if isinstance(raw, str) else raw
-    return TokenInfo(tid, raw.decode("utf-8", "replace"), raw, math.log(prob), None, entropy, rank, top)
 
 
 def palette(base, text):

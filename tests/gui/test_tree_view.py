@@ -10,7 +10,8 @@ from PySide6.QtCore import QPointF, Qt
 from PySide6.QtGui import QColor, QPalette
 from PySide6.QtWidgets import QApplication
 
-from explorer.core.tree import ROOT, TokenTree
+from kit import node_of
+from explorer.core.tree import TokenTree
 from explorer.core.types import Rollout, TokenInfo, TopLogprob
 from explorer.gui.side_plot import SidePlot
 from explorer.gui.tree_view import TokenTreeView
@@ -55,13 +56,6 @@ def view(qtbot, tree) -> TokenTreeView:
     v.set_tree(tree)
     QApplication.processEvents()
     return v
-
-
-def node_of(tree: TokenTree, ids: list[int]) -> int:
-    node = ROOT
-    for t in ids:
-        node = next(c.node for c in tree.children(node) if c.token_id == t)
-    return node
 
 
 def viewport_pos(view: TokenTreeView, node: int):

@@ -16,25 +16,9 @@ from explorer.core import export
 from explorer.core.session import Session
 from explorer.gui.main_window import MainWindow
 from explorer.gui.recovery import RecoveryStore
+from gui_kit import load, pane_texts, run_to_end
 
 OCEAN = "Which is the largest ocean?"
-
-
-def load(qtbot, window: MainWindow, path) -> None:
-    with qtbot.waitSignal(window.model_ready, timeout=5000):
-        window.load_model(str(path))
-
-
-def run_to_end(qtbot, window: MainWindow, k: int = 3, max_tokens: int = 12):
-    window.controls.k_spin.setValue(k)
-    window.controls.max_tokens.setValue(max_tokens)
-    with qtbot.waitSignal(window.run_done, timeout=10000) as blocker:
-        assert window.run() is not None
-    return blocker.args
-
-
-def pane_texts(window: MainWindow) -> list[str]:
-    return [pane.text() for pane in window.views.panes.panes()]
 
 
 def test_first_start_prefills_the_seed_queries(window):
