@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from PySide6.QtGui import QAction, QActionGroup, QKeySequence
-from PySide6.QtWidgets import QMenu, QMessageBox
+from PySide6.QtWidgets import QMessageBox
 
 if TYPE_CHECKING:
     from .main_window import MainWindow
@@ -37,11 +37,7 @@ def _action(window, text: str, slot, shortcut=None, tip: str = "") -> QAction:
 
 
 class MenuActions(dict):
-    """The window's actions by name, and the Open recent menu (FileActions fills it)."""
-
-    def __init__(self, recent_menu: QMenu):
-        super().__init__()
-        self.recent_menu = recent_menu
+    """The window's actions by name."""
 
     def show_shading(self, mode: str) -> None:
         """Check the shading entry of the mode the views show."""
@@ -51,8 +47,7 @@ class MenuActions(dict):
 def build_menus(window: "MainWindow") -> MenuActions:
     bar = window.menuBar()
     file_menu = bar.addMenu("&File")
-    recent_menu = QMenu("Open &recent", file_menu)
-    a = MenuActions(recent_menu)
+    a = MenuActions()
 
     a["open_model"] = _action(window, "Open &model…", window.controls.open_model_dialog, "Ctrl+Shift+O",
                               "Load a .gguf model")
@@ -65,7 +60,7 @@ def build_menus(window: "MainWindow") -> MenuActions:
     a["quit"] = _action(window, "&Quit", window.close, QKeySequence.StandardKey.Quit)
     file_menu.addAction(a["open_model"])
     file_menu.addAction(a["open_set"])
-    file_menu.addMenu(recent_menu)
+    file_menu.addMenu(window.files.recent_menu)  # FileActions fills it
     file_menu.addSeparator()
     file_menu.addAction(a["export"])
     file_menu.addAction(a["export_jsonl"])

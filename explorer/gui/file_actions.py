@@ -36,7 +36,7 @@ class FileActions(QObject):
         self._window = window
         self._persist = persist
         self.recovery = RecoveryStore(recovery_dir, enabled=persist)
-        self.recent_menu: Optional[QMenu] = None  # File > Open recent, once the menus exist
+        self.recent_menu = QMenu("Open &recent", window)  # the File menu shows it
         self._dirty_since_autosave = False
         self.autosave_timer = QTimer(self)
         self.autosave_timer.setInterval(AUTOSAVE_INTERVAL_MS)
@@ -160,8 +160,6 @@ class FileActions(QObject):
 
     def refresh_recent_menu(self) -> None:
         menu = self.recent_menu
-        if menu is None:
-            return
         menu.clear()
         paths = [p for p in self.recent_files() if Path(p).exists()]
         for path in paths:

@@ -102,7 +102,6 @@ class MainWindow(QMainWindow):
         self.main_splitter = QSplitter(Qt.Orientation.Horizontal)
         self._build_layout()
         self.menu_actions = build_menus(self)
-        self.files.recent_menu = self.menu_actions.recent_menu
         self.status = StatusPanel(self.statusBar())
         self.reward_status = RewardStatus("")
         self.statusBar().insertPermanentWidget(0, self.reward_status)
