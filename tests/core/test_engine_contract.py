@@ -12,7 +12,7 @@ from contextlib import closing
 import pytest
 from fake_engine import FakeEngine
 
-from explorer.core.collect import RunCollector
+from explorer.core.session import Session
 from explorer.core.engine import Engine
 from explorer.core.engine_like import EngineLike
 from explorer.core.errors import EngineError, ExplorerError
@@ -39,7 +39,7 @@ def _events(iterator):
 
 
 def _group(engine, k=2, max_tokens=8, seed=31):
-    collector = RunCollector(engine.info)
+    collector = Session(engine.info)
     collector.extend(_events(engine.generate([QUERY], k, SamplingParams(max_tokens=max_tokens, seed=seed))))
     return collector.group("q0")
 

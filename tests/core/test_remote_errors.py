@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from explorer.core.collect import RunCollector
+from explorer.core.session import Session
 from explorer.core.errors import ExplorerError
 from explorer.core.remote import RemoteEngine
 from explorer.core.servers import ServerError, display_url
@@ -48,7 +48,7 @@ def against(srv, k=2, params=PARAMS, **engine_args):
 
 
 def collect(eng, k=2, params=PARAMS):
-    collector = RunCollector(eng.info, params)
+    collector = Session(eng.info, params)
     error = None
     try:
         for ev in eng.generate(["q"], k, params, chat=False):

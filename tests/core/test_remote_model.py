@@ -12,7 +12,7 @@ import threading
 import pytest
 
 from explorer.core import export
-from explorer.core.collect import RunCollector
+from explorer.core.session import Session
 from explorer.core.errors import ExplorerError
 from explorer.core.types import RolloutFinished, RunFinished, SamplingParams, TokenBatch
 from servers import LlamaCppServer
@@ -41,8 +41,8 @@ def remote(server):
     eng.close()
 
 
-def run(eng, events) -> RunCollector:
-    collector = RunCollector(eng.info, SamplingParams())
+def run(eng, events) -> Session:
+    collector = Session(eng.info, SamplingParams())
     for ev in events:
         collector.add(ev)
     return collector
@@ -120,7 +120,7 @@ def test_branch_keeps_the_prefix_and_forces_an_alternative(remote, local_engine,
 
 def test_stop_mid_stream_keeps_what_arrived(remote):
     cancel = threading.Event()
-    collector = RunCollector(remote.info, SamplingParams())
+    collector = Session(remote.info, SamplingParams())
     finished = []
     for ev in remote.generate(["Write a long story about a dragon."], 3, SamplingParams(max_tokens=400, seed=1),
                               cancel=cancel, chat=False):
@@ -146,7 +146,7 @@ def test_server_killed_mid_stream_is_one_clear_error_and_keeps_what_arrived(defa
 
     srv = LlamaCppServer(default_model_path)
     eng = RemoteEngine(srv.url)
-    collector = RunCollector(eng.info, SamplingParams())
+    collector = Session(eng.info, SamplingParams())
     try:
         with pytest.raises(ExplorerError) as err:
             for ev in eng.generate(["Write a long story about a dragon."], 3, SamplingParams(max_tokens=400),
@@ -177,7 +177,7 @@ def test_wrong_key_is_one_line_about_the_key(server):
 
 
 def test_export_records_the_server_and_never_the_key(remote, four, tmp_path):
-    collector = RunCollector(remote.info, SamplingParams(max_tokens=16, seed=11))
+    collector = Session(remote.info, SamplingParams(max_tokens=16, seed=11))
     collector.add_group(four)
     path = tmp_path / "remote.json"
     export.save(collector.rollout_set(), path)

@@ -14,12 +14,12 @@ from explorer.core.types import Query, SamplingParams, TokenBatch
 
 
 def generated(tiny_gguf, **params):
-    from explorer.core.collect import RunCollector
+    from explorer.core.session import Session
 
     engine = Engine(tiny_gguf)
     try:
         sampling = SamplingParams(**params)
-        collector = RunCollector(engine.info, sampling)
+        collector = Session(engine.info, sampling)
         for event in engine.generate([Query("the ocean"), Query("ü海 é")], 8, sampling):
             collector.add(event)
         return collector.rollout_set()
@@ -41,12 +41,12 @@ def test_real_runs_are_never_flagged(tiny_gguf, params):
 def test_a_cancelled_run_is_not_flagged(tiny_gguf):
     import threading
 
-    from explorer.core.collect import RunCollector
+    from explorer.core.session import Session
 
     engine = Engine(tiny_gguf)
     cancel = threading.Event()
     sampling = SamplingParams(max_tokens=200, temperature=1.5, top_k=0, top_p=1.0, min_p=0.0)
-    collector = RunCollector(engine.info, sampling)
+    collector = Session(engine.info, sampling)
     try:
         for event in engine.generate([Query("the ocean")], 8, sampling, cancel=cancel):
             collector.add(event)

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from explorer.core import export
-from explorer.core.collect import RunCollector
+from explorer.core.session import Session
 from explorer.core.types import RolloutFinished, SamplingParams
 
 VLLM_PYTHON = os.environ.get("VLLM_PYTHON")
@@ -73,7 +73,7 @@ def remote(vllm_url):
 
 @pytest.fixture(scope="module")
 def group(remote):
-    c = RunCollector(remote.info, SamplingParams())
+    c = Session(remote.info, SamplingParams())
     c.extend(remote.generate([QUERY], 4, SamplingParams(max_tokens=24, seed=3)))
     return c.groups()[0]
 
@@ -110,12 +110,12 @@ def test_scoring_through_prompt_logprobs(remote, local_engine):
 def test_branch_and_stop_and_export(remote, group, tmp_path):
     parent = next(r for r in group.rollouts if len(r.tokens) > 3)
     forced = parent.tokens[1].top[1].id
-    c = RunCollector(remote.info, SamplingParams())
+    c = Session(remote.info, SamplingParams())
     c.extend(remote.branch(group, parent.id, 1, forced, k=2, params=SamplingParams(max_tokens=6, seed=9)))
     for r in c.groups()[0].rollouts:
         assert r.token_ids[:2] == (parent.token_ids[0], forced)
     cancel = threading.Event()
-    c2 = RunCollector(remote.info, SamplingParams())
+    c2 = Session(remote.info, SamplingParams())
     for ev in remote.generate(["Write a long story."], 3, SamplingParams(max_tokens=1000), cancel=cancel):
         c2.add(ev)
         if not isinstance(ev, RolloutFinished) and c2.tokens_done:
