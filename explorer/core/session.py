@@ -135,6 +135,7 @@ class Session:
         self.sampling = sampling or SamplingParams()  # the set's: the first generate's (branches keep their own)
         self.source = source  # the file an opened set came from; None for a set made here
         self.runs: list[RunRecord] = []
+        self._exported_runs = 0  # how many of the runs an export (or the opened file) holds
         self.trees: dict[str, TokenTree] = {}
         self._opened_timings = Timings()
         self._accepted: set[int] = {LOCAL_RUN}
@@ -155,6 +156,14 @@ class Session:
 
     def accepts(self, run_id: int) -> bool:
         return run_id in self._accepted
+
+    def mark_exported(self) -> None:
+        """Everything run so far is in a file now."""
+        self._exported_runs = len(self.runs)
+
+    def has_unexported(self) -> bool:
+        """Rollouts made here that no export holds yet (a run, or a branch of an opened set)."""
+        return len(self.runs) > self._exported_runs and any(run.rollout_ids for run in self.runs)
 
     @property
     def current_run(self) -> Optional[RunRecord]:

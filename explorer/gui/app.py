@@ -181,7 +181,8 @@ def run_gui(args, engine_factory: Callable = default_engine_factory, settings: O
     session = None
     quit_after = bool(_arg(args, "quit", False))
     window = MainWindow(engine_factory, settings=settings, persist=not scripted,
-                        show_error=(lambda t, m: session.error(t, m)) if quit_after else None)
+                        show_error=(lambda t, m: session.error(t, m)) if quit_after else None,
+                        ask=(lambda _title, _question: True) if quit_after else None)  # --quit means quit
     _apply_args(window, args)
     if queries is not None:
         window.controls.set_queries(queries)

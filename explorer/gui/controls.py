@@ -6,8 +6,9 @@ import random
 from pathlib import Path
 from typing import Iterable, Optional
 
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import QEvent, QObject, Qt, Signal
 from PySide6.QtWidgets import (
+    QAbstractSpinBox,
     QCheckBox,
     QComboBox,
     QDoubleSpinBox,
@@ -76,6 +77,24 @@ def gpu_offload_support() -> tuple[bool, str]:
         return False, f"llama.cpp is not available ({type(exc).__name__})"
 
 
+class WheelGuard(QObject):
+    """Spin boxes and combos take the wheel only when focused: scrolling the side panel over them scrolls the
+    panel instead of silently changing a value (a scroll down over Temperature used to set it to 0)."""
+
+    def guard(self, widget: QWidget) -> None:
+        widget.setFocusPolicy(Qt.FocusPolicy.StrongFocus)  # the wheel never gives focus
+        widget.installEventFilter(self)
+
+    def eventFilter(self, obj, event) -> bool:  # noqa: N802 (Qt override)
+        if event.type() == QEvent.Type.Wheel and not obj.hasFocus():
+            event.ignore()  # unhandled: Qt hands it to the parents, so the scroll area scrolls
+            return True
+        return False
+
+
+NAME_ROLE = Qt.ItemDataRole.UserRole + 1  # a picker entry's model name, without its details
+
+
 def _spin(lo: int, hi: int, value: int, tip: str, special: Optional[str] = None) -> QSpinBox:
     box = QSpinBox()
     box.setRange(lo, hi)
@@ -103,6 +122,7 @@ class ControlPanel(QWidget):
     run_requested = Signal()
     stop_requested = Signal()
     error = Signal(str, str)  # title, message
+    changed = Signal()  # anything kept in state() changed (the window saves its settings then)
 
     def __init__(self, parent: Optional[QWidget] = None):
         super().__init__(parent)
@@ -117,6 +137,16 @@ class ControlPanel(QWidget):
         self.reward_box.error.connect(self.error)
         layout.addWidget(self.reward_box)
         layout.addLayout(self._build_run_row())
+        for spin in self.findChildren(QAbstractSpinBox):
+            spin.valueChanged.connect(self.changed)
+        for edit in (self.stop_edit, self.system_edit):
+            edit.textChanged.connect(self.changed)
+        self.chat_check.toggled.connect(self.changed)
+        self.query_editor.changed.connect(self.changed)
+        self.reward_box.changed.connect(self.changed)
+        self.wheel_guard = WheelGuard(self)
+        for widget in self.findChildren(QAbstractSpinBox) + self.findChildren(QComboBox):
+            self.wheel_guard.guard(widget)
         self.set_gpu_offload_supported(*gpu_offload_support())
         self.show_model_info(None)
         self.set_running(False)
@@ -245,6 +275,7 @@ class ControlPanel(QWidget):
                 detail, tip = "unusable", f"{entry.path}\n{entry.error}"
             self.model_combo.addItem(f"{entry.name}  ({detail})", str(entry.path))
             index = self.model_combo.count() - 1
+            self.model_combo.setItemData(index, entry.name, NAME_ROLE)
             self.model_combo.setItemData(index, tip, Qt.ItemDataRole.ToolTipRole)
             if info is None:  # listed so the user sees why, but not selectable
                 self.model_combo.model().item(index).setEnabled(False)
@@ -255,10 +286,17 @@ class ControlPanel(QWidget):
         """Show `path` as the current model, adding it to the list when discovery did not find it."""
         index = self.model_combo.findData(str(path))
         if index < 0:
-            self.model_combo.addItem(Path(path).name, str(path))
+            self.model_combo.addItem(Path(path).stem, str(path))
             index = self.model_combo.count() - 1
+            self.model_combo.setItemData(index, Path(path).stem, NAME_ROLE)
             self.model_combo.setItemData(index, str(path), Qt.ItemDataRole.ToolTipRole)
         self.model_combo.setCurrentIndex(index)
+
+    def model_name(self, path: str) -> str:
+        """The name the picker lists this model under (the status bar shows the same)."""
+        index = self.model_combo.findData(str(path))
+        entry_name = self.model_combo.itemData(index, NAME_ROLE) if index >= 0 else None
+        return entry_name or Path(path).stem
 
     def current_model_path(self) -> Optional[str]:
         return self.model_combo.currentData()

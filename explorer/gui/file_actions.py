@@ -69,6 +69,8 @@ class FileActions(QObject):
 
     def open_rollout_set(self, path: str) -> bool:
         """Show a saved rollout set read-only (panes, hover, scores, tree) without loading any model."""
+        if not self._window.may_discard("Open another rollout set"):
+            return False
         try:
             rollout_set = export.load(path)
         except ExplorerError as exc:
@@ -126,6 +128,7 @@ class FileActions(QObject):
             return False
         self.add_recent(str(path))
         self.recovery.clear()
+        self._window.session.mark_exported()
         self._window.status.message(f"Saved {path}")
         return True
 
@@ -139,6 +142,7 @@ class FileActions(QObject):
         except (ExplorerError, OSError) as exc:
             self._window.show_error("Cannot export JSONL", str(exc))
             return False
+        self._window.session.mark_exported()
         self._window.status.message(f"Wrote {n} rollouts to {path}")
         return True
 

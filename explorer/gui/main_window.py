@@ -96,7 +96,7 @@ class MainWindow(QMainWindow):
 
         self.runs = RunController(engine_factory, self)
         self.files = FileActions(self, recovery_dir, persist)
-        self.window_settings = WindowSettings(self, self.settings)
+        self.window_settings = WindowSettings(self, self.settings, persist)
         self.controls = ControlPanel()
         self.views = ViewsPanel(self.is_running)
         self.main_splitter = QSplitter(Qt.Orientation.Horizontal)
@@ -109,6 +109,7 @@ class MainWindow(QMainWindow):
 
         if persist:  # a scripted run starts from the defaults and its arguments, whatever the user last used
             self.window_settings.restore()
+        self.window_settings.watch()
         self.files.refresh_recent_menu()
         self._set_running(False)
         self._update_reward_status()
@@ -176,17 +177,28 @@ class MainWindow(QMainWindow):
         self.error_shown.emit(title, message)
         self._show_error_impl(title, message)
 
-    def report_failure(self, title: str, failure: Failure) -> None:
+    def report_failure(self, title: str, failure: Failure, note: str = "") -> None:
         """A failure from the worker: the message for the user; a bug's traceback to stderr and the error log."""
         if not failure.user_error:
             log_traceback(title, failure.traceback, self._log_dir)
-        self.show_error(title, str(failure))
+        self.show_error(title, str(failure) + note)
 
     def report_bug(self, title: str, message: str, exc: BaseException) -> None:
         self.report_failure(title, Failure(type(exc).__name__, message, Failure.of(exc).traceback, False))
 
     def ask(self, title: str, question: str) -> bool:
         return self._ask_impl(title, question)
+
+    def may_discard(self, action: str) -> bool:
+        """Before the session is replaced or the window closes: rollouts made here and not exported are only lost
+        when the user says so."""
+        session = self.session
+        if session is None or not session.has_unexported():
+            return True
+        n = sum(len(run.rollout_ids) for run in session.runs)
+        return self.ask("Discard the rollouts not exported?",
+                        f"{n} rollouts made in this session are not in any file yet. {action} and discard them? "
+                        "(No keeps them: export them with File > Export first.)")
 
     def _error_dialog(self, title: str, message: str) -> None:
         QMessageBox.critical(self, title, message)
@@ -247,19 +259,24 @@ class MainWindow(QMainWindow):
         self.controls.show_model_info(info)
         self.controls.select_model_path(info.path)
         self.status.end_loading()
-        self.status.set_model(info)
+        self.status.set_model(info, name=self.controls.model_name(info.path))
         if self.persist:
             self.window_settings.remember_model(info.path)
         self.model_ready.emit(info)
 
     @Slot(object)
     def _on_model_failed(self, failure: Failure) -> None:
+        """After the worker loaded the previous model again, if there was one: it stays shown and in use."""
         self.model_loading = False
         self.controls.set_model_busy(False)
-        self.controls.show_model_info(None)
         self.status.end_loading()
-        self.status.set_model(None, "No model loaded")
-        self.report_failure("Cannot load the model", failure)
+        if self.model_info is None:
+            self.controls.show_model_info(None)
+            self.status.set_model(None, "No model loaded")
+        else:
+            self.controls.select_model_path(self.model_info.path)
+        kept = f"\n\n{self.model_info.name} is still loaded." if self.model_info is not None else ""
+        self.report_failure("Cannot load the model", failure, kept)
         self.model_load_failed.emit(str(failure))
 
     # -- runs ------------------------------------------------------------------------------------------------------
@@ -284,6 +301,8 @@ class MainWindow(QMainWindow):
             params.validate()
         except SamplingParamsError as exc:
             self.show_error("Invalid sampling parameters", str(exc))
+            return None
+        if not self.may_discard("Run again"):
             return None
         box = self.controls.reward_box
         run_id = self.runs.generate(self.model_info, queries, self.controls.k(), params, self.controls.chat(),
@@ -350,6 +369,11 @@ class MainWindow(QMainWindow):
         self.files.autosave_timer.stop()
         self._set_running(False)
         session, failed = self.session, self.runs.failed
+        if self.runs.refused:  # nothing of it was shown: what was on screen stays, and so do its figures
+            self.status.end_loading()
+            self.status.message("The run was refused; the previous results are kept", MESSAGE_MS)
+            self.run_done.emit(False, True)
+            return
         cancelled = bool(session and session.cancelled)
         if session is not None:
             # the figures of this run only: a branch's progress and tok/s are its own
@@ -469,5 +493,8 @@ class MainWindow(QMainWindow):
         recovery.close()
 
     def closeEvent(self, event) -> None:  # noqa: N802 (Qt override)
+        if not self._closed and not self.may_discard("Quit"):
+            event.ignore()
+            return
         self.shutdown()
         event.accept()

@@ -37,7 +37,11 @@ class RunController(QObject):
         self.host.failed.connect(self._on_failed)
         self.host.finished.connect(self._on_finished)
         self.session: Optional[Session] = None
+        # a generate's new Session waits here until its run sends its first events: a run refused at the start
+        # (a context too small, a server that says no) leaves the session shown as it was
+        self._starting: Optional[Session] = None
         self.run_id: Optional[int] = None  # the generate or branch run being drawn
+        self.refused = False  # the drawn run ended before it sent anything
         self.failed = False  # the drawn run failed
         self._score_requests: dict[int, tuple[Session, str]] = {}  # request -> (session asked about, group)
         self._pending: list[tuple[int, tuple]] = []
@@ -51,13 +55,13 @@ class RunController(QObject):
     # -- starting --------------------------------------------------------------------------------------------------
     def generate(self, model: ModelInfo, queries, k: int, params: SamplingParams, chat: bool,
                  system: Optional[str], reward_fn, divide_by_std: bool) -> int:
-        """A new Session for k rollouts of every query; a run already going is stopped (its events are dropped)."""
+        """A new Session for k rollouts of every query, shown once the run streams; a run already going is stopped
+        (its events are dropped)."""
         self._pending.clear()
-        self.session = Session(model, params)
-        self.session.choose_reward(reward_fn, divide_by_std)
-        self.session_replaced.emit()
+        self._starting = Session(model, params)
+        self._starting.choose_reward(reward_fn, divide_by_std)
         self.run_id = self.host.generate(queries, k, params, chat, system)
-        self.session.accept(self.run_id)
+        self._starting.accept(self.run_id)
         self._begin()
         return self.run_id
 
@@ -73,11 +77,13 @@ class RunController(QObject):
 
     def _begin(self) -> None:
         self.failed = False
+        self.refused = False
         self.timer.start()
 
     def show_session(self, session: Session) -> None:
         """Show an opened (or recovered) set instead: the run going is abandoned."""
         self.abandon()
+        self._starting = None
         self.session = session
         self.session_replaced.emit()
 
@@ -104,6 +110,11 @@ class RunController(QObject):
     # -- events ----------------------------------------------------------------------------------------------------
     @Slot(int, object)
     def _on_events(self, run_id: int, events: tuple) -> None:
+        if self._starting is not None:
+            if not self._starting.accepts(run_id):
+                return  # a run of the session shown, stopped when the new one was asked for
+            self.session, self._starting = self._starting, None
+            self.session_replaced.emit()
         if self.session is not None and self.session.accepts(run_id):
             self._pending.append((run_id, events))
 
@@ -145,6 +156,8 @@ class RunController(QObject):
             self.score_done.emit()
             return
         if run_id == self.run_id:
+            self.refused = self._starting is not None
+            self._starting = None
             self.run_ended.emit(run_id)
 
     def end_run(self) -> None:

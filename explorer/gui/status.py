@@ -75,15 +75,17 @@ class StatusPanel:
         self.bar.showMessage(text, timeout_ms)
 
     # -- model -----------------------------------------------------------------------------------------------------
-    def set_model(self, info: Optional[ModelInfo], note: str = "") -> None:
+    def set_model(self, info: Optional[ModelInfo], note: str = "", name: Optional[str] = None) -> None:
+        """name: the model's name as the picker lists it (its file's own name, general.name, goes in the tooltip)."""
         if info is None:
             self.model_label.setText(note or "No model")
             self.model_label.setToolTip("")
             self.backend_label.setText("")
             return
         size = format_params(info.n_params)
-        self.model_label.setText(f"{info.name} · {size}" + (f" · {note}" if note else ""))
-        self.model_label.setToolTip(f"{self.model_label.text()}\n{info.path}")  # the name may show elided
+        self.model_label.setText(f"{name or info.name} · {size}" + (f" · {note}" if note else ""))
+        # the name may show elided; the file's own name for the model is in the tooltip
+        self.model_label.setToolTip(f"{self.model_label.text()}\n{info.name}\n{info.path}")
         layers = f", {info.n_gpu_layers} layers on GPU" if info.n_gpu_layers else ""
         self.backend_label.setText(f"{info.backend or 'CPU'}{layers}")
         self.backend_label.setToolTip(info.system_info or "")

@@ -106,7 +106,11 @@ class ViewsPanel(QSplitter):
         return self._session
 
     def show_session(self, session: Optional[Session]) -> None:
-        """Show another session (a new run, an opened set): the tabs start over."""
+        """Show another session (a new run, an opened set): the tabs start over. A run's session comes with its first
+        events: the views are cleared as before a run, then stream again."""
+        streaming = self._streaming
+        if streaming:
+            self.set_streaming(False)
         self._session = session
         self.group_tabs.blockSignals(True)
         while self.group_tabs.count():
@@ -120,6 +124,8 @@ class ViewsPanel(QSplitter):
         self.group_changed.emit(None)
         if session is not None and session.group_ids:
             self.sync_tabs()
+        if streaming:
+            self.set_streaming(True)
 
     def sync_tabs(self) -> None:
         """A tab for every group of the session not shown yet; the first one is selected."""

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
-from PySide6.QtCore import QByteArray, QSettings
+from PySide6.QtCore import QByteArray, QSettings, QTimer
 
 from ..core.errors import ModelError
 
@@ -15,11 +15,35 @@ if TYPE_CHECKING:
     from .main_window import MainWindow
 
 
+SAVE_DELAY_MS = 500  # a burst of changes (typing, a spin box held down) is saved once
+
+
 class WindowSettings:
-    def __init__(self, window: "MainWindow", settings: QSettings):
+    """Saved when changed (after a short quiet time), not only on a clean quit: a crash loses no setting."""
+
+    def __init__(self, window: "MainWindow", settings: QSettings, persist: bool):
         self._window = window
         self.settings = settings
+        self._persist = persist
         self.splitters_restored = False  # restore() found saved splitter states: keep them over the defaults
+        self._restoring = False
+        self.save_timer = QTimer(window)
+        self.save_timer.setSingleShot(True)
+        self.save_timer.setInterval(SAVE_DELAY_MS)
+        self.save_timer.timeout.connect(self.save)
+
+    def changed(self, *_args) -> None:
+        """Something kept in the settings changed: save soon."""
+        if self._persist and not self._restoring:
+            self.save_timer.start()
+
+    def watch(self) -> None:
+        """Save when the controls, the shading or a splitter change (after the window is built)."""
+        w = self._window
+        w.controls.changed.connect(self.changed)
+        w.views.shading_changed.connect(self.changed)
+        for _key, splitter in self._splitters():
+            splitter.splitterMoved.connect(self.changed)
 
     def _splitters(self):
         w = self._window
@@ -42,6 +66,13 @@ class WindowSettings:
         self.settings.setValue("last_model", path)
 
     def restore(self) -> None:
+        self._restoring = True
+        try:
+            self._restore()
+        finally:
+            self._restoring = False
+
+    def _restore(self) -> None:
         s, w = self.settings, self._window
         geometry = s.value("window/geometry")
         if isinstance(geometry, QByteArray) and not geometry.isEmpty():
@@ -60,6 +91,7 @@ class WindowSettings:
             w.views.set_shading("entropy")
 
     def save(self) -> None:
+        self.save_timer.stop()
         s, w = self.settings, self._window
         s.setValue("window/geometry", w.saveGeometry())
         for key, splitter in self._splitters():

@@ -69,21 +69,33 @@ class EngineWorker(QObject):
         super().__init__()
         self._factory = engine_factory
         self._engine: Optional[EngineLike] = None
+        self._loaded_with: Optional[tuple] = None  # (path, n_gpu_layers, n_ctx) of the engine loaded
 
     # -- slots (queued from EngineHost) ----------------------------------------------------------------------------
     @Slot(str, object, object)
     def load_model(self, path: str, n_gpu_layers: Optional[int], n_ctx: Optional[int]) -> None:
         self.model_loading.emit(path)
-        # The old model goes first: two multi-GB models side by side may not fit (VRAM especially).
+        # The old model goes first: two multi-GB models side by side may not fit (VRAM especially). When the new one
+        # cannot be loaded, the old one is loaded again, so a bad pick leaves the model the user had.
+        previous, self._loaded_with = self._loaded_with, None
         self._close_engine()
+        failure = self._load(path, n_gpu_layers, n_ctx)
+        if failure is None:
+            return
+        if previous is not None and previous[0] != path:
+            self._load(*previous)  # model_loaded again: the window shows the previous model
+        self.model_failed.emit(failure)
+
+    def _load(self, path: str, n_gpu_layers: Optional[int], n_ctx: Optional[int]) -> Optional[Failure]:
         try:
             engine = self._factory(path, n_gpu_layers=n_gpu_layers, n_ctx=n_ctx)
             info = engine.info
         except BaseException as exc:  # noqa: BLE001 -- anything reaching Qt's event loop would abort the thread
-            self.model_failed.emit(Failure.of(exc))
-            return
+            return Failure.of(exc)
         self._engine = engine
+        self._loaded_with = (path, n_gpu_layers, n_ctx)
         self.model_loaded.emit(info)
+        return None
 
     @Slot(int, object, int, object, bool, object, object)
     def generate(self, run_id: int, queries: Sequence[Query | str], k: int, params: SamplingParams, chat: bool,

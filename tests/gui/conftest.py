@@ -88,13 +88,14 @@ class Dialogs:
         self.errors: list[tuple[str, str]] = []
         self.questions: list[tuple[str, str]] = []
         self.answer = answer
+        self.answers: dict[str, bool] = {}  # by question title, over `answer`
 
     def error(self, title: str, message: str) -> None:
         self.errors.append((title, message))
 
     def ask(self, title: str, question: str) -> bool:
         self.questions.append((title, question))
-        return self.answer
+        return self.answers.get(title, self.answer)
 
 
 @pytest.fixture
@@ -115,6 +116,7 @@ def make_window(qtbot, fake_factory, gui_settings, dialogs, tmp_path):
         return window
 
     yield make
+    dialogs.answers["Discard the rollouts not exported?"] = True  # the test is over: let the windows close
     for window in windows:
         window.close()
         assert not window.runs.host.thread.isRunning()

@@ -23,7 +23,7 @@ CODE = "Can you give me some python code?"
 
 @pytest.fixture
 def dialogs(dialogs):
-    dialogs.answer = False  # never take a recovery file or any other offer
+    dialogs.answers["Recover the last run?"] = False  # never take a recovery file
     return dialogs
 
 
