@@ -14,12 +14,13 @@ from typing import Callable, Iterable, Iterator, Optional
 
 from .export import PathLike, atomic_write, iter_groups
 from .integrity import group_text_problems
+from .stats import in_baseline
 from .types import QueryGroup, RolloutSet
 
 JSONL_KEYS = (
     "group_id", "rollout_id", "index", "seed", "query", "reference", "prompt", "completion", "prompt_token_ids",
     "completion_token_ids", "token_logprobs", "sampling_logprobs", "logprob", "reward", "advantage", "reward_error",
-    "finish_reason", "parent_id", "branch_position",
+    "finish_reason", "parent_id", "branch_position", "in_baseline",
 )
 
 
@@ -55,6 +56,8 @@ def group_records(g: QueryGroup) -> Iterator[dict]:
             "finish_reason": r.finish_reason if r.finish_reason is not None else "cancelled",
             "parent_id": r.parent_id,
             "branch_position": r.branch_position,
+            # the group's advantages and reward mean/std are over the rollouts where this is true (i.i.d. samples)
+            "in_baseline": in_baseline(r),
         }
 
 

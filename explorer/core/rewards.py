@@ -25,7 +25,7 @@ from typing import Callable, Optional, Sequence
 
 from .errors import RewardError
 from .reward_sandbox import TIME_LIMIT_S, Sandbox, SandboxError, checked_value, one_line
-from .stats import group_stats
+from .stats import group_stats, in_baseline
 from .types import QueryGroup
 
 EPS = 1e-6
@@ -163,7 +163,9 @@ def group_advantages(rewards: Sequence[Optional[float]], normalize_std: bool = T
 def apply_rewards(group: QueryGroup, fn: Callable, normalize_std: bool = True) -> QueryGroup:
     """The group with reward, reward_error and advantage set on each finished rollout, and stats filled in.
 
-    Rollouts still streaming (finish_reason None) are left without a reward and take no part in the advantages.
+    Rollouts still streaming (finish_reason None) are left without a reward. The advantages, like the reward mean and
+    std of the stats, are over the i.i.d. rollouts only (in_baseline): a branched or cancelled rollout keeps its
+    reward and gets no advantage.
     """
     rollouts = []
     for r in group.rollouts:
@@ -172,7 +174,7 @@ def apply_rewards(group: QueryGroup, fn: Callable, normalize_std: bool = True) -
             continue
         reward, error = compute_reward(fn, group.query, r.text, group.reference)
         rollouts.append(replace(r, reward=reward, reward_error=error))
-    advantages = group_advantages([r.reward for r in rollouts], normalize_std)
+    advantages = group_advantages([r.reward if in_baseline(r) else None for r in rollouts], normalize_std)
     rollouts = [replace(r, advantage=a) for r, a in zip(rollouts, advantages)]
     rewarded = replace(group, rollouts=tuple(rollouts))
     return replace(rewarded, stats=group_stats(rewarded))

@@ -21,8 +21,8 @@ STAT_DESCRIPTIONS = {
     "distinct_2": "distinct token-id bigrams (within a rollout) / all bigrams",
     "mean_first_divergence": "mean over rollout pairs of the length of their common token prefix",
     "branch_mass_coverage": "mean over branch points of the raw probability mass of the next tokens the rollouts took",
-    "mean_reward": "mean of the non-null rewards",
-    "reward_std": "population standard deviation of the non-null rewards",
+    "mean_reward": "mean of the non-null rewards of the i.i.d. rollouts (branched and cancelled ones left out)",
+    "reward_std": "population standard deviation of those rewards",
 }
 
 
@@ -80,9 +80,17 @@ def branch_mass_coverage(rollouts: Sequence[Rollout]) -> Optional[float]:
     return sum(coverages) / len(coverages) if coverages else None
 
 
+def in_baseline(rollout: Rollout) -> bool:
+    """Whether a rollout is one of its group's i.i.d. samples of pi(.|x), the ones GRPO's baseline (reward mean and
+    std, advantages) is over: drawn from the prompt (a branch continues another rollout: another distribution) and
+    not cut off by a stop."""
+    return rollout.parent_id is None and rollout.finish_reason not in (None, "cancelled")
+
+
 def reward_stats(rollouts: Sequence[Rollout]) -> Optional[tuple[float, float]]:
-    """(mean, population std) of the non-null rewards, or None when no rollout has one."""
-    rewards = [r.reward for r in rollouts if r.reward is not None]
+    """(mean, population std) of the non-null rewards of the i.i.d. rollouts (in_baseline), or None when none has
+    one."""
+    rewards = [r.reward for r in rollouts if r.reward is not None and in_baseline(r)]
     if not rewards:
         return None
     mean = math.fsum(rewards) / len(rewards)

@@ -8,7 +8,7 @@ from typing import Optional
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QFrame, QGridLayout, QLabel, QVBoxLayout, QWidget
 
-from ..core.stats import STAT_DESCRIPTIONS
+from ..core.stats import STAT_DESCRIPTIONS, in_baseline
 from ..core.types import QueryGroup
 
 # (stat name, label) in the order shown; two columns of label/value pairs
@@ -105,8 +105,14 @@ class StatsPanel(QFrame):
             self.note.setText("Computed when this query's rollouts have finished.")
         else:
             failed = sum(1 for r in group.rollouts if r.reward_error)
+            outside = sum(1 for r in group.rollouts if not in_baseline(r))
+            notes = []
             if failed:
-                self.note.setText(f"{failed} of {n} rewards failed (hover a pane's header for why).")
-            else:
-                self.note.setText("" if has_reward else "No rewards: pick a reward in the side panel.")
+                notes.append(f"{failed} of {n} rewards failed (hover a pane's header for why).")
+            elif not has_reward:
+                notes.append("No rewards: pick a reward in the side panel.")
+            if outside and has_reward:
+                notes.append(f"Reward mean/std and advantages over the {n - outside} i.i.d. rollouts; {outside} "
+                             "branched or cancelled kept out (their rewards are shown, without an advantage).")
+            self.note.setText(" ".join(notes))
         self.note.setVisible(bool(self.note.text()))

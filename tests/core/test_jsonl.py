@@ -83,6 +83,7 @@ def test_values_line_up_with_the_rollouts(tmp_path):
     assert second["logprob"] is None and second["reward"] is None
     assert second["reward_error"] == "reward() raised ValueError: x"
     assert (branch["parent_id"], branch["branch_position"], branch["finish_reason"]) == ("q0.r0", 1, "cancelled")
+    assert first["in_baseline"] and not branch["in_baseline"]  # which rollouts the advantages were computed over
     assert other["reference"] is None and other["query"] == "raw text"
 
 

@@ -199,3 +199,19 @@ def test_a_reward_that_overflows_or_exits_gives_null_not_the_end_of_the_run(tmp_
     scored = apply_rewards(group(["Pacific Ocean", "Atlantic"]), fn)
     assert [r.reward for r in scored.rollouts] == [None, None]
     assert all(why in r.reward_error for r in scored.rollouts)
+
+
+def test_advantages_and_reward_stats_are_over_the_iid_rollouts_only():
+    def rollout(i, text, finish="stop", parent=None):
+        return Rollout(f"q0.r{i}", i, i, text, (), finish, parent_id=parent, branch_position=None if parent is None
+                       else 1)
+
+    group = QueryGroup("q0", "q", True, "p", (1,), rollouts=(
+        rollout(0, "a"), rollout(1, "aaa"), rollout(2, "aaaaaaaaaa", parent="q0.r0"),
+        rollout(3, "aaaaaaaaaaaaaaaaaaaa", finish="cancelled")))
+    rewarded = apply_rewards(group, load_reward("length"), normalize_std=False)
+    rewards = [r.reward for r in rewarded.rollouts]
+    assert rewards == [-0.01, -0.03, -0.10, -0.20]  # every finished rollout is scored, branched and cancelled too
+    assert [r.advantage for r in rewarded.rollouts] == pytest.approx([0.01, -0.01, None, None])
+    stats = dict(rewarded.stats)
+    assert stats["mean_reward"] == pytest.approx(-0.02) and stats["reward_std"] == pytest.approx(0.01)

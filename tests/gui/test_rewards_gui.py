@@ -188,10 +188,15 @@ def test_branch_joins_the_group_and_is_rewarded(qtbot, window, fake_model):
         window.request_branch("q0", "q0.r1", 3, None)
     rollouts = rollouts_of(window, "q0")
     assert len(rollouts) == 4
-    assert [r.reward for r in rollouts] == [-len(r.text.strip()) / 100 for r in rollouts]
-    assert math.fsum(r.advantage for r in rollouts) == pytest.approx(0.0, abs=1e-9)
-    assert dict(window.session.group("q0").stats)["n_rollouts"] == 4
+    assert [r.reward for r in rollouts] == [-len(r.text.strip()) / 100 for r in rollouts]  # branched too
+    # the baseline is over the i.i.d. rollouts: the branched ones (another distribution) get no advantage
+    iid, branched = rollouts[:2], rollouts[2:]
+    assert all(r.advantage is None for r in branched) and all(r.advantage is not None for r in iid)
+    assert math.fsum(r.advantage for r in iid) == pytest.approx(0.0, abs=1e-9)
+    stats = dict(window.session.group("q0").stats)
+    assert stats["n_rollouts"] == 4 and stats["mean_reward"] == pytest.approx(math.fsum(r.reward for r in iid) / 2)
     assert window.views.stats_panel.value("n_rollouts") == 4
+    assert "over the 2 i.i.d. rollouts; 2 branched or cancelled kept out" in window.views.stats_panel.note.text()
 
 
 def test_reference_edit_and_reapply_on_an_opened_set(qtbot, make_window, fake_model, tmp_path, dialogs):
