@@ -308,6 +308,18 @@ class Session:
     def set_scores(self, group_id: str, scores: Iterable[Score]) -> None:
         self._scores[group_id] = tuple(scores)
 
+    def set_reference(self, query: str, reference: Optional[str]) -> list[str]:
+        """The reference answer of every group asking `query`, typed after the fact (after a run, for an opened set).
+        With a reward chosen, those groups are rewarded again by reward_after_run(). Returns the groups changed."""
+        changed = []
+        for gid, header in self._headers.items():
+            if header.query == query and header.reference != reference:
+                self._headers[gid] = replace(header, reference=reference)
+                if self._reward_fn is not None:
+                    self._reward_done.pop(gid, None)
+                changed.append(gid)
+        return changed
+
     # -- rewards ---------------------------------------------------------------------------------------------------
     @property
     def reward_fn(self) -> Optional[Callable]:

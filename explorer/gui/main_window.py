@@ -33,6 +33,7 @@ from .window_settings import WindowSettings
 from .worker import Failure, default_engine_factory, keep_until_finished
 
 STATUS_INTERVAL_S = 0.2
+REFERENCE_DELAY_MS = 300
 MESSAGE_MS = 20000  # a failure message stays long enough to be read
 ERROR_LOG = "errors.log"
 _startup_frozen = False
@@ -93,6 +94,9 @@ class MainWindow(QMainWindow):
         self._closed = False
         self._sized = False
         self._status_shown_at = 0.0
+        self._reference_timer = QTimer(self)  # typing a reference rewards once the typing pauses
+        self._reference_timer.setSingleShot(True)
+        self._reference_timer.setInterval(REFERENCE_DELAY_MS)
 
         self.runs = RunController(engine_factory, self)
         self.files = FileActions(self, recovery_dir, persist)
@@ -150,6 +154,8 @@ class MainWindow(QMainWindow):
         self.controls.reload_requested.connect(self.reload_model)
         self.controls.error.connect(self.show_error)
         self.controls.reward_box.changed.connect(self.reapply_rewards)
+        self.controls.query_editor.reference_changed.connect(self._on_reference_changed)
+        self._reference_timer.timeout.connect(self._reward_new_references)
         self.controls.k_spin.valueChanged.connect(self.views.tree_view.set_branch_k)
         self.views.tree_view.set_branch_k(self.controls.k())
         self.views.tree_view.branch_requested.connect(self.request_branch)
@@ -439,6 +445,22 @@ class MainWindow(QMainWindow):
         name = box.description()
         if gids and not errors:
             self.status.message(f"Rewards: {name} on {len(gids)} queries" if name else "Rewards cleared")
+
+    def _on_reference_changed(self, query: str, reference) -> None:
+        """A reference typed after a run (or for an opened set) applies to the rollouts shown."""
+        session = self.session
+        if session is not None and session.set_reference(query, reference) and not self.is_running():
+            self._reference_timer.start()
+
+    def _reward_new_references(self) -> None:
+        session = self.session
+        if session is None or self.is_running():
+            return  # a run rewards its groups as they finish
+        rewarded = session.reward_after_run()
+        if rewarded:
+            self._rewards_changed(rewarded)
+            self.views.panes.refresh()
+        self._report_reward_errors()
 
     def _rewards_changed(self, gids) -> None:
         self.files.mark_dirty()

@@ -41,6 +41,7 @@ class QueryListEditor(QWidget):
     """A reorderable, editable list of queries with a small tool row. Emits `changed` after any edit."""
 
     changed = Signal()
+    reference_changed = Signal(str, object)  # query text, its reference (None: none), as the user edits it
     error = Signal(str, str)  # title, message: the window shows it
 
     def __init__(self, parent: Optional[QWidget] = None):
@@ -155,8 +156,10 @@ class QueryListEditor(QWidget):
     def _reference_edited(self, text: str) -> None:
         item = self.list.currentItem()
         if item is not None:
-            self._set_reference(item, text if text.strip() else None)
+            reference = text if text.strip() else None
+            self._set_reference(item, reference)
             self.changed.emit()
+            self.reference_changed.emit(item.text().strip(), reference)
 
     # -- actions ---------------------------------------------------------------------------------------------------
     def add_new(self) -> None:

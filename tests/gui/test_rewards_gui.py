@@ -294,3 +294,17 @@ def test_scripted_gui_with_a_reward_and_a_query_file(fake_factory, fake_model, g
     args.reward = str(tmp_path / "missing.py")
     assert run_gui(args, fake_factory, gui_settings) == 2
     assert "missing.py does not exist" in capsys.readouterr().err
+
+
+def test_a_reference_typed_after_the_run_applies_to_the_rollouts_shown(qtbot, window, fake_model):
+    window.controls.reward_box.set_spec("contains")
+    run_to_end(qtbot, window, fake_model, k=3, max_tokens=10)
+    assert all(r.reward is None and "needs a reference" in r.reward_error for r in rollouts_of(window, "q0"))
+    editor = window.controls.query_editor
+    editor.list.setCurrentRow(0)
+    qtbot.keyClicks(editor.reference_edit, "the")
+    qtbot.waitUntil(lambda: all(r.reward is not None for r in rollouts_of(window, "q0")), timeout=3000)
+    ocean = rollouts_of(window, "q0")
+    assert window.session.group("q0").reference == "the"
+    assert [r.reward for r in ocean] == [float("the" in normalize_text(r.text)) for r in ocean]
+    assert all(r.reward is None for r in rollouts_of(window, "q1"))  # the other query still has none
