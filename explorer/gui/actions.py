@@ -21,6 +21,21 @@ SHORTCUTS = (
     ("Ctrl+Q", "Quit"),
     ("Drop a file", ".gguf loads a model, .json opens a rollout set"),
 )
+MOUSE = (
+    ("Hover a token (pane, scores)", "its probability pi(token | prefix), logprob, rank, entropy and the top-N "
+                                     "alternatives the model weighed"),
+    ("Click a token in a pane", "selects its node in the tree"),
+    ("Tree: lanes", "one row per rollout; rollouts that share a prefix share its nodes, and a fork is where they "
+                    "diverge. A node's colour is pi(token | prefix)"),
+    ("Tree: ghosts", "faded nodes: top-N tokens no rollout took (Alternatives shows or hides them)"),
+    ("Hover a tree node", "token, pi, how many rollouts went through it (empirical) against the model's pi, "
+                          "entropy, cumulative log pi of the prefix"),
+    ("Click a tree node", "outlines the panes of the rollouts through it and scrolls to the token"),
+    ("Right-click or double-click a node", "Branch here: k new rollouts continuing from that prefix; on a ghost, "
+                                           "forcing its token"),
+    ("Wheel / drag on the tree", "zoom / pan (Fit shows the whole tree again)"),
+    ("Wheel over the side panel", "scrolls it; a spin box or list changes only once clicked (focused)"),
+)
 
 
 def _action(window, text: str, slot, shortcut=None, tip: str = "") -> QAction:
@@ -90,20 +105,25 @@ def build_menus(window: "MainWindow") -> MenuActions:
     view_menu.addAction(a["compact"])
 
     help_menu = bar.addMenu("&Help")
-    a["shortcuts"] = _action(window, "&Keyboard shortcuts", lambda: show_shortcuts(window), "F1")
+    a["shortcuts"] = _action(window, "&Keys and mouse", lambda: show_shortcuts(window), "F1")
     a["about"] = _action(window, "&About Rollout Explorer", lambda: show_about(window))
     help_menu.addAction(a["shortcuts"])
     help_menu.addAction(a["about"])
     return a
 
 
+def _rows(pairs) -> str:
+    return "".join(f"<tr><td><b>{keys}</b>&nbsp;&nbsp;</td><td>{what}</td></tr>" for keys, what in pairs)
+
+
 def shortcuts_html() -> str:
-    rows = "".join(f"<tr><td><b>{keys}</b>&nbsp;&nbsp;</td><td>{what}</td></tr>" for keys, what in SHORTCUTS)
-    return f"<table>{rows}</table>"
+    """The Help: every key, then every mouse action."""
+    return (f"<h3>Keys</h3><table>{_rows(SHORTCUTS)}</table>"
+            f"<h3>Mouse</h3><table>{_rows(MOUSE)}</table>")
 
 
 def show_shortcuts(window) -> None:
-    QMessageBox.information(window, "Keyboard shortcuts", shortcuts_html())
+    QMessageBox.information(window, "Keys and mouse", shortcuts_html())
 
 
 def show_about(window) -> None:

@@ -12,7 +12,7 @@ from dataclasses import replace
 from typing import Callable, Optional
 
 from PySide6.QtCore import Qt, Signal, Slot
-from PySide6.QtWidgets import QHBoxLayout, QSplitter, QTabBar, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QHBoxLayout, QLabel, QSplitter, QStackedWidget, QTabBar, QVBoxLayout, QWidget
 
 from ..core.session import Session
 from ..core.stats import group_stats
@@ -22,9 +22,23 @@ from .side_plot import SidePlot
 from .stats_panel import StatsPanel
 from .tree_view import TokenTreeView
 
+EMPTY_PANES = ("<b>No rollouts yet.</b><br>Pick a model (or drop a .gguf file here), type queries on the left and "
+               "press <b>Run</b> (Ctrl+Enter) to sample k rollouts per query.<br>Or open a saved rollout set "
+               "(Ctrl+O). F1 lists every key and mouse action.")
+EMPTY_TREE = ("The token tree of the selected query appears here: one lane per rollout, forks where they diverge. "
+              "Right-click a node to branch from it.")
 TREE_INTERVAL_S = 0.1  # while a run streams, the token tree redraws at ~10 Hz
 PANES_PER_TICK = 2  # while a run streams, panes made per refresh tick (each costs a few ms, plus its first layout)
 _NO_TREE_SWITCH = object()
+
+
+def _hint(text: str) -> QLabel:
+    label = QLabel(text)
+    label.setWordWrap(True)
+    label.setAlignment(Qt.AlignmentFlag.AlignCenter)
+    label.setContentsMargins(24, 24, 24, 24)
+    label.setStyleSheet("color: palette(mid);")
+    return label
 
 
 class ViewsPanel(QSplitter):
@@ -60,6 +74,11 @@ class ViewsPanel(QSplitter):
         v.setSpacing(2)
         v.addLayout(header)
         v.addWidget(self.panes, 1)
+        # an empty view says what to do instead of showing bare panes and axes
+        self.empty_hint = _hint(EMPTY_PANES)
+        self.panes_stack = QStackedWidget()
+        self.panes_stack.addWidget(self.empty_hint)
+        self.panes_stack.addWidget(panes_area)
 
         self.tree_view = TokenTreeView()
         self.tree_view.token_selected.connect(self.panes.scroll_to_token)
@@ -75,7 +94,10 @@ class ViewsPanel(QSplitter):
         self.side_plot.follow(self.tree_view)
         tree_area.addWidget(self.side_plot)
         tree_area.setSizes([280, 170])
-        self.bottom_splitter.addWidget(tree_area)
+        self.tree_stack = QStackedWidget()
+        self.tree_stack.addWidget(_hint(EMPTY_TREE))
+        self.tree_stack.addWidget(tree_area)
+        self.bottom_splitter.addWidget(self.tree_stack)
         # the selected query's statistics sit under the scoring panel, which gets the spare height
         self.stats_panel = StatsPanel()
         score_side = QWidget()
@@ -87,12 +109,13 @@ class ViewsPanel(QSplitter):
         self.bottom_splitter.addWidget(score_side)
         self.bottom_splitter.setSizes([600, 480])
 
-        self.addWidget(panes_area)
+        self.addWidget(self.panes_stack)
         self.addWidget(self.bottom_splitter)
         self.setStretchFactor(0, 1)
         self.setStretchFactor(1, 1)
         self.setChildrenCollapsible(False)
         self.setSizes([400, 450])
+        self._show_empty_hints()
 
     def default_sizes(self) -> None:
         """First start: split the space by proportion once the real sizes are known."""
@@ -124,6 +147,7 @@ class ViewsPanel(QSplitter):
         self.group_changed.emit(None)
         if session is not None and session.group_ids:
             self.sync_tabs()
+        self._show_empty_hints()
         if streaming:
             self.set_streaming(True)
 
@@ -145,6 +169,12 @@ class ViewsPanel(QSplitter):
         if had == 0 and self.group_tabs.count():
             self.group_tabs.setCurrentIndex(0)
             self._on_tab_changed(0)
+        self._show_empty_hints()
+
+    def _show_empty_hints(self) -> None:
+        shown = 1 if self.group_tabs.count() else 0
+        self.panes_stack.setCurrentIndex(shown)
+        self.tree_stack.setCurrentIndex(shown)
 
     def current_group_id(self) -> Optional[str]:
         index = self.group_tabs.currentIndex()

@@ -95,3 +95,20 @@ def test_quitting_with_rollouts_not_exported_asks_and_no_keeps_the_window(qtbot,
     assert not window.close() and window.isVisible() and window.runs.host.is_alive()
     dialogs.answers["Discard the rollouts not exported?"] = True
     assert window.close()
+
+
+def test_empty_views_say_what_to_do_until_there_are_rollouts(qtbot, window, fake_model):
+    views = window.views
+    assert views.panes_stack.currentWidget() is views.empty_hint and "Run" in views.empty_hint.text()
+    assert views.tree_stack.currentIndex() == 0
+    load(qtbot, window, fake_model)
+    run_to_end(qtbot, window, k=2, max_tokens=6)
+    assert views.panes_stack.currentIndex() == 1 and views.tree_stack.currentIndex() == 1
+
+
+def test_help_explains_every_mouse_action_as_well_as_the_keys():
+    from explorer.gui.actions import shortcuts_html
+
+    text = shortcuts_html()
+    for words in ("Ctrl+Enter", "Hover a token", "Right-click or double-click", "ghosts", "Wheel / drag", "lanes"):
+        assert words in text
