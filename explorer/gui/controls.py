@@ -14,12 +14,14 @@ from PySide6.QtWidgets import (
     QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
+    QFrame,
     QGroupBox,
     QHBoxLayout,
     QLabel,
     QLineEdit,
     QPlainTextEdit,
     QPushButton,
+    QScrollArea,
     QSizePolicy,
     QSpinBox,
     QToolButton,
@@ -77,6 +79,37 @@ def gpu_offload_support() -> tuple[bool, str]:
         return False, f"llama.cpp is not available ({type(exc).__name__})"
 
 
+class CollapsibleSection(QWidget):
+    """A group box under a header button that folds it away (the side panel's less used settings)."""
+
+    def __init__(self, box: QGroupBox, expanded: bool = True, parent: Optional[QWidget] = None):
+        super().__init__(parent)
+        self.box = box
+        self.header = QToolButton()
+        self.header.setText(box.title())
+        box.setTitle("")
+        self.header.setCheckable(True)
+        self.header.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
+        self.header.setAutoRaise(True)
+        self.header.setStyleSheet("QToolButton { font-weight: bold; }")
+        self.header.toggled.connect(self.set_expanded)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.setSpacing(0)
+        layout.addWidget(self.header)
+        layout.addWidget(box)
+        self.header.setChecked(expanded)
+        self.set_expanded(expanded)
+
+    def is_expanded(self) -> bool:
+        return self.header.isChecked()
+
+    def set_expanded(self, expanded: bool) -> None:
+        self.header.setChecked(expanded)
+        self.header.setArrowType(Qt.ArrowType.DownArrow if expanded else Qt.ArrowType.RightArrow)
+        self.box.setVisible(expanded)
+
+
 class WheelGuard(QObject):
     """Spin boxes and combos take the wheel only when focused: scrolling the side panel over them scrolls the
     panel instead of silently changing a value (a scroll down over Temperature used to set it to 0)."""
@@ -127,16 +160,30 @@ class ControlPanel(QWidget):
     def __init__(self, parent: Optional[QWidget] = None):
         super().__init__(parent)
         self.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Preferred)
+        # Always in sight: the queries, k, temperature, Run and Stop. Below them, scrolling, the rest in sections
+        # that fold away.
         layout = QVBoxLayout(self)
         layout.setContentsMargins(6, 6, 6, 6)
-        layout.addWidget(self._build_model_box())
         layout.addWidget(self._build_query_box(), 1)
-        layout.addWidget(self._build_prompt_box())
-        layout.addWidget(self._build_sampling_box())
+        sampling_box = self._build_sampling_box()
+        layout.addLayout(self._build_run_row())
         self.reward_box = RewardBox()
         self.reward_box.error.connect(self.error)
-        layout.addWidget(self.reward_box)
-        layout.addLayout(self._build_run_row())
+        sections = QWidget()
+        column = QVBoxLayout(sections)
+        column.setContentsMargins(0, 0, 0, 0)
+        self.sections = {}
+        for name, box in (("model", self._build_model_box()), ("sampling", sampling_box),
+                          ("prompt", self._build_prompt_box()), ("reward", self.reward_box)):
+            self.sections[name] = CollapsibleSection(box)
+            column.addWidget(self.sections[name])
+        column.addStretch(1)
+        self.scroll = QScrollArea()
+        self.scroll.setWidgetResizable(True)
+        self.scroll.setFrameShape(QFrame.Shape.NoFrame)
+        self.scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.scroll.setWidget(sections)
+        layout.addWidget(self.scroll, 2)
         for spin in self.findChildren(QAbstractSpinBox):
             spin.valueChanged.connect(self.changed)
         for edit in (self.stop_edit, self.system_edit):
@@ -237,8 +284,6 @@ class ControlPanel(QWidget):
         self.stop_edit.setPlaceholderText(r"e.g. \n\n,###")
         self.stop_edit.setToolTip(r"Comma-separated stop strings; \n is a newline, \, a comma")
         self.top_n = _spin(0, 20, d.top_n, "Top-N alternatives recorded per token")
-        form.addRow("k rollouts", self.k_spin)
-        form.addRow("Temperature", self.temperature)
         form.addRow("Top-k", self.top_k)
         form.addRow("Top-p", self.top_p)
         form.addRow("Min-p", self.min_p)
@@ -249,7 +294,12 @@ class ControlPanel(QWidget):
         form.addRow("Top-N", self.top_n)
         return box
 
-    def _build_run_row(self) -> QHBoxLayout:
+    def _build_run_row(self) -> QVBoxLayout:
+        column = QVBoxLayout()
+        top = QFormLayout()
+        top.addRow("k rollouts", self.k_spin)
+        top.addRow("Temperature", self.temperature)
+        column.addLayout(top)
         row = QHBoxLayout()
         self.run_button = QPushButton("Run")
         self.run_button.setToolTip("Sample k rollouts per query (Ctrl+Enter)")
@@ -260,7 +310,8 @@ class ControlPanel(QWidget):
         self.stop_button.clicked.connect(self.stop_requested)
         row.addWidget(self.run_button, 2)
         row.addWidget(self.stop_button, 1)
-        return row
+        column.addLayout(row)
+        return column
 
     # -- model -----------------------------------------------------------------------------------------------------
     def set_models(self, entries: Iterable[ModelEntry]) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from PySide6.QtCore import QSettings, QStandardPaths, Qt, QTimer, Signal, Slot
-from PySide6.QtWidgets import QMainWindow, QMessageBox, QScrollArea, QSplitter
+from PySide6.QtWidgets import QMainWindow, QMessageBox, QSplitter
 
 from ..core.errors import SamplingParamsError
 from ..core.models import discover_models
@@ -123,12 +123,9 @@ class MainWindow(QMainWindow):
 
     # -- construction ----------------------------------------------------------------------------------------------
     def _build_layout(self) -> None:
-        side = QScrollArea()
-        side.setWidgetResizable(True)
-        side.setWidget(self.controls)
-        side.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
-        side.setMinimumWidth(self.controls.minimumSizeHint().width() + 24)
-        self.main_splitter.addWidget(side)
+        # the side panel scrolls its own folding sections; the queries, k, temperature and Run stay in sight
+        self.controls.setMinimumWidth(self.controls.sections["sampling"].minimumSizeHint().width() + 36)
+        self.main_splitter.addWidget(self.controls)
         self.main_splitter.addWidget(self.views)
         self.main_splitter.setStretchFactor(0, 0)
         self.main_splitter.setStretchFactor(1, 1)

@@ -112,3 +112,17 @@ def test_help_explains_every_mouse_action_as_well_as_the_keys():
     text = shortcuts_html()
     for words in ("Ctrl+Enter", "Hover a token", "Right-click or double-click", "ghosts", "Wheel / drag", "lanes"):
         assert words in text
+
+
+def test_run_stop_queries_k_and_temperature_stay_in_sight_and_the_rest_folds(qtbot, window):
+    window.resize(1440, 900)
+    qtbot.waitUntil(lambda: window.height() == 900)
+    c = window.controls
+    for widget in (c.run_button, c.stop_button, c.k_spin, c.temperature, c.query_editor):
+        bottom = widget.mapTo(window, widget.rect().bottomLeft()).y()
+        assert widget.isVisible() and bottom < window.height() - window.statusBar().height(), widget
+        assert not c.scroll.isAncestorOf(widget)  # not in the scrolling part
+    sampling = c.sections["sampling"]
+    assert sampling.is_expanded() and c.top_p.isVisible()
+    sampling.header.click()
+    assert not sampling.is_expanded() and not c.top_p.isVisible()
