@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Callable, Generator, Iterable, Iterator, Optional, Union
 
 from .errors import LoadCancelled, RolloutFileError
+from .numbers import json_number
 from .types import (
     FINISH_REASONS,
     ModelInfo,
@@ -61,24 +62,17 @@ def now_iso() -> str:
 # -- writing ---------------------------------------------------------------------------------------------------------
 
 
-def _num(x: Optional[float]) -> Optional[float]:
-    if x is None:
-        return None
-    x = float(x)  # numpy scalars are not JSON-serialisable; float() makes them plain
-    return x if _isfinite(x) else None
-
-
 def _token_dict(t: TokenInfo) -> dict:
     d = {
         "id": int(t.id),
         "token": t.token,
         "bytes": list(t.bytes),
-        "logprob": _num(t.logprob),
-        "sampling_logprob": _num(t.sampling_logprob),
-        "entropy": _num(t.entropy),
+        "logprob": json_number(t.logprob),
+        "sampling_logprob": json_number(t.sampling_logprob),
+        "entropy": json_number(t.entropy),
         "rank": int(t.rank),
         "top_logprobs": [
-            {"id": int(a.id), "token": a.token, "bytes": list(a.bytes), "logprob": _num(a.logprob)} for a in t.top
+            {"id": int(a.id), "token": a.token, "bytes": list(a.bytes), "logprob": json_number(a.logprob)} for a in t.top
         ],
     }
     if t.id_flag is not None:  # only tokens from a server without ids can carry one
@@ -88,17 +82,11 @@ def _token_dict(t: TokenInfo) -> dict:
 
 def _sequence_dict(seq: Union[Rollout, Score]) -> dict:
     tokens = seq.tokens
-    total = math.fsum(t.logprob for t in tokens) if tokens else 0.0
-    mean = total / len(tokens) if tokens else None
-    if mean is None or not _isfinite(mean):
-        ppl = None
-    else:
-        ppl = math.exp(-mean) if -mean < 709.0 else None  # exp overflows past ~709: infinite perplexity -> null
     return {
         "token_ids": [int(t.id) for t in tokens],
-        "logprob": _num(total),
-        "mean_logprob": _num(mean),
-        "perplexity": _num(ppl),
+        "logprob": json_number(seq.logprob),
+        "mean_logprob": json_number(seq.mean_logprob),
+        "perplexity": json_number(seq.perplexity),  # an overflowing (infinite) perplexity is null
         "tokens": [_token_dict(t) for t in tokens],
     }
 
@@ -119,8 +107,8 @@ def _rollout_dict(r: Rollout) -> dict:
         "parent_id": r.parent_id,
         "branch_position": r.branch_position,
         "tokens": seq["tokens"],
-        "reward": _num(r.reward),
-        "advantage": _num(r.advantage),
+        "reward": json_number(r.reward),
+        "advantage": json_number(r.advantage),
         "reward_error": r.reward_error,
     }
 
@@ -140,13 +128,13 @@ def _group_dict(g: QueryGroup) -> dict:
         "rollouts": [_rollout_dict(r) for r in g.rollouts],
         "scores": [_score_dict(s) for s in g.scores],
         "reference": g.reference,
-        "stats": None if g.stats is None else {name: _num(value) for name, value in g.stats},
+        "stats": None if g.stats is None else {name: json_number(value) for name, value in g.stats},
     }
 
 
 def _plain(value: Any) -> Any:
     if isinstance(value, float):
-        return _num(value)
+        return json_number(value)
     if isinstance(value, tuple):
         return list(value)
     return value
@@ -160,7 +148,7 @@ def to_dict(rs: RolloutSet) -> dict:
         "created_at": rs.created_at or now_iso(),
         "model": {f.name: _plain(getattr(rs.model, f.name)) for f in fields(ModelInfo)},
         "sampling": {f.name: _plain(getattr(rs.sampling, f.name)) for f in fields(SamplingParams)},
-        "timings": {f.name: _num(getattr(rs.timings, f.name)) for f in fields(Timings)},
+        "timings": {f.name: json_number(getattr(rs.timings, f.name)) for f in fields(Timings)},
         "groups": [_group_dict(g) for g in rs.groups],
     }
 

@@ -14,6 +14,7 @@ from typing import Callable, Iterable, Iterator, Optional
 
 from .export import PathLike, atomic_write, iter_groups
 from .integrity import group_text_problems
+from .numbers import json_number
 from .types import QueryGroup, RolloutSet
 
 JSONL_KEYS = (
@@ -21,13 +22,6 @@ JSONL_KEYS = (
     "completion_token_ids", "token_logprobs", "sampling_logprobs", "logprob", "reward", "advantage", "reward_error",
     "finish_reason", "parent_id", "branch_position",
 )
-
-
-def _num(x: Optional[float]) -> Optional[float]:
-    if x is None:
-        return None
-    x = float(x)
-    return x if math.isfinite(x) else None
 
 
 def group_records(g: QueryGroup) -> Iterator[dict]:
@@ -46,11 +40,11 @@ def group_records(g: QueryGroup) -> Iterator[dict]:
             "completion": r.text,
             "prompt_token_ids": prompt_ids,
             "completion_token_ids": [int(t.id) for t in tokens],
-            "token_logprobs": [_num(t.logprob) for t in tokens],
-            "sampling_logprobs": [_num(t.sampling_logprob) for t in tokens],
-            "logprob": _num(math.fsum(t.logprob for t in tokens)) if tokens else 0.0,
-            "reward": _num(r.reward),
-            "advantage": _num(r.advantage),
+            "token_logprobs": [json_number(t.logprob) for t in tokens],
+            "sampling_logprobs": [json_number(t.sampling_logprob) for t in tokens],
+            "logprob": json_number(math.fsum(t.logprob for t in tokens)) if tokens else 0.0,
+            "reward": json_number(r.reward),
+            "advantage": json_number(r.advantage),
             "reward_error": r.reward_error,
             "finish_reason": r.finish_reason if r.finish_reason is not None else "cancelled",
             "parent_id": r.parent_id,

@@ -10,6 +10,7 @@ import math
 from itertools import combinations
 from typing import Optional, Sequence
 
+from .numbers import common_prefix, mean_std
 from .types import QueryGroup, Rollout
 
 Stats = tuple[tuple[str, Optional[float]], ...]
@@ -38,18 +39,10 @@ def distinct_n(rollouts: Sequence[Rollout], n: int) -> Optional[float]:
     return len(seen) / total if total else None
 
 
-def _common_prefix(a: tuple[int, ...], b: tuple[int, ...]) -> int:
-    n = min(len(a), len(b))
-    for i in range(n):
-        if a[i] != b[i]:
-            return i
-    return n
-
-
 def mean_first_divergence(rollouts: Sequence[Rollout]) -> Optional[float]:
     """Mean over all pairs of rollouts of their common token-id prefix length; None with fewer than two rollouts."""
     ids = [r.token_ids for r in rollouts]
-    pairs = [_common_prefix(a, b) for a, b in combinations(ids, 2)]
+    pairs = [common_prefix(a, b) for a, b in combinations(ids, 2)]
     return sum(pairs) / len(pairs) if pairs else None
 
 
@@ -85,9 +78,7 @@ def reward_stats(rollouts: Sequence[Rollout]) -> Optional[tuple[float, float]]:
     rewards = [r.reward for r in rollouts if r.reward is not None]
     if not rewards:
         return None
-    mean = math.fsum(rewards) / len(rewards)
-    std = math.sqrt(math.fsum((x - mean) ** 2 for x in rewards) / len(rewards))
-    return mean, std
+    return mean_std(rewards)
 
 
 def group_stats(group: QueryGroup) -> Stats:

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Optional, Union
 
+from .numbers import SequenceLogprob, sequence_logprob
+
 FINISH_REASONS = ("stop", "length", "stop_string", "cancelled")
 
 
@@ -86,18 +88,6 @@ class TokenInfo:
         return math.exp(self.logprob) if self.logprob is not None and math.isfinite(self.logprob) else 0.0
 
 
-def _sequence_stats(tokens: tuple[TokenInfo, ...]) -> tuple[float, Optional[float], Optional[float]]:
-    if not tokens:
-        return 0.0, None, None
-    total = math.fsum(t.logprob for t in tokens)
-    mean = total / len(tokens)
-    try:
-        ppl = math.exp(-mean)
-    except OverflowError:
-        ppl = math.inf
-    return total, mean, ppl
-
-
 class _TokenSequence:
     """log pi(y|x) and friends of anything that holds `tokens` (a rollout, a scored response)."""
 
@@ -108,21 +98,22 @@ class _TokenSequence:
         return tuple(t.id for t in self.tokens)
 
     @cached_property
-    def _stats(self) -> tuple[float, Optional[float], Optional[float]]:
+    def _stats(self) -> SequenceLogprob:
         # computed once: tokens never change (frozen), and headers, sorting and export all ask for these
-        return _sequence_stats(self.tokens)
+        return sequence_logprob(t.logprob for t in self.tokens)
 
     @property
     def logprob(self) -> float:
-        return self._stats[0]
+        return self._stats.logprob
 
     @property
     def mean_logprob(self) -> Optional[float]:
-        return self._stats[1]
+        return self._stats.mean
 
     @property
     def perplexity(self) -> Optional[float]:
-        return self._stats[2]
+        """math.inf where exp(-mean) overflows"""
+        return self._stats.perplexity
 
 
 @dataclass(frozen=True)
