@@ -412,6 +412,29 @@ class Engine:
     def score_token_ids(self, prefix: Sequence[int], id_lists: Sequence[Sequence[int]],
                         top_n: int = 5) -> list[tuple[TokenInfo, ...]]:
         """Per-token facts of each token list following prefix (the logprob a sampler would have recorded)."""
+        results: list[tuple[TokenInfo, ...]] = [()] * len(id_lists)
+        for batch in self._score_passes(prefix, id_lists):
+            infos, held = self._score_pass(list(prefix), [list(id_lists[i]) for i in batch], top_n)
+            self._kv.remember(held)  # a run or score after the same prompt reuses its cells
+            for i, token_infos in zip(batch, infos):
+                results[i] = token_infos
+        return results
+
+    def teacher_force(self, prefix: Sequence[int], id_lists: Sequence[Sequence[int]], sink: scoring.RowSink) -> None:
+        """The raw logits row before every token of every list after prefix, handed to sink(list indices, positions,
+        target ids, rows) in blocks (see scoring.teacher_force); the rows are those scoring and sampling see."""
+        for batch in self._score_passes(prefix, id_lists):
+            lists = [list(id_lists[i]) for i in batch]
+            ctx = self._ensure_context(len(prefix) + sum(map(len, lists)), len(lists))
+            index = np.array(batch, dtype=np.int64)
+
+            def renumbered(seqs, positions, targets, rows):
+                sink(index[seqs], positions, targets, rows)
+
+            self._kv.remember(scoring.teacher_force(ctx, self._kv, list(prefix), lists, renumbered))
+
+    def _score_passes(self, prefix: Sequence[int], id_lists: Sequence[Sequence[int]]) -> list[list[int]]:
+        """The lists' indices grouped into passes, once prefix and lists are known to fit and be in the vocabulary."""
         if not prefix:
             raise ExplorerError("nothing to condition on: the prompt has no tokens")
         self._check_vocab(prefix, "the prompt")
@@ -419,13 +442,7 @@ class Engine:
             if ids:
                 self._check_fits(len(prefix), len(ids), "the prompt", after=f"response {i + 1}")
                 self._check_vocab(ids, "the response")
-        results: list[tuple[TokenInfo, ...]] = [()] * len(id_lists)
-        for batch in scoring.plan_passes(len(prefix), [len(ids) for ids in id_lists], self._cell_cap()):
-            infos, held = self._score_pass(list(prefix), [list(id_lists[i]) for i in batch], top_n)
-            self._kv.remember(held)  # a run or score after the same prompt reuses its cells
-            for i, token_infos in zip(batch, infos):
-                results[i] = token_infos
-        return results
+        return scoring.plan_passes(len(prefix), [len(ids) for ids in id_lists], self._cell_cap())
 
     def _score_pass(self, prefix: list[int], id_lists: list[list[int]],
                     top_n: int) -> tuple[list[tuple[TokenInfo, ...]], dict[int, list[int]]]:

@@ -35,6 +35,7 @@ from .types import (
     FINISH_REASONS,
     ModelInfo,
     QueryGroup,
+    ReferenceInfo,
     Rollout,
     RolloutSet,
     SamplingParams,
@@ -77,6 +78,17 @@ def _token_dict(t: TokenInfo) -> dict:
     }
     if t.id_flag is not None:  # only tokens from a server without ids can carry one
         d["id_flag"] = t.id_flag
+    if t.kl is not None:  # only with a reference policy; an infinite KL is null like any non-finite number
+        d["ref_logprob"] = json_number(t.ref_logprob)
+        d["kl"] = json_number(t.kl)
+        d["ref_top_id"] = t.ref_top_id
+    return d
+
+
+def _reference_fields(d: dict, seq: Union[Rollout, Score]) -> dict:
+    if seq.mean_kl is not None or any(t.kl is not None for t in seq.tokens):
+        d.update(ref_logprob=json_number(seq.ref_logprob), log_ratio=json_number(seq.log_ratio),
+                 mean_kl=json_number(seq.mean_kl))
     return d
 
 
@@ -93,7 +105,7 @@ def _sequence_dict(seq: Union[Rollout, Score]) -> dict:
 
 def _rollout_dict(r: Rollout) -> dict:
     seq = _sequence_dict(r)
-    return {
+    d = {
         "id": r.id,
         "index": int(r.index),
         "seed": int(r.seed),
@@ -111,11 +123,12 @@ def _rollout_dict(r: Rollout) -> dict:
         "advantage": json_number(r.advantage),
         "reward_error": r.reward_error,
     }
+    return _reference_fields(d, r)
 
 
 def _score_dict(s: Score) -> dict:
     seq = _sequence_dict(s)
-    return {"response": s.response, **seq}
+    return _reference_fields({"response": s.response, **seq}, s)
 
 
 def _group_dict(g: QueryGroup) -> dict:
@@ -149,6 +162,8 @@ def to_dict(rs: RolloutSet) -> dict:
         "model": {f.name: _plain(getattr(rs.model, f.name)) for f in fields(ModelInfo)},
         "sampling": {f.name: _plain(getattr(rs.sampling, f.name)) for f in fields(SamplingParams)},
         "timings": {f.name: json_number(getattr(rs.timings, f.name)) for f in fields(Timings)},
+        **({} if rs.reference_policy is None else {"reference_policy": {
+            f.name: _plain(getattr(rs.reference_policy, f.name)) for f in fields(ReferenceInfo)}}),
         "groups": [_group_dict(g) for g in rs.groups],
     }
 
@@ -251,6 +266,9 @@ def _token_from(d: dict, pieces: dict) -> TokenInfo:
         rank=int(d["rank"]),
         top=tuple(top),
         id_flag=d.get("id_flag"),
+        **({} if "kl" not in d else {  # null: -inf for the logprob, +inf for the KL (JSON has no infinities)
+            "ref_logprob": _lp(d.get("ref_logprob")), "kl": math.inf if d["kl"] is None else float(d["kl"]),
+            "ref_top_id": None if d.get("ref_top_id") is None else int(d["ref_top_id"])}),
     )
 
 
@@ -334,7 +352,13 @@ def from_dict(d: dict) -> RolloutSet:
     ids = _IdCheck()
     for i, g in enumerate(groups):
         ids.group(g, f"$.groups[{i}]")
-    return RolloutSet(model=model, sampling=sampling, groups=groups, timings=timings, created_at=d["created_at"])
+    reference = d.get("reference_policy")
+    try:
+        reference = None if reference is None else ReferenceInfo(**_known(ReferenceInfo, reference))
+    except TypeError as e:
+        raise RolloutFileError(f"at $.reference_policy: {e}") from None
+    return RolloutSet(model=model, sampling=sampling, groups=groups, timings=timings, created_at=d["created_at"],
+                      reference_policy=reference)
 
 
 def _load_schema() -> dict:
@@ -398,7 +422,9 @@ def _token_ok(t: Any) -> bool:
     try:
         if not (_is_id(t["id"]) and type(t["token"]) is str and _bytes_ok(t["bytes"])
                 and _is_logprob(t["logprob"]) and _is_logprob(t["sampling_logprob"]) and _is_entropy(t["entropy"])
-                and _is_id(t["rank"]) and t["rank"] >= 1 and type(t["top_logprobs"]) is list):
+                and _is_id(t["rank"]) and t["rank"] >= 1 and type(t["top_logprobs"]) is list
+                and _is_logprob(t.get("ref_logprob")) and _is_entropy(t.get("kl"))
+                and (t.get("ref_top_id") is None or _is_id(t["ref_top_id"]))):
             return False
         for a in t["top_logprobs"]:
             if not (type(a) is dict and _is_id(a["id"]) and type(a["token"]) is str
@@ -611,6 +637,7 @@ def _ids_ok(ids: Any) -> bool:
 _MAX_SEED = 2**64 - 1
 _FINISH = frozenset(FINISH_REASONS)
 _SEQUENCE_NUMBERS = ("logprob", "mean_logprob", "perplexity")
+_REFERENCE_NUMBERS = ("ref_logprob", "log_ratio", "mean_kl")
 _ROLLOUT_REQUIRED = frozenset(("id", "index", "seed", "text", "token_ids", "finish_reason", "logprob", "mean_logprob",
                                "perplexity", "parent_id", "branch_position", "tokens"))
 _SCORE_REQUIRED = frozenset(("response", "token_ids", "logprob", "mean_logprob", "perplexity", "tokens"))
@@ -633,13 +660,13 @@ def _rollout_ok(d: dict) -> bool:
             and type(d["seed"]) is int and 0 <= d["seed"] <= _MAX_SEED and type(d["text"]) is str
             and type(d["finish_reason"]) is str and d["finish_reason"] in _FINISH
             and _text_or_none(d["parent_id"]) and (position is None or _is_id(position))
-            and all(_num_ok(d.get(k)) for k in (*_SEQUENCE_NUMBERS, "reward", "advantage"))
+            and all(_num_ok(d.get(k)) for k in (*_SEQUENCE_NUMBERS, *_REFERENCE_NUMBERS, "reward", "advantage"))
             and _text_or_none(d.get("reward_error")))
 
 
 def _score_ok(d: dict) -> bool:
     return (_SCORE_REQUIRED <= d.keys() and type(d["response"]) is str
-            and all(_num_ok(d[k]) for k in _SEQUENCE_NUMBERS))
+            and all(_num_ok(d[k]) for k in _SEQUENCE_NUMBERS) and all(_num_ok(d.get(k)) for k in _REFERENCE_NUMBERS))
 
 
 def _group_ok(d: dict) -> bool:

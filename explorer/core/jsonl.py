@@ -9,7 +9,6 @@ shape TRL reads; token ids and per-token logprobs line up with `completion_token
 from __future__ import annotations
 
 import json
-import math
 from typing import Callable, Iterable, Iterator, Optional
 
 from .export import PathLike, atomic_write, iter_groups
@@ -25,11 +24,11 @@ JSONL_KEYS = (
 
 
 def group_records(g: QueryGroup) -> Iterator[dict]:
-    """The records of one group's rollouts, keys in JSONL_KEYS order."""
+    """The records of one group's rollouts, keys in JSONL_KEYS order (then ref_logprobs, with a reference policy)."""
     prompt_ids = [int(i) for i in g.prompt_token_ids]
     for r in g.rollouts:
         tokens = r.tokens
-        yield {
+        record = {
             "group_id": g.id,
             "rollout_id": r.id,
             "index": int(r.index),
@@ -42,7 +41,7 @@ def group_records(g: QueryGroup) -> Iterator[dict]:
             "completion_token_ids": [int(t.id) for t in tokens],
             "token_logprobs": [json_number(t.logprob) for t in tokens],
             "sampling_logprobs": [json_number(t.sampling_logprob) for t in tokens],
-            "logprob": json_number(math.fsum(t.logprob for t in tokens)) if tokens else 0.0,
+            "logprob": json_number(r.logprob),
             "reward": json_number(r.reward),
             "advantage": json_number(r.advantage),
             "reward_error": r.reward_error,
@@ -50,6 +49,9 @@ def group_records(g: QueryGroup) -> Iterator[dict]:
             "parent_id": r.parent_id,
             "branch_position": r.branch_position,
         }
+        if any(t.ref_logprob is not None for t in tokens):  # with a reference policy: what trainers read for KL
+            record["ref_logprobs"] = [json_number(t.ref_logprob) for t in tokens]
+        yield record
 
 
 def jsonl_records(rs: RolloutSet) -> Iterator[dict]:
