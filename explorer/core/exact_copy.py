@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import Callable, Optional, Union
 
 import numpy as np
-from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter, LlamaFileType
-from gguf.quants import dequantize
+from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter, LlamaFileType, ReaderTensor
+from gguf.quants import dequantize, quant_shape_to_byte_shape
 
 from .errors import ExplorerError, ModelError
 
 Progress = Callable[[int, int], None]  # (tensors written, tensors in all)
-_KEEP_AS_IS = (GGMLQuantizationType.F32, GGMLQuantizationType.F16)
+_FLOAT_TYPES = {GGMLQuantizationType.F32: np.float32, GGMLQuantizationType.F16: np.float16}
 DATA_DIR_ENV = "ROLLOUT_EXPLORER_DATA_DIR"
 
 
@@ -37,12 +37,24 @@ def app_data_dir() -> Path:
     return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / org / app
 
 
-def write_exact_copy(src: Union[str, Path], dst: Union[str, Path], dtype: str = "f32",
-                     progress: Optional[Progress] = None) -> Path:
-    """Write dst: src with every quantized tensor dequantized to dtype ("f32" or "f16"; 1-D tensors are always
-    float32, as llama.cpp wants its norms)."""
-    if dtype not in ("f32", "f16"):
-        raise ValueError(f"dtype must be 'f32' or 'f16', got {dtype!r}")
+def tensor_shape(t: ReaderTensor) -> tuple[int, ...]:
+    """A tensor's shape in numpy order (GGUF's ne[0] is the last axis)."""
+    return tuple(int(n) for n in reversed(t.shape.tolist()))
+
+
+def as_float32(t: ReaderTensor) -> np.ndarray:
+    """A tensor's values as float32, dequantized with gguf's quants module where quantized."""
+    try:
+        return dequantize(np.asarray(t.data), t.tensor_type).reshape(tensor_shape(t))
+    except NotImplementedError:
+        raise ExplorerError(f"gguf cannot dequantize tensor {t.name} of type {t.tensor_type.name}") from None
+
+
+def copy_gguf(src: Union[str, Path], dst: Union[str, Path], out_type: Callable[[ReaderTensor], GGMLQuantizationType],
+              data: Callable[[ReaderTensor, GGMLQuantizationType], np.ndarray], file_type: int,
+              progress: Optional[Progress] = None) -> Path:
+    """Write dst: src's metadata (general.file_type set to file_type) and every tensor as data(t, out_type(t)) gives
+    it (float32 / float16 values, or the quantized bytes as uint8 rows); one tensor in memory at a time."""
     try:
         reader = GGUFReader(str(src))
     except (OSError, ValueError) as exc:
@@ -63,35 +75,24 @@ def write_exact_copy(src: Union[str, Path], dst: Union[str, Path], dtype: str = 
         vtype = f.types[0]
         sub_type = f.types[-1] if vtype == GGUFValueType.ARRAY else None
         writer.add_key_value(name, f.contents(), vtype, sub_type=sub_type)
-    writer.add_file_type(int(LlamaFileType.ALL_F32 if dtype == "f32" else LlamaFileType.MOSTLY_F16))
+    writer.add_file_type(file_type)
     plans = []
     for t in reader.tensors:
-        shape = tuple(int(n) for n in reversed(t.shape.tolist()))  # numpy order: ne[0] is the last axis
-        if t.tensor_type in _KEEP_AS_IS:
-            out_type = t.tensor_type
-        elif len(shape) == 1 or dtype == "f32":
-            out_type = GGMLQuantizationType.F32
+        qtype = out_type(t)
+        shape = tensor_shape(t)
+        if qtype in _FLOAT_TYPES:
+            np_type = np.dtype(_FLOAT_TYPES[qtype])
         else:
-            out_type = GGMLQuantizationType.F16
-        np_type = np.float32 if out_type == GGMLQuantizationType.F32 else np.float16
-        writer.add_tensor_info(t.name, shape, np.dtype(np_type), int(np.prod(shape)) * np.dtype(np_type).itemsize,
-                               raw_dtype=out_type)
-        plans.append((t, shape, out_type, np_type))
+            shape, np_type = quant_shape_to_byte_shape(shape, qtype), np.dtype(np.uint8)
+        writer.add_tensor_info(t.name, shape, np_type, int(np.prod(shape)) * np_type.itemsize, raw_dtype=qtype)
+        plans.append((t, qtype, shape, np_type))
     try:
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
-        for done, (t, shape, out_type, np_type) in enumerate(plans):
-            if t.tensor_type == out_type:
-                data = np.asarray(t.data).reshape(shape)
-            else:
-                try:
-                    data = dequantize(np.asarray(t.data), t.tensor_type)
-                except NotImplementedError:
-                    raise ExplorerError(f"{src}: gguf cannot dequantize tensor {t.name} of type "
-                                        f"{t.tensor_type.name}; no exact copy") from None
-                data = data.reshape(shape).astype(np_type)
-            writer.write_tensor_data(np.ascontiguousarray(data))
+        for done, (t, qtype, shape, np_type) in enumerate(plans):
+            array = np.ascontiguousarray(data(t, qtype), dtype=np_type).reshape(shape)
+            writer.write_tensor_data(array)
             if progress is not None:
                 progress(done + 1, len(plans))
         writer.close()
@@ -101,6 +102,29 @@ def write_exact_copy(src: Union[str, Path], dst: Union[str, Path], dtype: str = 
         tmp.unlink(missing_ok=True)
         raise
     return dst
+
+
+def write_exact_copy(src: Union[str, Path], dst: Union[str, Path], dtype: str = "f32",
+                     progress: Optional[Progress] = None) -> Path:
+    """Write dst: src with every quantized tensor dequantized to dtype ("f32" or "f16"; 1-D tensors are always
+    float32, as llama.cpp wants its norms); float tensors are copied as they are."""
+    if dtype not in ("f32", "f16"):
+        raise ValueError(f"dtype must be 'f32' or 'f16', got {dtype!r}")
+
+    def out_type(t: ReaderTensor) -> GGMLQuantizationType:
+        if t.tensor_type in _FLOAT_TYPES:
+            return t.tensor_type
+        if dtype == "f32" or len(t.shape) == 1:
+            return GGMLQuantizationType.F32
+        return GGMLQuantizationType.F16
+
+    def data(t: ReaderTensor, qtype: GGMLQuantizationType) -> np.ndarray:
+        if t.tensor_type == qtype:
+            return np.asarray(t.data)
+        return as_float32(t)
+
+    file_type = LlamaFileType.ALL_F32 if dtype == "f32" else LlamaFileType.MOSTLY_F16
+    return copy_gguf(src, dst, out_type, data, int(file_type), progress)
 
 
 def cached_exact_copy(src: Union[str, Path], fingerprint: str, progress: Optional[Progress] = None,

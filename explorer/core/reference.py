@@ -120,7 +120,7 @@ class _Window(NamedTuple):
     end: int
 
 
-def plan_windows(lengths: Sequence[int], budget: int = ROW_BUDGET) -> list[list[_Window]]:
+def plan_windows(lengths: Sequence[int], budget: int) -> list[list[_Window]]:
     """Jobs of at most `budget` rows: whole short lists packed together; a longer list alone, in windows."""
     jobs: list[list[_Window]] = []
     cur: list[_Window] = []
@@ -207,7 +207,7 @@ class ReferencePolicy:
         """Per list, per token: pi_ref's logprob, KL(pi || pi_ref), both top tokens."""
         ref_prefix = self._ref_prefix(query, chat, policy_prefix)
         out: list[list[Optional[TokenComparison]]] = [[None] * len(ids) for ids in id_lists]
-        for job in plan_windows([len(ids) for ids in id_lists]):
+        for job in plan_windows([len(ids) for ids in id_lists], ROW_BUDGET):
             self._compare_job(job, policy_prefix, ref_prefix, id_lists, out)
         return out  # type: ignore[return-value]
 

@@ -10,6 +10,8 @@ import math
 from itertools import combinations
 from typing import Optional, Sequence
 
+import numpy as np
+
 from .numbers import common_prefix, mean_std
 from .types import QueryGroup, Rollout
 
@@ -24,6 +26,10 @@ STAT_DESCRIPTIONS = {
     "branch_mass_coverage": "mean over branch points of the raw probability mass of the next tokens the rollouts took",
     "mean_reward": "mean of the non-null rewards",
     "reward_std": "population standard deviation of the non-null rewards",
+    "mean_kl": "mean over all tokens of KL(pi || pi_ref) at that position (nats; llama.cpp's 'Mean KLD')",
+    "kl_p99": "99th percentile of the per-position KL(pi || pi_ref)",
+    "same_top_share": "share of positions where pi and pi_ref have the same most probable token",
+    "top_disagreement_share": "share of positions where pi and pi_ref prefer different tokens",
 }
 
 
@@ -95,4 +101,24 @@ def group_stats(group: QueryGroup) -> Stats:
     rewards = reward_stats(rollouts)
     if rewards is not None:
         stats += [("mean_reward", rewards[0]), ("reward_std", rewards[1])]
+    reference = reference_stats(rollouts)
+    if reference is not None:
+        stats += list(reference.items())
     return tuple(stats)
+
+
+def reference_stats(rollouts: Sequence[Rollout]) -> Optional[dict[str, Optional[float]]]:
+    """KL and top-token agreement with the reference policy over every token of the rollouts (llama.cpp's KLD
+    statistics); None when the tokens carry no reference facts."""
+    tokens = [t for r in rollouts for t in r.tokens if t.kl is not None]
+    if not tokens:
+        return None
+    kl = np.array([t.kl for t in tokens], dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        mean = float(kl.mean())
+    compared = [t for t in tokens if t.top and t.ref_top_id is not None]
+    same = sum(t.top[0].id == t.ref_top_id for t in compared) / len(compared) if compared else None
+    # an infinite KL (a sampler reference that excludes tokens) would turn interpolation into inf - inf
+    p99 = float(np.percentile(kl, 99, method="linear" if np.isfinite(kl).all() else "higher"))
+    return {"mean_kl": mean, "kl_p99": p99, "same_top_share": same,
+            "top_disagreement_share": None if same is None else 1.0 - same}
