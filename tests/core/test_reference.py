@@ -239,3 +239,19 @@ def test_the_exact_copy_round_trips_a_quantized_gguf(untied, tmp_path):
         assert all(0.0 < t.kl < 0.05 for t in out.tokens)
     cached = list((tmp_path / "data" / "exact-references").iterdir())
     assert len(cached) == 1 and cached[0].suffix == ".gguf"  # written once, no partial file left
+
+
+def test_the_exact_copy_agrees_with_a_float64_numpy_forward_of_the_quantized_weights(untied, tmp_path):
+    from tiny_gguf import numpy_forward
+
+    q8 = _quantized_copy(untied[0], tmp_path / "q8.gguf")
+    exact = write_exact_copy(q8, tmp_path / "exact.gguf")
+    ids = [40, 50, 60, 70, 80, 90, 100, 110]
+    with closing(_open(exact)) as eng:
+        prompt = list(eng.format_prompt(QUERY)[1])
+        rows = {}
+        eng.teacher_force(prompt, [ids], lambda s, pos, tg, block: rows.update(zip(pos.tolist(), block.copy())))
+    got = log_softmax64(np.stack([rows[i] for i in range(len(ids))]))
+    # the exact model: Q8_0's dequantized weights in float64; only llama.cpp's float16 KV cache rounds on the way
+    want = log_softmax64(numpy_forward(q8, prompt + ids)[len(prompt) - 1: len(prompt) - 1 + len(ids)])
+    np.testing.assert_allclose(got, want, atol=5e-4)
