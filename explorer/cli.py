@@ -65,16 +65,22 @@ def _add_reference_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--beta", type=float, default=0.1, help="beta of the implicit reward beta * log(pi/pi_ref)")
 
 
-def _open_reference(args, engine):
-    """The --reference policy for engine, or None; the exact copy is written (once) with progress on stderr."""
-    if not args.reference:
+def _reference_spec(args):
+    """--reference parsed (before any model is loaded: a typo costs nothing), or None."""
+    from .core.reference import ReferenceSpec
+
+    return ReferenceSpec.parse(args.reference) if args.reference else None
+
+
+def _open_reference(spec, args, engine):
+    """The reference policy for engine, or None; the exact copy is written (once) with progress on stderr."""
+    if spec is None:
         return None
     from .core.engine import Engine
     from .core.errors import ExplorerError
     from .core.exact_copy import cached_exact_copy
-    from .core.reference import ReferencePolicy, ReferenceSpec
+    from .core.reference import ReferencePolicy
 
-    spec = ReferenceSpec.parse(args.reference)
     if not hasattr(engine, "teacher_force"):
         raise ExplorerError("--reference needs a local model: a server gives no full logits rows for the KL")
 
@@ -243,9 +249,10 @@ def cmd_generate(args) -> int:
         raise _UsageError(f"--reward-time-limit must be in (0, 86400] seconds (got {args.reward_time_limit})")
     # before the model: fail fast on a bad file
     reward_fn = load_reward(args.reward, args.reward_time_limit) if args.reward else None
+    reference_spec = _reference_spec(args)
     engine = _load_engine(args)
     try:
-        reference = _open_reference(args, engine)  # before the run: a refused reference costs no generation
+        reference = _open_reference(reference_spec, args, engine)  # before the run: a refused one costs no run
     except BaseException:
         engine.close()
         raise
@@ -328,10 +335,11 @@ def cmd_score(args) -> int:
     if args.system is not None:
         check_text(args.system, "the system prompt")
 
+    reference_spec = _reference_spec(args)
     engine = _load_engine(args)
     reference = None
     try:
-        reference = _open_reference(args, engine)
+        reference = _open_reference(reference_spec, args, engine)
         chat = engine.uses_chat(not args.raw)
         prompt, prompt_ids = engine.format_prompt(args.query, chat, args.system)
         scores = engine.score(args.query, args.responses, chat=chat, system=args.system, top_n=args.top_n)
