@@ -85,11 +85,14 @@ class _Clock:
 
 
 def measure_engine(model_path: str, k: int, n_tokens: int, repeats: int, ids_out: Optional[str],
-                   threads: Optional[int] = None) -> dict:
+                   threads: Optional[int] = None, ubatch: Optional[int] = None) -> dict:
     from explorer.core import engine as engine_module
     from explorer.core import llama_backend
     from explorer.core.engine import Engine
     from explorer.core.types import SamplingParams
+
+    if ubatch:  # only for comparing micro-batch sizes (run_ubatch_comparison)
+        llama_backend.N_UBATCH = ubatch
 
     clock = _Clock()
     clock.wrap(llama_backend.LlamaContext, "decode", "decode_s")
@@ -99,7 +102,7 @@ def measure_engine(model_path: str, k: int, n_tokens: int, repeats: int, ids_out
     engine = Engine(model_path, n_threads=threads)
     params = SamplingParams(max_tokens=n_tokens, seed=SEED, top_n=TOP_N)
     flush = SamplingParams(max_tokens=1, seed=SEED, top_n=TOP_N)
-    times, prompt_times = [], []
+    times, prompt_times, score_times = [], [], []
     rollouts = []
     try:
         for _ in range(repeats):
@@ -113,6 +116,10 @@ def measure_engine(model_path: str, k: int, n_tokens: int, repeats: int, ids_out
             prompt_times.append(timings.prompt_s)
             splits.append(dict(clock.spent, total_s=times[-1]))
         _, prompt_ids = engine.format_prompt(QUERY)
+        for _ in range(repeats):  # teacher-forced scoring of what was sampled, one pass (prompt reused)
+            t0 = time.perf_counter()
+            engine.score_token_ids(list(prompt_ids), [[t.id for t in r.tokens] for r in rollouts], TOP_N)
+            score_times.append(time.perf_counter() - t0)
         n_ctx = engine.info.n_ctx
         n_vocab = engine.info.n_vocab
     finally:
@@ -122,6 +129,7 @@ def measure_engine(model_path: str, k: int, n_tokens: int, repeats: int, ids_out
         Path(ids_out).write_text(json.dumps({"prompt_ids": list(prompt_ids), "rollouts": ids, "n_ctx": n_ctx}))
     best = splits[times.index(min(times))]
     return {"times": times, "tokens": sum(map(len, ids)), "prompt_s": min(prompt_times), "n_vocab": n_vocab,
+            "score_s": min(score_times),
             "finish": sorted({r.finish_reason for r in rollouts}), "split": best,
             "overheads": [(sp["total_s"] - sp.get("decode_s", 0.0)) / sp["total_s"] for sp in splits]}
 
@@ -130,7 +138,7 @@ def _worker(spec: dict) -> dict:
     method = spec["method"]
     if method == "engine":
         out = measure_engine(spec["model"], spec["k"], spec["n_tokens"], spec["repeats"], spec.get("ids_out"),
-                             spec.get("threads"))
+                             spec.get("threads"), spec.get("ubatch"))
     elif method == "bare":
         from bench.baselines import measure_bare
 
@@ -207,9 +215,40 @@ def run_engine_bench(model_path: str, ks: Sequence[int] = (1, 8, 32), n_tokens: 
     return rows
 
 
+def run_ubatch_comparison(model_path: str, ks: Sequence[int] = (8, 70), n_tokens: int = N_TOKENS,
+                          ubatches: Sequence[int] = (512, 63), repeats: int = 2, rounds: int = 2,
+                          log=None) -> list[dict]:
+    """Generation and scoring time per micro-batch size (n_ubatch), the sizes alternating in each round; ratios
+    against the first size. The engine decodes in micro-batches below 64 so that sampling and scoring share kernels."""
+    rows = []
+    for k in ks:
+        runs: dict[int, list[dict]] = {u: [] for u in ubatches}
+        for _ in range(rounds):
+            for u in ubatches:
+                runs[u].append(_spawn({"method": "engine", "model": model_path, "k": k, "n_tokens": n_tokens,
+                                       "repeats": repeats, "ubatch": u}))
+        base = None
+        for u in ubatches:
+            gen_s = min(t for r in runs[u] for t in r["times"])
+            score_s = min(r["score_s"] for r in runs[u])
+            tokens = runs[u][0]["tokens"]
+            base = base or (gen_s, score_s)
+            rows.append({"k": k, "n_ubatch": u, "tokens": tokens, "generate_tok_s": tokens / gen_s,
+                         "score_tok_s": tokens / score_s, "generate_vs_first": base[0] / gen_s,
+                         "score_vs_first": base[1] / score_s})
+            if log:
+                log(f"  k={k} n_ubatch={u}: generate {tokens / gen_s:.0f} tok/s ({base[0] / gen_s:.2f}x), "
+                    f"score {tokens / score_s:.0f} tok/s ({base[1] / score_s:.2f}x)")
+    return rows
+
+
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "worker":
         print(json.dumps(_worker(json.loads(sys.argv[2]))))
+    elif sys.argv[1:] == ["ubatch"]:
+        from explorer.core.models import default_model_path
+
+        run_ubatch_comparison(str(default_model_path()), log=print)
     else:
         from explorer.core.models import default_model_path
 

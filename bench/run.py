@@ -187,6 +187,11 @@ def main(argv=None) -> int:
             if bench is not None:
                 log(f"{module} ...")
                 print_dict_table(bench(), title)
+    bench = _optional_bench("reference_bench", "run_reference_bench")
+    if bench is not None:
+        log("reference_bench ...")
+        print_dict_table(bench(), "Reference policy pass per token, k=8 x 32 tokens (target: at most one more "
+                                  "scoring of the same tokens)")
     print(f"\nTotal benchmark time: {time.perf_counter() - t_start:.0f} s")
     return 0
 

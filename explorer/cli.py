@@ -56,6 +56,58 @@ def _add_prompt_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--raw", action="store_true", help="raw completion: no chat template")
 
 
+def _add_reference_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--reference", default=None, metavar="PATH|exact|system:TEXT|temperature:T|top_p:P",
+                   help="a reference policy pi_ref: per token log pi_ref, log-ratio and KL(pi||pi_ref) are recorded "
+                        "(PATH: a GGUF with the same vocabulary; exact: a float32 copy of the quantized model, "
+                        "written once into the app's data folder)")
+    p.add_argument("--beta", type=float, default=0.1, help="beta of the implicit reward beta * log(pi/pi_ref)")
+
+
+def _reference_spec(args):
+    """--reference parsed (before any model is loaded: a typo costs nothing), or None."""
+    from .core.reference import ReferenceSpec
+
+    return ReferenceSpec.parse(args.reference) if args.reference else None
+
+
+def _open_reference(spec, args, engine):
+    """The reference policy for engine, or None; the exact copy is written (once) with progress on stderr."""
+    if spec is None:
+        return None
+    from .core.engine import Engine
+    from .core.errors import ExplorerError
+    from .core.exact_copy import cached_exact_copy
+    from .core.reference import ReferencePolicy
+
+    if not hasattr(engine, "teacher_force"):
+        raise ExplorerError("--reference needs a local model: a server gives no full logits rows for the KL")
+
+    def exact_path(path, progress):
+        return cached_exact_copy(path, engine.info.fingerprint, progress)
+
+    def progress(done, total):
+        sys.stderr.write(f"\rwriting the exact copy: {done}/{total} tensors" + ("\n" if done == total else ""))
+
+    return ReferencePolicy(spec, engine, lambda path: Engine(path, n_ctx=args.n_ctx), exact_path, progress)
+
+
+def _annotate_with_reference(reference, groups, beta: float, update) -> None:
+    """Each group evaluated under the reference (update(group) stores it), with one line per group on stderr."""
+    from .core.stats import reference_stats
+
+    for group in groups:
+        annotated = reference.annotate_group(group)
+        update(annotated)
+        stats = reference_stats(annotated.rollouts + annotated.scores) or {}
+        rewards = [r.implicit_reward(beta) for r in annotated.rollouts if r.log_ratio is not None]
+        mean_reward = f"{sum(rewards) / len(rewards):.4f}" if rewards else "-"
+        sys.stderr.write(f"{group.id} vs {reference.info.description}: mean KL {stats.get('mean_kl', math.nan):.4g}"
+                         f" nats/token, p99 {stats.get('kl_p99', math.nan):.4g}, same top token "
+                         f"{100 * (stats.get('same_top_share') or 0):.1f}%, mean implicit reward (beta {beta:g}) "
+                         f"{mean_reward}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rollout-explorer", description="See a language model as a policy.")
     sub = parser.add_subparsers(dest="command")
@@ -99,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--reward-time-limit", type=float, default=TIME_LIMIT_S, metavar="SECONDS",
                      help="a reward file's reward() gets this long per rollout; past it that reward is null")
     _add_prompt_args(gen)
+    _add_reference_args(gen)
     gen.add_argument("-o", "--output", required=True, help="the JSON file to write ('-' for stdout)")
 
     score = sub.add_parser("score", help="the probability the model gives responses you type",
@@ -109,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a candidate response (repeatable)")
     score.add_argument("--top-n", type=int, default=5, help="raw alternatives recorded per token")
     _add_prompt_args(score)
+    _add_reference_args(score)
     score.add_argument("-o", "--output", default=None, help="also write a rollout set whose group carries the scores")
 
     sub.add_parser("models", help="list the GGUF models found on this machine")
@@ -190,7 +244,13 @@ def cmd_generate(args) -> int:
         raise _UsageError(f"--reward-time-limit must be in (0, 86400] seconds (got {args.reward_time_limit})")
     # before the model: fail fast on a bad file
     reward_fn = load_reward(args.reward, args.reward_time_limit) if args.reward else None
+    reference_spec = _reference_spec(args)
     engine = _load_engine(args)
+    try:
+        reference = _open_reference(reference_spec, args, engine)  # before the run: a refused one costs no run
+    except BaseException:
+        engine.close()
+        raise
     info = engine.info
     session = Session(info, params)
     progress = _Progress(len(queries) * args.k * args.max_tokens)
@@ -214,12 +274,17 @@ def cmd_generate(args) -> int:
             session.feed(LOCAL_RUN, (event,))
             if isinstance(event, TokenBatch):
                 progress.update(len(event.events))
+        if reference is not None:
+            _annotate_with_reference(reference, session.groups("cancelled"), args.beta,
+                                     lambda group: session.annotate(group, reference.info))
     except ExplorerError as exc:  # a server failing mid-run: what arrived is still written, then exit 2
         if not session.group_ids:
             raise
         run_error = exc
     finally:
         signal.signal(signal.SIGINT, previous)
+        if reference is not None:
+            reference.close()
         engine.close()
     t = session.timings
     progress.close(f"{session.tokens_done} tokens in {t.generation_s:.1f} s ({t.tokens_per_s:.1f} tokens/s)"
@@ -258,13 +323,20 @@ def cmd_score(args) -> int:
     if args.system is not None:
         check_text(args.system, "the system prompt")
 
+    reference_spec = _reference_spec(args)
     engine = _load_engine(args)
+    reference = None
     try:
+        reference = _open_reference(reference_spec, args, engine)
         chat = engine.uses_chat(not args.raw)
         prompt, prompt_ids = engine.format_prompt(args.query, chat, args.system)
         scores = engine.score(args.query, args.responses, chat=chat, system=args.system, top_n=args.top_n)
+        if reference is not None:
+            scores = reference.annotate_scores(args.query, chat, prompt_ids, scores)
         info = engine.info
     finally:
+        if reference is not None:
+            reference.close()
         engine.close()
     out = sys.stderr if args.output == "-" else sys.stdout  # stdout carries the JSON then
     width = max(8, min(48, max(len(s.response) for s in scores)))
@@ -273,10 +345,22 @@ def cmd_score(args) -> int:
         ppl = f"{s.perplexity:.3f}" if s.perplexity is not None else "-"
         resp = s.response if len(s.response) <= width else s.response[: width - 1] + "…"
         print(f"{resp:<{width}}  {s.logprob:>12.4f}  {_fmt_prob(s.logprob):>11}  {ppl:>10}  {len(s.tokens)}", file=out)
+    if reference is not None:
+        print(f"reference: {reference.info.description}", file=out)
+        print(f"{'response':<{width}}  {'log pi_ref':>12}  {'log ratio':>11}  {'mean KL':>10}  implicit reward "
+              f"(beta {args.beta:g})", file=out)
+        for s in scores:
+            resp = s.response if len(s.response) <= width else s.response[: width - 1] + "…"
+            cells = [f"{x:.4f}" if x is not None else "-" for x in (s.ref_logprob, s.log_ratio, s.mean_kl,
+                                                                   s.implicit_reward(args.beta))]
+            print(f"{resp:<{width}}  {cells[0]:>12}  {cells[1]:>11}  {cells[2]:>10}  {cells[3]}", file=out)
     if args.output:
         session = Session(info, SamplingParams(top_n=args.top_n))
-        session.add_group(QueryGroup(id="q0", query=args.query, chat=chat, prompt=prompt,
-                                     prompt_token_ids=prompt_ids, scores=scores))
+        group = QueryGroup(id="q0", query=args.query, chat=chat, prompt=prompt, prompt_token_ids=prompt_ids,
+                           scores=scores)
+        session.add_group(group)
+        if reference is not None:
+            session.annotate(group, reference.info)
         export.save(session.rollout_set(), args.output)
     return 0
 

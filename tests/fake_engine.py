@@ -25,6 +25,7 @@ import zlib
 from typing import Callable, Iterator, Optional, Sequence, Union
 
 from explorer.core.errors import ContextOverflowError, EngineError, ExplorerError, ModelError
+from explorer.core.run_args import check_branch, check_generate
 from explorer.core.types import (
     Event,
     GroupHeader,
@@ -204,12 +205,8 @@ class FakeEngine:
     def _generate(self, queries, k, params, cancel, chat, system) -> Iterator[Event]:
         self._record("generate.start")
         self._check_open()
-        params.validate()
-        if k < 1:
-            raise ValueError(f"k must be >= 1 (got {k})")
         groups, lives = [], []
-        for qi, q in enumerate(queries):
-            query = q if isinstance(q, Query) else Query(str(q))
+        for qi, query in enumerate(check_generate(queries, k, params)):
             prompt, ids = self.format_prompt(query.text, chat, system)
             if k * (len(ids) + params.max_tokens) > self._info.n_ctx:
                 raise ContextOverflowError(
@@ -227,18 +224,13 @@ class FakeEngine:
                k: int = 1, params: Optional[SamplingParams] = None,
                cancel: Optional[threading.Event] = None) -> Iterator[Event]:
         self._record("branch")
-        return self._branch(group, rollout_id, position, forced_token, k, params or SamplingParams(), cancel)
+        return self._branch(group, rollout_id, position, forced_token, k, params, cancel)
 
     def _branch(self, group, rollout_id, position, forced_token, k, params, cancel) -> Iterator[Event]:
         self._record("branch.start")
         self._check_open()
-        params.validate()
-        parent = next((r for r in group.rollouts if r.id == rollout_id), None)
-        if parent is None:
-            raise ExplorerError(f"no rollout {rollout_id} in group {group.id}")
-        if not 0 <= position <= len(parent.tokens):
-            raise ExplorerError(f"position {position} is outside rollout {rollout_id} ({len(parent.tokens)} tokens)")
-        prefix = list(parent.tokens[:position])
+        params, parent, kept = check_branch(group, rollout_id, position, k, params)  # the engines' own checks
+        prefix = list(kept)
         context = list(group.prompt_token_ids) + [t.id for t in prefix]
         if forced_token is not None:
             if not 0 <= forced_token < len(VOCAB):

@@ -163,3 +163,47 @@ def test_score_to_stdout_keeps_the_table_off_it(tiny_gguf):
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["groups"][0]["scores"][0]["response"] == "the ocean"
     assert "log pi(y|x)" in proc.stderr
+
+
+# -- reference policies ---------------------------------------------------------------------------------------------
+
+
+def test_generate_with_a_reference_records_log_ratios_and_kl(tiny_gguf, tmp_path):
+    copy = tmp_path / "copy.gguf"
+    copy.write_bytes(tiny_gguf.read_bytes())  # another file, same weights: KL ~0 but measured by a second engine
+    out = tmp_path / "set.json"
+    for reference, near_zero in ((str(copy), True), ("system:Answer in one word.", False)):
+        proc = run_cli("generate", "--model", str(tiny_gguf), "-q", "Hello", "-k", "2", "--max-tokens", "6",
+                       "--reference", reference, "--beta", "0.5", "-o", str(out))
+        assert proc.returncode == 0, proc.stderr
+        assert "mean KL" in proc.stderr and "implicit reward (beta 0.5)" in proc.stderr
+        rs = export.load(out)
+        assert rs.reference_policy is not None and rs.reference_policy.kind == ("model" if near_zero else "system")
+        group = rs.groups[0]
+        assert dict(group.stats)["mean_kl"] is not None
+        for r in group.rollouts:
+            assert 1 <= len(r.tokens) <= 6 and all(t.kl is not None and t.ref_logprob is not None for t in r.tokens)
+            if near_zero:
+                assert r.mean_kl < 1e-9 and abs(r.log_ratio) < 1e-5
+            else:
+                assert r.mean_kl > 0
+
+
+def test_score_with_a_reference_prints_and_writes_the_ratio(tiny_gguf, tmp_path):
+    out = tmp_path / "scores.json"
+    proc = run_cli("score", "--model", str(tiny_gguf), "-q", "Hello", "-r", "Atlantic Ocean",
+                   "--reference", "temperature:0.5", "-o", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "reference: tiny-test at temperature 0.5" in proc.stdout and "log ratio" in proc.stdout
+    (score,) = export.load(out).groups[0].scores
+    assert score.mean_kl > 0 and score.log_ratio == pytest.approx(score.logprob - score.ref_logprob)
+
+
+@pytest.mark.parametrize("reference, message", [
+    ("temperature:-1", "the temperature must be in"),
+    ("missing.gguf", "no such GGUF file"),
+])
+def test_a_bad_reference_is_a_usage_error(tiny_gguf, tmp_path, reference, message):
+    proc = run_cli("score", "--model", str(tiny_gguf), "-q", "Hello", "-r", "x", "--reference", reference,
+                   cwd=tmp_path)
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr

@@ -303,3 +303,60 @@ def minimal_llama_kvs(architecture: str = "llama") -> list[tuple[str, str, objec
         ("tokenizer.ggml.model", "str", "llama"),
         ("tokenizer.ggml.tokens", "arr:str", ["<unk>", "<s>", "</s>", "a"]),
     ]
+
+
+def numpy_forward(path, ids):
+    """Logits (float64) after each of ids, by a plain numpy evaluation of a llama GGUF's weights (what this file
+    writes: RMS norm, rotary embedding on adjacent pairs with base 10000, causal attention, SwiGLU)."""
+    from gguf import GGUFReader
+
+    from explorer.core.exact_copy import as_float32
+
+    r = GGUFReader(str(path))
+    weights = {t.name: as_float32(t).astype(np.float64) for t in r.tensors}
+
+    def f(key):
+        return r.get_field(key).contents()
+
+    n_head, n_kv = f("llama.attention.head_count"), f("llama.attention.head_count_kv")
+    n_layer = f("llama.block_count")
+    eps = f("llama.attention.layer_norm_rms_epsilon")
+    x = weights["token_embd.weight"][ids]
+    n, d = x.shape
+    hd = d // n_head
+
+    def rms(v, w):
+        return v / np.sqrt((v * v).mean(-1, keepdims=True) + eps) * w
+
+    pos = np.arange(n)[:, None]
+    inv = 10000.0 ** (-np.arange(0, hd, 2) / hd)
+    ang = pos * inv[None, :]
+    cos, sin = np.cos(ang), np.sin(ang)
+
+    def rope(t):  # (n, heads, head_dim): each adjacent pair rotated by its position's angle
+        a, b = t[..., 0::2], t[..., 1::2]
+        out = np.empty_like(t)
+        out[..., 0::2] = a * cos[:, None, :] - b * sin[:, None, :]
+        out[..., 1::2] = a * sin[:, None, :] + b * cos[:, None, :]
+        return out
+
+    mask = np.triu(np.full((n, n), -np.inf), 1)
+    for i in range(n_layer):
+        p = f"blk.{i}."
+        h = rms(x, weights[p + "attn_norm.weight"])
+        q = rope((h @ weights[p + "attn_q.weight"].T).reshape(n, n_head, hd))
+        k = rope((h @ weights[p + "attn_k.weight"].T).reshape(n, n_kv, hd))
+        v = (h @ weights[p + "attn_v.weight"].T).reshape(n, n_kv, hd)
+        rep = n_head // n_kv
+        k, v = np.repeat(k, rep, axis=1), np.repeat(v, rep, axis=1)
+        s = np.einsum("qhd,khd->hqk", q, k) / np.sqrt(hd) + mask
+        s = np.exp(s - s.max(-1, keepdims=True))
+        s /= s.sum(-1, keepdims=True)
+        o = np.einsum("hqk,khd->qhd", s, v).reshape(n, d)
+        x = x + o @ weights[p + "attn_output.weight"].T
+        h = rms(x, weights[p + "ffn_norm.weight"])
+        g = h @ weights[p + "ffn_gate.weight"].T
+        x = x + ((g / (1 + np.exp(-g))) * (h @ weights[p + "ffn_up.weight"].T)) @ weights[p + "ffn_down.weight"].T
+    x = rms(x, weights["output_norm.weight"])
+    out = weights.get("output.weight", weights["token_embd.weight"])
+    return x @ out.T

@@ -12,20 +12,22 @@ import codecs
 import math
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Optional, Sequence, Union
 
 import numpy as np
 
 from . import llama_backend as lb
+from . import scoring
 from .errors import ContextOverflowError, EngineError, ExplorerError
+from .kv_cache import KVCache, Prefix
 from .models import read_gguf
-from .prefix import PrefixMixin, _Live, _Unit
 from .run_args import check_branch, check_generate
 from .sampling import Workspace, sample_step
 from .types import (
     GroupHeader, ModelInfo, Query, QueryGroup, Rollout, RolloutFinished, RolloutHeader, RunFinished, RunStarted,
-    SamplingParams, Timings, TokenBatch, TokenEvent, TokenInfo, TopLogprob,
+    SamplingParams, Score, Timings, TokenBatch, TokenEvent, TokenInfo, TopLogprob,
 )
 
 AUTO_CTX_MIN = 4096  # cells a fresh context gets when the user does not choose
@@ -33,7 +35,33 @@ AUTO_CTX_MAX = 1 << 16
 AUTO_KV_BUDGET = 1 << 30  # bytes of KV cache the automatic sizing may use
 
 
-class Engine(PrefixMixin):
+@dataclass
+class _LiveRollout:
+    """A rollout being generated (engine-internal, mutable)."""
+
+    header: RolloutHeader
+    rng: np.random.Generator
+    history: list[int]  # prompt + prefix + generated ids: what the repeat penalty looks at
+    tokens: list[TokenInfo]
+    text: str
+    decoder: codecs.IncrementalDecoder
+    n_new: int = 0
+    seq: int = 0
+    pos: int = 0  # position of the next token to decode
+    last: Optional[int] = None  # sampled but not yet decoded
+    finish: Optional[str] = None
+
+
+@dataclass
+class _PrefixGroup:
+    """One prefix (a query's prompt, or a prompt + a branch prefix) and the rollouts that continue it."""
+
+    group_id: str
+    prefix: list[int]
+    rollouts: list[_LiveRollout] = field(default_factory=list)
+
+
+class Engine:
     def __init__(self, model_path: Union[str, Path], n_gpu_layers: Optional[int] = None, n_ctx: Optional[int] = None,
                  n_threads: Optional[int] = None):
         t0 = time.perf_counter()
@@ -53,7 +81,7 @@ class Engine(PrefixMixin):
         self._fixed_ctx = n_ctx
         self._n_threads = n_threads
         self._ctx: Optional[lb.LlamaContext] = None
-        self._kv: dict[int, list[int]] = {}  # what each sequence holds in the KV cache, for prefix reuse
+        self._kv: Optional[KVCache] = None  # what each sequence of _ctx holds; a new context gets a new one
         self._ws = Workspace(self.model.n_vocab)
         self._formatter = None
         try:
@@ -142,8 +170,9 @@ class Engine(PrefixMixin):
         if ctx is not None:
             ctx.close()
             self._ctx = None
-        self._kv = {}
+        self._kv = None
         self._ctx = lb.LlamaContext(self.model, n_ctx, n_seq, self._n_threads)
+        self._kv = KVCache(self._ctx)
         return self._ctx
 
     def _check_fits(self, n_prefix: int, max_tokens: int, what: str, after: str = "") -> None:
@@ -195,7 +224,7 @@ class Engine(PrefixMixin):
             self._check_fits(len(ids), params.max_tokens, f"query {qi + 1}'s prompt")
             gid = f"q{qi}"
             groups.append(GroupHeader(gid, q.text, use_chat, prompt, ids, q.reference))
-            unit = _Unit(gid, list(ids))
+            unit = _PrefixGroup(gid, list(ids))
             for i in range(k):
                 header = RolloutHeader(gid, f"{gid}.r{i}", i, params.seed + i)
                 unit.rollouts.append(self._new_live(header, list(ids)))
@@ -217,10 +246,12 @@ class Engine(PrefixMixin):
         self._check_vocab(prefix, f"group {group.id}'s prompt and rollout {rollout_id}")
         self._check_fits(len(prefix) + (forced_token is not None), params.max_tokens, "the branch prefix")
         if forced_token is not None:
-            kept = kept + (self.score_token_ids(prefix, [[forced_token]], params.top_n)[0][0],)
+            (forced,), held = self._score_pass(prefix, [[forced_token]], params.top_n)
+            self._kv.remember(held)  # the branch's rollouts continue from the cells this pass decoded
+            kept = kept + forced
             prefix.append(forced_token)
         first = max((r.index for r in group.rollouts), default=-1) + 1
-        unit = _Unit(group.id, prefix)
+        unit = _PrefixGroup(group.id, prefix)
         for j in range(k):
             idx = first + j
             decoder = codecs.getincrementaldecoder("utf-8")("replace")
@@ -242,21 +273,17 @@ class Engine(PrefixMixin):
             return
         yield from self._run([unit], params, cancel)
 
-    def _new_live(self, header: RolloutHeader, history: list[int]) -> _Live:
-        return _Live(header=header, rng=np.random.Generator(np.random.PCG64(header.seed)), history=history,
+    def _new_live(self, header: RolloutHeader, history: list[int]) -> _LiveRollout:
+        return _LiveRollout(header=header, rng=np.random.Generator(np.random.PCG64(header.seed)), history=history,
                      tokens=list(header.prefix), text=header.prefix_text,
                      decoder=codecs.getincrementaldecoder("utf-8")("replace"))
 
-    def _run(self, units: list[_Unit], params: SamplingParams, cancel) -> Iterator:
+    def _run(self, units: list[_PrefixGroup], params: SamplingParams, cancel) -> Iterator:
         timing = {"prompt_s": 0.0, "generation_s": 0.0, "n": 0}
         cancelled = False
         for wave in self._plan_waves(units, params.max_tokens):
             if not cancelled and not (cancel is not None and cancel.is_set()):
-                try:
-                    yield from self._run_wave(wave, params, cancel, timing)
-                except BaseException:
-                    self._kv = {}
-                    raise
+                yield from self._run_wave(wave, params, cancel, timing)
             for unit in wave:  # whatever the wave left unfinished was cancelled
                 for r in unit.rollouts:
                     if r.finish is None:
@@ -267,7 +294,7 @@ class Engine(PrefixMixin):
         yield RunFinished(Timings(load_s=self.load_s, prompt_s=timing["prompt_s"], generation_s=gen_s,
                                   tokens_per_s=timing["n"] / gen_s if gen_s > 0 else 0.0), cancelled=cancelled)
 
-    def _plan_waves(self, units: list[_Unit], max_tokens: int) -> list[list[_Unit]]:
+    def _plan_waves(self, units: list[_PrefixGroup], max_tokens: int) -> list[list[_PrefixGroup]]:
         """Pack (prefix, rollouts) into waves that fit the cell cap and the sequence limit; a query whose rollouts
         do not fit together is split across waves (its prompt is decoded once per wave)."""
         cap = self._cell_cap()
@@ -284,7 +311,7 @@ class Engine(PrefixMixin):
                     waves.append(cur)
                     cur, cells, seqs = [], 0, 0
                     continue
-                cur.append(_Unit(unit.group_id, unit.prefix, pending[:fit]))
+                cur.append(_PrefixGroup(unit.group_id, unit.prefix, pending[:fit]))
                 pending = pending[fit:]
                 cells += len(unit.prefix) + fit * max_tokens
                 seqs += fit
@@ -292,7 +319,7 @@ class Engine(PrefixMixin):
             waves.append(cur)
         return waves
 
-    def _run_wave(self, units: list[_Unit], params: SamplingParams, cancel, timing: dict) -> Iterator:
+    def _run_wave(self, units: list[_PrefixGroup], params: SamplingParams, cancel, timing: dict) -> Iterator:
         n_seq = sum(len(u.rollouts) for u in units)
         cells = sum(len(u.prefix) + len(u.rollouts) * params.max_tokens for u in units)
         ctx = self._ensure_context(cells, n_seq)
@@ -301,8 +328,9 @@ class Engine(PrefixMixin):
             for r in unit.rollouts:
                 r.seq, r.pos = seq, len(unit.prefix)
                 seq += 1
-        starts = self._prepare_kv(units)
-        prefix_rows = self._decode_prefixes(units, starts, cancel, timing)
+        t0 = time.perf_counter()
+        prefix_rows = self._kv.prefill([Prefix(u.prefix, [r.seq for r in u.rollouts]) for u in units], cancel)
+        timing["prompt_s"] += time.perf_counter() - t0
         if prefix_rows is None:
             return
         active = [r for u in units for r in u.rollouts]
@@ -333,10 +361,9 @@ class Engine(PrefixMixin):
                 logits = ctx.logits_rows(range(len(active)))
         finally:
             timing["generation_s"] += time.perf_counter() - t0
-        # what each sequence now holds, for the next run's prefix reuse
-        self._kv = {r.seq: r.history[: r.pos] for u in units for r in u.rollouts}
+        self._kv.remember({r.seq: r.history[: r.pos] for u in units for r in u.rollouts})  # for the next run's reuse
 
-    def _advance(self, r: _Live, j: int, step, params: SamplingParams) -> TokenEvent:
+    def _advance(self, r: _LiveRollout, j: int, step, params: SamplingParams) -> TokenEvent:
         tok = int(step.token_ids[j])
         s = step.stats
         sampling_lp = float(step.sampling_logprobs[j])
@@ -365,10 +392,59 @@ class Engine(PrefixMixin):
                 r.finish = "length"
         return TokenEvent(r.header.group_id, r.header.rollout_id, position, info, delta)
 
-    def _final(self, r: _Live) -> Rollout:
+    def _final(self, r: _LiveRollout) -> Rollout:
         text = r.text
         if r.finish != "stop_string":
             text += r.decoder.decode(b"", final=True)  # a character cut off by the end shows as U+FFFD
         h = r.header
         return Rollout(id=h.rollout_id, index=h.index, seed=h.seed, text=text, tokens=tuple(r.tokens),
                        finish_reason=r.finish, parent_id=h.parent_id, branch_position=h.branch_position)
+
+    # -- scoring -----------------------------------------------------------------------------------------------
+    def score(self, query: str, responses: Sequence[str], chat: bool = True, system: Optional[str] = None,
+              top_n: int = 5) -> tuple[Score, ...]:
+        """Teacher-forced log pi(response | query) of each response, token by token."""
+        _, prompt_ids = self.format_prompt(query, self.uses_chat(chat), system)
+        id_lists = [self.model.tokenize(r, add_special=False, parse_special=False) for r in responses]
+        infos = self.score_token_ids(list(prompt_ids), id_lists, top_n)
+        return tuple(Score(response=r, tokens=t) for r, t in zip(responses, infos))
+
+    def score_token_ids(self, prefix: Sequence[int], id_lists: Sequence[Sequence[int]],
+                        top_n: int = 5) -> list[tuple[TokenInfo, ...]]:
+        """Per-token facts of each token list following prefix (the logprob a sampler would have recorded)."""
+        results: list[tuple[TokenInfo, ...]] = [()] * len(id_lists)
+        for batch in self._score_passes(prefix, id_lists):
+            infos, held = self._score_pass(list(prefix), [list(id_lists[i]) for i in batch], top_n)
+            self._kv.remember(held)  # a run or score after the same prompt reuses its cells
+            for i, token_infos in zip(batch, infos):
+                results[i] = token_infos
+        return results
+
+    def teacher_force(self, prefix: Sequence[int], id_lists: Sequence[Sequence[int]], sink: scoring.RowSink) -> None:
+        """The raw logits row before every token of every list after prefix, handed to sink(list indices, positions,
+        target ids, rows) in blocks (see scoring.teacher_force); the rows are those scoring and sampling see."""
+        for batch in self._score_passes(prefix, id_lists):
+            lists = [list(id_lists[i]) for i in batch]
+            ctx = self._ensure_context(len(prefix) + sum(map(len, lists)), len(lists))
+            index = np.array(batch, dtype=np.int64)
+
+            def renumbered(seqs, positions, targets, rows):
+                sink(index[seqs], positions, targets, rows)
+
+            self._kv.remember(scoring.teacher_force(ctx, self._kv, list(prefix), lists, renumbered))
+
+    def _score_passes(self, prefix: Sequence[int], id_lists: Sequence[Sequence[int]]) -> list[list[int]]:
+        """The lists' indices grouped into passes, once prefix and lists are known to fit and be in the vocabulary."""
+        if not prefix:
+            raise ExplorerError("nothing to condition on: the prompt has no tokens")
+        self._check_vocab(prefix, "the prompt")
+        for i, ids in enumerate(id_lists):
+            if ids:
+                self._check_fits(len(prefix), len(ids), "the prompt", after=f"response {i + 1}")
+                self._check_vocab(ids, "the response")
+        return scoring.plan_passes(len(prefix), [len(ids) for ids in id_lists], self._cell_cap())
+
+    def _score_pass(self, prefix: list[int], id_lists: list[list[int]],
+                    top_n: int) -> tuple[list[tuple[TokenInfo, ...]], dict[int, list[int]]]:
+        ctx = self._ensure_context(len(prefix) + sum(map(len, id_lists)), len(id_lists))
+        return scoring.score_pass(ctx, self._kv, prefix, id_lists, top_n, self._ws, self._token_info)

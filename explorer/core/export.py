@@ -30,10 +30,12 @@ from pathlib import Path
 from typing import Any, Callable, Generator, Iterable, Iterator, Optional, Union
 
 from .errors import LoadCancelled, RolloutFileError, SamplingParamsError
+from .numbers import json_number
 from .types import (
     FINISH_REASONS,
     ModelInfo,
     QueryGroup,
+    ReferenceInfo,
     Rollout,
     RolloutSet,
     SamplingParams,
@@ -61,44 +63,42 @@ def now_iso() -> str:
 # -- writing ---------------------------------------------------------------------------------------------------------
 
 
-def _num(x: Optional[float]) -> Optional[float]:
-    if x is None:
-        return None
-    x = float(x)  # numpy scalars are not JSON-serialisable; float() makes them plain
-    return x if _isfinite(x) else None
-
-
 def _token_dict(t: TokenInfo) -> dict:
     d = {
         "id": int(t.id),
         "token": t.token,
         "bytes": list(t.bytes),
-        "logprob": _num(t.logprob),
-        "sampling_logprob": _num(t.sampling_logprob),
-        "entropy": _num(t.entropy),
+        "logprob": json_number(t.logprob),
+        "sampling_logprob": json_number(t.sampling_logprob),
+        "entropy": json_number(t.entropy),
         "rank": int(t.rank),
         "top_logprobs": [
-            {"id": int(a.id), "token": a.token, "bytes": list(a.bytes), "logprob": _num(a.logprob)} for a in t.top
+            {"id": int(a.id), "token": a.token, "bytes": list(a.bytes), "logprob": json_number(a.logprob)} for a in t.top
         ],
     }
     if t.id_flag is not None:  # only tokens from a server without ids can carry one
         d["id_flag"] = t.id_flag
+    if t.kl is not None:  # only with a reference policy; an infinite KL is null like any non-finite number
+        d["ref_logprob"] = json_number(t.ref_logprob)
+        d["kl"] = json_number(t.kl)
+        d["ref_top_id"] = t.ref_top_id
+    return d
+
+
+def _reference_fields(d: dict, seq: Union[Rollout, Score]) -> dict:
+    if seq.mean_kl is not None or any(t.kl is not None for t in seq.tokens):
+        d.update(ref_logprob=json_number(seq.ref_logprob), log_ratio=json_number(seq.log_ratio),
+                 mean_kl=json_number(seq.mean_kl))
     return d
 
 
 def _sequence_dict(seq: Union[Rollout, Score]) -> dict:
     tokens = seq.tokens
-    total = math.fsum(t.logprob for t in tokens) if tokens else 0.0
-    mean = total / len(tokens) if tokens else None
-    if mean is None or not _isfinite(mean):
-        ppl = None
-    else:
-        ppl = math.exp(-mean) if -mean < 709.0 else None  # exp overflows past ~709: infinite perplexity -> null
     return {
         "token_ids": [int(t.id) for t in tokens],
-        "logprob": _num(total),
-        "mean_logprob": _num(mean),
-        "perplexity": _num(ppl),
+        "logprob": json_number(seq.logprob),
+        "mean_logprob": json_number(seq.mean_logprob),
+        "perplexity": json_number(seq.perplexity),  # an overflowing (infinite) perplexity is null
         "tokens": [_token_dict(t) for t in tokens],
     }
 
@@ -110,7 +110,7 @@ def _sampling_dict(sampling: SamplingParams) -> dict:
 def _rollout_dict(r: Rollout) -> dict:
     seq = _sequence_dict(r)
     own = {} if r.sampling is None else {"sampling": _sampling_dict(r.sampling)}  # additive: a branch's own
-    return {
+    d = {
         "id": r.id,
         "index": int(r.index),
         "seed": int(r.seed),
@@ -124,16 +124,17 @@ def _rollout_dict(r: Rollout) -> dict:
         "parent_id": r.parent_id,
         "branch_position": r.branch_position,
         "tokens": seq["tokens"],
-        "reward": _num(r.reward),
-        "advantage": _num(r.advantage),
+        "reward": json_number(r.reward),
+        "advantage": json_number(r.advantage),
         "reward_error": r.reward_error,
         **own,
     }
+    return _reference_fields(d, r)
 
 
 def _score_dict(s: Score) -> dict:
     seq = _sequence_dict(s)
-    return {"response": s.response, **seq}
+    return _reference_fields({"response": s.response, **seq}, s)
 
 
 def _group_dict(g: QueryGroup) -> dict:
@@ -146,13 +147,13 @@ def _group_dict(g: QueryGroup) -> dict:
         "rollouts": [_rollout_dict(r) for r in g.rollouts],
         "scores": [_score_dict(s) for s in g.scores],
         "reference": g.reference,
-        "stats": None if g.stats is None else {name: _num(value) for name, value in g.stats},
+        "stats": None if g.stats is None else {name: json_number(value) for name, value in g.stats},
     }
 
 
 def _plain(value: Any) -> Any:
     if isinstance(value, float):
-        return _num(value)
+        return json_number(value)
     if isinstance(value, tuple):
         return list(value)
     return value
@@ -166,13 +167,15 @@ def to_dict(rs: RolloutSet) -> dict:
         "created_at": rs.created_at or now_iso(),
         "model": {f.name: _plain(getattr(rs.model, f.name)) for f in fields(ModelInfo)},
         "sampling": _sampling_dict(rs.sampling),
-        "timings": {f.name: _num(getattr(rs.timings, f.name)) for f in fields(Timings)},
+        "timings": {f.name: json_number(getattr(rs.timings, f.name)) for f in fields(Timings)},
+        **({} if rs.reference_policy is None else {"reference_policy": {
+            f.name: _plain(getattr(rs.reference_policy, f.name)) for f in fields(ReferenceInfo)}}),
         "groups": [_group_dict(g) for g in rs.groups],
     }
 
 
 def _json(value: Any) -> str:
-    # allow_nan=False: a non-finite number that slipped past _num must fail here, not produce invalid JSON.
+    # allow_nan=False: a non-finite number that slipped past json_number must fail here (json_number maps them to null), not produce invalid JSON.
     return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 
 
@@ -269,6 +272,9 @@ def _token_from(d: dict, pieces: dict) -> TokenInfo:
         rank=int(d["rank"]),
         top=tuple(top),
         id_flag=d.get("id_flag"),
+        **({} if "kl" not in d else {  # null: -inf for the logprob, +inf for the KL (JSON has no infinities)
+            "ref_logprob": _lp(d.get("ref_logprob")), "kl": math.inf if d["kl"] is None else float(d["kl"]),
+            "ref_top_id": None if d.get("ref_top_id") is None else int(d["ref_top_id"])}),
     )
 
 
@@ -358,7 +364,13 @@ def from_dict(d: dict) -> RolloutSet:
     ids = _IdCheck()
     for i, g in enumerate(groups):
         ids.group(g, f"$.groups[{i}]")
-    return RolloutSet(model=model, sampling=sampling, groups=groups, timings=timings, created_at=d["created_at"])
+    reference = d.get("reference_policy")
+    try:
+        reference = None if reference is None else ReferenceInfo(**_known(ReferenceInfo, reference))
+    except TypeError as e:
+        raise RolloutFileError(f"at $.reference_policy: {e}") from None
+    return RolloutSet(model=model, sampling=sampling, groups=groups, timings=timings, created_at=d["created_at"],
+                      reference_policy=reference)
 
 
 def _load_schema() -> dict:
@@ -422,7 +434,9 @@ def _token_ok(t: Any) -> bool:
     try:
         if not (_is_id(t["id"]) and type(t["token"]) is str and _bytes_ok(t["bytes"])
                 and _is_logprob(t["logprob"]) and _is_logprob(t["sampling_logprob"]) and _is_entropy(t["entropy"])
-                and _is_id(t["rank"]) and t["rank"] >= 1 and type(t["top_logprobs"]) is list):
+                and _is_id(t["rank"]) and t["rank"] >= 1 and type(t["top_logprobs"]) is list
+                and _is_logprob(t.get("ref_logprob")) and _is_entropy(t.get("kl"))
+                and (t.get("ref_top_id") is None or _is_id(t["ref_top_id"]))):
             return False
         for a in t["top_logprobs"]:
             if not (type(a) is dict and _is_id(a["id"]) and type(a["token"]) is str
@@ -635,6 +649,7 @@ def _ids_ok(ids: Any) -> bool:
 _MAX_SEED = 2**64 - 1
 _FINISH = frozenset(FINISH_REASONS)
 _SEQUENCE_NUMBERS = ("logprob", "mean_logprob", "perplexity")
+_REFERENCE_NUMBERS = ("ref_logprob", "log_ratio", "mean_kl")
 _ROLLOUT_REQUIRED = frozenset(("id", "index", "seed", "text", "token_ids", "finish_reason", "logprob", "mean_logprob",
                                "perplexity", "parent_id", "branch_position", "tokens"))
 _SCORE_REQUIRED = frozenset(("response", "token_ids", "logprob", "mean_logprob", "perplexity", "tokens"))
@@ -657,13 +672,13 @@ def _rollout_ok(d: dict) -> bool:
             and type(d["seed"]) is int and 0 <= d["seed"] <= _MAX_SEED and type(d["text"]) is str
             and type(d["finish_reason"]) is str and d["finish_reason"] in _FINISH
             and _text_or_none(d["parent_id"]) and (position is None or _is_id(position))
-            and all(_num_ok(d.get(k)) for k in (*_SEQUENCE_NUMBERS, "reward", "advantage"))
+            and all(_num_ok(d.get(k)) for k in (*_SEQUENCE_NUMBERS, *_REFERENCE_NUMBERS, "reward", "advantage"))
             and _text_or_none(d.get("reward_error")))
 
 
 def _score_ok(d: dict) -> bool:
     return (_SCORE_REQUIRED <= d.keys() and type(d["response"]) is str
-            and all(_num_ok(d[k]) for k in _SEQUENCE_NUMBERS))
+            and all(_num_ok(d[k]) for k in _SEQUENCE_NUMBERS) and all(_num_ok(d.get(k)) for k in _REFERENCE_NUMBERS))
 
 
 def _group_ok(d: dict) -> bool:

@@ -9,11 +9,11 @@ shape TRL reads; token ids and per-token logprobs line up with `completion_token
 from __future__ import annotations
 
 import json
-import math
 from typing import Callable, Iterable, Iterator, Optional
 
 from .export import PathLike, atomic_write, iter_groups
 from .integrity import group_text_problems
+from .numbers import json_number
 from .stats import in_baseline
 from .types import QueryGroup, RolloutSet
 
@@ -24,19 +24,12 @@ JSONL_KEYS = (
 )
 
 
-def _num(x: Optional[float]) -> Optional[float]:
-    if x is None:
-        return None
-    x = float(x)
-    return x if math.isfinite(x) else None
-
-
 def group_records(g: QueryGroup) -> Iterator[dict]:
-    """The records of one group's rollouts, keys in JSONL_KEYS order."""
+    """The records of one group's rollouts, keys in JSONL_KEYS order (then ref_logprobs, with a reference policy)."""
     prompt_ids = [int(i) for i in g.prompt_token_ids]
     for r in g.rollouts:
         tokens = r.tokens
-        yield {
+        record = {
             "group_id": g.id,
             "rollout_id": r.id,
             "index": int(r.index),
@@ -47,11 +40,11 @@ def group_records(g: QueryGroup) -> Iterator[dict]:
             "completion": r.text,
             "prompt_token_ids": prompt_ids,
             "completion_token_ids": [int(t.id) for t in tokens],
-            "token_logprobs": [_num(t.logprob) for t in tokens],
-            "sampling_logprobs": [_num(t.sampling_logprob) for t in tokens],
-            "logprob": _num(math.fsum(t.logprob for t in tokens)) if tokens else 0.0,
-            "reward": _num(r.reward),
-            "advantage": _num(r.advantage),
+            "token_logprobs": [json_number(t.logprob) for t in tokens],
+            "sampling_logprobs": [json_number(t.sampling_logprob) for t in tokens],
+            "logprob": json_number(r.logprob),
+            "reward": json_number(r.reward),
+            "advantage": json_number(r.advantage),
             "reward_error": r.reward_error,
             "finish_reason": r.finish_reason if r.finish_reason is not None else "cancelled",
             "parent_id": r.parent_id,
@@ -59,6 +52,9 @@ def group_records(g: QueryGroup) -> Iterator[dict]:
             # the group's advantages and reward mean/std are over the rollouts where this is true (i.i.d. samples)
             "in_baseline": in_baseline(r),
         }
+        if any(t.ref_logprob is not None for t in tokens):  # with a reference policy: what trainers read for KL
+            record["ref_logprobs"] = [json_number(t.ref_logprob) for t in tokens]
+        yield record
 
 
 def jsonl_records(rs: RolloutSet) -> Iterator[dict]:

@@ -21,6 +21,11 @@ from .errors import EngineError
 
 MAX_SEQ = 256  # llama.cpp's LLAMA_MAX_SEQ: sequence ids must stay below it
 N_BATCH = 512  # tokens per llama_decode call; prompts are split into chunks of this size
+# Tokens per micro-batch, the unit llama.cpp's kernels work on. On CPU, micro-batches of 64 tokens or more take other
+# matmul / attention kernels, whose different rounding of 8-bit activations moves logprobs by up to ~0.4 nats
+# (measured on SmolLM2-135M Q4_1). Below 64, one decode step of any number of rollouts, a prompt and a long
+# teacher-forced pass all run the same kernels, so a sampled token's logprob equals its teacher-forced score exactly.
+N_UBATCH = 63
 
 _log_lines: collections.deque[str] = collections.deque(maxlen=40)
 _log_lock = threading.Lock()
@@ -170,7 +175,7 @@ class LlamaContext:
         params = L.llama_context_default_params()
         params.n_ctx = n_ctx
         params.n_batch = max(N_BATCH, MAX_SEQ)
-        params.n_ubatch = max(N_BATCH, MAX_SEQ)
+        params.n_ubatch = N_UBATCH  # llama_decode splits a bigger batch itself
         params.n_seq_max = n_seq
         params.kv_unified = True  # the prompt's cells are shared by every sequence instead of copied
         threads = n_threads or default_threads()

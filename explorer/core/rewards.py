@@ -16,7 +16,6 @@ eps = 1e-6), or r_i - mean(r) without the division. A group whose rewards are al
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import replace
 from functools import lru_cache
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from .errors import RewardError
+from .numbers import mean_std
 from .reward_sandbox import TIME_LIMIT_S, Sandbox, SandboxError, checked_value, one_line
 from .stats import group_stats, in_baseline
 from .types import QueryGroup
@@ -153,10 +153,10 @@ def group_advantages(rewards: Sequence[Optional[float]], normalize_std: bool = T
         return [None] * len(rewards)
     if all(r == present[0] for r in present):
         return [None if r is None else 0.0 for r in rewards]
-    mean = math.fsum(present) / len(present)
+    mean, std = mean_std(present)
     scale = 1.0
     if normalize_std:
-        scale = math.sqrt(math.fsum((r - mean) ** 2 for r in present) / len(present)) + eps
+        scale = std + eps
     return [None if r is None else (r - mean) / scale for r in rewards]
 
 

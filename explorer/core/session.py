@@ -21,6 +21,7 @@ from .tree import TokenTree, feed_trees
 from .types import (
     Event,
     GroupHeader,
+    ReferenceInfo,
     ModelInfo,
     QueryGroup,
     Rollout,
@@ -148,6 +149,7 @@ class Session:
         self._divide_by_std = True
         self._reward_serial = 0  # bumped by every set_reward()
         self._reward_done: dict[str, tuple[int, int]] = {}  # group id -> (finished rollouts, serial) rewarded
+        self.reference_policy: Optional[ReferenceInfo] = None  # what pi_ref is, once rollouts are evaluated under it
 
     # -- runs ------------------------------------------------------------------------------------------------------
     def accept(self, run_id: int) -> None:
@@ -320,6 +322,17 @@ class Session:
                 changed.append(gid)
         return changed
 
+    # -- a reference policy ----------------------------------------------------------------------------------------
+    def annotate(self, group: QueryGroup, reference: ReferenceInfo) -> None:
+        """Take a group evaluated under a reference policy (ReferencePolicy.annotate_group): its finished rollouts and
+        its scores now carry ref_logprob / kl, and the set says what pi_ref is."""
+        for r in group.rollouts:
+            live = self._by_id.get(r.id)
+            if live is not None and live.final is not None:
+                live.finish(r)
+        self._scores[group.id] = tuple(group.scores)
+        self.reference_policy = reference
+
     # -- rewards ---------------------------------------------------------------------------------------------------
     @property
     def reward_fn(self) -> Optional[Callable]:
@@ -444,12 +457,13 @@ class Session:
         if self.model is None:
             raise RuntimeError("no model: a rollout set names the model that made it")
         return RolloutSet(model=self.model, sampling=self.sampling, groups=self.groups(unfinished_reason),
-                          timings=self.timings)
+                          timings=self.timings, reference_policy=self.reference_policy)
 
     @classmethod
     def from_set(cls, rollout_set: RolloutSet, source: Optional[str] = None) -> "Session":
         session = cls(rollout_set.model, rollout_set.sampling, source)
         session._opened_timings = rollout_set.timings
+        session.reference_policy = rollout_set.reference_policy
         for g in rollout_set.groups:
             session.add_group(g)
         return session

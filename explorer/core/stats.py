@@ -10,6 +10,9 @@ import math
 from itertools import combinations
 from typing import Optional, Sequence
 
+import numpy as np
+
+from .numbers import common_prefix, mean_std
 from .types import QueryGroup, Rollout
 
 Stats = tuple[tuple[str, Optional[float]], ...]
@@ -23,6 +26,10 @@ STAT_DESCRIPTIONS = {
     "branch_mass_coverage": "mean over branch points of the raw probability mass of the next tokens the rollouts took",
     "mean_reward": "mean of the non-null rewards of the i.i.d. rollouts (branched and cancelled ones left out)",
     "reward_std": "population standard deviation of those rewards",
+    "mean_kl": "mean over all tokens of KL(pi || pi_ref) at that position (nats; llama.cpp's 'Mean KLD')",
+    "kl_p99": "99th percentile of the per-position KL(pi || pi_ref)",
+    "same_top_share": "share of positions where pi and pi_ref have the same most probable token",
+    "top_disagreement_share": "share of positions where pi and pi_ref prefer different tokens",
 }
 
 
@@ -38,18 +45,10 @@ def distinct_n(rollouts: Sequence[Rollout], n: int) -> Optional[float]:
     return len(seen) / total if total else None
 
 
-def _common_prefix(a: tuple[int, ...], b: tuple[int, ...]) -> int:
-    n = min(len(a), len(b))
-    for i in range(n):
-        if a[i] != b[i]:
-            return i
-    return n
-
-
 def mean_first_divergence(rollouts: Sequence[Rollout]) -> Optional[float]:
     """Mean over all pairs of rollouts of their common token-id prefix length; None with fewer than two rollouts."""
     ids = [r.token_ids for r in rollouts]
-    pairs = [_common_prefix(a, b) for a, b in combinations(ids, 2)]
+    pairs = [common_prefix(a, b) for a, b in combinations(ids, 2)]
     return sum(pairs) / len(pairs) if pairs else None
 
 
@@ -93,9 +92,7 @@ def reward_stats(rollouts: Sequence[Rollout]) -> Optional[tuple[float, float]]:
     rewards = [r.reward for r in rollouts if r.reward is not None and in_baseline(r)]
     if not rewards:
         return None
-    mean = math.fsum(rewards) / len(rewards)
-    std = math.sqrt(math.fsum((x - mean) ** 2 for x in rewards) / len(rewards))
-    return mean, std
+    return mean_std(rewards)
 
 
 def group_stats(group: QueryGroup) -> Stats:
@@ -112,4 +109,24 @@ def group_stats(group: QueryGroup) -> Stats:
     rewards = reward_stats(rollouts)
     if rewards is not None:
         stats += [("mean_reward", rewards[0]), ("reward_std", rewards[1])]
+    reference = reference_stats(rollouts)
+    if reference is not None:
+        stats += list(reference.items())
     return tuple(stats)
+
+
+def reference_stats(rollouts: Sequence[Rollout]) -> Optional[dict[str, Optional[float]]]:
+    """KL and top-token agreement with the reference policy over every token of the rollouts (llama.cpp's KLD
+    statistics); None when the tokens carry no reference facts."""
+    tokens = [t for r in rollouts for t in r.tokens if t.kl is not None]
+    if not tokens:
+        return None
+    kl = np.array([t.kl for t in tokens], dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        mean = float(kl.mean())
+    compared = [t for t in tokens if t.top and t.ref_top_id is not None]
+    same = sum(t.top[0].id == t.ref_top_id for t in compared) / len(compared) if compared else None
+    # an infinite KL (a sampler reference that excludes tokens) would turn interpolation into inf - inf
+    p99 = float(np.percentile(kl, 99, method="linear" if np.isfinite(kl).all() else "higher"))
+    return {"mean_kl": mean, "kl_p99": p99, "same_top_share": same,
+            "top_disagreement_share": None if same is None else 1.0 - same}

@@ -13,6 +13,7 @@ from functools import cached_property
 from typing import Optional, Union
 
 from .errors import SamplingParamsError
+from .numbers import SequenceLogprob, sequence_logprob
 
 FINISH_REASONS = ("stop", "length", "stop_string", "cancelled")
 
@@ -82,22 +83,15 @@ class TokenInfo:
     top: tuple[TopLogprob, ...] = ()  # top-N raw alternatives, most probable first
     # Set when the id was recovered from a server that sends no ids and re-tokenizing its text disagrees here
     id_flag: Optional[str] = None
+    # With a reference policy (reference.py): log pi_ref(token | prefix), KL(pi || pi_ref) at this position over the
+    # whole vocabulary (nats; inf where pi_ref gives 0 to a token pi does not), and pi_ref's most probable token
+    ref_logprob: Optional[float] = None
+    kl: Optional[float] = None
+    ref_top_id: Optional[int] = None
 
     @property
     def prob(self) -> float:
         return math.exp(self.logprob) if self.logprob is not None and math.isfinite(self.logprob) else 0.0
-
-
-def _sequence_stats(tokens: tuple[TokenInfo, ...]) -> tuple[float, Optional[float], Optional[float]]:
-    if not tokens:
-        return 0.0, None, None
-    total = math.fsum(t.logprob for t in tokens)
-    mean = total / len(tokens)
-    try:
-        ppl = math.exp(-mean)
-    except OverflowError:
-        ppl = math.inf
-    return total, mean, ppl
 
 
 class _TokenSequence:
@@ -110,21 +104,49 @@ class _TokenSequence:
         return tuple(t.id for t in self.tokens)
 
     @cached_property
-    def _stats(self) -> tuple[float, Optional[float], Optional[float]]:
+    def _stats(self) -> SequenceLogprob:
         # computed once: tokens never change (frozen), and headers, sorting and export all ask for these
-        return _sequence_stats(self.tokens)
+        return sequence_logprob(t.logprob for t in self.tokens)
 
     @property
     def logprob(self) -> float:
-        return self._stats[0]
+        return self._stats.logprob
 
     @property
     def mean_logprob(self) -> Optional[float]:
-        return self._stats[1]
+        return self._stats.mean
 
     @property
     def perplexity(self) -> Optional[float]:
-        return self._stats[2]
+        """math.inf where exp(-mean) overflows"""
+        return self._stats.perplexity
+
+    @cached_property
+    def _reference(self) -> tuple[Optional[float], Optional[float]]:
+        if not self.tokens or any(t.ref_logprob is None or t.kl is None for t in self.tokens):
+            return None, None
+        return math.fsum(t.ref_logprob for t in self.tokens), math.fsum(t.kl for t in self.tokens) / len(self.tokens)
+
+    @property
+    def ref_logprob(self) -> Optional[float]:
+        """log pi_ref(y|x) when every token has its reference logprob, else None"""
+        return self._reference[0]
+
+    @property
+    def log_ratio(self) -> Optional[float]:
+        """log pi(y|x) - log pi_ref(y|x)"""
+        ref = self._reference[0]
+        return None if ref is None else self.logprob - ref
+
+    @property
+    def mean_kl(self) -> Optional[float]:
+        """KL(pi || pi_ref) per token, averaged over the sequence's positions"""
+        return self._reference[1]
+
+    def implicit_reward(self, beta: float) -> Optional[float]:
+        """DPO's implicit reward beta * log(pi(y|x) / pi_ref(y|x))."""
+        ratio = self.log_ratio
+        return None if ratio is None else beta * ratio
 
 
 @dataclass(frozen=True)
@@ -210,12 +232,26 @@ class Timings:
 
 
 @dataclass(frozen=True)
+class ReferenceInfo:
+    """A reference policy (reference.py) as a rollout set records it: JSON 'reference_policy'."""
+
+    kind: str  # "model" | "exact" | "system" | "temperature" | "top_p"
+    description: str
+    fingerprint: str  # of the reference's GGUF; for a system prompt or sampler reference, the policy's own
+    path: Optional[str] = None
+    system: Optional[str] = None
+    temperature: Optional[float] = None
+    top_p: Optional[float] = None
+
+
+@dataclass(frozen=True)
 class RolloutSet:
     model: ModelInfo
     sampling: SamplingParams
     groups: tuple[QueryGroup, ...]
     timings: Timings = field(default_factory=Timings)
     created_at: str = ""  # ISO-8601 UTC; filled in by the exporter when empty
+    reference_policy: Optional[ReferenceInfo] = None  # set when the tokens carry ref_logprob and kl
 
 
 # ---------------------------------------------------------------------------------------------------------------

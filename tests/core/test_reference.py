@@ -1,0 +1,257 @@
+"""Reference policies on tiny real GGUFs: log-ratios and exact KL, vocabulary checks, the exact float copy, files."""
+
+from __future__ import annotations
+
+import json
+import math
+from contextlib import closing
+
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType, GGUFReader, LlamaFileType
+from gguf.quants import quantize
+from tiny_gguf import write_tiny_gguf
+
+from explorer.core import export
+from explorer.core.session import Session
+from explorer.core.engine import Engine
+from explorer.core.errors import ExplorerError
+from explorer.core.exact_copy import as_float32, cached_exact_copy, copy_gguf, write_exact_copy
+from explorer.core.jsonl import jsonl_records
+from explorer.core.reference import (ReferencePolicy, ReferenceSpec, kl_rows, log_softmax64, plan_windows,
+                                     sampler_logprobs)
+from explorer.core.stats import group_stats, reference_stats
+from explorer.core.types import SamplingParams
+
+QUERY = "Which is the largest ocean?"
+CHANGED_ROW = 120  # the output row the second tiny model changes
+ROW_SCALE = 4.0
+
+
+def _open(path):
+    return Engine(path, n_threads=1)
+
+
+@pytest.fixture(scope="module")
+def untied(tmp_path_factory):
+    """A tiny GGUF with an output matrix of its own, and a copy whose output row CHANGED_ROW is ROW_SCALE times it."""
+    folder = tmp_path_factory.mktemp("ref")
+    base = write_tiny_gguf(folder / "base.gguf", tie_embeddings=False, seed=3)
+
+    def data(t, qtype):
+        values = as_float32(t)
+        if t.name == "output.weight":
+            values = values.copy()
+            values[CHANGED_ROW] *= ROW_SCALE
+        return values
+
+    changed = copy_gguf(base, folder / "changed.gguf", lambda t: t.tensor_type, data, int(LlamaFileType.ALL_F32))
+    return base, changed
+
+
+@pytest.fixture(scope="module")
+def policy(untied):
+    with closing(_open(untied[0])) as eng:
+        yield eng
+
+
+def _rollout_set(engine, k=3, max_tokens=20, seed=4):
+    session = Session(engine.info)
+    session.extend(engine.generate([QUERY], k, SamplingParams(max_tokens=max_tokens, seed=seed)))
+    return session.rollout_set()
+
+
+def _reference(spec, policy):
+    return ReferencePolicy(ReferenceSpec.parse(spec), policy, _open)
+
+
+@pytest.mark.parametrize("spec", ["temperature:1", "SELF"])
+def test_a_policy_against_itself_has_zero_log_ratio_and_kl_exactly(policy, untied, spec):
+    rs = _rollout_set(policy)
+    with closing(_reference(str(untied[0]) if spec == "SELF" else spec, policy)) as ref:
+        out = ref.annotate_set(rs)
+    for r in out.groups[0].rollouts:
+        assert r.tokens and all(t.kl == 0.0 and t.ref_logprob == t.logprob for t in r.tokens)
+        assert r.log_ratio == 0.0 and r.mean_kl == 0.0 and r.implicit_reward(0.1) == 0.0
+    stats = reference_stats(out.groups[0].rollouts)
+    assert stats == {"mean_kl": 0.0, "kl_p99": 0.0, "same_top_share": 1.0, "top_disagreement_share": 0.0}
+
+
+def test_kl_to_a_model_with_one_changed_output_row_matches_numpy(policy, untied):
+    rs = _rollout_set(policy, k=2, max_tokens=12)
+    group = rs.groups[0]
+    with closing(_reference(str(untied[1]), policy)) as ref:
+        out = ref.annotate_group(group)
+    # numpy from the two weight sets: the hidden state is the same in both models, so the reference's logits are the
+    # policy's with logit CHANGED_ROW scaled by ROW_SCALE (z = W h, and only row CHANGED_ROW of W changed)
+    prefix = list(group.prompt_token_ids)
+    for r in out.rollouts:
+        ids = [t.id for t in r.tokens]
+        rows = {}
+        policy.teacher_force(prefix, [ids], lambda s, pos, tg, block: rows.update(zip(pos.tolist(), block.copy())))
+        z = np.stack([rows[i] for i in range(len(ids))]).astype(np.float64)
+        z_ref = z.copy()
+        z_ref[:, CHANGED_ROW] *= ROW_SCALE
+        lp, lq = log_softmax64(z), log_softmax64(z_ref)
+        want_kl = (np.exp(lp) * (lp - lq)).sum(axis=1)
+        np.testing.assert_allclose([t.kl for t in r.tokens], want_kl, rtol=1e-4, atol=1e-9)
+        np.testing.assert_allclose([t.ref_logprob for t in r.tokens], lq[np.arange(len(ids)), ids], atol=1e-4)
+        assert all(t.kl > 0 for t in r.tokens)
+        assert r.log_ratio == pytest.approx(r.logprob - sum(t.ref_logprob for t in r.tokens))
+
+
+def test_a_reference_with_another_vocabulary_is_refused(policy, tmp_path):
+    other = write_tiny_gguf(tmp_path / "other.gguf", extra_tokens=["zebra"], tie_embeddings=False, seed=3)
+    with pytest.raises(ExplorerError, match="another vocabulary: token"):
+        _reference(str(other), policy)
+    bigger = write_tiny_gguf(tmp_path / "bigger.gguf", n_vocab=310)
+    with pytest.raises(ExplorerError, match="vocabulary of 310 tokens, the policy 300"):
+        _reference(str(bigger), policy)
+    with pytest.raises(ExplorerError, match="no such GGUF"):
+        _reference(str(tmp_path / "missing.gguf"), policy)
+
+
+def test_system_and_sampler_references(policy):
+    rs = _rollout_set(policy, k=2, max_tokens=10)
+    with closing(_reference("system:Answer in French.", policy)) as ref:
+        system = ref.annotate_set(rs)
+    assert system.reference_policy.kind == "system" and system.reference_policy.system == "Answer in French."
+    assert all(t.kl > 0 for r in system.groups[0].rollouts for t in r.tokens)
+    with closing(_reference("temperature:0.5", policy)) as ref:
+        cooler = ref.annotate_set(rs)
+    r = cooler.groups[0].rollouts[0]
+    assert all(t.kl > 0 and t.ref_top_id == t.top[0].id for t in r.tokens)  # temperature keeps the order
+    with closing(_reference("top_p:0.5", policy)) as ref:
+        nucleus = ref.annotate_set(rs)
+    # a nucleus gives 0 to tokens pi gives mass to: KL(pi || pi_ref) is infinite, and the stats say so
+    assert all(t.kl == math.inf for r in nucleus.groups[0].rollouts for t in r.tokens)
+    assert reference_stats(nucleus.groups[0].rollouts)["kl_p99"] == math.inf
+
+
+def test_sampler_logprobs_and_kl_helpers():
+    logits = np.array([[2.0, 1.0, 0.0, -1.0]])
+    p = np.exp(logits[0] - logits[0].max())
+    p /= p.sum()
+    cut = sampler_logprobs(logits, 1.0, 0.7)  # the top two tokens hold 0.64 + 0.24 >= 0.7
+    kept = p[:2] / p[:2].sum()
+    np.testing.assert_allclose(np.exp(cut[0, :2]), kept)
+    assert np.isneginf(cut[0, 2:]).all()
+    hot = sampler_logprobs(logits, 2.0)
+    np.testing.assert_allclose(np.exp(hot[0]), np.exp(logits[0] / 2) / np.exp(logits[0] / 2).sum())
+    lp = log_softmax64(logits)
+    assert kl_rows(lp, lp)[0] == 0.0 and kl_rows(lp, cut)[0] == math.inf
+    np.testing.assert_allclose(kl_rows(lp, hot)[0], (p * (lp[0] - hot[0])).sum())
+
+
+def test_long_lists_are_windowed_and_windows_give_the_rows_of_one_pass(policy):
+    assert plan_windows([3, 0, 4, 600, 2], budget=8) == [
+        *[[(3, a, min(600, a + 8))] for a in range(0, 600, 8)], [(0, 0, 3), (2, 0, 4)], [(4, 0, 2)]]
+    rs = _rollout_set(policy, k=1, max_tokens=40, seed=9)
+    import explorer.core.reference as reference_module
+
+    with closing(_reference("system:Be brief.", policy)) as ref:
+        whole = ref.annotate_set(rs).groups[0].rollouts[0]
+        budget = reference_module.ROW_BUDGET
+        reference_module.ROW_BUDGET = 7
+        try:
+            windows = ref.annotate_set(rs).groups[0].rollouts[0]
+        finally:
+            reference_module.ROW_BUDGET = budget
+    assert len(whole.tokens) > 7
+    np.testing.assert_allclose([t.kl for t in windows.tokens], [t.kl for t in whole.tokens], atol=1e-9)
+
+
+def test_reference_specs_are_checked():
+    assert ReferenceSpec.parse("exact") == ReferenceSpec("exact")
+    assert ReferenceSpec.parse("system:Be brief: please") == ReferenceSpec("system", "Be brief: please")
+    assert ReferenceSpec.parse("temperature:0.7") == ReferenceSpec("temperature", "0.7")
+    assert ReferenceSpec.parse("models/x.gguf") == ReferenceSpec("model", "models/x.gguf")
+    for bad, message in [("temperature:0", "in \\(0, 100\\]"), ("temperature:hot", "not a number"),
+                         ("top_p:1.5", "top-p"), ("system:", "needs a system prompt"), ("", "needs a GGUF")]:
+        with pytest.raises(ExplorerError, match=message):
+            ReferenceSpec.parse(bad)
+
+
+def test_json_and_jsonl_keep_the_reference_fields(policy, untied, tmp_path):
+    rs = _rollout_set(policy, k=2, max_tokens=8)
+    with closing(_reference(str(untied[1]), policy)) as ref:
+        annotated = ref.annotate_set(rs)
+        scores = ref.annotate_scores(QUERY, True, rs.groups[0].prompt_token_ids, policy.score(QUERY, ["Atlantic"]))
+    from dataclasses import replace
+
+    annotated = replace(annotated, groups=(replace(annotated.groups[0], scores=scores,
+                                                   stats=group_stats(annotated.groups[0])),))
+    path = tmp_path / "set.json"
+    export.save(annotated, path)
+    raw = json.loads(path.read_text())
+    assert raw["reference_policy"]["kind"] == "model" and raw["reference_policy"]["fingerprint"]
+    r0 = raw["groups"][0]["rollouts"][0]
+    assert {"ref_logprob", "log_ratio", "mean_kl"} <= r0.keys() and {"ref_logprob", "kl"} <= r0["tokens"][0].keys()
+    assert raw["groups"][0]["stats"]["mean_kl"] > 0
+    back = export.load(path)
+    assert back.reference_policy == annotated.reference_policy
+    for a, b in zip(back.groups[0].rollouts + back.groups[0].scores,
+                    annotated.groups[0].rollouts + annotated.groups[0].scores):
+        assert [(t.ref_logprob, t.kl, t.ref_top_id) for t in a.tokens] == [
+            (t.ref_logprob, t.kl, t.ref_top_id) for t in b.tokens]
+        assert a.log_ratio == pytest.approx(b.log_ratio) and a.mean_kl == pytest.approx(b.mean_kl)
+    records = list(jsonl_records(annotated))
+    assert records[0]["ref_logprobs"] == [t.ref_logprob for t in annotated.groups[0].rollouts[0].tokens]
+    # a set without a reference writes none of the new keys
+    plain = json.loads(export.dumps(rs))
+    assert "reference_policy" not in plain and "kl" not in plain["groups"][0]["rollouts"][0]["tokens"][0]
+    assert "ref_logprobs" not in next(jsonl_records(rs))
+
+
+def _quantized_copy(src, dst):
+    """src with its 2-D tensors quantized to Q8_0 by gguf (a quantized model whose exact weights are known)."""
+    def out_type(t):
+        return GGMLQuantizationType.Q8_0 if len(t.shape) == 2 else t.tensor_type
+
+    def data(t, qtype):
+        values = as_float32(t)
+        return quantize(values, qtype) if qtype == GGMLQuantizationType.Q8_0 else values
+
+    return copy_gguf(src, dst, out_type, data, int(LlamaFileType.MOSTLY_Q8_0))
+
+
+def test_the_exact_copy_round_trips_a_quantized_gguf(untied, tmp_path):
+    q8 = _quantized_copy(untied[0], tmp_path / "q8.gguf")
+    progress = []
+    exact = write_exact_copy(q8, tmp_path / "exact.gguf", progress=lambda done, total: progress.append((done, total)))
+    quantized, copied = GGUFReader(str(q8)), GGUFReader(str(exact))
+    assert [t.name for t in copied.tensors] == [t.name for t in quantized.tensors]
+    assert progress[-1] == (len(quantized.tensors), len(quantized.tensors))
+    for q, c in zip(quantized.tensors, copied.tensors):
+        assert c.tensor_type == GGMLQuantizationType.F32
+        np.testing.assert_array_equal(as_float32(c), as_float32(q))  # exactly gguf's dequantization
+    assert copied.get_field("general.file_type").contents() == int(LlamaFileType.ALL_F32)
+    assert copied.get_field("tokenizer.ggml.tokens").contents() == quantized.get_field("tokenizer.ggml.tokens").contents()
+    # the copy is a model llama.cpp runs, and as a reference it shows what quantization does to the policy
+    with closing(_open(q8)) as policy:
+        rs = _rollout_set(policy, k=1, max_tokens=8)
+        ref = ReferencePolicy(ReferenceSpec("exact"), policy, _open,
+                              exact_path=lambda path, progress: cached_exact_copy(path, policy.info.fingerprint,
+                                                                                   directory=tmp_path / "data"))
+        with closing(ref):
+            out = ref.annotate_set(rs).groups[0].rollouts[0]
+            assert ref.info.kind == "exact" and "exact float copy" in ref.info.description
+        assert all(0.0 < t.kl < 0.05 for t in out.tokens)
+    cached = list((tmp_path / "data" / "exact-references").iterdir())
+    assert len(cached) == 1 and cached[0].suffix == ".gguf"  # written once, no partial file left
+
+
+def test_the_exact_copy_agrees_with_a_float64_numpy_forward_of_the_quantized_weights(untied, tmp_path):
+    from tiny_gguf import numpy_forward
+
+    q8 = _quantized_copy(untied[0], tmp_path / "q8.gguf")
+    exact = write_exact_copy(q8, tmp_path / "exact.gguf")
+    ids = [40, 50, 60, 70, 80, 90, 100, 110]
+    with closing(_open(exact)) as eng:
+        prompt = list(eng.format_prompt(QUERY)[1])
+        rows = {}
+        eng.teacher_force(prompt, [ids], lambda s, pos, tg, block: rows.update(zip(pos.tolist(), block.copy())))
+    got = log_softmax64(np.stack([rows[i] for i in range(len(ids))]))
+    # the exact model: Q8_0's dequantized weights in float64; only llama.cpp's float16 KV cache rounds on the way
+    want = log_softmax64(numpy_forward(q8, prompt + ids)[len(prompt) - 1: len(prompt) - 1 + len(ids)])
+    np.testing.assert_allclose(got, want, atol=5e-4)
