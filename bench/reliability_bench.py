@@ -161,3 +161,34 @@ def run_window_soak(runs: int = 20, k: int = 16, n_tokens: int = 128) -> list[di
              "RSS after run 1 MB": round(rss[0]), "after run 2": round(rss[1]), "after the last": round(rss[-1]),
              "last vs 2nd": f"{growth:+.1f}% ({'ok' if abs(growth) <= 5 else 'over'} the 5% target)",
              "every run": " ".join(f"{v:.0f}" for v in rss)}]
+
+
+def run_signal_exit_bench(tries: int = 3) -> list[dict]:
+    """SIGINT and SIGTERM to the window while a run streams (the tiny GGUF): seconds from the signal to the process's
+    exit, and its status. Target: within 2 s, status 128 + the signal."""
+    import signal
+    import statistics
+    import time
+
+    sys.path.insert(0, str(ROOT / "tests" / "reliability"))
+    from window_process import start_streaming_window
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="signals-") as tmp:
+        model = Path(_model(Path(tmp), None))
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            times, codes = [], set()
+            for i in range(tries):
+                proc, journal = start_streaming_window(Path(tmp) / f"{signum}-{i}", model)
+                if journal is None:
+                    raise RuntimeError("the window's run never reached its journal")
+                sent = time.monotonic()
+                proc.send_signal(signum)
+                codes.add(proc.wait(timeout=60))
+                times.append(time.monotonic() - sent)
+                proc.stderr.close()
+            rows.append({"case": f"{signal.Signals(signum).name} mid-run ({tries} tries)",
+                         "median s": round(statistics.median(times), 2), "max s": round(max(times), 2),
+                         "exit status": " ".join(map(str, sorted(codes))),
+                         "target": f"<= 2 s, status {128 + signum}"})
+    return rows

@@ -45,6 +45,8 @@ def event_records(events: Iterable[Event]) -> Iterator[dict]:
         elif isinstance(event, RunStarted):
             yield {"run": {
                 "is_branch": event.is_branch,
+                # a branch's rollouts carry the parameters that drew them (the set's are the first generate's)
+                "sampling": export.sampling_to_json(event.sampling) if event.is_branch else None,
                 "groups": [{"id": g.id, "query": g.query, "chat": g.chat, "prompt": g.prompt,
                             "prompt_token_ids": list(g.prompt_token_ids), "reference": g.reference}
                            for g in event.groups],
@@ -114,9 +116,11 @@ class _Replay:
                                                       tuple(g["prompt_token_ids"]), reference=g.get("reference"))
                     self.order.append(g["id"])
                     self.rollouts[g["id"]] = {}
+            sampling = None if run.get("sampling") is None else export.sampling_from_json(run["sampling"],
+                                                                                        f"{where}.sampling")
             for h in run["rollouts"]:
                 prefix = [export.token_from_json(t, f"{where}.prefix", self.pieces) for t in h["prefix"]]
-                self.live[h["id"]] = (h["group_id"], prefix, [h["prefix_text"]], h)
+                self.live[h["id"]] = (h["group_id"], prefix, [h["prefix_text"]], {**h, "sampling": sampling})
         elif "tokens" in record:
             for rollout_id, _position, token, text in record["tokens"]:
                 live = self.live.get(rollout_id)
@@ -132,7 +136,8 @@ class _Replay:
         for rollout_id, (group_id, tokens, texts, h) in self.live.items():
             self.rollouts[group_id][rollout_id] = Rollout(
                 id=rollout_id, index=h["index"], seed=h["seed"], text="".join(texts), tokens=tuple(tokens),
-                finish_reason="cancelled", parent_id=h["parent_id"], branch_position=h["branch_position"])
+                finish_reason="cancelled", parent_id=h["parent_id"], branch_position=h["branch_position"],
+                sampling=h["sampling"])
         groups = tuple(replace(self.groups[gid], rollouts=tuple(sorted(self.rollouts[gid].values(),
                                                                        key=lambda r: r.index)))
                        for gid in self.order)

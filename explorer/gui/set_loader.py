@@ -7,7 +7,6 @@ come back as Qt signals (queued to the GUI thread). Only one read at a time: a n
 from __future__ import annotations
 
 import threading
-import traceback
 from typing import Optional
 
 from PySide6.QtCore import QObject, Signal
@@ -21,7 +20,7 @@ LARGE_SET_BYTES = 16 << 20  # below this a set reads in well under a second: no 
 class SetLoader(QObject):
     progressed = Signal(str, int, int)  # path, bytes read, file size
     loaded = Signal(str, object)  # path, RolloutSet
-    failed = Signal(str, str, str)  # path, one-line message, traceback ("" for the user's bad input)
+    failed = Signal(str, str, object)  # path, one-line message, the exception when it is a bug (None: bad input)
     cancelled = Signal(str)  # path
 
     def __init__(self, parent: Optional[QObject] = None):
@@ -56,9 +55,9 @@ class SetLoader(QObject):
         except LoadCancelled:
             self.cancelled.emit(path)
         except ExplorerError as exc:
-            self.failed.emit(path, str(exc), "")
+            self.failed.emit(path, str(exc), None)
         except Exception as exc:  # noqa: BLE001 -- a reader bug must reach the window (and its log), not kill it
-            self.failed.emit(path, f"{path}: {type(exc).__name__}: {exc}", traceback.format_exc())
+            self.failed.emit(path, f"{path}: {type(exc).__name__}: {exc}", exc)
         else:
             if not cancel.is_set():
                 self.loaded.emit(path, rollout_set)

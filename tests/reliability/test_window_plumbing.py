@@ -63,4 +63,4 @@ def test_a_bad_file_fails_with_its_one_line(qtbot, tmp_path):
     loader = SetLoader()
     with qtbot.waitSignal(loader.failed, timeout=10_000) as blocker:
         loader.start(str(path))
-    assert blocker.args[0] == str(path) and "format" in blocker.args[1] and blocker.args[2] == ""
+    assert blocker.args[0] == str(path) and "format" in blocker.args[1] and blocker.args[2] is None
