@@ -194,7 +194,8 @@ def run_gui(args, engine_factory: Callable = default_engine_factory, settings: O
     if not model and not scripted:
         model = window.window_settings.startup_model()
     window.show()
-    GracefulExit(window, app, SignalBridge(app))
+    signals = SignalBridge(app)
+    GracefulExit(window, app, signals)
     if scripted:
         session = ScriptedSession(app, window, args)
         session.start(model)
@@ -208,4 +209,5 @@ def run_gui(args, engine_factory: Callable = default_engine_factory, settings: O
         code = 1
     if not wait_for_lingering():
         print("rollout-explorer: the engine thread did not end", file=sys.stderr)
+    signals.close()  # the process's signal handlers are the caller's again (tests run several windows)
     return code

@@ -31,7 +31,7 @@ def start_streaming_window(folder: Path, model: Path, timeout_s: float = 120.0
     process killed, when no token reached it within timeout_s)."""
     env = dict(os.environ, QT_QPA_PLATFORM="offscreen", XDG_DATA_HOME=str(folder / "data"),
                XDG_CONFIG_HOME=str(folder / "config"), XDG_CACHE_HOME=str(folder / "cache"),
-               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+               PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))
     proc = subprocess.Popen([sys.executable, "-m", "explorer", "gui", "--model", str(model), "--run",
                              "-q", "the ocean", "-q", "a sea", "-k", "32", "--max-tokens", "900"],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
