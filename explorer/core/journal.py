@@ -122,15 +122,27 @@ class _Replay:
                 prefix = [export.token_from_json(t, f"{where}.prefix", self.pieces) for t in h["prefix"]]
                 self.live[h["id"]] = (h["group_id"], prefix, [h["prefix_text"]], {**h, "sampling": sampling})
         elif "tokens" in record:
-            for rollout_id, _position, token, text in record["tokens"]:
-                live = self.live.get(rollout_id)
-                if live is not None:
+            for rollout_id, position, token, text in record["tokens"]:
+                live = self.live.get(rollout_id) or self._resumed(rollout_id)
+                if live is not None and position == len(live[1]):  # a token the checkpoint already holds: skip
                     live[1].append(export.token_from_json(token, f"{where}.tokens", self.pieces))
                     live[2].append(text)
         elif "finished" in record:
             rollout = export.rollout_from_json(record["rollout"], f"{where}.rollout", self.pieces)
             self.live.pop(rollout.id, None)
             self.rollouts.setdefault(record["finished"], {})[rollout.id] = rollout
+
+    def _resumed(self, rollout_id: str):
+        """A rollout the checkpoint holds as cancelled that goes on streaming after it (a checkpoint taken mid-run
+        marks the streaming rollouts cancelled): it becomes live again, from its tokens so far."""
+        for group_id, rollouts in self.rollouts.items():
+            r = rollouts.get(rollout_id)
+            if r is not None and r.finish_reason == "cancelled":
+                header = {"index": r.index, "seed": r.seed, "parent_id": r.parent_id,
+                          "branch_position": r.branch_position, "sampling": r.sampling}
+                live = self.live[rollout_id] = (group_id, list(r.tokens), [r.text], header)
+                return live
+        return None
 
     def rollout_set(self) -> RolloutSet:
         for rollout_id, (group_id, tokens, texts, h) in self.live.items():

@@ -242,25 +242,19 @@ class FileActions(QObject):
         return str(self._settings.value("last_dir", "") or "")
 
     # -- autosave and recovery -------------------------------------------------------------------------------------
-    def begin_journal(self) -> None:
-        """A run starts: the journal starts over from the set as it is (empty for a generate, the earlier rollouts
-        for a branch); the run's events are appended to it as they are fed."""
-        session = self._window.session
-        if session is not None and session.model is not None and session.source is None:
-            self.recovery.save_async(session.rollout_set("cancelled"))
-            self._dirty_since_autosave = False
-
     def autosave(self) -> None:
-        """While a run streams: append what was fed since the last tick (cheap, whatever the set's size).
+        """While a run streams: append what was fed since the last tick (cheap, whatever the set's size); the first
+        tick of a new Session writes its checkpoint instead (a generate's Session is shown once its run streams).
         Otherwise: a checkpoint of the set when it changed (a run's end, rewards), rewriting it once."""
         self._window.drain()
-        if self._window.is_running():
+        session = self._window.session
+        if session is None or session.model is None or session.source is not None:
+            return  # nothing made here to keep (an opened set is its own file)
+        if self._window.is_running() and self.recovery.owner is session:
             self.recovery.append_async()
             return
-        rollout_set = self.current_rollout_set()
-        session = self._window.session
-        if rollout_set is not None and session.source is None and self._dirty_since_autosave:
-            self.recovery.save_async(rollout_set)
+        if self.recovery.owner is not session or self._dirty_since_autosave:
+            self.recovery.save_async(self.current_rollout_set(), owner=session)
             self._dirty_since_autosave = False
 
     def offer_recovery(self) -> bool:

@@ -333,7 +333,6 @@ class MainWindow(QMainWindow):
         self.views.set_streaming(True)
         self._set_running(True)
         self.status.start_run()
-        self.files.begin_journal()
         self.files.autosave_timer.start()
 
     def stop(self) -> None:

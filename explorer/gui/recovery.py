@@ -40,6 +40,7 @@ class RecoveryStore:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="autosave")
         self._last: Optional[Future] = None
         self._events: list[Event] = []  # fed to the session since the last append (GUI thread)
+        self.owner: object = None  # what the journal's checkpoint is a snapshot of (None: no journal begun)
         self._closed = False
         self.last_error: Optional[str] = None
 
@@ -60,9 +61,11 @@ class RecoveryStore:
             self.last_error = f"{type(exc).__name__}: {exc}"
             print(f"rollout-explorer: autosave to {self.path} failed: {self.last_error}", file=sys.stderr)
 
-    def save_async(self, rollout_set: RolloutSet) -> Optional[Future]:
-        """A checkpoint: the journal starts over from this set (a run starting, or a finished set that changed)."""
+    def save_async(self, rollout_set: RolloutSet, owner: object = None) -> Optional[Future]:
+        """A checkpoint: the journal starts over from this set (a run's first tick, or a finished set that
+        changed). owner is what the set is a snapshot of (the window's Session): events are appended for it."""
         self._events = []
+        self.owner = owner
         return self._submit(self._begin, rollout_set)
 
     def _begin(self, rollout_set: RolloutSet) -> None:
@@ -87,6 +90,7 @@ class RecoveryStore:
 
     def clear(self) -> Optional[Future]:
         self._events = []
+        self.owner = None
         return self._submit(self._writer.remove)
 
     def load(self) -> RolloutSet:

@@ -124,3 +124,21 @@ def test_a_branch_streaming_when_the_journal_ends_keeps_its_own_sampling(tiny_gg
     streaming = [r for r in recovered if r.parent_id is not None]
     assert len(streaming) == 2 and all(r.sampling == own and r.finish_reason == "cancelled" for r in streaming)
     assert recovered[0] == group.rollouts[0]
+
+
+def test_a_checkpoint_taken_mid_run_then_the_rest_of_the_run(tiny_gguf, tmp_path):
+    """The window checkpoints a generate's Session at its first autosave tick, while rollouts stream: those are
+    written as cancelled, then their later tokens (and their ends) come as events and must join them."""
+    from explorer.core.session import Session
+
+    info, events = run_events(tiny_gguf, k=3, max_tokens=20)
+    cut = next(i for i, e in enumerate(events) if isinstance(e, TokenBatch) and e.events[0].position == 5)
+    session = Session(info, SamplingParams(max_tokens=20, temperature=1.5))
+    session.feed(0, events[:cut])
+    path = tmp_path / "run.journal"
+    writer = JournalWriter(path)
+    writer.begin(session.rollout_set("cancelled"))
+    writer.append(events[cut:])
+    writer.close()
+    session.feed(0, events[cut:])
+    assert [g.rollouts for g in read_journal(path).groups] == [g.rollouts for g in session.rollout_set().groups]
