@@ -182,7 +182,9 @@ def main(argv=None) -> int:
                                                  "per repaint)"),
                 ("gui_bench", "run_gui_bench", "GUI event-loop stalls"),
                 ("reliability_bench", "run_reliability_bench", "Memory with large inputs (peak RSS of a fresh "
-                                                               "process per case; target load <= 3x the file)")):
+                                                               "process per case; target load <= 3x the file)"),
+                ("reliability_bench", "run_window_soak", "Memory over time: consecutive runs in one window"),
+                ("reliability_bench", "run_signal_exit_bench", "Signals to the window: time to exit")):
             bench = _optional_bench(module, function)
             if bench is not None:
                 log(f"{module} ...")

@@ -636,7 +636,7 @@ def _part_validators() -> dict:
     skeleton = _validators()[1].schema
     cls = type(_validators()[1])
     return {name: cls({"$schema": skeleton.get("$schema"), "$defs": skeleton["$defs"], "$ref": f"#/$defs/{name}"})
-            for name in ("rollout", "score", "group")}
+            for name in ("rollout", "score", "group", "sampling")}
 
 
 _ID_LISTS = ("token_ids", "prompt_token_ids")
@@ -673,7 +673,7 @@ def _rollout_ok(d: dict) -> bool:
             and type(d["finish_reason"]) is str and d["finish_reason"] in _FINISH
             and _text_or_none(d["parent_id"]) and (position is None or _is_id(position))
             and all(_num_ok(d.get(k)) for k in (*_SEQUENCE_NUMBERS, *_REFERENCE_NUMBERS, "reward", "advantage"))
-            and _text_or_none(d.get("reward_error")))
+            and _text_or_none(d.get("reward_error")) and d.get("sampling") is None)  # a branch's own: the schema
 
 
 def _score_ok(d: dict) -> bool:
@@ -689,7 +689,7 @@ def _group_ok(d: dict) -> bool:
             and (stats is None or (type(stats) is dict and all(_num_ok(v) for v in stats.values()))))
 
 
-_SCREENS = {"rollout": _rollout_ok, "score": _score_ok, "group": _group_ok}
+_SCREENS = {"rollout": _rollout_ok, "score": _score_ok, "group": _group_ok, "sampling": lambda d: False}
 
 
 def token_to_json(t: TokenInfo) -> dict:
@@ -699,6 +699,15 @@ def token_to_json(t: TokenInfo) -> dict:
 
 def rollout_to_json(r: Rollout) -> dict:
     return _rollout_dict(r)
+
+
+def sampling_to_json(sampling: SamplingParams) -> dict:
+    return _sampling_dict(sampling)
+
+
+def sampling_from_json(d: Any, where: str) -> SamplingParams:
+    _check_part(d, "sampling", where)
+    return _converted(lambda: _sampling_from(d, where), where)
 
 
 def token_from_json(d: Any, where: str, pieces: dict) -> TokenInfo:
@@ -717,7 +726,7 @@ def _check_part(obj: Any, kind: str, where: str) -> None:
 
     if type(obj) is dict and _SCREENS[kind](obj) and _ids_ok(obj.get("token_ids", obj.get("prompt_token_ids"))) \
             and type(obj.get("tokens", [])) is list:
-        if kind != "group":
+        if kind in ("rollout", "score"):
             _check_tokens(obj["tokens"], f"{where}.tokens")
         return
     shallow = obj
@@ -733,7 +742,7 @@ def _check_part(obj: Any, kind: str, where: str) -> None:
     error = best_match(_part_validators()[kind].iter_errors(shallow))
     if error is not None:
         raise RolloutFileError(f"schema violation at {where}{error.json_path[1:]}: {_short(error.message)}")
-    if kind != "group":
+    if kind in ("rollout", "score"):
         _check_tokens(obj["tokens"], f"{where}.tokens")
 
 

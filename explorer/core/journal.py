@@ -45,6 +45,8 @@ def event_records(events: Iterable[Event]) -> Iterator[dict]:
         elif isinstance(event, RunStarted):
             yield {"run": {
                 "is_branch": event.is_branch,
+                # a branch's rollouts carry the parameters that drew them (the set's are the first generate's)
+                "sampling": export.sampling_to_json(event.sampling) if event.is_branch else None,
                 "groups": [{"id": g.id, "query": g.query, "chat": g.chat, "prompt": g.prompt,
                             "prompt_token_ids": list(g.prompt_token_ids), "reference": g.reference}
                            for g in event.groups],
@@ -114,13 +116,15 @@ class _Replay:
                                                       tuple(g["prompt_token_ids"]), reference=g.get("reference"))
                     self.order.append(g["id"])
                     self.rollouts[g["id"]] = {}
+            sampling = None if run.get("sampling") is None else export.sampling_from_json(run["sampling"],
+                                                                                        f"{where}.sampling")
             for h in run["rollouts"]:
                 prefix = [export.token_from_json(t, f"{where}.prefix", self.pieces) for t in h["prefix"]]
-                self.live[h["id"]] = (h["group_id"], prefix, [h["prefix_text"]], h)
+                self.live[h["id"]] = (h["group_id"], prefix, [h["prefix_text"]], {**h, "sampling": sampling})
         elif "tokens" in record:
-            for rollout_id, _position, token, text in record["tokens"]:
-                live = self.live.get(rollout_id)
-                if live is not None:
+            for rollout_id, position, token, text in record["tokens"]:
+                live = self.live.get(rollout_id) or self._resumed(rollout_id)
+                if live is not None and position == len(live[1]):  # a token the checkpoint already holds: skip
                     live[1].append(export.token_from_json(token, f"{where}.tokens", self.pieces))
                     live[2].append(text)
         elif "finished" in record:
@@ -128,11 +132,24 @@ class _Replay:
             self.live.pop(rollout.id, None)
             self.rollouts.setdefault(record["finished"], {})[rollout.id] = rollout
 
+    def _resumed(self, rollout_id: str):
+        """A rollout the checkpoint holds as cancelled that goes on streaming after it (a checkpoint taken mid-run
+        marks the streaming rollouts cancelled): it becomes live again, from its tokens so far."""
+        for group_id, rollouts in self.rollouts.items():
+            r = rollouts.get(rollout_id)
+            if r is not None and r.finish_reason == "cancelled":
+                header = {"index": r.index, "seed": r.seed, "parent_id": r.parent_id,
+                          "branch_position": r.branch_position, "sampling": r.sampling}
+                live = self.live[rollout_id] = (group_id, list(r.tokens), [r.text], header)
+                return live
+        return None
+
     def rollout_set(self) -> RolloutSet:
         for rollout_id, (group_id, tokens, texts, h) in self.live.items():
             self.rollouts[group_id][rollout_id] = Rollout(
                 id=rollout_id, index=h["index"], seed=h["seed"], text="".join(texts), tokens=tuple(tokens),
-                finish_reason="cancelled", parent_id=h["parent_id"], branch_position=h["branch_position"])
+                finish_reason="cancelled", parent_id=h["parent_id"], branch_position=h["branch_position"],
+                sampling=h["sampling"])
         groups = tuple(replace(self.groups[gid], rollouts=tuple(sorted(self.rollouts[gid].values(),
                                                                        key=lambda r: r.index)))
                        for gid in self.order)

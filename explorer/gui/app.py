@@ -15,6 +15,7 @@ from PySide6.QtWidgets import QApplication
 
 from ..core.errors import ExplorerError
 from ..core.models import resolve_model
+from .signals import GracefulExit, SignalBridge
 from .worker import default_engine_factory, wait_for_lingering
 
 ORGANIZATION = "rollout-explorer"
@@ -180,7 +181,9 @@ def run_gui(args, engine_factory: Callable = default_engine_factory, settings: O
         return 2
     session = None
     quit_after = bool(_arg(args, "quit", False))
-    window = MainWindow(engine_factory, settings=settings, persist=not scripted,
+    # a run started with --run alone is watched by a user: it is autosaved like any other
+    throwaway = any(_arg(args, name) for name in ("screenshot", "export", "quit"))
+    window = MainWindow(engine_factory, settings=settings, persist=not throwaway,
                         show_error=(lambda t, m: session.error(t, m)) if quit_after else None,
                         ask=(lambda _title, _question: True) if quit_after else None)  # --quit means quit
     _apply_args(window, args)
@@ -191,6 +194,8 @@ def run_gui(args, engine_factory: Callable = default_engine_factory, settings: O
     if not model and not scripted:
         model = window.window_settings.startup_model()
     window.show()
+    signals = SignalBridge(app)
+    GracefulExit(window, app, signals)
     if scripted:
         session = ScriptedSession(app, window, args)
         session.start(model)
@@ -204,4 +209,5 @@ def run_gui(args, engine_factory: Callable = default_engine_factory, settings: O
         code = 1
     if not wait_for_lingering():
         print("rollout-explorer: the engine thread did not end", file=sys.stderr)
+    signals.close()  # the process's signal handlers are the caller's again (tests run several windows)
     return code

@@ -3,22 +3,25 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 from PySide6.QtCore import QObject, QTimer
-from PySide6.QtWidgets import QFileDialog, QMenu
+from PySide6.QtWidgets import QFileDialog, QMenu, QProgressDialog
 
-from ..core import export
+from ..core import export, integrity
 from ..core.errors import ExplorerError
 from ..core.jsonl import export_jsonl as write_jsonl
 from ..core.types import RolloutSet
 from .recovery import AUTOSAVE_INTERVAL_MS, RecoveryStore
+from .set_loader import LARGE_SET_BYTES, SetLoader
 
 if TYPE_CHECKING:
     from .main_window import MainWindow
 
 MAX_RECENT = 10
+MAX_WARNINGS = 5  # lines of an opened set's warnings shown; the rest are counted
 RECOVERED = "recovered run"  # the source of a set shown from the recovery file
 
 
@@ -41,6 +44,12 @@ class FileActions(QObject):
         self.autosave_timer = QTimer(self)
         self.autosave_timer.setInterval(AUTOSAVE_INTERVAL_MS)
         self.autosave_timer.timeout.connect(self.autosave)
+        self.set_loader = SetLoader(self)
+        self.set_loader.progressed.connect(self._on_read_progress)
+        self.set_loader.loaded.connect(self._on_read)
+        self.set_loader.failed.connect(self._on_read_failed)
+        self.set_loader.cancelled.connect(self._on_read_cancelled)
+        self._progress: Optional[QProgressDialog] = None
 
     @property
     def _settings(self):
@@ -68,9 +77,19 @@ class FileActions(QObject):
             self.open_rollout_set(path)
 
     def open_rollout_set(self, path: str) -> bool:
-        """Show a saved rollout set read-only (panes, hover, scores, tree) without loading any model."""
+        """Show a saved rollout set read-only (panes, hover, scores, tree) without loading any model.
+
+        A large one (over LARGE_SET_BYTES) is read on a worker thread behind a progress dialog whose Cancel stops
+        it; the window stays responsive, and this returns True once the read has started."""
         if not self._window.may_discard("Open another rollout set"):
             return False
+        try:
+            large = os.stat(path).st_size > LARGE_SET_BYTES
+        except OSError:
+            large = False  # export.load words the error
+        if large:
+            self._read_in_background(path)
+            return True
         try:
             rollout_set = export.load(path)
         except ExplorerError as exc:
@@ -79,9 +98,55 @@ class FileActions(QObject):
         except Exception as exc:  # noqa: BLE001 -- a reader bug must not take the window down; its trace is logged
             self._window.report_bug("Cannot open the rollout set", f"{path}: {type(exc).__name__}: {exc}", exc)
             return False
-        self._window.show_rollout_set(rollout_set, str(path))
-        self.add_recent(str(path))
+        self._opened(str(path), rollout_set)
         return True
+
+    def _read_in_background(self, path: str) -> None:
+        dialog = QProgressDialog(f"Reading {Path(path).name}…", "Cancel", 0, 1000, self._window)
+        dialog.setWindowTitle("Opening a rollout set")
+        dialog.setMinimumDuration(0)
+        dialog.setAutoClose(False)
+        dialog.setAutoReset(False)
+        dialog.canceled.connect(self.set_loader.cancel)
+        self._progress = dialog
+        self.set_loader.start(path)
+        dialog.show()
+
+    def _on_read_progress(self, path: str, done: int, total: int) -> None:
+        if self._progress is not None and total > 0:
+            self._progress.setValue(int(1000 * done / total))
+
+    def _end_read(self) -> None:
+        if self._progress is not None:
+            self._progress.close()
+            self._progress = None
+
+    def _on_read(self, path: str, rollout_set) -> None:
+        self._end_read()
+        self._opened(path, rollout_set)
+
+    def _on_read_failed(self, path: str, message: str, bug) -> None:
+        self._end_read()
+        if bug is None:
+            self._window.show_error("Cannot open the rollout set", message)
+        else:
+            self._window.report_bug("Cannot open the rollout set", message, bug)
+
+    def _on_read_cancelled(self, path: str) -> None:
+        self._end_read()
+        self._window.status.message(f"Stopped reading {path}")
+
+    def _opened(self, path: str, rollout_set) -> None:
+        self._window.show_rollout_set(rollout_set, path)
+        self.add_recent(path)
+        warnings = integrity.text_problems(rollout_set)
+        info = self._window.model_info
+        report = integrity.vocab_report(rollout_set, info.n_vocab) if info is not None and info.n_vocab else None
+        if report is not None:
+            warnings.insert(0, report.message(info.n_vocab))
+        if warnings:
+            more = f"\n… and {len(warnings) - MAX_WARNINGS} more" if len(warnings) > MAX_WARNINGS else ""
+            self._window.show_error("Opened with warnings", "\n".join(warnings[:MAX_WARNINGS]) + more)
 
     # -- export ----------------------------------------------------------------------------------------------------
     def current_rollout_set(self) -> Optional[RolloutSet]:
@@ -178,13 +243,18 @@ class FileActions(QObject):
 
     # -- autosave and recovery -------------------------------------------------------------------------------------
     def autosave(self) -> None:
+        """While a run streams: append what was fed since the last tick (cheap, whatever the set's size); the first
+        tick of a new Session writes its checkpoint instead (a generate's Session is shown once its run streams).
+        Otherwise: a checkpoint of the set when it changed (a run's end, rewards), rewriting it once."""
         self._window.drain()
-        if not self._dirty_since_autosave and self._window.is_running():
-            return  # nothing new since the last save
-        rollout_set = self.current_rollout_set()
         session = self._window.session
-        if rollout_set is not None and session.source is None:
-            self.recovery.save_async(rollout_set)
+        if session is None or session.model is None or session.source is not None:
+            return  # nothing made here to keep (an opened set is its own file)
+        if self._window.is_running() and self.recovery.owner is session:
+            self.recovery.append_async()
+            return
+        if self.recovery.owner is not session or self._dirty_since_autosave:
+            self.recovery.save_async(self.current_rollout_set(), owner=session)
             self._dirty_since_autosave = False
 
     def offer_recovery(self) -> bool:

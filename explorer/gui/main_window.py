@@ -141,6 +141,7 @@ class MainWindow(QMainWindow):
         self.runs.session_replaced.connect(lambda: self.views.show_session(self.runs.session))
         self.runs.ticked.connect(lambda: self.drain(spread=True))
         self.runs.run_ended.connect(self._on_run_ended)
+        self.runs.fed.connect(self.files.recovery.record)
         self.runs.run_failed.connect(lambda failure: self.report_failure("The run failed", failure))
         self.runs.scores_arrived.connect(self.views.show_scores)
         self.runs.score_failed.connect(lambda failure: self.report_failure("Scoring failed", failure))
@@ -493,17 +494,25 @@ class MainWindow(QMainWindow):
             event.acceptProposedAction()
             self.files.open_path(path)
 
-    def shutdown(self) -> None:
-        """Stop the run, close the engine on its thread and join it (at most 2 s); idempotent."""
+    def shutdown(self, keep_recovery: bool = False) -> None:
+        """Stop the run, close the engine on its thread and join it (at most 2 s); idempotent.
+
+        keep_recovery (SIGINT, SIGTERM): the recovery journal stays, with what streamed up to now, and the next
+        start offers it back; a close by the user removes it."""
         if self._closed:
             return
         self._closed = True
+        self.files.set_loader.cancel()
+        recovery = self.files.recovery
+        if keep_recovery:
+            self.drain()  # the events still buffered reach the session, and from it the journal
+            recovery.append_async()
         self.runs.abandon()  # signals still queued from the worker are ignored from here on
         self.files.autosave_timer.stop()
         if self.persist:
             self.window_settings.save()
-        recovery = self.files.recovery
-        recovery.clear()
+        if not keep_recovery:
+            recovery.clear()
         if not self.runs.host.shutdown(2000):
             print("rollout-explorer: the engine is still busy (loading a model?); exiting when it is done",
                   file=sys.stderr)

@@ -25,6 +25,7 @@ class RunController(QObject):
     ticked = Signal()  # the drain timer, while a run streams
     run_ended = Signal(int)  # run id: the drawn run's last signal arrived
     run_failed = Signal(object)  # Failure of the drawn run
+    fed = Signal(object)  # tuple of events just fed to the session (the recovery journal appends them)
     scores_arrived = Signal(str)  # group id whose scores in the session changed
     score_failed = Signal(object)  # Failure
     score_done = Signal()  # a score request ended (with scores or not)
@@ -129,6 +130,8 @@ class RunController(QObject):
         new, finished, rewarded = [], [], []
         for run_id, events in batches:
             changes = self.session.feed(run_id, events)
+            if self.session.accepts(run_id):
+                self.fed.emit(events)
             new += changes.new_groups
             finished += changes.finished_groups
             rewarded += changes.rewarded_groups

@@ -294,7 +294,7 @@ def test_autosave_during_a_run_and_recovery_on_next_start(qtbot, make_window, fa
     qtbot.waitUntil(lambda: window.drain() or window.session.tokens_done > 0, timeout=5000)
     window.files.autosave()
     window.files.recovery.flush()
-    saved = export.load(window.files.recovery.path)
+    saved = window.files.recovery.load()
     # what streamed so far, the unfinished rollouts marked cancelled
     assert {r.finish_reason for g in saved.groups for r in g.rollouts} == {"cancelled"}
     assert sum(len(r.tokens) for g in saved.groups for r in g.rollouts) == window.session.tokens_done > 0

@@ -11,7 +11,9 @@ from explorer.core import export
 from explorer.core.engine import Engine
 from explorer.core.errors import RolloutFileError
 from explorer.core.journal import JournalWriter, read_journal
-from explorer.core.types import Query, RolloutFinished, SamplingParams, TokenBatch
+from explorer.core.types import (
+    Query, QueryGroup, RolloutFinished, RolloutSet, RunStarted, SamplingParams, TokenBatch,
+)
 
 
 def run_events(tiny_gguf, k=4, max_tokens=30, cancel_at=None):
@@ -97,3 +99,46 @@ def test_a_damaged_journal_is_refused_with_one_line(tiny_gguf, tmp_path):
     (tmp_path / "other.journal").write_text('{"format": "something"}\n{}\n')
     with pytest.raises(RolloutFileError, match="not a run journal"):
         read_journal(tmp_path / "other.journal")
+
+
+def test_a_branch_streaming_when_the_journal_ends_keeps_its_own_sampling(tiny_gguf, tmp_path):
+    info, events = run_events(tiny_gguf, k=2, max_tokens=6)
+    done = [e.rollout for e in events if isinstance(e, RolloutFinished)]
+    base = empty_set(info)
+    engine = Engine(tiny_gguf)
+    try:
+        started = next(e for e in events if isinstance(e, RunStarted))
+        header = started.groups[0]
+        group = QueryGroup(header.id, header.query, header.chat, header.prompt, header.prompt_token_ids,
+                           rollouts=tuple(r for r in done if r.id.startswith(header.id + ".")))
+        own = SamplingParams(max_tokens=50, temperature=0.3, seed=99)
+        branch = list(engine.branch(group, group.rollouts[0].id, 2, k=2, params=own))
+    finally:
+        engine.close()
+    path = tmp_path / "run.journal"
+    writer = JournalWriter(path)
+    writer.begin(RolloutSet(model=base.model, sampling=base.sampling, groups=(group,)))
+    writer.append([e for e in branch if not isinstance(e, RolloutFinished)][:4])  # cut mid-branch
+    writer.close()
+    recovered = read_journal(path).groups[0].rollouts
+    streaming = [r for r in recovered if r.parent_id is not None]
+    assert len(streaming) == 2 and all(r.sampling == own and r.finish_reason == "cancelled" for r in streaming)
+    assert recovered[0] == group.rollouts[0]
+
+
+def test_a_checkpoint_taken_mid_run_then_the_rest_of_the_run(tiny_gguf, tmp_path):
+    """The window checkpoints a generate's Session at its first autosave tick, while rollouts stream: those are
+    written as cancelled, then their later tokens (and their ends) come as events and must join them."""
+    from explorer.core.session import Session
+
+    info, events = run_events(tiny_gguf, k=3, max_tokens=20)
+    cut = next(i for i, e in enumerate(events) if isinstance(e, TokenBatch) and e.events[0].position == 5)
+    session = Session(info, SamplingParams(max_tokens=20, temperature=1.5))
+    session.feed(0, events[:cut])
+    path = tmp_path / "run.journal"
+    writer = JournalWriter(path)
+    writer.begin(session.rollout_set("cancelled"))
+    writer.append(events[cut:])
+    writer.close()
+    session.feed(0, events[cut:])
+    assert [g.rollouts for g in read_journal(path).groups] == [g.rollouts for g in session.rollout_set().groups]
