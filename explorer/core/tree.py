@@ -20,7 +20,6 @@ from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
-from .tree_layout import Chains, TreeLayout, collapse_chains, compute_layout
 from .types import QueryGroup, Rollout, RolloutHeader, TokenEvent, TokenInfo
 
 ROOT = 0
@@ -391,12 +390,6 @@ class TokenTree:
 
     def ranks(self) -> np.ndarray:
         return self.column("rank")
-
-    def collapse_chains(self) -> Chains:
-        return collapse_chains(self)
-
-    def layout(self, **options) -> TreeLayout:
-        return compute_layout(self, **options)
 
     def signature(self) -> tuple:
         """A canonical form independent of insertion order: for equality tests and caches."""

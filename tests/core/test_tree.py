@@ -11,7 +11,7 @@ import pytest
 
 from kit import node_of
 from explorer.core.tree import ROOT, TokenTree, TreeForest
-from explorer.core.tree_layout import colormap_lut, describe_node, display_token, mean_series, probability_colors
+from explorer.core.tree_layout import colormap_lut, display_token, mean_series
 from explorer.core.types import (GroupHeader, QueryGroup, Rollout, RolloutFinished, RolloutHeader, RunStarted,
                                  SamplingParams, TokenBatch, TokenEvent, TokenInfo, TopLogprob)
 
@@ -130,7 +130,7 @@ def test_bad_input_gets_clear_errors():
         tree.node_at("q0.r0", 3)
 
 
-def test_streaming_equals_building_at_once_layout_included():
+def test_streaming_equals_building_at_once():
     rollouts = random_rollouts(6, 14, seed=3)
     whole = tree_of(*rollouts)
     streamed = TokenTree("q0", "the prompt")
@@ -141,88 +141,32 @@ def test_streaming_equals_building_at_once_layout_included():
     assert streamed.signature() == whole.signature()
     assert len(whole.branch_points()) == len(streamed.branch_points()) > 0
 
-    def positions_by_path(tree):
-        lay = tree.layout()
-        return {tuple(tree.token_ids[n] for n in _ancestry(tree, n)): tuple(lay.positions[n])
-                for n in range(len(tree))}
-
-    assert positions_by_path(streamed) == positions_by_path(whole)
 
 
-def _ancestry(tree, node):
-    out = []
-    while node != ROOT:
-        out.append(node)
-        node = tree.parent(node)
-    return out[::-1]
-
-
-def test_layout_is_stable_while_streaming_and_when_a_branch_joins():
+def test_a_branch_shares_its_parents_prefix_and_keeps_its_origin():
     rollouts = random_rollouts(5, 20, seed=7)
-    tree = TokenTree("q0", "p")
-    before = tree.layout().positions
-    for p in range(20):
-        for r in rollouts:
-            if p < len(r.tokens):
-                tree.add_token(r.id, p, r.tokens[p])
-        lay = tree.layout()
-        old = lay.positions[: len(before)]
-        moved = np.flatnonzero(np.any(old != before, axis=1))
-        assert len(lay.positions) >= len(before)
-        # Only ghosts a rollout just took may move (onto that rollout's lane).
-        assert all(not tree.ghost_mask[n] for n in moved)
-        before = lay.positions
-    # A branch of r1 that forces an alternative at position 3 joins r1's prefix and gets a new lane.
+    tree = tree_of(*rollouts)
     r1 = rollouts[1]
     ghost = next(s for s in tree.children(tree.node_at(r1.id, 2)) if s.is_ghost)
-    branch_ids = [t.id for t in r1.tokens[:3]] + [ghost.token_id, 1, 2]
-    n_before, pos_before = len(tree), tree.layout().positions
-    tree.add_rollout(rollout("q0.r5", branch_ids, parent_id=r1.id, branch_position=3))
-    lay = tree.layout()
-    moved = set(np.flatnonzero(np.any(lay.positions[:n_before] != pos_before, axis=1)).tolist())
-    assert moved == {ghost.node}
-    assert lay.positions[ghost.node, 1] == tree.lane("q0.r5") == 5
-    assert tree.branch_origin("q0.r5") == (r1.id, 3)
+    n_before = len(tree)
+    tree.add_rollout(rollout("q0.r5", [t.id for t in r1.tokens[:3]] + [ghost.token_id, 1, 2], parent_id=r1.id,
+                            branch_position=3))
+    assert not tree.ghost_mask[ghost.node] and tree.node_at("q0.r5", 3) == ghost.node  # the ghost turned real
+    assert tree.lane("q0.r5") == 5 and tree.branch_origin("q0.r5") == (r1.id, 3)
     assert tree.path("q0.r5")[:3].tolist() == tree.path(r1.id)[:3].tolist()  # the branch shares r1's prefix
+    assert len(tree) > n_before
 
 
-def test_layout_arrays_are_plot_ready():
-    tree = tree_of(*random_rollouts(4, 10, seed=1))
-    lay = tree.layout()
-    n = len(tree)
-    assert lay.positions.shape == (n, 2) and lay.edges.shape == (n - 1, 2)
-    assert lay.colors.shape == (n, 4) and lay.colors.dtype == np.uint8
-    assert (lay.positions[lay.edges[:, 1], 0] == lay.positions[lay.edges[:, 0], 0] + 1).all()  # edges step one
-    assert (lay.colors[lay.ghost, 3] < 255).all() and (lay.colors[~lay.ghost, 3] == 255).all()
-    real = ~lay.ghost
-    big, small = np.argmax(np.where(real, lay.counts, -1)[1:]) + 1, np.argmin(np.where(real, lay.counts, 99)[1:]) + 1
-    assert lay.sizes[big] >= lay.sizes[small]
-    lut = colormap_lut()
-    assert probability_colors(np.array([0.0, 1.0]), lut)[:, :3].tolist() == [[0x44, 0x01, 0x54], [0xfd, 0xe7, 0x25]]
-
-
-def test_collapse_chains_keeps_forks_and_ends():
-    tree = tree_of(rollout("q0.r0", [1, 2, 3, 4]), rollout("q0.r1", [1, 2, 9, 10]), rollout("q0.r2", [1]))
-    chains = tree.collapse_chains()
-    a, b = node_of(tree, [1]), node_of(tree, [1, 2])
-    ends = {node_of(tree, [1, 2, 3, 4]), node_of(tree, [1, 2, 9, 10])}
-    assert set(chains.kept.tolist()) == {ROOT, a, b} | ends  # a: r2 stops there
-    by_end = {int(lower): (int(upper), label) for (upper, lower), label in zip(chains.edges, chains.labels)}
-    assert by_end[a] == (ROOT, "A") and by_end[b] == (a, "B")
-    assert by_end[node_of(tree, [1, 2, 3, 4])] == (b, "CD") and by_end[node_of(tree, [1, 2, 9, 10])] == (b, "XY")
-    assert chains.counts.tolist() == [int(tree.counts[s]) for s in chains.starts]
-
-
-def test_series_and_hover_description():
+def test_series_and_token_labels():
     r0, r1 = rollout("q0.r0", [1, 2, 3]), rollout("q0.r1", [1, 5])
     tree = tree_of(r0, r1)
     probs, entropy = mean_series(tree)
     assert probs[0] == pytest.approx(r0.tokens[0].prob)
     assert probs[1] == pytest.approx((r0.tokens[1].prob + r1.tokens[1].prob) / 2)
     assert probs[2] == pytest.approx(r0.tokens[2].prob) and entropy[2] == pytest.approx(r0.tokens[2].entropy)
-    text = describe_node(tree, node_of(tree, [1, 2]))
-    assert "1/2 = 0.500" in text and f"{r0.tokens[1].prob:.4f}" in text and "nats" in text
     assert display_token(" a\n") == "\u2423a\u21b5"
+    lut = colormap_lut()
+    assert lut[[0, -1], :3].tolist() == [[0x44, 0x01, 0x54], [0xfd, 0xe7, 0x25]]  # viridis's ends
 
 
 def test_forest_follows_engine_events_including_a_branch():
