@@ -403,7 +403,10 @@ class RolloutPanes(QWidget):
 
     def show_only(self, rollout_ids: Optional[list[str]]) -> None:
         """Show just these rollouts as panes (the rows selected in the rollout table); None shows every rollout."""
-        self._shown = list(rollout_ids) if rollout_ids is not None else None
+        shown = list(rollout_ids) if rollout_ids is not None else None
+        if shown == self._shown:
+            return
+        self._shown = shown
         wanted = None if self._shown is None else set(self._shown)
         for rid in list(self._order):
             if wanted is not None and rid not in wanted:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from typing import Iterable, Optional, Sequence
 
-from PySide6.QtCore import QAbstractTableModel, QItemSelectionModel, QModelIndex, QRectF, QSortFilterProxyModel, Qt, \
+from PySide6.QtCore import QAbstractTableModel, QItemSelection, QItemSelectionModel, QModelIndex, QRectF, QSortFilterProxyModel, Qt, \
     Signal
 from PySide6.QtGui import QFontMetricsF, QPalette
 from PySide6.QtWidgets import (QAbstractItemView, QHeaderView, QLabel, QStyle, QStyledItemDelegate, QTableView,
@@ -24,6 +24,7 @@ from ..core.token_text import decode_pieces
 from .tokens import format_logprob, format_perplexity, format_probability
 
 PREVIEW_TOKENS = 48  # tokens of each response drawn in the preview column
+PREVIEW_WIDTH = 260  # px
 COLUMNS = ("response", "n", "share", "tokens", "log π(y|x)", "π(y|x)", "ppl", "finish", "reward", "advantage",
            "from")
 _TIPS = {
@@ -197,9 +198,11 @@ class RolloutTable(QWidget):
         self.view.verticalHeader().setDefaultSectionSize(int(self.fontMetrics().height() * 1.5))
         self.view.setWordWrap(False)
         header = self.view.horizontalHeader()
-        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
         for column in range(1, len(COLUMNS)):
             header.setSectionResizeMode(column, QHeaderView.ResizeMode.ResizeToContents)
+        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Interactive)
+        header.resizeSection(0, PREVIEW_WIDTH)  # the numbers scroll in from the right when the table is narrow
+        header.setStretchLastSection(True)
         self.view.selectionModel().selectionChanged.connect(self._on_selection)
         self.summary = QLabel("")
         self.summary.setStyleSheet("color: palette(mid);")
@@ -244,14 +247,15 @@ class RolloutTable(QWidget):
 
     def _select_ids(self, ids: list[str]) -> None:
         wanted = set(ids)
-        selection = self.view.selectionModel()
-        selection.clearSelection()
+        chosen = QItemSelection()
         for source_row, row in enumerate(self.model.rows):
             if wanted.intersection(row.ids):
                 index = self.proxy.mapFromSource(self.model.index(source_row, 0))
                 if index.isValid():
-                    selection.select(index, QItemSelectionModel.SelectionFlag.Select
-                                     | QItemSelectionModel.SelectionFlag.Rows)
+                    chosen.select(index, index)
+        # one change, so one rollouts_selected, however many rows
+        self.view.selectionModel().select(chosen, QItemSelectionModel.SelectionFlag.ClearAndSelect
+                                          | QItemSelectionModel.SelectionFlag.Rows)
 
     def visible_rows(self) -> list[ResponseRow]:
         """The rows as shown: filtered and in the current sort order."""

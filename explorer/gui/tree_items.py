@@ -266,7 +266,7 @@ class IcicleItem(pg.GraphicsObject):
             raw = run_text(tree, ice, r, start_x, limit=int(room / char) + 8)
             text = fm.elidedText(display_token(raw, 10 ** 6).replace("\u2423", " "), Qt.TextElideMode.ElideRight,
                                  room)
-            if not text:
+            if len(text.rstrip("\u2026")) < 3:  # "T…" or a lone "…" says nothing; the hover does
                 continue
             box = QRectF(start_px + TEXT_PAD_PX, (rtop[r] + rbottom[r] - line) / 2, fm.horizontalAdvance(text) + 2,
                          line)
