@@ -53,6 +53,7 @@ class Icicle:
     run_y0: np.ndarray  # (U,)
     run_height: np.ndarray  # (U,)
     forks: np.ndarray  # (F,) nodes with two or more taken children
+    n_children: np.ndarray  # (N,) taken children of every node
     version: int
 
     def __len__(self) -> int:
@@ -139,19 +140,16 @@ def compute_icicle(tree, mode: str = "empirical") -> Icicle:
     factor[0] = 1.0
 
     # Heights and tops of taken nodes: products and sums along every rollout's path (a padded matrix).
-    paths = tree.paths()
-    lengths = np.fromiter((len(p) for p in paths), np.int64, len(paths))
-    width = int(lengths.max()) if len(paths) else 0
-    matrix = np.zeros((len(paths), width), np.int64)  # padded with the root, which the mask leaves out
+    matrix, lengths = tree.path_matrix()  # padded with the root, which the mask leaves out
+    width = matrix.shape[1]
     valid = np.arange(width)[None, :] < lengths[:, None]
     y0 = np.zeros(n)
     height = np.zeros(n)
     height[0] = 1.0
     if width:
-        matrix[valid] = np.concatenate([np.asarray(p, np.int64) for p in paths if p])
         f = np.where(valid, factor[matrix], 1.0)
         h = np.cumprod(f, axis=1)
-        h_parent = np.concatenate([np.ones((len(paths), 1)), h[:, :-1]], axis=1)
+        h_parent = np.concatenate([np.ones((len(matrix), 1)), h[:, :-1]], axis=1)
         top = np.cumsum(np.where(valid, h_parent * offsets[matrix], 0.0), axis=1)
         height[matrix[valid]] = h[valid]
         y0[matrix[valid]] = top[valid]
@@ -201,7 +199,8 @@ def compute_icicle(tree, mode: str = "empirical") -> Icicle:
                   rest_height=rest_height, run_of=run_of, run_row=run_row, run_head=heads, run_tail=run_tail,
                   run_x0=x0[heads] if len(heads) else np.zeros(0),
                   run_x1=x0[run_tail] + 1.0 if len(heads) else np.zeros(0),
-                  run_y0=y0[heads], run_height=height[heads], forks=forks, version=tree.version)
+                  run_y0=y0[heads], run_height=height[heads], forks=forks,
+                  n_children=n_real_children, version=tree.version)
 
 
 def _short_prob(p: float) -> str:

@@ -85,6 +85,8 @@ class TokenTree:
         self._texts: list[str] = []
         self._child: dict[tuple[int, int], int] = {}  # (parent, token id) -> node
         self._paths: list[list[int]] = []  # per rollout ordinal: node ids, one per token
+        # the same paths as one padded matrix (row = ordinal), grown by doubling: whole-tree passes read it at once
+        self._path_matrix = np.zeros((4, 64), np.int64)
         self._rollout_ids: list[str] = []
         self._ordinal: dict[str, int] = {}
         self._parents_of: dict[str, tuple[Optional[str], Optional[int]]] = {}
@@ -189,6 +191,8 @@ class TokenTree:
             self._ordinal[rollout_id] = ordinal
             self._rollout_ids.append(rollout_id)
             self._paths.append([])
+            if ordinal >= self._path_matrix.shape[0]:
+                self._path_matrix = np.concatenate([self._path_matrix, np.zeros_like(self._path_matrix)], axis=0)
             self._cols["count"][ROOT] += 1
             self.version += 1
         if parent_id is not None or branch_position is not None:
@@ -229,6 +233,9 @@ class TokenTree:
         if token.top and not c["ghosts_done"][parent]:
             self._add_ghosts(parent, token)
         path.append(node)
+        if position >= self._path_matrix.shape[1]:
+            self._path_matrix = np.concatenate([self._path_matrix, np.zeros_like(self._path_matrix)], axis=1)
+        self._path_matrix[ordinal, position] = node
         self.version += 1
         return node
 
@@ -283,6 +290,15 @@ class TokenTree:
             return self._paths[self._ordinal[rollout_id]]
         except KeyError:
             raise KeyError(f"rollout {rollout_id!r} is not in the tree of group {self.group_id!r}") from None
+
+    def path_matrix(self) -> tuple[np.ndarray, np.ndarray]:
+        """(matrix, lengths): row i holds rollout i's node ids (lane order) in its first lengths[i] columns, the rest
+        is padding (0, the root). A read-only view, as wide as the longest rollout."""
+        lengths = np.fromiter((len(p) for p in self._paths), np.int64, len(self._paths))
+        width = int(lengths.max()) if len(lengths) else 0
+        view = self._path_matrix[: len(self._paths), :width]
+        view.flags.writeable = False
+        return view, lengths
 
     def path(self, rollout_id: str) -> np.ndarray:
         """Node ids of a rollout's tokens, position 0 first (the root is not included)."""

@@ -27,7 +27,7 @@ from explorer.core.icicle import Icicle, fork_label, run_text
 from explorer.core.tree import ROOT
 from explorer.core.tree_layout import display_token
 
-MIN_BOX_PX = 0.35  # boxes thinner than this are not drawn (a column of them would only smear)
+MIN_BOX_PX = 0.6  # boxes thinner than this are not drawn (a column of them would only smear)
 MAX_TEXTS = 1500  # texts drawn per paint at most, the tallest first
 TEXT_PAD_PX = 3
 HATCH_MIN_PX = 5  # token columns narrower than this get no hatch over their ghosts (only their faded fill)
@@ -61,7 +61,7 @@ class IcicleItem(pg.GraphicsObject):
         self.tag_brush = QBrush()
         self._rects = PrimitiveArray(QRectF, 4)
         self._bounds = QRectF(-1.0, 0.0, 1.0, 1.0)
-        self._fork_labels: dict[int, str] = {}
+        self._fork_labels: dict[int, tuple] = {}  # fork -> ((count, children), label)
         self._area = (0.0, 0.0)  # device x range of the view, set by paint
         self._sy, self._dy = 1.0, 0.0
         self.drawn_texts: list[str] = []  # what the last paint wrote (tests and the screenshots read it)
@@ -74,8 +74,9 @@ class IcicleItem(pg.GraphicsObject):
         self.update()
 
     def set_data(self, tree, ice: Optional[Icicle], levels: np.ndarray) -> None:
+        if tree is not self.tree:
+            self._fork_labels = {}
         self.tree, self.ice, self.levels = tree, ice, levels
-        self._fork_labels = {}
         right = ice.extent[1] if ice is not None and len(ice) else 0.0
         bounds = QRectF(-1.0, 0.0, right + 1.0, 1.0)
         if bounds != self._bounds:
@@ -94,10 +95,12 @@ class IcicleItem(pg.GraphicsObject):
         return (b.left(), b.right()) if ax == 0 else (0.0, 1.0)
 
     def fork_label(self, node: int) -> str:
-        text = self._fork_labels.get(node)
-        if text is None:
-            text = self._fork_labels[node] = fork_label(self.tree, node)
-        return text
+        # a fork's label changes only when a rollout passes it (its count) or a new token forks off it
+        key = (int(self.tree.counts[node]), int(self.ice.n_children[node]))
+        cached = self._fork_labels.get(node)
+        if cached is None or cached[0] != key:
+            cached = self._fork_labels[node] = (key, fork_label(self.tree, node))
+        return cached[1]
 
     # -- painting ----------------------------------------------------------------------------------------------------
     def _load(self, x0, y0, x1, y1) -> None:
