@@ -316,6 +316,16 @@ class TokenTree:
     def parent(self, node: int) -> int:
         return int(self._cols["parent"][node]) if node != ROOT else -1
 
+    def node_for(self, token_ids: Sequence[int]) -> int:
+        """The node reached from the root by these token ids (taken or ghost); KeyError when there is none."""
+        node = ROOT
+        for tid in token_ids:
+            found = self._child.get((node, int(tid)))
+            if found is None:
+                raise KeyError(f"no node for token ids {list(token_ids)} in the tree of group {self.group_id!r}")
+            node = found
+        return node
+
     def child_ids(self, node: int) -> list[int]:
         c = self._cols
         out, child = [], int(c["first_child"][node])

@@ -35,13 +35,6 @@ def make_tree(*paths: list[int]) -> TokenTree:
     return tree
 
 
-def node(tree: TokenTree, ids: list[int]) -> int:
-    at = ROOT
-    for t in ids:
-        at = next(c.node for c in tree.children(at) if c.token_id == t)
-    return at
-
-
 @pytest.fixture
 def tree() -> TokenTree:
     return make_tree([1, 2, 3], [1, 2, 4], [1, 5, 6], [1, 2, 3])
@@ -54,26 +47,26 @@ def box(ice, n):
 def test_empirical_heights_are_shares_of_the_rollouts(tree):
     ice = compute_icicle(tree, "empirical")
     assert box(ice, ROOT) == (0.0, 1.0) and ice.x0[ROOT] == -1
-    assert box(ice, node(tree, [1])) == (0.0, 1.0)
-    assert box(ice, node(tree, [1, 2])) == (0.0, 0.75)  # 3 of 4, the more probable sibling on top
-    assert box(ice, node(tree, [1, 5])) == (0.75, 0.25)
-    assert box(ice, node(tree, [1, 2, 3])) == (0.0, 0.5)
-    assert box(ice, node(tree, [1, 2, 4])) == (0.5, 0.25)
+    assert box(ice, tree.node_for([1])) == (0.0, 1.0)
+    assert box(ice, tree.node_for([1, 2])) == (0.0, 0.75)  # 3 of 4, the more probable sibling on top
+    assert box(ice, tree.node_for([1, 5])) == (0.75, 0.25)
+    assert box(ice, tree.node_for([1, 2, 3])) == (0.0, 0.5)
+    assert box(ice, tree.node_for([1, 2, 4])) == (0.5, 0.25)
     assert np.all(ice.height[ice.ghost] == 0)  # nobody went there
     assert len(ice.rest_parent) == 0
 
 
 def test_model_heights_are_the_policy_split_at_forks_with_ghosts_and_remainder(tree):
     ice = compute_icicle(tree, "model")
-    a, b, e = node(tree, [1]), node(tree, [1, 2]), node(tree, [1, 5])
+    a, b, e = tree.node_for([1]), tree.node_for([1, 2]), tree.node_for([1, 5])
     assert box(ice, a) == (0.0, 1.0)  # the prompt's only taken child keeps the whole extent (a chain)
     ghosts_of_root = {tree.text(c.node): box(ice, c.node) for c in tree.children(ROOT) if c.is_ghost}
     assert ghosts_of_root == {"X": (0.9, 0.05), "Y": (0.95, 0.03)}  # drawn over the chain's bottom, at their pi
     assert box(ice, b) == (0.0, 0.6) and box(ice, e) == (0.6, 0.3)  # the fork: pi(token | prefix) of the parent
-    assert box(ice, node(tree, [1, 2, 3])) == (0.0, 0.3) and box(ice, node(tree, [1, 2, 4])) == (0.3, 0.12)
+    assert box(ice, tree.node_for([1, 2, 3])) == (0.0, 0.3) and box(ice, tree.node_for([1, 2, 4])) == (0.3, 0.12)
     x_under_b = next(c.node for c in tree.children(b) if c.is_ghost)
     assert box(ice, x_under_b) == (0.42, 0.12)
-    assert box(ice, node(tree, [1, 5, 6])) == (0.6, 0.3)  # E -> F is a chain: renormalised to E's extent
+    assert box(ice, tree.node_for([1, 5, 6])) == (0.6, 0.3)  # E -> F is a chain: renormalised to E's extent
     rests = {int(p): (round(float(y), 9), round(float(h), 9))
              for p, y, h in zip(ice.rest_parent, ice.rest_y0, ice.rest_height)}
     assert rests[ROOT] == (0.98, 0.02)  # 1 - 0.9 - 0.05 - 0.03: the mass outside the top-N
@@ -83,31 +76,31 @@ def test_model_heights_are_the_policy_split_at_forks_with_ghosts_and_remainder(t
 
 def test_runs_forks_and_labels(tree):
     ice = compute_icicle(tree, "empirical")
-    e, f = node(tree, [1, 5]), node(tree, [1, 5, 6])
+    e, f = tree.node_for([1, 5]), tree.node_for([1, 5, 6])
     assert ice.run_of[e] == ice.run_of[f] >= 0  # one box for the chain E F
     run = int(ice.run_of[f])
     assert ice.run_box(run) == (1.0, 0.75, 3.0, 1.0)
     assert run_text(tree, ice, run) == "EF" and run_text(tree, ice, run, start=2.2) == "F"
-    b = node(tree, [1, 2])
-    assert ice.run_of[b] != ice.run_of[node(tree, [1])]  # a fork ends a run
-    assert sorted(ice.forks.tolist()) == [node(tree, [1]), b]
-    assert fork_label(tree, node(tree, [1])) == "B .60 3/4 | E .30 1/4"
+    b = tree.node_for([1, 2])
+    assert ice.run_of[b] != ice.run_of[tree.node_for([1])]  # a fork ends a run
+    assert sorted(ice.forks.tolist()) == [tree.node_for([1]), b]
+    assert fork_label(tree, tree.node_for([1])) == "B .60 3/4 | E .30 1/4"
     assert fork_label(tree, b) == "C .50 2/3 | D .20 1/3"
 
 
 def test_node_at_finds_boxes_and_prefers_a_ghost_over_its_chain(tree):
     ice = compute_icicle(tree, "model")
-    assert ice.node_at(0.5, 0.1) == node(tree, [1])
+    assert ice.node_at(0.5, 0.1) == tree.node_for([1])
     ghost = ice.node_at(0.5, 0.92)
     assert tree.ghost_mask[ghost] and tree.text(ghost) == "X"
     assert ice.node_at(0.5, 0.99) == -1 and ice.rest_at(0.5, 0.99) >= 0  # the remainder is no node
-    assert ice.node_at(2.5, 0.05) == node(tree, [1, 2, 3])
+    assert ice.node_at(2.5, 0.05) == tree.node_for([1, 2, 3])
     assert ice.node_at(-0.5, 0.5) == ROOT
     assert ice.node_at(7.5, 0.5) == -1
 
 
 def test_node_shares_compare_samples_with_the_policy(tree):
-    emp, mod = node_shares(tree, node(tree, [1, 2]))
+    emp, mod = node_shares(tree, tree.node_for([1, 2]))
     assert emp == 0.75 and mod == pytest.approx(0.9 * 0.6)
 
 
@@ -195,7 +188,7 @@ def test_unknown_mode_is_refused(tree):
 def test_hover_words_compare_the_sampled_and_model_shares(tree):
     from explorer.core.icicle import describe_box, describe_rest
 
-    b = node(tree, [1, 2])
+    b = tree.node_for([1, 2])
     text = describe_box(tree, b)
     assert "\u201cB\u201d" in text and "\u03c0(token | prefix) = 0.6000" in text
     assert "taken by 3/4 rollouts here = 0.750" in text

@@ -9,7 +9,6 @@ import sys
 import numpy as np
 import pytest
 
-from kit import node_of
 from explorer.core.tree import ROOT, TokenTree, TreeForest
 from explorer.core.tree_layout import colormap_lut, display_token, mean_series
 from explorer.core.types import (GroupHeader, QueryGroup, Rollout, RolloutFinished, RolloutHeader, RunStarted,
@@ -64,8 +63,8 @@ def random_rollouts(n: int, length: int, seed: int) -> list[Rollout]:
 def test_structure_counts_frequencies_and_branch_points():
     r0, r1, r2 = rollout("q0.r0", [1, 2, 3]), rollout("q0.r1", [1, 2, 4]), rollout("q0.r2", [1, 5])
     tree = tree_of(r0, r1, r2)
-    a, b, e = node_of(tree, [1]), node_of(tree, [1, 2]), node_of(tree, [1, 5])
-    c, d = node_of(tree, [1, 2, 3]), node_of(tree, [1, 2, 4])
+    a, b, e = tree.node_for([1]), tree.node_for([1, 2]), tree.node_for([1, 5])
+    c, d = tree.node_for([1, 2, 3]), tree.node_for([1, 2, 4])
     assert tree.counts[ROOT] == 3 and tree.counts[a] == 3 and tree.counts[b] == 2
     assert tree.counts[c] == tree.counts[d] == tree.counts[e] == 1
     assert sorted(tree.branch_points().tolist()) == sorted([a, b])
@@ -86,18 +85,18 @@ def test_ghosts_are_untaken_alternatives_and_turn_real_when_taken():
     r0 = rollout("q0.r0", [1, 2, 3], top_n=4)
     tree = tree_of(r0)
     top_at_1 = [t.id for t in r0.tokens[1].top]
-    ghosts_under_a = {s.token_id for s in tree.children(node_of(tree, [1])) if s.is_ghost}
+    ghosts_under_a = {s.token_id for s in tree.children(tree.node_for([1])) if s.is_ghost}
     assert ghosts_under_a == set(top_at_1) - {2}
-    for s in tree.children(node_of(tree, [1])):
+    for s in tree.children(tree.node_for([1])):
         if s.is_ghost:
             assert s.count == 0 and s.frequency == 0.0
             assert s.prob == pytest.approx(dist((1,))[s.token_id])
     taken = sorted(ghosts_under_a)[0]
-    ghost = node_of(tree, [1, taken])
+    ghost = tree.node_for([1, taken])
     tree.add_rollout(rollout("q0.r1", [1, taken]))
-    assert node_of(tree, [1, taken]) == ghost  # the same node, now real
+    assert tree.node_for([1, taken]) == ghost  # the same node, now real
     assert not tree.ghost_mask[ghost] and tree.counts[ghost] == 1
-    assert tree.branch_points().tolist() == [node_of(tree, [1])]
+    assert tree.branch_points().tolist() == [tree.node_for([1])]
 
 
 def test_divergence_and_branch_prefix_convention():
@@ -107,13 +106,13 @@ def test_divergence_and_branch_prefix_convention():
     assert tree.first_divergence_depth("q0.r0", "q0.r2") == 1
     assert tree.first_divergence_depth("q0.r0", "q0.r3") == 2  # r3 is a prefix of r0
     assert tree.first_divergence_depth("q0.r0", "q0.r0") is None
-    real = tree.branch_prefix(node_of(tree, [1, 2, 4]))
+    real = tree.branch_prefix(tree.node_for([1, 2, 4]))
     assert (real.rollout_id, real.position, real.forced_token) == ("q0.r1", 3, None)
-    ghost = next(s for s in tree.children(node_of(tree, [1, 2])) if s.is_ghost)
+    ghost = next(s for s in tree.children(tree.node_for([1, 2])) if s.is_ghost)
     prefix = tree.branch_prefix(ghost.node)
     assert (prefix.rollout_id, prefix.position, prefix.forced_token) == ("q0.r0", 2, ghost.token_id)
     assert tree.branch_prefix(ROOT).position == 0
-    assert tree.prefix_text(node_of(tree, [1, 2, 4])) == "ABD"
+    assert tree.prefix_text(tree.node_for([1, 2, 4])) == "ABD"
 
 
 def test_bad_input_gets_clear_errors():
@@ -121,7 +120,7 @@ def test_bad_input_gets_clear_errors():
     tok = info((1, 2, 3), 4)
     with pytest.raises(ValueError, match="position 5"):
         tree.add_token("q0.r0", 5, tok)
-    assert tree.add_token("q0.r0", 1, info((1,), 2)) == node_of(tree, [1, 2])  # a re-sent token is a no-op
+    assert tree.add_token("q0.r0", 1, info((1,), 2)) == tree.node_for([1, 2])  # a re-sent token is a no-op
     with pytest.raises(ValueError, match="does not match"):
         tree.add_rollout(rollout("q0.r0", [1, 5]))
     with pytest.raises(KeyError, match="q0.r9"):
@@ -192,3 +191,11 @@ def test_core_tree_never_imports_qt():
     code = "import sys, explorer.core.tree, explorer.core.tree_layout; print('PySide6' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_node_for_follows_token_ids_and_names_a_missing_path():
+    tree = tree_of(rollout("q0.r0", [1, 2, 3]))
+    assert tree.node_for([]) == ROOT
+    assert tree.node_for([1, 2]) == tree.node_at("q0.r0", 1)
+    with pytest.raises(KeyError, match=r"no node for token ids \[1, 7\]"):
+        tree.node_for([1, 7])

@@ -10,7 +10,6 @@ from PySide6.QtCore import QEvent, QPoint, QPointF, Qt
 from PySide6.QtGui import QColor, QPalette, QWheelEvent
 from PySide6.QtWidgets import QApplication
 
-from kit import node_of
 from explorer.core.tree import TokenTree
 from explorer.core.types import Rollout, TokenInfo, TopLogprob
 from explorer.gui.side_plot import SidePlot
@@ -66,14 +65,14 @@ def viewport_pos(view: TokenTreeView, node: int):
 
 def test_boxes_are_shares_of_the_group_and_switch_to_the_model_mass(view, tree):
     ice = view.icicle_layout
-    sea, ocean = node_of(tree, [1, 2]), node_of(tree, [1, 3])
+    sea, ocean = tree.node_for([1, 2]), tree.node_for([1, 3])
     assert ice.height[sea] == pytest.approx(0.75) and ice.height[ocean] == pytest.approx(0.25)
     first, second = sorted((sea, ocean), key=lambda n: -tree.logprobs[n])  # the more probable sibling on top
     assert ice.y0[first] == pytest.approx(0.0) and ice.y0[second] == pytest.approx(ice.height[first])
     view.set_mode("model")
     ice = view.icicle_layout
     assert view.mode_box.currentData() == "model"
-    the = node_of(tree, [1])
+    the = tree.node_for([1])
     # at the fork after " The", each child's share of its parent is pi(token | prefix)
     assert ice.height[sea] == pytest.approx(ice.height[the] * math.exp(tree.logprobs[sea]))
     assert ice.height[ocean] == pytest.approx(ice.height[the] * math.exp(tree.logprobs[ocean]))
@@ -85,8 +84,8 @@ def test_boxes_are_shares_of_the_group_and_switch_to_the_model_mass(view, tree):
 
 def test_fork_labels_name_the_diverging_tokens_with_pi_and_counts(qtbot, view, tree):
     view.grab()
-    the, sea = node_of(tree, [1]), node_of(tree, [1, 2])
-    p_sea, p_ocean = math.exp(tree.logprobs[sea]), math.exp(tree.logprobs[node_of(tree, [1, 3])])
+    the, sea = tree.node_for([1]), tree.node_for([1, 2])
+    p_sea, p_ocean = math.exp(tree.logprobs[sea]), math.exp(tree.logprobs[tree.node_for([1, 3])])
     first, second = sorted([("sea", p_sea, 3), ("ocean", p_ocean, 1)], key=lambda t: -t[1])
     expected = " | ".join(f"\u2423{w} {p:.2f} {n}/4".replace("0.", ".", 1) for w, p, n in (first, second))
     assert expected in view.box_texts()
@@ -94,7 +93,7 @@ def test_fork_labels_name_the_diverging_tokens_with_pi_and_counts(qtbot, view, t
 
 
 def test_hovering_a_box_shows_its_numbers_and_leaving_clears_the_ring(qtbot, view, tree):
-    node = node_of(tree, [1, 2])  # " sea": 3 of the 4 rollouts
+    node = tree.node_for([1, 2])  # " sea": 3 of the 4 rollouts
     qtbot.mouseMove(view.graphics.viewport(), viewport_pos(view, node))
     qtbot.waitUntil(lambda: view.hovered_node == node)
     assert view.hover_ring.isVisible()
@@ -129,7 +128,7 @@ def test_wheel_zooms_along_x_and_with_a_modifier_along_y(view):
 
 
 def test_clicking_a_box_selects_the_rollouts_through_it(qtbot, view, tree):
-    node = node_of(tree, [1, 2, 4])
+    node = tree.node_for([1, 2, 4])
     selected, tokens = [], []
     view.node_selected.connect(lambda *args: selected.append(args))
     view.token_selected.connect(lambda *args: tokens.append(args))
@@ -148,15 +147,15 @@ def test_clicking_a_box_selects_the_rollouts_through_it(qtbot, view, tree):
 def test_select_token_from_a_pane_selects_its_node(qtbot, view, tree):
     with qtbot.waitSignal(view.node_selected) as blocker:
         view.select_token("q0.r2", 1)
-    assert view.selected_node == node_of(tree, [1, 3])
+    assert view.selected_node == tree.node_for([1, 3])
     assert blocker.args == ["q0", ["q0.r2"]]
     view.select_token("q0.r2", 99)  # out of range: ignored, selection kept
-    assert view.selected_node == node_of(tree, [1, 3])
+    assert view.selected_node == tree.node_for([1, 3])
 
 
 def test_branch_menu_forces_a_ghost_token_and_keeps_a_real_prefix(qtbot, view, tree):
     view.set_branch_k(3)
-    ghost = next(c for c in tree.children(node_of(tree, [1, 2, 4])) if c.is_ghost)
+    ghost = next(c for c in tree.children(tree.node_for([1, 2, 4])) if c.is_ghost)
     menu = view.node_menu(ghost.node)
     action = next(a for a in menu.actions() if a.data() == "branch")
     assert "3 rollouts" in action.text() and "forcing" in action.text()
@@ -164,7 +163,7 @@ def test_branch_menu_forces_a_ghost_token_and_keeps_a_real_prefix(qtbot, view, t
         action.trigger()
     assert blocker.args == ["q0", "q0.r0", 3, ghost.token_id]  # keep " The sea is", then force the ghost
 
-    real = node_of(tree, [1, 3])
+    real = tree.node_for([1, 3])
     action = next(a for a in view.node_menu(real).actions() if a.data() == "branch")
     with qtbot.waitSignal(view.branch_requested) as blocker:
         action.trigger()
@@ -173,7 +172,7 @@ def test_branch_menu_forces_a_ghost_token_and_keeps_a_real_prefix(qtbot, view, t
 
 def test_right_click_on_a_ghost_box_offers_to_force_it(qtbot, view, tree):
     view.set_mode("model")
-    parent = node_of(tree, [1, 3, 4])
+    parent = tree.node_for([1, 3, 4])
     ghost = max((c for c in tree.children(parent) if c.is_ghost), key=lambda c: c.prob)
     view.plot.vb.setXRange(2, 5, padding=0)  # big enough to aim at
     view.plot.vb.setYRange(float(view.icicle_layout.y0[ghost.node]) - 0.01,
@@ -249,7 +248,8 @@ def test_export_png_and_svg(view, tmp_path):
     view.export_image(tmp_path / "tree.png")
     view.export_image(tmp_path / "tree.svg")
     assert (tmp_path / "tree.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "<svg" in (tmp_path / "tree.svg").read_text(encoding="utf-8")
+    svg = (tmp_path / "tree.svg").read_text(encoding="utf-8")
+    assert "<svg" in svg and "sea" in svg  # the boxes' text is drawn into it, not a blank plot
     with pytest.raises(ValueError, match=r"\.png or \.svg"):
         view.export_image(tmp_path / "tree.jpg")
 
@@ -259,7 +259,7 @@ def test_side_plot_follows_the_selected_rollout(qtbot, view, tree):
     qtbot.addWidget(side)
     side.follow(view)
     assert side.prob_plot.vb.linkedView(0) is view.plot.vb
-    view.select_node(node_of(tree, [1, 3]))
+    view.select_node(tree.node_for([1, 3]))
     assert side.rollout == "q0.r2"
     series = side.series()
     np.testing.assert_allclose(series["prob"], tree.probs[tree.path("q0.r2")])
