@@ -47,14 +47,23 @@ class RolloutTableModel(QAbstractTableModel):
         self._pieces: list[list[tuple[str, int]]] = []  # per row: (text piece, shade level) of the preview tokens
 
     def set_rollouts(self, rollouts: Sequence[Rollout]) -> None:
+        rows = merge_responses(rollouts)
+        pieces = [self._preview(row) for row in rows]
+        if [r.ids for r in rows] == [r.ids for r in self.rows]:
+            # the same rows with new numbers (a run streaming): update in place, so the view keeps its selection,
+            # sort and scroll position
+            self.rows, self._pieces = rows, pieces
+            if rows:
+                self.dataChanged.emit(self.index(0, 0), self.index(len(rows) - 1, len(COLUMNS) - 1))
+            return
         self.beginResetModel()
-        self.rows = merge_responses(rollouts)
-        self._pieces = []
-        for row in self.rows:
-            tokens = row.first.tokens[:PREVIEW_TOKENS]
-            self._pieces.append([(piece, shade_level("prob", t.prob, t.entropy))
-                                 for t, piece in zip(tokens, decode_pieces(tokens))])
+        self.rows, self._pieces = rows, pieces
         self.endResetModel()
+
+    @staticmethod
+    def _preview(row: ResponseRow) -> list[tuple[str, int]]:
+        tokens = row.first.tokens[:PREVIEW_TOKENS]
+        return [(piece, shade_level("prob", t.prob, t.entropy)) for t, piece in zip(tokens, decode_pieces(tokens))]
 
     def rowCount(self, parent=QModelIndex()) -> int:  # noqa: N802 (Qt override)
         return 0 if parent.isValid() else len(self.rows)

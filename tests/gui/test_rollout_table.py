@@ -77,3 +77,14 @@ def test_streaming_rollouts_stay_separate_rows(table):
     table.set_rollouts([rollout(0, ["The"], finish=None), rollout(1, ["The"], finish=None)])
     assert len(table.visible_rows()) == 2
     assert cell(table, 0, "finish") == "streaming…"
+
+
+def test_new_numbers_for_the_same_rows_keep_the_scroll_and_sort(table):
+    table.view.sortByColumn(COLUMNS.index("tokens"), Qt.SortOrder.DescendingOrder)
+    resets = []
+    table.model.modelReset.connect(lambda: resets.append(1))
+    grown = list(ROLLOUTS)
+    grown[1] = rollout(1, ["Atlantic", " Ocean", " is", " big"], 0.2, reward=0.0, advantage=-1.2)
+    table.set_rollouts(grown)
+    assert not resets  # updated in place
+    assert [r.ids[0] for r in table.visible_rows()] == ["q0.r1", "q0.r3", "q0.r0"]  # re-sorted by the new length
