@@ -25,8 +25,8 @@ import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import QEvent, QObject, QPoint, QRectF, Qt, Signal
 from PySide6.QtGui import QBrush, QColor, QCursor, QPalette, QPen
-from PySide6.QtWidgets import (QComboBox, QFileDialog, QGraphicsRectItem, QHBoxLayout, QMenu, QMessageBox, QToolTip,
-                               QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (QComboBox, QFileDialog, QGraphicsRectItem, QHBoxLayout, QLabel, QMenu, QMessageBox,
+                               QToolTip, QVBoxLayout, QWidget)
 
 from explorer.core.icicle import MODES, Icicle, compute_icicle, describe_box, describe_rest
 from explorer.core.tree import ROOT, TokenTree
@@ -39,6 +39,16 @@ from explorer.gui.tree_items import (IcicleItem, IcicleViewBox, RangeExtent, cac
 
 N_LEVELS = 32  # colour buckets: one reusable brush each
 COLOUR_BY = ("prob", "entropy")
+MOUSE_HELP = ("<b>The token tree</b>: x is the token position; each box is a token, its height its share of the "
+              "group (sampled) or of the policy's mass (model π: hatched boxes are top-N alternatives no rollout "
+              "took, the dotted gap the mass outside them). A fork's label names the tokens that part there, "
+              "their π and how many rollouts took each.<br><br>"
+              "<b>Wheel</b>: zoom along the tokens · <b>Ctrl/Shift + wheel</b>: zoom along the shares · "
+              "<b>drag</b>: pan · <b>Fit</b>: show it all<br>"
+              "<b>Hover</b>: a box's numbers · <b>click</b>: select the rollouts through it (table and panes) · "
+              "<b>click empty space</b>: clear<br>"
+              "<b>Right-click or double-click</b> a box or a hatched alternative: Branch here (k new rollouts, "
+              "forcing the alternative)")
 _COLOUR_LABEL = {"prob": "π(token | prefix)", "entropy": "entropy (nats)"}
 
 
@@ -81,6 +91,10 @@ class TokenTreeView(QWidget):
         self.ghosts_button = tool_button("Alternatives", "With model heights: show the top-N tokens no rollout took "
                                          "(hatched) and the untaken remainder", bar, checkable=True, checked=True)
         self.export_button = tool_button("Export…", "Save the tree as PNG or SVG", bar)
+        self.mouse_help = QLabel("Mouse…")
+        self.mouse_help.setToolTip(MOUSE_HELP)
+        self.mouse_help.setStyleSheet("color: palette(mid);")
+        bar.addWidget(self.mouse_help)
         self.info_label = ElidedLabel("")
         self.info_label.setMinimumWidth(1)  # its growing text must not widen the view (and resize the plots)
         bar.addStretch(1)
