@@ -260,7 +260,8 @@ def describe_box(tree, node: int) -> str:
     empirical, model = node_shares(tree, node)
     lines = [f"\u201c{display_token(tree.text(node), 40)}\u201d  (token {int(tree.token_ids[node])}, "
              f"position {int(tree.depths[node])})",
-             f"\u03c0(token | prefix) = {np.exp(lp):.4f}   (log {lp:.3f})"]
+             f"\u03c0(token | prefix) = {np.exp(lp):.4f}   (log {lp:.3f})" if not np.isnan(lp)
+             else "\u03c0(token | prefix) unknown (no logprob recorded)"]
     if tree.ghost_mask[node]:
         lines.append(f"not taken by any of the {parent_count} rollouts here (a top-N alternative)")
     else:
