@@ -140,6 +140,7 @@ def run_tree_bench(n_rollouts: int = 64, n_tokens: int = 512, top_n: int = 5, re
     view.set_mode("empirical")
     live = TokenTree("q0", "prompt")
     view.set_tree(live)
+    view.set_growing(True)  # as the window streams: the x range steps ahead of the tree instead of moving each step
     times = []
     for batch in steps:
         for ev in batch:
