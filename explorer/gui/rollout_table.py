@@ -215,6 +215,8 @@ class RolloutTable(QWidget):
         self.view.selectionModel().selectionChanged.connect(self._on_selection)
         self.summary = QLabel("")
         self.summary.setStyleSheet("color: palette(mid);")
+        self.summary.setWordWrap(True)  # its text must not set the table's minimum width
+        self.view.setMinimumWidth(160)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.setSpacing(2)

@@ -75,23 +75,27 @@ class TokenTreeView(QWidget):
         self.branch_k = 4
 
         bar = QHBoxLayout()
+        bar.setSpacing(4)
         self.fit_button = tool_button("Fit", "Show the whole tree, and follow it as it grows", bar)
         self.mode_box = QComboBox()
-        self.mode_box.addItem("Heights: sampled", "empirical")
-        self.mode_box.addItem("Heights: model π", "model")
+        self.mode_box.addItem("sampled", "empirical")
+        self.mode_box.addItem("model π", "model")
         self.mode_box.setToolTip("Box heights: the share of the sampled rollouts through each token, or the policy's "
                                  "own mass (π(token | prefix) at every fork; hatched: the top-N alternatives no "
                                  "rollout took; blank: the mass outside them)")
+        bar.addWidget(QLabel("heights"))
         bar.addWidget(self.mode_box)
         self.colour_box = QComboBox()
-        self.colour_box.addItem("Colour: π", "prob")
-        self.colour_box.addItem("Colour: entropy", "entropy")
-        self.colour_box.setToolTip("Colour boxes by π(token | prefix) or by the entropy of the distribution")
+        self.colour_box.addItem("π", "prob")
+        self.colour_box.addItem("entropy", "entropy")
+        self.colour_box.setToolTip("Box colours: π(token | prefix), or the entropy of the distribution it was drawn "
+                                   "from")
+        bar.addWidget(QLabel("colour"))
         bar.addWidget(self.colour_box)
         self.ghosts_button = tool_button("Alternatives", "With model heights: show the top-N tokens no rollout took "
                                          "(hatched) and the untaken remainder", bar, checkable=True, checked=True)
         self.export_button = tool_button("Export…", "Save the tree as PNG or SVG", bar)
-        self.mouse_help = QLabel("Mouse…")
+        self.mouse_help = QLabel("?")
         self.mouse_help.setToolTip(MOUSE_HELP)
         self.mouse_help.setStyleSheet("color: palette(mid);")
         bar.addWidget(self.mouse_help)

@@ -130,7 +130,7 @@ class ViewsPanel(QSplitter):
         """First start: split the space by proportion once the real sizes are known."""
         h, w = max(self.height(), 400), max(self.bottom_splitter.width(), 600)
         self.setSizes([int(h * 0.46), h - int(h * 0.46)])
-        self.bottom_splitter.setSizes([int(w * 0.72), w - int(w * 0.72)])
+        self.bottom_splitter.setSizes([int(w * 0.66), w - int(w * 0.66)])
         inner = self.bottom_splitter.sizes()[0]
         self.tree_and_table.setSizes([int(inner * 0.6), inner - int(inner * 0.6)])
 
