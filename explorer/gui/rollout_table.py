@@ -216,7 +216,7 @@ class RolloutTable(QWidget):
         self.summary = QLabel("")
         self.summary.setStyleSheet("color: palette(mid);")
         self.summary.setWordWrap(True)  # its text must not set the table's minimum width
-        self.view.setMinimumWidth(160)
+        self.view.setMinimumWidth(100)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.setSpacing(2)

@@ -21,7 +21,7 @@ from pyqtgraph.Qt.internals import PrimitiveArray
 from PySide6.QtCore import QRectF, QSize, Qt
 from PySide6.QtGui import QBrush, QColor, QFontMetricsF, QGuiApplication, QPainter, QPen
 from PySide6.QtSvg import QSvgGenerator
-from PySide6.QtWidgets import QGraphicsItem, QMenu, QPushButton
+from PySide6.QtWidgets import QGraphicsItem, QMenu, QToolButton
 
 from explorer.core.icicle import Icicle, fork_label, run_text
 from explorer.core.tree import ROOT
@@ -413,8 +413,9 @@ def node_menu(view, node: int) -> QMenu:
     return menu
 
 
-def tool_button(text: str, tip: str, bar, checkable: bool = False, checked: bool = False) -> QPushButton:
-    button = QPushButton(text)
+def tool_button(text: str, tip: str, bar, checkable: bool = False, checked: bool = False) -> QToolButton:
+    button = QToolButton()  # as wide as its text: the bar must not set the tree's minimum width
+    button.setText(text)
     button.setToolTip(tip)
     button.setCheckable(checkable)
     button.setChecked(checked)

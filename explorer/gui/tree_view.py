@@ -38,6 +38,7 @@ from explorer.gui.tree_items import (IcicleItem, IcicleViewBox, RangeExtent, cac
                                      stepped_end, tool_button)
 
 N_LEVELS = 32  # colour buckets: one reusable brush each
+MIN_WIDTH = 240  # px
 COLOUR_BY = ("prob", "entropy")
 MOUSE_HELP = ("<b>The token tree</b>: x is the token position; each box is a token, its height its share of the "
               "group (sampled) or of the policy's mass (model π: hatched boxes are top-N alternatives no rollout "
@@ -138,6 +139,8 @@ class TokenTreeView(QWidget):
         self.plot.vb.setDefaultPadding(0.01)
         cache_axes(self.plot.getAxis("left"), self.plot.getAxis("bottom"), self.colorbar.getAxis("right"))
 
+        # below the bar's own width (a narrow window) the bar's right end is cut rather than the window widened
+        self.setMinimumWidth(MIN_WIDTH)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addLayout(bar)

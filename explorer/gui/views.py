@@ -102,6 +102,8 @@ class ViewsPanel(QSplitter):
         self.tree_and_table.setChildrenCollapsible(False)
         self.tree_and_table.addWidget(tree_area)
         self.tree_and_table.addWidget(self.rollout_table)
+        self.tree_and_table.setStretchFactor(0, 3)  # spare width goes to the tree first
+        self.tree_and_table.setStretchFactor(1, 2)
         self.tree_and_table.setSizes([620, 380])
         self.tree_stack = QStackedWidget()
         self.tree_stack.addWidget(_hint(EMPTY_TREE))
@@ -130,9 +132,9 @@ class ViewsPanel(QSplitter):
         """First start: split the space by proportion once the real sizes are known."""
         h, w = max(self.height(), 400), max(self.bottom_splitter.width(), 600)
         self.setSizes([int(h * 0.46), h - int(h * 0.46)])
-        self.bottom_splitter.setSizes([int(w * 0.66), w - int(w * 0.66)])
+        self.bottom_splitter.setSizes([int(w * 0.7), w - int(w * 0.7)])
         inner = self.bottom_splitter.sizes()[0]
-        self.tree_and_table.setSizes([int(inner * 0.6), inner - int(inner * 0.6)])
+        self.tree_and_table.setSizes([int(inner * 0.64), inner - int(inner * 0.64)])
 
     # -- what is shown ---------------------------------------------------------------------------------------------
     @property
