@@ -1,4 +1,5 @@
-"""The token tree view offscreen: hover text, click selection, the branch menu, live growth, collapse, export."""
+"""The token tree as an icicle, offscreen: heights in both modes, fork labels, hover and leave, wheel zoom, click
+selection, the branch menu (ghosts included), live growth and refit, colours, export."""
 
 from __future__ import annotations
 
