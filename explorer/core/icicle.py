@@ -155,8 +155,8 @@ def compute_icicle(tree, mode: str = "empirical") -> Icicle:
         top = np.cumsum(np.where(valid, h_parent * offsets[matrix], 0.0), axis=1)
         height[matrix[valid]] = h[valid]
         y0[matrix[valid]] = top[valid]
-    # Ghosts: their share of their parent's extent, from their offset.
-    g = np.flatnonzero(ghost)
+    # Ghosts (model heights; sampled ones give them no room): their share of their parent's extent, from their offset.
+    g = np.flatnonzero(ghost) if model else np.zeros(0, np.int64)
     gp = parents[g]
     y0[g] = y0[gp] + height[gp] * offsets[g]
     height[g] = height[gp] * share[g]
