@@ -246,13 +246,13 @@ def test_end_of_generation_token_counts_but_adds_no_text(panes):
 
 
 def test_compact_headers_keep_seed_and_probability(panes):
-    collector = Session()
-    collector.add(start(10))
-    panes.show_group(collector, "q0")
-    tokens = [tok(0, "Pac", 0.5), tok(1, "ific", 0.25)]
-    collector.add(batch(0, {0: (tokens[0], "Pac")}))
-    collector.add(batch(1, {0: (tokens[1], "ific")}))
-    collector.add(finished(0, "Pacific", tokens))
+    session = Session()
+    session.add(run_started(10))
+    panes.show_group(session, "q0")
+    tokens = [sampled_tok(0, "Pac", 0.5), sampled_tok(1, "ific", 0.25)]
+    session.add(token_batch(0, {0: (tokens[0], "Pac")}))
+    session.add(token_batch(1, {0: (tokens[1], "ific")}))
+    session.add(rollout_finished(0, "Pacific", tokens))
     panes.refresh()
     pane = panes.pane("q0.r0")
     assert pane.compact
@@ -261,9 +261,9 @@ def test_compact_headers_keep_seed_and_probability(panes):
 
 
 def test_show_only_makes_panes_for_the_chosen_rollouts(panes):
-    collector = Session()
-    collector.add(start(12))
-    panes.show_group(collector, "q0")
+    session = Session()
+    session.add(run_started(12))
+    panes.show_group(session, "q0")
     panes.show_only(["q0.r3", "q0.r7"])
     assert [p.rollout_id for p in panes.panes()] == ["q0.r3", "q0.r7"]
     assert not panes.panes()[0].compact  # two panes have room
@@ -274,20 +274,20 @@ def test_show_only_makes_panes_for_the_chosen_rollouts(panes):
 
 
 def test_a_pane_opens_at_the_start_of_its_text(panes):
-    collector = Session()
-    collector.add(start(1))
-    panes.show_group(collector, "q0")
+    session = Session()
+    session.add(run_started(1))
+    panes.show_group(session, "q0")
     panes.resize(400, 200)
-    stream(collector, panes, 1, [f" word{i}\n" for i in range(80)])
+    stream(session, panes, 1, [f" word{i}\n" for i in range(80)])
     bar = panes.panes()[0].view.verticalScrollBar()
     assert bar.maximum() > 0 and bar.value() == 0
 
 
 def test_token_menu_in_a_pane_asks_for_a_branch_of_that_rollout(panes):
-    collector = Session()
-    collector.add(start(2))
-    panes.show_group(collector, "q0")
-    stream(collector, panes, 2, ["The", " Pacific"])
+    session = Session()
+    session.add(run_started(2))
+    panes.show_group(session, "q0")
+    stream(session, panes, 2, ["The", " Pacific"])
     requests = []
     panes.branch_requested.connect(lambda *args: requests.append(args))
     menu = panes.pane("q0.r1").view.token_menu(1)
