@@ -9,6 +9,7 @@ from PySide6.QtCore import Qt
 
 from explorer.core.types import Rollout, TokenInfo
 from explorer.gui.rollout_table import COLUMNS, RolloutTable
+from gui_kit import show
 
 
 def rollout(i, words, prob=0.5, finish="stop", **extra):
@@ -24,10 +25,7 @@ ROLLOUTS = [rollout(0, ["The", " Pacific"], 0.9, reward=1.0, advantage=0.8),
 
 @pytest.fixture
 def table(qtbot):
-    widget = RolloutTable()
-    qtbot.addWidget(widget)
-    widget.resize(900, 300)
-    widget.show()
+    widget = show(qtbot, RolloutTable(), 900, 300)
     widget.set_rollouts(ROLLOUTS)
     return widget
 

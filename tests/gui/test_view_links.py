@@ -7,15 +7,7 @@ import numpy as np
 
 from explorer.gui.main_window import MainWindow
 from explorer.gui.view_links import DEFAULT_PANES
-
-
-def load_and_run(qtbot, window: MainWindow, model, k: int, max_tokens: int) -> None:
-    with qtbot.waitSignal(window.model_ready, timeout=5000):
-        window.load_model(str(model))
-    window.controls.k_spin.setValue(k)
-    window.controls.max_tokens.setValue(max_tokens)
-    with qtbot.waitSignal(window.run_done, timeout=10000):
-        assert window.run() is not None
+from gui_kit import load, run_to_end
 
 
 def shown_panes(window: MainWindow) -> set[str]:
@@ -23,7 +15,8 @@ def shown_panes(window: MainWindow) -> set[str]:
 
 
 def test_box_rows_and_panes_follow_each_other(qtbot, window, fake_model):
-    load_and_run(qtbot, window, fake_model, k=12, max_tokens=10)
+    load(qtbot, window, fake_model)
+    run_to_end(qtbot, window, k=12, max_tokens=10)
     ids = [r.id for r in window.session.group("q0").rollouts]
     table = window.views.rollout_table
     assert sum(row.count for row in table.visible_rows()) == 12
@@ -47,7 +40,8 @@ def test_box_rows_and_panes_follow_each_other(qtbot, window, fake_model):
 
 
 def test_forcing_an_alternative_from_a_pane_branches_and_refits_the_tree(qtbot, window, fake_model):
-    load_and_run(qtbot, window, fake_model, k=2, max_tokens=10)
+    load(qtbot, window, fake_model)
+    run_to_end(qtbot, window, k=2, max_tokens=10)
     window.views.tree_view.plot.vb.setXRange(0, 2, padding=0)  # zoomed in before the branch
     pane = window.views.panes.pane("q0.r1")
     menu = pane.view.token_menu(3)
