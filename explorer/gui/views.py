@@ -27,8 +27,9 @@ from .view_links import ViewLinks
 EMPTY_PANES = ("<b>No rollouts yet.</b><br>Pick a model (or drop a .gguf file here), type queries on the left and "
                "press <b>Run</b> (Ctrl+Enter) to sample k rollouts per query.<br>Or open a saved rollout set "
                "(Ctrl+O). F1 lists every key and mouse action.")
-EMPTY_TREE = ("The token tree of the selected query appears here: one lane per rollout, forks where they diverge. "
-              "Right-click a node to branch from it.")
+EMPTY_TREE = ("The token tree of the selected query appears here, with a table of its rollouts beside it: each token a "
+              "box as tall as its share of the rollouts, forks labelled where they diverge. Right-click a box to "
+              "branch from it.")
 TREE_INTERVAL_S = 0.1  # while a run streams, the token tree redraws at ~10 Hz
 PANES_PER_TICK = 2  # while a run streams, panes made per refresh tick (each costs a few ms, plus its first layout)
 _NO_TREE_SWITCH = object()
