@@ -178,7 +178,7 @@ def main(argv=None) -> int:
     if not args.skip_tree:
         os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
         for module, function, title in (
-                ("tree_bench", "run_tree_bench", "Token tree (32 rollouts x 256 tokens, top-5 ghosts; target <= 33 ms "
+                ("tree_bench", "run_tree_bench", "Token tree icicle (64 rollouts x 512 tokens, top-5 ghosts; target <= 33 ms "
                                                  "per repaint)"),
                 ("gui_bench", "run_gui_bench", "GUI event-loop stalls"),
                 ("reliability_bench", "run_reliability_bench", "Memory with large inputs (peak RSS of a fresh "

@@ -126,6 +126,10 @@ def build_parser() -> argparse.ArgumentParser:
     gui.add_argument("--score", action="append", default=[], metavar="RESPONSE",
                      help="after the run, score this response to the shown query (repeatable)")
     gui.add_argument("--screenshot", default=None, help="save a PNG of the whole window when the run ends")
+    gui.add_argument("--tree-screenshot", default=None, metavar="PATH",
+                     help="save the shown query's token tree (PNG or SVG) when the run ends")
+    gui.add_argument("--tree-heights", choices=("empirical", "model"), default=None,
+                     help="the tree's box heights: the sampled share or the model's pi (the window's choice else)")
     gui.add_argument("--export", default=None, help="save the rollout set (JSON) when the run ends")
     gui.add_argument("--quit", action="store_true", help="exit when done (0 on success)")
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 from typing import Iterable, Optional
 
-from explorer.core.tree import ROOT, TokenTree
 from explorer.core.types import (
     GroupHeader,
     Rollout,
@@ -60,12 +59,3 @@ def token_batch(step: int, items: dict, group: str = "q0") -> TokenBatch:
 def rollout_finished(i: int, text: str, tokens: Iterable[TokenInfo], reason: str = "stop", group: str = "q0",
                      **extra) -> RolloutFinished:
     return RolloutFinished(group, Rollout(f"{group}.r{i}", i, 10 + i, text, tuple(tokens), reason, **extra))
-
-
-# -- token trees ----------------------------------------------------------------------------------------------------
-def node_of(tree: TokenTree, ids: list[int]) -> int:
-    """The node reached from the root by these token ids."""
-    node = ROOT
-    for t in ids:
-        node = next(c.node for c in tree.children(node) if c.token_id == t)
-    return node

@@ -20,7 +20,6 @@ from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
-from .tree_layout import Chains, TreeLayout, collapse_chains, compute_layout
 from .types import QueryGroup, Rollout, RolloutHeader, TokenEvent, TokenInfo
 
 ROOT = 0
@@ -86,6 +85,8 @@ class TokenTree:
         self._texts: list[str] = []
         self._child: dict[tuple[int, int], int] = {}  # (parent, token id) -> node
         self._paths: list[list[int]] = []  # per rollout ordinal: node ids, one per token
+        # the same paths as one padded matrix (row = ordinal), grown by doubling: whole-tree passes read it at once
+        self._path_matrix = np.zeros((4, 64), np.int64)
         self._rollout_ids: list[str] = []
         self._ordinal: dict[str, int] = {}
         self._parents_of: dict[str, tuple[Optional[str], Optional[int]]] = {}
@@ -190,6 +191,8 @@ class TokenTree:
             self._ordinal[rollout_id] = ordinal
             self._rollout_ids.append(rollout_id)
             self._paths.append([])
+            if ordinal >= self._path_matrix.shape[0]:
+                self._path_matrix = np.concatenate([self._path_matrix, np.zeros_like(self._path_matrix)], axis=0)
             self._cols["count"][ROOT] += 1
             self.version += 1
         if parent_id is not None or branch_position is not None:
@@ -230,6 +233,9 @@ class TokenTree:
         if token.top and not c["ghosts_done"][parent]:
             self._add_ghosts(parent, token)
         path.append(node)
+        if position >= self._path_matrix.shape[1]:
+            self._path_matrix = np.concatenate([self._path_matrix, np.zeros_like(self._path_matrix)], axis=1)
+        self._path_matrix[ordinal, position] = node
         self.version += 1
         return node
 
@@ -285,6 +291,15 @@ class TokenTree:
         except KeyError:
             raise KeyError(f"rollout {rollout_id!r} is not in the tree of group {self.group_id!r}") from None
 
+    def path_matrix(self) -> tuple[np.ndarray, np.ndarray]:
+        """(matrix, lengths): row i holds rollout i's node ids (lane order) in its first lengths[i] columns, the rest
+        is padding (0, the root). A read-only view, as wide as the longest rollout."""
+        lengths = np.fromiter((len(p) for p in self._paths), np.int64, len(self._paths))
+        width = int(lengths.max()) if len(lengths) else 0
+        view = self._path_matrix[: len(self._paths), :width]
+        view.flags.writeable = False
+        return view, lengths
+
     def path(self, rollout_id: str) -> np.ndarray:
         """Node ids of a rollout's tokens, position 0 first (the root is not included)."""
         return np.asarray(self._path_of(rollout_id), dtype=np.int64)
@@ -300,6 +315,16 @@ class TokenTree:
 
     def parent(self, node: int) -> int:
         return int(self._cols["parent"][node]) if node != ROOT else -1
+
+    def node_for(self, token_ids: Sequence[int]) -> int:
+        """The node reached from the root by these token ids (taken or ghost); KeyError when there is none."""
+        node = ROOT
+        for tid in token_ids:
+            found = self._child.get((node, int(tid)))
+            if found is None:
+                raise KeyError(f"no node for token ids {list(token_ids)} in the tree of group {self.group_id!r}")
+            node = found
+        return node
 
     def child_ids(self, node: int) -> list[int]:
         c = self._cols
@@ -391,12 +416,6 @@ class TokenTree:
 
     def ranks(self) -> np.ndarray:
         return self.column("rank")
-
-    def collapse_chains(self) -> Chains:
-        return collapse_chains(self)
-
-    def layout(self, **options) -> TreeLayout:
-        return compute_layout(self, **options)
 
     def signature(self) -> tuple:
         """A canonical form independent of insertion order: for equality tests and caches."""

@@ -24,16 +24,22 @@ SHORTCUTS = (
 MOUSE = (
     ("Hover a token (pane, scores)", "its probability pi(token | prefix), logprob, rank, entropy and the top-N "
                                      "alternatives the model weighed"),
-    ("Click a token in a pane", "selects its node in the tree"),
-    ("Tree: lanes", "one row per rollout; rollouts that share a prefix share its nodes, and a fork is where they "
-                    "diverge. A node's colour is pi(token | prefix)"),
-    ("Tree: ghosts", "faded nodes: top-N tokens no rollout took (Alternatives shows or hides them)"),
-    ("Hover a tree node", "token, pi, how many rollouts went through it (empirical) against the model's pi, "
-                          "entropy, cumulative log pi of the prefix"),
-    ("Click a tree node", "outlines the panes of the rollouts through it and scrolls to the token"),
-    ("Right-click or double-click a node", "Branch here: k new rollouts continuing from that prefix; on a ghost, "
-                                           "forcing its token"),
-    ("Wheel / drag on the tree", "zoom / pan (Fit shows the whole tree again)"),
+    ("Click a token in a pane", "selects its box in the tree"),
+    ("Right-click a token in a pane", "Branch here (keep the text through it), Resample from here, or Force one of "
+                                      "the alternatives in its tooltip"),
+    ("Tree: boxes", "x is the token position; each box is a token, its height its share of the query's rollouts "
+                    "(heights: sampled) or of the policy's mass (heights: model pi). Rollouts that share a prefix "
+                    "share its boxes; a fork's label names the tokens that part there, their pi and counts"),
+    ("Tree: ghosts", "with model heights, hatched boxes are top-N tokens no rollout took; the dotted gap is the mass "
+                     "outside them (Alternatives shows or hides both)"),
+    ("Hover a tree box", "token, pi, the sampled share against the model's, count, entropy, cumulative log pi of the "
+                         "prefix and the prefix text"),
+    ("Click a tree box", "selects the rollouts through it: the table shows only their rows, the panes show them; "
+                         "click empty space to clear"),
+    ("Right-click or double-click a box", "Branch here: k new rollouts continuing from that prefix; on a ghost, "
+                                          "forcing its token"),
+    ("Wheel / Ctrl+wheel / drag on the tree", "zoom along the tokens / along the shares / pan (Fit shows it all)"),
+    ("Rollout table", "one row per distinct response; click a header to sort; select rows to show them as panes"),
     ("Wheel over the side panel", "scrolls it; a spin box or list changes only once clicked (focused)"),
 )
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from typing import Callable, Optional
 
-from PySide6.QtCore import QSettings, QTimer, qInstallMessageHandler
+from PySide6.QtCore import QSettings, Qt, QTimer, qInstallMessageHandler
 from PySide6.QtWidgets import QApplication
 
 from ..core.errors import ExplorerError
@@ -152,6 +152,13 @@ class ScriptedSession:
         if screenshot and not self.window.grab().save(str(screenshot)):
             self.error("Cannot save the screenshot", f"{screenshot}: Qt could not write the image")
             return
+        tree_shot = _arg(self.args, "tree_screenshot")
+        if tree_shot:
+            try:
+                export_tree(self.window.views.tree_view, tree_shot)
+            except (OSError, ValueError) as exc:
+                self.error("Cannot save the tree", str(exc))
+                return
         export_path = _arg(self.args, "export")
         if export_path and not self.window.files.export_rollout_set(str(export_path)):
             self._fail()
@@ -160,13 +167,37 @@ class ScriptedSession:
             self.app.exit(0)
 
 
+TREE_SHOT_SIZE = (1400, 620)
+
+
+def export_tree(view, path) -> None:
+    """The shown tree, as the view shows it (heights, colours), drawn at a readable size of its own: the window's
+    tree pane may be small."""
+    from .tree_view import TokenTreeView  # the window's import: pyqtgraph loads with it
+
+    shot = TokenTreeView()
+    try:
+        shot.setAttribute(Qt.WidgetAttribute.WA_DontShowOnScreen)
+        shot.set_mode(view.mode)
+        shot.set_colour_by(view.colour_by)
+        shot.resize(*TREE_SHOT_SIZE)
+        shot.show()
+        shot.set_tree(view.tree)
+        QApplication.processEvents()
+        shot.export_image(path)
+    finally:
+        shot.close()
+        shot.deleteLater()
+
+
 def run_gui(args, engine_factory: Callable = default_engine_factory, settings: Optional[QSettings] = None) -> int:
     """Open the main window; args carries model, queries, queries_file, reward, no_std, k, max_tokens, seed, run,
-    score (responses to score for the first query after the run), screenshot, export, quit, n_gpu_layers, n_ctx (any may be missing or None). Returns the exit status."""
+    score (responses to score for the first query after the run), screenshot, tree_screenshot, tree_heights,
+    export, quit, n_gpu_layers, n_ctx (any may be missing or None). Returns the exit status."""
     from .main_window import MainWindow
 
     app = create_app()
-    scripted = any(_arg(args, name) for name in ("run", "screenshot", "export", "quit"))
+    scripted = any(_arg(args, name) for name in ("run", "screenshot", "tree_screenshot", "export", "quit"))
     model = _arg(args, "model")
     if model:
         try:
@@ -191,6 +222,8 @@ def run_gui(args, engine_factory: Callable = default_engine_factory, settings: O
         window.controls.set_queries(queries)
     if reward_fn is not None:
         window.controls.reward_box.set_spec(reward_spec, reward_fn)
+    if _arg(args, "tree_heights"):
+        window.views.tree_view.set_mode(_arg(args, "tree_heights"))
     if not model and not scripted:
         model = window.window_settings.startup_model()
     window.show()

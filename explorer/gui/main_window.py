@@ -157,6 +157,8 @@ class MainWindow(QMainWindow):
         self.controls.k_spin.valueChanged.connect(self.views.tree_view.set_branch_k)
         self.views.tree_view.set_branch_k(self.controls.k())
         self.views.tree_view.branch_requested.connect(self.request_branch)
+        self.views.panes.branch_requested.connect(  # a token's menu in a pane
+            lambda rid, position, forced: self.request_branch(self.views.panes.group_id, rid, position, forced))
         self.views.scoring.score_requested.connect(self.request_score)
         self.views.shading_changed.connect(self.menu_actions.show_shading)
         self.views.group_changed.connect(lambda _gid: self._update_reward_status())

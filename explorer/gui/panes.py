@@ -40,6 +40,7 @@ class RolloutPane(QFrame):
     """One rollout: a header of facts and the shaded text, appended as the session grows it."""
 
     token_clicked = Signal(str, int)
+    branch_requested = Signal(str, int, object)  # rollout id, position, forced token id or None
 
     def __init__(self, session: Session, live, mode: str = "prob", parent: Optional[QWidget] = None):
         super().__init__(parent)
@@ -67,6 +68,8 @@ class RolloutPane(QFrame):
         self.view = TokenTextView(self, mode)
         self.view.setFrameShape(QFrame.Shape.NoFrame)
         self.view.token_clicked.connect(lambda index: self.token_clicked.emit(self.rollout_id, index))
+        self.view.branch_requested.connect(lambda position, forced: self.branch_requested.emit(
+            self.rollout_id, position, forced))
 
         top = QHBoxLayout()
         top.setContentsMargins(0, 0, 0, 0)
@@ -209,9 +212,11 @@ class RolloutPane(QFrame):
             parent = live.parent_id.rsplit(".", 1)[-1]
             # plain ASCII: a fork glyph is missing from many fonts and shows as a box
             branch = f' <span style="color:{muted}">from {parent} @{live.branch_position}</span>'
-        if self._compact:
-            self.title.setText(f"<b>#{live.index}</b>{branch} <span style='color:{muted}'>{n} tok</span> {finish_html}")
-            facts = [f"log π {format_logprob(logprob)}", f"ppl {format_perplexity(ppl)}"]
+        if self._compact:  # shorter words, the same key facts: seed and pi(y|x) included
+            self.title.setText(f"<b>#{live.index}</b>{branch} <span style='color:{muted}'>s{live.seed} · {n} tok"
+                               f"</span> {finish_html}")
+            facts = [f"π {format_probability(logprob, html_markup=True) if n else '—'}",
+                     f"log π {format_logprob(logprob)}", f"ppl {format_perplexity(ppl)}"]
         else:
             self.title.setText(f"<b>#{live.index}</b>{branch} <span style='color:{muted}'>seed {live.seed} · "
                                f"{n} tokens ·</span> {finish_html}")
@@ -249,6 +254,7 @@ class RolloutPanes(QWidget):
     """The panes of one query group, side by side, scrolling horizontally; a legend and the shading/sort choices."""
 
     token_clicked = Signal(str, int)  # rollout id, token position
+    branch_requested = Signal(str, int, object)  # rollout id, position, forced token id or None (a pane's menu)
     shading_changed = Signal(str)
     sort_changed = Signal(str)
 
@@ -263,6 +269,7 @@ class RolloutPanes(QWidget):
         self._highlighted: set[str] = set()
         self._compact_choice: Optional[bool] = None  # None: compact when there are more than COMPACT_ABOVE panes
         self._pane_budget: Optional[int] = None  # most panes made per refresh; None: all at once
+        self._shown: Optional[list[str]] = None  # rollouts to show as panes (rows picked in the table); None: all
 
         self.legend = ShadingLegend(self, self._mode)
         self.shading_box = QComboBox()
@@ -331,6 +338,7 @@ class RolloutPanes(QWidget):
         self._panes.clear()
         self._order.clear()
         self._highlighted.clear()
+        self._shown = None
         self._session = session
         self._group_id = group_id if session is not None else None
         self.refresh()
@@ -340,7 +348,7 @@ class RolloutPanes(QWidget):
         session, group_id = self._session, self._group_id
         if session is None or group_id is None:
             return
-        lives = session.live_rollouts(group_id)
+        lives = self._wanted(session.live_rollouts(group_id))
         if len(lives) != len(self._panes):
             self._add_panes(lives)
         resort = False
@@ -393,6 +401,33 @@ class RolloutPanes(QWidget):
         if 0 <= position < pane.view.token_count:
             pane.view.mark_token(position)
 
+    def show_only(self, rollout_ids: Optional[list[str]]) -> None:
+        """Show just these rollouts as panes (the rows selected in the rollout table); None shows every rollout."""
+        shown = list(rollout_ids) if rollout_ids is not None else None
+        if shown == self._shown:
+            return
+        self._shown = shown
+        wanted = None if self._shown is None else set(self._shown)
+        for rid in list(self._order):
+            if wanted is not None and rid not in wanted:
+                pane = self._panes.pop(rid)
+                self._order.remove(rid)
+                self._row.removeWidget(pane)
+                pane.deleteLater()
+        self.refresh()
+        self._apply_compact()
+        self._update_visibility()
+
+    @property
+    def shown_rollouts(self) -> Optional[list[str]]:
+        return None if self._shown is None else list(self._shown)
+
+    def _wanted(self, lives) -> list:
+        if self._shown is None:
+            return list(lives)
+        wanted = set(self._shown)
+        return [live for live in lives if live.id in wanted]
+
     def set_pane_budget(self, budget: Optional[int]) -> None:
         """Make at most `budget` new panes per refresh, the rest on the next ones: a run's start then never stalls
         the window for all its panes at once. None (the default) makes them all at once."""
@@ -417,6 +452,7 @@ class RolloutPanes(QWidget):
         for live in new[:self._pane_budget] if self._pane_budget is not None else new:
             pane = RolloutPane(self._session, live, self._mode, self._container)
             pane.token_clicked.connect(self.token_clicked)
+            pane.branch_requested.connect(self.branch_requested)
             pane.set_highlighted(live.id in self._highlighted)
             self._panes[live.id] = pane
             self._order.append(live.id)
@@ -442,5 +478,10 @@ class RolloutPanes(QWidget):
         self._scroll.setVisible(has)
         self.placeholder.setVisible(not has)
         if not has:
-            self.placeholder.setText("No rollouts to show yet: pick a query and press Run." if self._group_id is None
-                                     else "This query has no rollouts yet.")
+            if self._group_id is None:
+                text = "No rollouts to show yet: pick a query and press Run."
+            elif self._shown is not None:
+                text = "Select rows in the rollout table to show those rollouts here."
+            else:
+                text = "This query has no rollouts yet."
+            self.placeholder.setText(text)

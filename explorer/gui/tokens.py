@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 
 from PySide6.QtCore import QEvent, QPoint, QRect, Qt, Signal
 from PySide6.QtGui import QFontDatabase, QPalette, QTextCharFormat, QTextCursor, QTextOption
-from PySide6.QtWidgets import QApplication, QPlainTextEdit, QTextEdit, QToolTip, QWidget
+from PySide6.QtWidgets import QApplication, QMenu, QPlainTextEdit, QTextEdit, QToolTip, QWidget
 
 
 from ..core.types import TokenInfo
@@ -137,9 +137,20 @@ def token_tooltip_html(token: TokenInfo, position: Optional[int] = None, dark: b
         if not chosen_listed:
             rows.append(_bar_row(token_label(token.token, token.bytes), token.prob, True, token.rank, colours,
                                  bar_width))
+        rest = mass_outside_top(token)
         parts.append(f'<div style="color:{muted}">top {len(token.top)} alternatives</div>'
-                     f'<table cellspacing="2" cellpadding="0">{"".join(rows)}</table>')
+                     f'<table cellspacing="2" cellpadding="0">{"".join(rows)}</table>'
+                     f'<div style="color:{muted}">outside the top {len(token.top)}: {format_percent(rest)}</div>'
+                     f'<div style="color:{muted}">right-click: branch here, or force an alternative</div>')
     return "".join(parts)
+
+
+def mass_outside_top(token: TokenInfo) -> float:
+    """Probability of every token outside the top-N alternatives (and not the chosen one): 1 - what is listed."""
+    listed = {alt.id: alt.logprob for alt in token.top}
+    listed.setdefault(token.id, token.logprob)
+    total = math.fsum(math.exp(lp) for lp in listed.values() if lp is not None and math.isfinite(lp))
+    return min(max(1.0 - total, 0.0), 1.0)
 
 
 # -- text <-> tokens ------------------------------------------------------------------------------------------------
@@ -155,6 +166,7 @@ class TokenTextView(QPlainTextEdit):
     """Read-only text made of tokens; each token's background shows its probability (or its entropy)."""
 
     token_clicked = Signal(int)  # token index
+    branch_requested = Signal(int, object)  # position to keep up to (exclusive), forced token id or None
 
     def __init__(self, parent: Optional[QWidget] = None, mode: str = "prob"):
         super().__init__(parent)
@@ -214,7 +226,10 @@ class TokenTextView(QPlainTextEdit):
         if not tokens:
             return
         bar = self.verticalScrollBar()
-        follow = bar.value() >= bar.maximum() - 2
+        # follow the end only once the reader went there: a new pane opens at the start of its text
+        follow = bar.value() > 0 and bar.value() >= bar.maximum() - 2
+        keep = bar.value()
+        was_empty = self._length == 0
         cursor = QTextCursor(self.document())
         cursor.movePosition(QTextCursor.MoveOperation.End)
         cursor.beginEditBlock()
@@ -236,8 +251,9 @@ class TokenTextView(QPlainTextEdit):
         if run_text:
             cursor.insertText("".join(run_text), self._format(run_level))
         cursor.endEditBlock()
-        if follow:
-            bar.setValue(bar.maximum())
+        if was_empty:  # the view's own cursor would sit at the end and drag the view along with the text
+            self.moveCursor(QTextCursor.MoveOperation.Start)
+        bar.setValue(bar.maximum() if follow else keep)
 
     def set_shading(self, mode: str) -> None:
         if mode not in SHADING_MODES:
@@ -390,6 +406,40 @@ class TokenTextView(QPlainTextEdit):
         super().mouseMoveEvent(event)
         index = self.token_at(event.position().toPoint())
         self._set_hover(-1 if index is None else index)
+
+    def token_menu(self, index: int) -> QMenu:
+        """Act on a token: branch after it, resample it, or force one of its top-N alternatives (mikupad-style).
+        Each action emits branch_requested(position, forced token id or None)."""
+        token = self._tokens[index]
+        label = token_label(token.token, token.bytes)
+        menu = QMenu(self)
+        after = menu.addAction(f"Branch here: keep the text through “{label}”, sample the rest")
+        after.setData(("branch", index + 1, None))
+        resample = menu.addAction(f"Resample from here: keep the text before “{label}”")
+        resample.setData(("branch", index, None))
+        alternatives = [alt for alt in token.top if alt.id != token.id]
+        if alternatives:
+            menu.addSeparator()
+            for alt in alternatives:
+                prob = math.exp(alt.logprob) if alt.logprob is not None and math.isfinite(alt.logprob) else 0.0
+                action = menu.addAction(f"Force “{token_label(alt.token, alt.bytes)}” ({format_percent(prob)})")
+                action.setData(("branch", index, alt.id))
+        for action in menu.actions():
+            data = action.data()
+            if data:
+                action.triggered.connect(lambda _checked=False, d=data: self.branch_requested.emit(d[1], d[2]))
+        menu.addSeparator()
+        copy = menu.addAction("Copy")
+        copy.setEnabled(self.textCursor().hasSelection())
+        copy.triggered.connect(self.copy)
+        return menu
+
+    def contextMenuEvent(self, event):  # noqa: N802 (Qt override)
+        index = self.token_at(self.viewport().mapFrom(self, event.pos()))
+        if index is None:
+            super().contextMenuEvent(event)
+            return
+        self.token_menu(index).popup(event.globalPos())
 
     def mousePressEvent(self, event):  # noqa: N802 (Qt override)
         self._press_pos = event.position().toPoint()

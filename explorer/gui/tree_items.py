@@ -1,10 +1,9 @@
-"""The few pyqtgraph items the token tree view draws with, kept in sync with a growing tree cheaply.
+"""The pyqtgraph items the token tree view draws with: the icicle (every box in one item, fed numpy arrays), its
+view box (wheel zooms x; with Ctrl or Shift, y), and the range, export and menu helpers.
 
-A ScatterPlotItem given 40k points through setData() spends ~100 ms looking up one symbol-atlas entry per point. The
-tree only ever has a few hundred distinct (size, colour) styles, so NodeLayer resolves each distinct style once and
-fans the atlas coordinates out with numpy, and while the tree streams it touches only the points that are new or
-changed since the last refresh. It writes into the scatter's record array (`data`) the way addPoints() does; that
-layout has been stable across pyqtgraph 0.12-0.14, and any mismatch falls back to plain setData().
+IcicleItem draws in device pixels: per paint it culls the boxes to the visible range with numpy, fills the taken
+tokens with one drawRects call per colour level (QRectF arrays written straight from numpy), hatches the ghosts and
+remainders in one call each, outlines runs, and draws text only where it fits. Nothing per node is a Python object.
 """
 
 from __future__ import annotations
@@ -17,281 +16,275 @@ from typing import Optional
 import numpy as np
 import pyqtgraph as pg
 from pyqtgraph import exporters
-from PySide6.QtCore import QPointF, QRectF, QSize
-from PySide6.QtGui import QGuiApplication, QPainter
+from pyqtgraph.Qt import compat
+from pyqtgraph.Qt.internals import PrimitiveArray
+from PySide6.QtCore import QRectF, QSize, Qt
+from PySide6.QtGui import QBrush, QColor, QFontMetricsF, QGuiApplication, QPainter, QPen
 from PySide6.QtSvg import QSvgGenerator
-from PySide6.QtWidgets import QGraphicsItem, QMenu, QPushButton
+from PySide6.QtWidgets import QGraphicsItem, QMenu, QToolButton
 
+from explorer.core.icicle import Icicle, fork_label, run_text
 from explorer.core.tree import ROOT
 from explorer.core.tree_layout import display_token
 
+MIN_BOX_PX = 0.6  # boxes thinner than this are not drawn (a column of them would only smear)
+MAX_TEXTS = 1500  # texts drawn per paint at most, the tallest first
+TEXT_PAD_PX = 3
+HATCH_MIN_PX = 5  # token columns narrower than this get no hatch over their ghosts (only their faded fill)
 
-class NodeLayer:
-    """One ScatterPlotItem showing a subset of the tree's nodes (e.g. the real ones, or the ghosts)."""
 
-    def __init__(self, scatter: pg.ScatterPlotItem):
-        self.scatter = scatter
-        self.brushes = np.empty(0, dtype=object)  # style level -> QBrush, reused so the atlas can cache
-        self._nodes = np.zeros(0, np.int64)  # scatter row -> tree node
-        self._row = np.zeros(0, np.int64)  # tree node -> scatter row, -1 when not shown
-        self._state = np.zeros((0, 4), np.float64)  # per row: x, y, size, level as last written
-        self._visible = np.zeros(0, bool)
-        self._buffer: np.ndarray | None = None  # the last record array, reused by the next rebuild
-        self.last_mode = "none"
+class IcicleViewBox(pg.ViewBox):
+    """The wheel zooms along x (token positions); with Ctrl or Shift held, along y (shares)."""
 
-    def set_brushes(self, brushes: list) -> None:
-        self.brushes = np.empty(len(brushes), dtype=object)
-        self.brushes[:] = brushes
-        self.clear()
+    def wheelEvent(self, ev, axis=None):  # noqa: N802 (pyqtgraph override)
+        mods = ev.modifiers()
+        vertical = bool(mods & (Qt.KeyboardModifier.ControlModifier | Qt.KeyboardModifier.ShiftModifier))
+        super().wheelEvent(ev, axis=1 if vertical else 0)
 
-    def clear(self) -> None:
-        if len(self.scatter.data) > len(self._buffer if self._buffer is not None else ()):
-            self._buffer = self.scatter.data
-        self.scatter.clear()
-        self._nodes = np.zeros(0, np.int64)
-        self._row = np.zeros(0, np.int64)
-        self._state = np.zeros((0, 4), np.float64)
-        self._visible = np.zeros(0, bool)
 
-    @property
-    def nodes(self) -> np.ndarray:
-        """Tree nodes currently drawn by this layer."""
-        return self._nodes[self._visible]
+class IcicleItem(pg.GraphicsObject):
+    """All boxes of one icicle. set_data() hands it the arrays; paint() draws what is in view."""
 
-    def sync(self, x: np.ndarray, y: np.ndarray, size: np.ndarray, level: np.ndarray, member: np.ndarray) -> str:
-        """Show exactly the nodes in `member` with these positions/styles; returns 'full', 'update' or 'none'."""
-        self.last_mode = self._sync(x, y, size, level, member)
-        return self.last_mode
+    def __init__(self):
+        super().__init__()
+        self.tree = None
+        self.ice: Optional[Icicle] = None
+        self.levels = np.zeros(0, np.int64)  # colour level of every node
+        self.show_ghosts = True
+        self.brushes: list[QBrush] = []
+        self.ghost_brushes: list[QBrush] = []
+        self.text_colours: list[QColor] = []  # per level: dark or light text, whichever reads on that fill
+        self.hatch = QBrush()
+        self.rest_brush = QBrush()
+        self.outline = QPen()
+        self.fg = QColor("black")
+        self.tag_brush = QBrush()
+        self._rects = PrimitiveArray(QRectF, 4)
+        self._bounds = QRectF(-1.0, 0.0, 1.0, 1.0)
+        self._fork_labels: dict[int, tuple] = {}  # fork -> ((count, children), label)
+        self._area = (0.0, 0.0)  # device x range of the view, set by paint
+        self._sy, self._dy = 1.0, 0.0
+        self.drawn_texts: list[str] = []  # what the last paint wrote (tests and the screenshots read it)
+        self.setFlag(self.GraphicsItemFlag.ItemUsesExtendedStyleOption)
 
-    def _sync(self, x, y, size, level, member) -> str:
-        if not member.any():  # an empty layer holds no records at all (all-NaN rows would trouble the bounds)
-            if len(self._nodes) == 0:
-                return "none"
-            self.clear()
-            return "full"
-        n = len(member)
-        if len(self._row) < n:
-            self._row = np.concatenate([self._row, np.full(n - len(self._row), -1, np.int64)])
-        rows = self._row[:n]
-        present = rows >= 0
-        want = np.stack([x, y, size, level], axis=1)
-        new = np.flatnonzero(member & ~present)
-        old = np.flatnonzero(present)
-        old_rows = rows[old]
-        shown_now = member[old]
-        changed = (self._visible[old_rows] != shown_now) | np.any(self._state[old_rows] != want[old], axis=1)
-        touched = old[changed]
-        if len(new) + len(touched) == 0:
-            return "none"
-        hidden_after = int(np.count_nonzero(~self._visible)) + int(np.count_nonzero(~shown_now[changed]))
-        if len(self._nodes) == 0 or len(new) + len(touched) > 0.3 * n or hidden_after > 0.25 * max(len(self._nodes), 1):
-            self._rebuild(want, np.flatnonzero(member), n)
-            return "full"
-        try:
-            self._update(want, touched, member[touched], new)
-        except (KeyError, ValueError, AttributeError, IndexError):  # a pyqtgraph whose record layout differs
-            self._rebuild(want, np.flatnonzero(member), n, fast=False)
-            return "full"
-        return "update"
+    def set_style(self, brushes, ghost_brushes, text_colours, hatch, rest_brush, outline, fg, tag_brush) -> None:
+        self.brushes, self.ghost_brushes, self.text_colours = brushes, ghost_brushes, text_colours
+        self.hatch, self.rest_brush, self.outline, self.fg, self.tag_brush = (hatch, rest_brush, outline, fg,
+                                                                            tag_brush)
+        self.update()
 
-    # -- internals ---------------------------------------------------------------------------------------------------
-    def _rebuild(self, want: np.ndarray, nodes: np.ndarray, n: int, fast: bool = True) -> None:
-        self._nodes = nodes.astype(np.int64)
-        self._row = np.full(n, -1, np.int64)
-        self._row[nodes] = np.arange(len(nodes))
-        self._state = want[nodes].copy()
-        self._visible = np.ones(len(nodes), bool)
-        sp = self.scatter
-        if not fast:
-            sp.setData(x=want[nodes, 0], y=want[nodes, 1], size=want[nodes, 2],
-                       brush=self.brushes[want[nodes, 3].astype(np.int64)])
+    def set_data(self, tree, ice: Optional[Icicle], levels: np.ndarray) -> None:
+        if tree is not self.tree:
+            self._fork_labels = {}
+        self.tree, self.ice, self.levels = tree, ice, levels
+        right = ice.extent[1] if ice is not None and len(ice) else 0.0
+        bounds = QRectF(-1.0, 0.0, right + 1.0, 1.0)
+        if bounds != self._bounds:
+            self.prepareGeometryChange()
+            self._bounds = bounds
+            self.informViewBoundsChanged()
+        self.update()
+
+    def boundingRect(self):  # noqa: N802 (Qt override)
+        return QRectF(self._bounds)
+
+    def dataBounds(self, ax, frac=1.0, orthoRange=None):  # noqa: N802, N803 (pyqtgraph's names)
+        if self.ice is None:
+            return None
+        b = self._bounds
+        return (b.left(), b.right()) if ax == 0 else (0.0, 1.0)
+
+    def fork_label(self, node: int) -> str:
+        # a fork's label changes only when a rollout passes it (its count) or a new token forks off it
+        key = (int(self.tree.counts[node]), int(self.ice.n_children[node]))
+        cached = self._fork_labels.get(node)
+        if cached is None or cached[0] != key:
+            cached = self._fork_labels[node] = (key, fork_label(self.tree, node))
+        return cached[1]
+
+    # -- painting ----------------------------------------------------------------------------------------------------
+    def _load(self, x0, y0, x1, y1) -> None:
+        """Write rectangles into the shared QRectF array (device pixels)."""
+        self._rects.resize(len(x0))
+        if len(x0):
+            arr = self._rects.ndarray()
+            arr[:, 0] = x0
+            arr[:, 1] = y0
+            arr[:, 2] = x1 - x0
+            arr[:, 3] = y1 - y0
+
+    def _draw_slice(self, painter: QPainter, start: int, stop: int) -> None:
+        """drawRects on rows start:stop of the loaded array, without copying them."""
+        if stop <= start:
             return
-        if len(sp.data) > len(self._buffer if self._buffer is not None else ()):
-            self._buffer = sp.data
-        sp.data = self._allocate(len(nodes) + len(nodes) // 2 + 256)
-        self._write(np.arange(len(nodes)), want[nodes], np.ones(len(nodes), bool))
-        self._finish()
-
-    def _allocate(self, capacity: int) -> np.ndarray:
-        """A record array with room to grow: spare rows sit at NaN, which pyqtgraph culls and leaves out of bounds.
-
-        Allocating object-field records is slow (~10 ms for 40k), so a rebuild reuses the last array when it is
-        big enough and a growing tree doubles it."""
-        buffer, self._buffer = self._buffer, None
-        if buffer is not None and len(buffer) >= capacity and buffer.dtype == self.scatter.data.dtype:
-            data = buffer
-            data["item"] = None
+        if self._rects.use_ptr_to_array:
+            base = self._rects.ndarray().ctypes.data
+            painter.drawRects(compat.wrapinstance(base + start * 32, QRectF), stop - start)  # 4 doubles a row
         else:
-            # np.empty sets object fields to None row by row (~0.35 us a row); zeros then one None per field is ~6x faster
-            dtype = self.scatter.data.dtype
-            data = np.zeros(capacity, dtype=dtype)
-            for name in dtype.names:
-                if dtype[name].hasobject:
-                    data[name] = None
-        data["x"] = np.nan
-        data["y"] = np.nan
-        data["size"] = 1
-        data["visible"] = True
-        data["hovered"] = False
-        # A non-empty source rect keeps updateSpots() from resolving a style per spare row.
-        data["sourceRect"]["w"] = 1
-        data["sourceRect"]["h"] = 1
-        return data
+            painter.drawRects(list(self._rects.instances())[start:stop])
 
-    def _update(self, want: np.ndarray, touched: np.ndarray, touched_shown: np.ndarray, new: np.ndarray) -> None:
-        sp = self.scatter
-        if len(new):
-            start = len(self._nodes)
-            if start + len(new) > len(sp.data):
-                grown = self._allocate(2 * (start + len(new)))
-                grown[:start] = sp.data[:start]
-                grown["item"][:start] = None  # SpotItems cache rows of the old array; they are rebuilt on demand
-                sp.data = grown
-            self._nodes = np.concatenate([self._nodes, new])
-            self._row[new] = np.arange(start, start + len(new))
-            self._state = np.concatenate([self._state, want[new]])
-            self._visible = np.concatenate([self._visible, np.ones(len(new), bool)])
-        rows = np.concatenate([self._row[touched], self._row[new]]).astype(np.int64)
-        shown = np.concatenate([touched_shown, np.ones(len(new), bool)])
-        nodes = np.concatenate([touched, new]).astype(np.int64)
-        self._state[rows] = want[nodes]
-        self._visible[rows] = shown
-        self._write(rows, want[nodes], shown)
-        self._finish()
+    def _fill(self, painter: QPainter, x0, y0, x1, y1) -> None:
+        self._load(x0, y0, x1, y1)
+        self._draw_slice(painter, 0, len(x0))
 
-    def _write(self, rows: np.ndarray, values: np.ndarray, shown: np.ndarray) -> None:
-        """Fill records, resolving each distinct (size, level) style in the symbol atlas only once.
-
-        A hidden row keeps its record with NaN coordinates (paint and bounds skip NaN), so rows never shift."""
-        sp = self.scatter
-        data = sp.data
-        levels = values[:, 3].astype(np.int64)
-        sizes = values[:, 2]
-        data["x"][rows] = np.where(shown, values[:, 0], np.nan)
-        data["y"][rows] = np.where(shown, values[:, 1], np.nan)
-        data["size"][rows] = sizes
-        data["brush"][rows] = self.brushes[levels]
-        data["pen"][rows] = None
-        data["symbol"][rows] = None
-        data["data"][rows] = None
-        if len(rows) == 0:
+    def paint(self, painter: QPainter, option, widget=None) -> None:
+        self.drawn_texts = []
+        ice, tree = self.ice, self.tree
+        if ice is None or tree is None or not len(ice):
             return
-        key = sizes * 4096.0 + levels
-        unique, first, inverse = np.unique(key, return_index=True, return_inverse=True)
-        symbol, pen = sp.opts["symbol"], sp.opts["pen"]
-        styles = [(symbol, float(sizes[i]), pen, self.brushes[levels[i]]) for i in first]
-        coords = np.array(sp.fragmentAtlas[styles], dtype=np.int64).reshape(len(unique), 4)
-        rects = data["sourceRect"]
-        for j, name in enumerate(("x", "y", "w", "h")):
-            rects[name][rows] = coords[inverse.reshape(-1), j]
+        t = painter.transform()
+        sx, sy, dx, dy = t.m11(), t.m22(), t.m31(), t.m32()
+        if sx == 0 or sy == 0:
+            return
+        view = self.viewRect()
+        vx0, vx1 = sorted((view.left(), view.right()))
+        vy0, vy1 = sorted((view.top(), view.bottom()))
+        painter.save()
+        painter.resetTransform()  # device pixels from here: hatches, outlines and text do not scale with the view
+        painter.setRenderHint(QPainter.RenderHint.Antialiasing, False)
+        painter.setPen(Qt.PenStyle.NoPen)
 
-    def _finish(self) -> None:
-        sp = self.scatter
-        sp.prepareGeometryChange()
-        sp.informViewBoundsChanged()
-        sp.bounds = [None, None]
-        sp.updateSpots()
-        sp.invalidate()
+        def px(x, y):
+            a, b = x * sx + dx, y * sy + dy
+            return a, b
 
+        x0, y0, h = ice.x0, ice.y0, ice.height
+        vis = (x0 + 1.0 > vx0) & (x0 < vx1) & (y0 + h > vy0) & (y0 < vy1) & (h * abs(sy) >= MIN_BOX_PX)
+        nodes = np.flatnonzero(vis)
+        gx0, gy0 = px(x0[nodes], y0[nodes])
+        gx1, gy1 = px(x0[nodes] + 1.0, y0[nodes] + h[nodes])
+        top, bottom = np.minimum(gy0, gy1), np.maximum(gy0, gy1)
+        ghost = ice.ghost[nodes]
+        levels = self.levels[nodes]
+        real = ~ghost
+        # One array of every box, sorted by style (taken tokens by colour level, then ghosts by level), drawn with
+        # one drawRects call per style on its slice.
+        n_levels = len(self.brushes)
+        style = np.where(ghost, n_levels + levels, levels)
+        if not self.show_ghosts:
+            style = np.where(ghost, -1, style)
+        order = np.argsort(style, kind="stable")
+        sorted_style = style[order]
+        bounds = np.searchsorted(sorted_style, np.arange(2 * n_levels + 1))
+        self._load(gx0[order], top[order], gx1[order], bottom[order])
+        brushes = self.brushes + self.ghost_brushes
+        for st in np.flatnonzero(np.diff(bounds)).tolist():
+            painter.setBrush(brushes[st])
+            self._draw_slice(painter, int(bounds[st]), int(bounds[st + 1]))
+        if self.show_ghosts and abs(sx) >= HATCH_MIN_PX and bounds[2 * n_levels] > bounds[n_levels]:
+            painter.setBrush(self.hatch)  # the ghosts are one slice: hatch them in one call
+            self._draw_slice(painter, int(bounds[n_levels]), int(bounds[2 * n_levels]))
+        # remainders: the distribution's untaken mass
+        if self.show_ghosts and len(ice.rest_parent):
+            rx = ice.x0[ice.rest_parent] + 1.0
+            ry, rh = ice.rest_y0, ice.rest_height
+            rv = (rx + 1.0 > vx0) & (rx < vx1) & (ry + rh > vy0) & (ry < vy1) & (rh * abs(sy) >= MIN_BOX_PX)
+            if rv.any():
+                ax0, ay0 = px(rx[rv], ry[rv])
+                ax1, ay1 = px(rx[rv] + 1.0, ry[rv] + rh[rv])
+                painter.setBrush(self.rest_brush)
+                self._fill(painter, ax0, np.minimum(ay0, ay1), ax1, np.maximum(ay0, ay1))
+        # run outlines, so a chain reads as one box
+        rx0, ry0 = px(ice.run_x0, ice.run_y0)
+        rx1, ry1 = px(ice.run_x1, ice.run_y0 + ice.run_height)
+        rtop, rbottom = np.minimum(ry0, ry1), np.maximum(ry0, ry1)
+        self._area = tuple(sorted((vx0 * sx + dx, vx1 * sx + dx)))
+        self._sy, self._dy = sy, dy
+        ytop, ybottom = sorted((vy0 * sy + dy, vy1 * sy + dy))
+        rvis = ((rx1 > self._area[0]) & (rx0 < self._area[1]) & (rbottom > ytop) & (rtop < ybottom)
+                & (rbottom - rtop >= 4))
+        runs = np.flatnonzero(rvis)
+        painter.setBrush(Qt.BrushStyle.NoBrush)
+        painter.setPen(self.outline)
+        self._fill(painter, rx0[runs], rtop[runs], rx1[runs] - 1, rbottom[runs] - 1)
+        self._paint_texts(painter, nodes, gx0, gx1, top, bottom, real, levels, runs, rx0, rx1, rtop, rbottom, sx, dx)
+        painter.restore()
 
-class EdgeLayer:
-    """Edges drawn as disconnected point pairs in one PlotCurveItem (connect='pairs'), one pen for all."""
-
-    def __init__(self, curve: pg.PlotCurveItem):
-        self.curve = curve
-        self.n_segments = 0
-
-    def set_segments(self, x: np.ndarray, y: np.ndarray) -> None:
-        self.n_segments = len(x) // 2
-        if len(x) == 0:
-            self.curve.setData([], [])
-        else:
-            self.curve.setData(x, y, connect="pairs", skipFiniteCheck=True)
-
-
-LABEL_MARGIN = 3  # px of a label's box that is blank document margin, allowed to touch a neighbour's
-
-
-class LabelPool:
-    """A fixed number of TextItems reused for labels, so the view never makes one item per node."""
-
-    def __init__(self, plot: pg.PlotItem, size: int, z: float = 20):
-        self.vb = plot.vb
-        self.items: list[pg.TextItem] = []
-        for _ in range(size):
-            item = pg.TextItem("", anchor=(0.0, 1.0))
-            item.setZValue(z)
-            item.hide()
-            plot.addItem(item, ignoreBounds=True)
-            self.items.append(item)
-
-    def show(self, entries: list[tuple[float, float, str, tuple[float, float], bool]], color, fill) -> None:
-        """entries: (x, y, text, anchor, always), in priority order. A label that is not `always` is left out when its
-        box would overlap one already placed or stick out of the data area above or below; surplus items are hidden."""
-        area = self.vb.sceneBoundingRect()
+    def _paint_texts(self, painter, nodes, gx0, gx1, top, bottom, real, levels, runs, rx0, rx1, rtop, rbottom,
+                     sx, dx) -> None:
+        ice, tree = self.ice, self.tree
+        fm = QFontMetricsF(painter.font())
+        line = fm.height()
+        char = max(fm.averageCharWidth(), 1.0)
+        left_edge, right_edge = self._area
+        token_px = abs(sx)
+        texts = 0
         placed: list[QRectF] = []
-        for x, y, text, anchor, always in entries:
-            if len(placed) == len(self.items):
-                break
-            item = self.items[len(placed)]
-            if item.toPlainText() != text:
-                item.setText(text)
-            box = self._screen_box(item, x, y, anchor)
-            if not area.isEmpty():  # (not laid out yet: nothing to check against)
-                # slid sideways into the data area rather than over the lane names or the colour bar
-                shift = max(area.left() - box.left(), 0.0) or min(area.right() - box.right(), 0.0)
-                if shift:
-                    anchor = (anchor[0] - shift / max(item.textItem.boundingRect().width(), 1.0), anchor[1])
-                    box.translate(shift, 0.0)
-                inside = area.top() <= box.top() and box.bottom() <= area.bottom()
-            else:
-                inside = True
-            if not always and (not inside or any(box.intersects(other) for other in placed)):
+        # fork labels first, biggest forks first: a tag just right of the fork, at the top of its extent (over the
+        # top of the first child, whose own text is centred and steps below the tag)
+        fork_rows = {int(ice.run_of[f]): int(f) for f in ice.forks.tolist() if f != ROOT}
+        order = sorted(runs.tolist(), key=lambda r: -(rbottom[r] - rtop[r]))
+        forks = [(r, fork_rows[r]) for r in order if r in fork_rows]
+        if ROOT in ice.forks:
+            forks.insert(0, (-1, ROOT))
+        ty0, ty1 = sorted(y * self._sy + self._dy for y in (0.0, 1.0))
+        for r, fork in forks:
+            f_top, f_bottom = (ty0, ty1) if r < 0 else (rtop[r], rbottom[r])
+            if f_bottom - f_top < line:
+                continue
+            text = self.fork_label(fork)
+            width = fm.horizontalAdvance(text) + 2 * TEXT_PAD_PX
+            at = (ice.x0[fork] + 1.0) * sx + dx
+            box = QRectF(max(at, left_edge) + 1, f_top + 1, width, line)
+            if box.right() > right_edge or any(box.intersects(o) for o in placed):
                 continue
             placed.append(box)
-            item.setColor(color)
-            item.fill = pg.mkBrush(fill)
-            item.setAnchor(anchor)
-            item.setPos(x, y)
-            item.show()
-        for item in self.items[len(placed):]:
-            item.hide()
+            painter.setPen(Qt.PenStyle.NoPen)
+            painter.setBrush(self.tag_brush)
+            painter.drawRect(box)
+            painter.setPen(self.fg)
+            painter.drawText(box, Qt.AlignmentFlag.AlignCenter, text)
+            self.drawn_texts.append(text)
+            texts += 1
 
-    def _screen_box(self, item: pg.TextItem, x: float, y: float, anchor: tuple[float, float]) -> QRectF:
-        """The label's box in scene pixels (labels do not scale with the view), less the text's blank margin."""
-        size = item.textItem.boundingRect()
-        at = self.vb.mapViewToScene(QPointF(x, y))
-        box = QRectF(at.x() - anchor[0] * size.width(), at.y() - anchor[1] * size.height(),
-                     size.width(), size.height())
-        return box.adjusted(LABEL_MARGIN, LABEL_MARGIN, -LABEL_MARGIN, -LABEL_MARGIN)
-
-    def shown_texts(self) -> list[str]:
-        return [item.toPlainText() for item in self.items if item.isVisible()]
-
-
-def label_entries(tree, lay, chains, px_width: float, marked: tuple[int, ...], limit: int) -> list:
-    """Which labels to draw, most wanted first: the hovered / selected nodes (always shown), branch points (most
-    rollouts first) or, collapsed, chain texts cut to the room their edge has at this zoom, then the prompt."""
-    pos = lay.positions
-    entries = [(pos[node, 0], pos[node, 1], display_token(tree.text(node), 40), (0.0, -0.25), True)
-               for node in dict.fromkeys(marked) if 0 < node < len(pos)]  # hovered may be the selected
-    if chains is not None:
-        order = np.lexsort((-chains.lengths, -chains.counts))[:limit]
-        for i in order.tolist():
-            upper, lower = chains.edges[i]
-            first_x = pos[upper, 0] + 1
-            room = int((pos[lower, 0] - first_x + 1) / px_width / 7)  # ~7 px per character
-            if room >= 3:
-                text = display_token(chains.labels[i], room).replace("\u2423", " ")
-                entries.append((first_x, pos[lower, 1], text, (0.0, 1.0), False))
-    else:
-        branch = tree.branch_points()
-        branch = branch[branch != 0]
-        branch = branch[np.argsort(-lay.counts[branch], kind="stable")][:limit]
-        entries += [(pos[b, 0], pos[b, 1], display_token(tree.text(b)), (0.5, 1.25), False) for b in branch.tolist()]
-    # Above the root, not left of it where the lane names are; last, so it gives way to any branch label.
-    entries.append((pos[0, 0], pos[0, 1], "prompt", (0.5, 1.25), False))
-    return entries
+        per_token = token_px >= 4 * char + 2 * TEXT_PAD_PX
+        if per_token:
+            tall = np.flatnonzero(real & (bottom - top >= line))
+            tall = tall[np.argsort(-(bottom[tall] - top[tall]), kind="stable")][:MAX_TEXTS]
+            for i in tall.tolist():
+                box = QRectF(max(gx0[i], left_edge) + TEXT_PAD_PX, top[i], min(gx1[i], right_edge) - max(
+                    gx0[i], left_edge) - 2 * TEXT_PAD_PX, bottom[i] - top[i])
+                if box.width() < 2 * char:
+                    continue
+                for tag in placed:
+                    if tag.intersects(box):
+                        box.setTop(tag.bottom())
+                if box.height() < line:
+                    continue
+                text = fm.elidedText(display_token(tree.text(int(nodes[i])), 40), Qt.TextElideMode.ElideRight,
+                                     box.width())
+                painter.setPen(self.text_colours[levels[i]])
+                painter.drawText(box, Qt.AlignmentFlag.AlignVCenter | Qt.AlignmentFlag.AlignLeft, text)
+                self.drawn_texts.append(text)
+            return
+        for r in order:
+            if texts >= MAX_TEXTS or rbottom[r] - rtop[r] < line:
+                continue
+            start_px = max(rx0[r], left_edge)
+            end_px = min(rx1[r], right_edge)
+            room = end_px - start_px - 2 * TEXT_PAD_PX
+            if room < 3 * char:
+                continue
+            start_x = (start_px - dx) / sx
+            raw = run_text(tree, ice, r, start_x, limit=int(room / char) + 8)
+            text = fm.elidedText(display_token(raw, 10 ** 6).replace("\u2423", " "), Qt.TextElideMode.ElideRight,
+                                 room)
+            if len(text.rstrip("\u2026")) < 3:  # "T…" or a lone "…" says nothing; the hover does
+                continue
+            box = QRectF(start_px + TEXT_PAD_PX, (rtop[r] + rbottom[r] - line) / 2, fm.horizontalAdvance(text) + 2,
+                         line)
+            for tag in placed:
+                if tag.intersects(box):
+                    box.moveTop(tag.bottom() + 1)
+            if box.bottom() > rbottom[r] or any(tag.intersects(box) for tag in placed):
+                continue
+            painter.setPen(Qt.PenStyle.NoPen)
+            painter.setBrush(self.tag_brush)
+            painter.drawRect(box.adjusted(-2, 0, 2, 0))
+            painter.setPen(self.fg)
+            painter.drawText(box, Qt.AlignmentFlag.AlignVCenter | Qt.AlignmentFlag.AlignLeft, text)
+            self.drawn_texts.append(text)
+            texts += 1
 
 
 class RangeExtent(pg.GraphicsObject):
@@ -420,8 +413,9 @@ def node_menu(view, node: int) -> QMenu:
     return menu
 
 
-def tool_button(text: str, tip: str, bar, checkable: bool = False, checked: bool = False) -> QPushButton:
-    button = QPushButton(text)
+def tool_button(text: str, tip: str, bar, checkable: bool = False, checked: bool = False) -> QToolButton:
+    button = QToolButton()  # as wide as its text: the bar must not set the tree's minimum width
+    button.setText(text)
     button.setToolTip(tip)
     button.setCheckable(checkable)
     button.setChecked(checked)
@@ -429,13 +423,4 @@ def tool_button(text: str, tip: str, bar, checkable: bool = False, checked: bool
     return button
 
 
-def rollout_polylines(tree, positions: np.ndarray, rollout_ids: list[str]):
-    """x, y and a connect mask drawing each rollout's path from the root, as one curve."""
-    parts = []
-    for rid in rollout_ids:
-        nodes = tree.path(rid)
-        parts.append(np.concatenate([[0], nodes[nodes < len(positions)]]))
-    pts = positions[np.concatenate(parts)]
-    connect = np.ones(len(pts), bool)
-    connect[np.cumsum([len(p) for p in parts]) - 1] = False  # no line from one rollout's end to the next root
-    return pts[:, 0], pts[:, 1], connect
+

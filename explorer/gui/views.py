@@ -1,5 +1,5 @@
-"""The views of a session: the query tabs, the rollout panes, the token tree with its per-position plot, the scoring
-panel and the statistics panel, and the turn-taking that keeps their refreshes short while a run streams.
+"""The views of a session: the query tabs, the rollout panes, the token tree with its per-position plot, the rollout
+table, the scoring panel and the statistics panel (tree, table and panes kept in step by ViewLinks), and the turn-taking that keeps their refreshes short while a run streams.
 
 The panel shows a Session and keeps none of its state: the panes and the tree read the session's rollouts and
 trees, the scoring panel shows the session's scores of the selected group.
@@ -17,16 +17,19 @@ from PySide6.QtWidgets import QHBoxLayout, QLabel, QSplitter, QStackedWidget, QT
 from ..core.session import Session
 from ..core.stats import group_stats
 from .panes import RolloutPanes
+from .rollout_table import RolloutTable
 from .scoring import ScoringPanel
 from .side_plot import SidePlot
 from .stats_panel import StatsPanel
 from .tree_view import TokenTreeView
+from .view_links import ViewLinks
 
 EMPTY_PANES = ("<b>No rollouts yet.</b><br>Pick a model (or drop a .gguf file here), type queries on the left and "
                "press <b>Run</b> (Ctrl+Enter) to sample k rollouts per query.<br>Or open a saved rollout set "
                "(Ctrl+O). F1 lists every key and mouse action.")
-EMPTY_TREE = ("The token tree of the selected query appears here: one lane per rollout, forks where they diverge. "
-              "Right-click a node to branch from it.")
+EMPTY_TREE = ("The token tree of the selected query appears here, with a table of its rollouts beside it: each token a "
+              "box as tall as its share of the rollouts, forks labelled where they diverge. Right-click a box to "
+              "branch from it.")
 TREE_INTERVAL_S = 0.1  # while a run streams, the token tree redraws at ~10 Hz
 PANES_PER_TICK = 2  # while a run streams, panes made per refresh tick (each costs a few ms, plus its first layout)
 _NO_TREE_SWITCH = object()
@@ -82,7 +85,8 @@ class ViewsPanel(QSplitter):
 
         self.tree_view = TokenTreeView()
         self.tree_view.token_selected.connect(self.panes.scroll_to_token)
-        self.tree_view.node_selected.connect(lambda _gid, ids: self.panes.highlight_rollouts(list(ids)))
+        self.rollout_table = RolloutTable()
+        self.links = ViewLinks(self.tree_view, self.rollout_table, self.panes)
         self.scoring = ScoringPanel()
 
         # Under the panes: the token tree (with its per-position plot) beside the scoring panel.
@@ -94,9 +98,17 @@ class ViewsPanel(QSplitter):
         self.side_plot.follow(self.tree_view)
         tree_area.addWidget(self.side_plot)
         tree_area.setSizes([280, 170])
+        # the rollout table beside the tree: one row per distinct response; its selection picks the panes
+        self.tree_and_table = QSplitter(Qt.Orientation.Horizontal)
+        self.tree_and_table.setChildrenCollapsible(False)
+        self.tree_and_table.addWidget(tree_area)
+        self.tree_and_table.addWidget(self.rollout_table)
+        self.tree_and_table.setStretchFactor(0, 3)  # spare width goes to the tree first
+        self.tree_and_table.setStretchFactor(1, 2)
+        self.tree_and_table.setSizes([620, 380])
         self.tree_stack = QStackedWidget()
         self.tree_stack.addWidget(_hint(EMPTY_TREE))
-        self.tree_stack.addWidget(tree_area)
+        self.tree_stack.addWidget(self.tree_and_table)
         self.bottom_splitter.addWidget(self.tree_stack)
         # the selected query's statistics sit under the scoring panel, which gets the spare height
         self.stats_panel = StatsPanel()
@@ -107,7 +119,7 @@ class ViewsPanel(QSplitter):
         sv.addWidget(self.scoring, 1)
         sv.addWidget(self.stats_panel)
         self.bottom_splitter.addWidget(score_side)
-        self.bottom_splitter.setSizes([600, 480])
+        self.bottom_splitter.setSizes([760, 320])
 
         self.addWidget(self.panes_stack)
         self.addWidget(self.bottom_splitter)
@@ -121,7 +133,9 @@ class ViewsPanel(QSplitter):
         """First start: split the space by proportion once the real sizes are known."""
         h, w = max(self.height(), 400), max(self.bottom_splitter.width(), 600)
         self.setSizes([int(h * 0.46), h - int(h * 0.46)])
-        self.bottom_splitter.setSizes([int(w * 0.57), w - int(w * 0.57)])
+        self.bottom_splitter.setSizes([int(w * 0.7), w - int(w * 0.7)])
+        inner = self.bottom_splitter.sizes()[0]
+        self.tree_and_table.setSizes([int(inner * 0.64), inner - int(inner * 0.64)])
 
     # -- what is shown ---------------------------------------------------------------------------------------------
     @property
@@ -144,6 +158,7 @@ class ViewsPanel(QSplitter):
         self.show_stats(None)
         self._tree_to_show = _NO_TREE_SWITCH
         self.tree_view.set_tree(None)
+        self.links.clear()
         self.group_changed.emit(None)
         if session is not None and session.group_ids:
             self.sync_tabs()
@@ -193,6 +208,7 @@ class ViewsPanel(QSplitter):
         if session is None or gid is None:
             return
         self.panes.show_group(session, gid)
+        self._show_table()
         self.scoring.set_group(gid, session.header(gid).query, session.scores(gid))
         self.show_stats(gid)
         if self._is_running():  # drawing a whole tree takes a while: on the tree's own turn (refresh)
@@ -274,8 +290,14 @@ class ViewsPanel(QSplitter):
             side.refresh()
         return True
 
+    def _show_table(self) -> None:
+        gid, session = self.current_group_id(), self._session
+        if session is not None and gid in session.group_ids:
+            self.links.show_rollouts(session.group(gid).rollouts)
+
     def _draw_tree(self, now: float) -> None:
         self._tree_drawn_at = now
+        self._show_table()  # on the tree's turn: the table's numbers move at its pace
         if self._tree_to_show is not _NO_TREE_SWITCH:
             tree, self._tree_to_show = self._tree_to_show, _NO_TREE_SWITCH
             self.tree_view.set_tree(tree)  # draws it whole and fits it

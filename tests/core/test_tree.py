@@ -9,9 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from kit import node_of
 from explorer.core.tree import ROOT, TokenTree, TreeForest
-from explorer.core.tree_layout import colormap_lut, describe_node, display_token, mean_series, probability_colors
+from explorer.core.tree_layout import colormap_lut, display_token, mean_series
 from explorer.core.types import (GroupHeader, QueryGroup, Rollout, RolloutFinished, RolloutHeader, RunStarted,
                                  SamplingParams, TokenBatch, TokenEvent, TokenInfo, TopLogprob)
 
@@ -64,8 +63,8 @@ def random_rollouts(n: int, length: int, seed: int) -> list[Rollout]:
 def test_structure_counts_frequencies_and_branch_points():
     r0, r1, r2 = rollout("q0.r0", [1, 2, 3]), rollout("q0.r1", [1, 2, 4]), rollout("q0.r2", [1, 5])
     tree = tree_of(r0, r1, r2)
-    a, b, e = node_of(tree, [1]), node_of(tree, [1, 2]), node_of(tree, [1, 5])
-    c, d = node_of(tree, [1, 2, 3]), node_of(tree, [1, 2, 4])
+    a, b, e = tree.node_for([1]), tree.node_for([1, 2]), tree.node_for([1, 5])
+    c, d = tree.node_for([1, 2, 3]), tree.node_for([1, 2, 4])
     assert tree.counts[ROOT] == 3 and tree.counts[a] == 3 and tree.counts[b] == 2
     assert tree.counts[c] == tree.counts[d] == tree.counts[e] == 1
     assert sorted(tree.branch_points().tolist()) == sorted([a, b])
@@ -86,18 +85,18 @@ def test_ghosts_are_untaken_alternatives_and_turn_real_when_taken():
     r0 = rollout("q0.r0", [1, 2, 3], top_n=4)
     tree = tree_of(r0)
     top_at_1 = [t.id for t in r0.tokens[1].top]
-    ghosts_under_a = {s.token_id for s in tree.children(node_of(tree, [1])) if s.is_ghost}
+    ghosts_under_a = {s.token_id for s in tree.children(tree.node_for([1])) if s.is_ghost}
     assert ghosts_under_a == set(top_at_1) - {2}
-    for s in tree.children(node_of(tree, [1])):
+    for s in tree.children(tree.node_for([1])):
         if s.is_ghost:
             assert s.count == 0 and s.frequency == 0.0
             assert s.prob == pytest.approx(dist((1,))[s.token_id])
     taken = sorted(ghosts_under_a)[0]
-    ghost = node_of(tree, [1, taken])
+    ghost = tree.node_for([1, taken])
     tree.add_rollout(rollout("q0.r1", [1, taken]))
-    assert node_of(tree, [1, taken]) == ghost  # the same node, now real
+    assert tree.node_for([1, taken]) == ghost  # the same node, now real
     assert not tree.ghost_mask[ghost] and tree.counts[ghost] == 1
-    assert tree.branch_points().tolist() == [node_of(tree, [1])]
+    assert tree.branch_points().tolist() == [tree.node_for([1])]
 
 
 def test_divergence_and_branch_prefix_convention():
@@ -107,13 +106,13 @@ def test_divergence_and_branch_prefix_convention():
     assert tree.first_divergence_depth("q0.r0", "q0.r2") == 1
     assert tree.first_divergence_depth("q0.r0", "q0.r3") == 2  # r3 is a prefix of r0
     assert tree.first_divergence_depth("q0.r0", "q0.r0") is None
-    real = tree.branch_prefix(node_of(tree, [1, 2, 4]))
+    real = tree.branch_prefix(tree.node_for([1, 2, 4]))
     assert (real.rollout_id, real.position, real.forced_token) == ("q0.r1", 3, None)
-    ghost = next(s for s in tree.children(node_of(tree, [1, 2])) if s.is_ghost)
+    ghost = next(s for s in tree.children(tree.node_for([1, 2])) if s.is_ghost)
     prefix = tree.branch_prefix(ghost.node)
     assert (prefix.rollout_id, prefix.position, prefix.forced_token) == ("q0.r0", 2, ghost.token_id)
     assert tree.branch_prefix(ROOT).position == 0
-    assert tree.prefix_text(node_of(tree, [1, 2, 4])) == "ABD"
+    assert tree.prefix_text(tree.node_for([1, 2, 4])) == "ABD"
 
 
 def test_bad_input_gets_clear_errors():
@@ -121,7 +120,7 @@ def test_bad_input_gets_clear_errors():
     tok = info((1, 2, 3), 4)
     with pytest.raises(ValueError, match="position 5"):
         tree.add_token("q0.r0", 5, tok)
-    assert tree.add_token("q0.r0", 1, info((1,), 2)) == node_of(tree, [1, 2])  # a re-sent token is a no-op
+    assert tree.add_token("q0.r0", 1, info((1,), 2)) == tree.node_for([1, 2])  # a re-sent token is a no-op
     with pytest.raises(ValueError, match="does not match"):
         tree.add_rollout(rollout("q0.r0", [1, 5]))
     with pytest.raises(KeyError, match="q0.r9"):
@@ -130,7 +129,7 @@ def test_bad_input_gets_clear_errors():
         tree.node_at("q0.r0", 3)
 
 
-def test_streaming_equals_building_at_once_layout_included():
+def test_streaming_equals_building_at_once():
     rollouts = random_rollouts(6, 14, seed=3)
     whole = tree_of(*rollouts)
     streamed = TokenTree("q0", "the prompt")
@@ -141,88 +140,32 @@ def test_streaming_equals_building_at_once_layout_included():
     assert streamed.signature() == whole.signature()
     assert len(whole.branch_points()) == len(streamed.branch_points()) > 0
 
-    def positions_by_path(tree):
-        lay = tree.layout()
-        return {tuple(tree.token_ids[n] for n in _ancestry(tree, n)): tuple(lay.positions[n])
-                for n in range(len(tree))}
-
-    assert positions_by_path(streamed) == positions_by_path(whole)
 
 
-def _ancestry(tree, node):
-    out = []
-    while node != ROOT:
-        out.append(node)
-        node = tree.parent(node)
-    return out[::-1]
-
-
-def test_layout_is_stable_while_streaming_and_when_a_branch_joins():
+def test_a_branch_shares_its_parents_prefix_and_keeps_its_origin():
     rollouts = random_rollouts(5, 20, seed=7)
-    tree = TokenTree("q0", "p")
-    before = tree.layout().positions
-    for p in range(20):
-        for r in rollouts:
-            if p < len(r.tokens):
-                tree.add_token(r.id, p, r.tokens[p])
-        lay = tree.layout()
-        old = lay.positions[: len(before)]
-        moved = np.flatnonzero(np.any(old != before, axis=1))
-        assert len(lay.positions) >= len(before)
-        # Only ghosts a rollout just took may move (onto that rollout's lane).
-        assert all(not tree.ghost_mask[n] for n in moved)
-        before = lay.positions
-    # A branch of r1 that forces an alternative at position 3 joins r1's prefix and gets a new lane.
+    tree = tree_of(*rollouts)
     r1 = rollouts[1]
     ghost = next(s for s in tree.children(tree.node_at(r1.id, 2)) if s.is_ghost)
-    branch_ids = [t.id for t in r1.tokens[:3]] + [ghost.token_id, 1, 2]
-    n_before, pos_before = len(tree), tree.layout().positions
-    tree.add_rollout(rollout("q0.r5", branch_ids, parent_id=r1.id, branch_position=3))
-    lay = tree.layout()
-    moved = set(np.flatnonzero(np.any(lay.positions[:n_before] != pos_before, axis=1)).tolist())
-    assert moved == {ghost.node}
-    assert lay.positions[ghost.node, 1] == tree.lane("q0.r5") == 5
-    assert tree.branch_origin("q0.r5") == (r1.id, 3)
+    n_before = len(tree)
+    tree.add_rollout(rollout("q0.r5", [t.id for t in r1.tokens[:3]] + [ghost.token_id, 1, 2], parent_id=r1.id,
+                            branch_position=3))
+    assert not tree.ghost_mask[ghost.node] and tree.node_at("q0.r5", 3) == ghost.node  # the ghost turned real
+    assert tree.lane("q0.r5") == 5 and tree.branch_origin("q0.r5") == (r1.id, 3)
     assert tree.path("q0.r5")[:3].tolist() == tree.path(r1.id)[:3].tolist()  # the branch shares r1's prefix
+    assert len(tree) > n_before
 
 
-def test_layout_arrays_are_plot_ready():
-    tree = tree_of(*random_rollouts(4, 10, seed=1))
-    lay = tree.layout()
-    n = len(tree)
-    assert lay.positions.shape == (n, 2) and lay.edges.shape == (n - 1, 2)
-    assert lay.colors.shape == (n, 4) and lay.colors.dtype == np.uint8
-    assert (lay.positions[lay.edges[:, 1], 0] == lay.positions[lay.edges[:, 0], 0] + 1).all()  # edges step one
-    assert (lay.colors[lay.ghost, 3] < 255).all() and (lay.colors[~lay.ghost, 3] == 255).all()
-    real = ~lay.ghost
-    big, small = np.argmax(np.where(real, lay.counts, -1)[1:]) + 1, np.argmin(np.where(real, lay.counts, 99)[1:]) + 1
-    assert lay.sizes[big] >= lay.sizes[small]
-    lut = colormap_lut()
-    assert probability_colors(np.array([0.0, 1.0]), lut)[:, :3].tolist() == [[0x44, 0x01, 0x54], [0xfd, 0xe7, 0x25]]
-
-
-def test_collapse_chains_keeps_forks_and_ends():
-    tree = tree_of(rollout("q0.r0", [1, 2, 3, 4]), rollout("q0.r1", [1, 2, 9, 10]), rollout("q0.r2", [1]))
-    chains = tree.collapse_chains()
-    a, b = node_of(tree, [1]), node_of(tree, [1, 2])
-    ends = {node_of(tree, [1, 2, 3, 4]), node_of(tree, [1, 2, 9, 10])}
-    assert set(chains.kept.tolist()) == {ROOT, a, b} | ends  # a: r2 stops there
-    by_end = {int(lower): (int(upper), label) for (upper, lower), label in zip(chains.edges, chains.labels)}
-    assert by_end[a] == (ROOT, "A") and by_end[b] == (a, "B")
-    assert by_end[node_of(tree, [1, 2, 3, 4])] == (b, "CD") and by_end[node_of(tree, [1, 2, 9, 10])] == (b, "XY")
-    assert chains.counts.tolist() == [int(tree.counts[s]) for s in chains.starts]
-
-
-def test_series_and_hover_description():
+def test_series_and_token_labels():
     r0, r1 = rollout("q0.r0", [1, 2, 3]), rollout("q0.r1", [1, 5])
     tree = tree_of(r0, r1)
     probs, entropy = mean_series(tree)
     assert probs[0] == pytest.approx(r0.tokens[0].prob)
     assert probs[1] == pytest.approx((r0.tokens[1].prob + r1.tokens[1].prob) / 2)
     assert probs[2] == pytest.approx(r0.tokens[2].prob) and entropy[2] == pytest.approx(r0.tokens[2].entropy)
-    text = describe_node(tree, node_of(tree, [1, 2]))
-    assert "1/2 = 0.500" in text and f"{r0.tokens[1].prob:.4f}" in text and "nats" in text
     assert display_token(" a\n") == "\u2423a\u21b5"
+    lut = colormap_lut()
+    assert lut[[0, -1], :3].tolist() == [[0x44, 0x01, 0x54], [0xfd, 0xe7, 0x25]]  # viridis's ends
 
 
 def test_forest_follows_engine_events_including_a_branch():
@@ -248,3 +191,11 @@ def test_core_tree_never_imports_qt():
     code = "import sys, explorer.core.tree, explorer.core.tree_layout; print('PySide6' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_node_for_follows_token_ids_and_names_a_missing_path():
+    tree = tree_of(rollout("q0.r0", [1, 2, 3]))
+    assert tree.node_for([]) == ROOT
+    assert tree.node_for([1, 2]) == tree.node_at("q0.r0", 1)
+    with pytest.raises(KeyError, match=r"no node for token ids \[1, 7\]"):
+        tree.node_for([1, 7])

@@ -110,7 +110,8 @@ def test_help_explains_every_mouse_action_as_well_as_the_keys():
     from explorer.gui.actions import shortcuts_html
 
     text = shortcuts_html()
-    for words in ("Ctrl+Enter", "Hover a token", "Right-click or double-click", "ghosts", "Wheel / drag", "lanes"):
+    for words in ("Ctrl+Enter", "Hover a token", "Right-click or double-click", "ghosts", "Ctrl+wheel", "boxes",
+                  "Right-click a token in a pane", "Rollout table"):
         assert words in text
 
 

@@ -243,3 +243,53 @@ def test_end_of_generation_token_counts_but_adds_no_text(panes):
     assert pane.text() == "Pacific Ocean" and pane.view.token_count == 3
     assert pane.view.token_span(1) == (7, 13) and pane.view.token_span(2) == (13, 13)
     assert "3 tokens" in pane.title.text() and "stop" in pane.title.text()
+
+
+def test_compact_headers_keep_seed_and_probability(panes):
+    session = Session()
+    session.add(run_started(10))
+    panes.show_group(session, "q0")
+    tokens = [sampled_tok(0, "Pac", 0.5), sampled_tok(1, "ific", 0.25)]
+    session.add(token_batch(0, {0: (tokens[0], "Pac")}))
+    session.add(token_batch(1, {0: (tokens[1], "ific")}))
+    session.add(rollout_finished(0, "Pacific", tokens))
+    panes.refresh()
+    pane = panes.pane("q0.r0")
+    assert pane.compact
+    assert "s10" in pane.title.text()
+    assert "π 0.125" in pane.stats.text().replace("&nbsp;", " ")
+
+
+def test_show_only_makes_panes_for_the_chosen_rollouts(panes):
+    session = Session()
+    session.add(run_started(12))
+    panes.show_group(session, "q0")
+    panes.show_only(["q0.r3", "q0.r7"])
+    assert [p.rollout_id for p in panes.panes()] == ["q0.r3", "q0.r7"]
+    assert not panes.panes()[0].compact  # two panes have room
+    panes.show_only([])
+    assert panes.panes() == [] and "Select rows" in panes.placeholder.text()
+    panes.show_only(None)
+    assert len(panes.panes()) == 12
+
+
+def test_a_pane_opens_at_the_start_of_its_text(panes):
+    session = Session()
+    session.add(run_started(1))
+    panes.show_group(session, "q0")
+    panes.resize(400, 200)
+    stream(session, panes, 1, [f" word{i}\n" for i in range(80)])
+    bar = panes.panes()[0].view.verticalScrollBar()
+    assert bar.maximum() > 0 and bar.value() == 0
+
+
+def test_token_menu_in_a_pane_asks_for_a_branch_of_that_rollout(panes):
+    session = Session()
+    session.add(run_started(2))
+    panes.show_group(session, "q0")
+    stream(session, panes, 2, ["The", " Pacific"])
+    requests = []
+    panes.branch_requested.connect(lambda *args: requests.append(args))
+    menu = panes.pane("q0.r1").view.token_menu(1)
+    next(a for a in menu.actions() if a.text().startswith("Resample")).trigger()
+    assert requests == [("q0.r1", 1, None)]

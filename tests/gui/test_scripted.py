@@ -30,3 +30,14 @@ def test_scripted_scores_are_in_the_export(fake_factory, fake_model, gui_setting
 def test_scripted_without_scores_exports_none(fake_factory, fake_model, gui_settings, tmp_path):
     assert run_gui(_args(fake_model, tmp_path), fake_factory, gui_settings) == 0
     assert export.load(tmp_path / "set.json").groups[0].scores == ()
+
+
+def test_scripted_tree_screenshot_at_a_readable_size(fake_factory, fake_model, gui_settings, tmp_path):
+    from PySide6.QtGui import QImage
+
+    from explorer.gui.app import TREE_SHOT_SIZE
+
+    args = _args(fake_model, tmp_path, k=5, tree_screenshot=str(tmp_path / "tree.png"), tree_heights="model")
+    assert run_gui(args, fake_factory, gui_settings) == 0
+    image = QImage(str(tmp_path / "tree.png"))
+    assert image.width() >= TREE_SHOT_SIZE[0] - 40 and image.height() >= TREE_SHOT_SIZE[1] - 80

@@ -161,3 +161,31 @@ def test_view_rejects_mismatched_pieces(qtbot):
     qtbot.addWidget(view)
     with pytest.raises(ValueError, match="2 tokens but 1 text pieces"):
         view.append_tokens([tok(1, "a", 0.5), tok(2, "b", 0.5)], ["ab"])
+
+
+def test_tooltip_gives_the_mass_outside_the_top_n():
+    top = (TopLogprob(1, "a", b"a", math.log(0.5)), TopLogprob(2, "b", b"b", math.log(0.3)))
+    from explorer.gui.tokens import mass_outside_top
+
+    inside = tok(1, "a", 0.5, top=top)
+    assert mass_outside_top(inside) == pytest.approx(0.2)
+    outside = tok(9, "z", 0.05, rank=7, top=top)  # the chosen token is listed too, so it is not "outside"
+    assert mass_outside_top(outside) == pytest.approx(0.15)
+    assert f"outside the top 2: {format_percent(0.15)}" in token_tooltip_html(outside)
+
+
+def test_token_menu_branches_here_resamples_or_forces_an_alternative(qtbot):
+    view = TokenTextView()
+    qtbot.addWidget(view)
+    top = (TopLogprob(1, " Pacific", b" Pacific", math.log(0.6)), TopLogprob(2, " Atlantic", b" Atlantic",
+                                                                              math.log(0.3)))
+    view.set_tokens([tok(5, "The", 0.9), tok(1, " Pacific", 0.6, top=top)], ["The", " Pacific"])
+    menu = view.token_menu(1)
+    requests = []
+    view.branch_requested.connect(lambda *args: requests.append(args))
+    texts = [a.text() for a in menu.actions() if a.data()]
+    assert texts[0].startswith("Branch here") and texts[1].startswith("Resample from here")
+    assert texts[2:] == [f"Force “␣Atlantic” ({format_percent(0.3)})"]  # the chosen token is not offered
+    for action in [a for a in menu.actions() if a.data()]:
+        action.trigger()
+    assert requests == [(2, None), (1, None), (1, 2)]

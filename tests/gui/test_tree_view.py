@@ -1,4 +1,5 @@
-"""The token tree view offscreen: hover text, click selection, the branch menu, live growth, collapse, export."""
+"""The token tree as an icicle, offscreen: heights in both modes, fork labels, hover and leave, wheel zoom, click
+selection, the branch menu (ghosts included), live growth and refit, colours, export."""
 
 from __future__ import annotations
 
@@ -6,11 +7,10 @@ import math
 
 import numpy as np
 import pytest
-from PySide6.QtCore import QPointF, Qt
-from PySide6.QtGui import QColor, QPalette
+from PySide6.QtCore import QEvent, QPoint, QPointF, Qt
+from PySide6.QtGui import QColor, QPalette, QWheelEvent
 from PySide6.QtWidgets import QApplication
 
-from kit import node_of
 from explorer.core.tree import TokenTree
 from explorer.core.types import Rollout, TokenInfo, TopLogprob
 from explorer.gui.side_plot import SidePlot
@@ -59,44 +59,77 @@ def view(qtbot, tree) -> TokenTreeView:
 
 
 def viewport_pos(view: TokenTreeView, node: int):
-    x, y = view._layout.positions[node]
-    scene = view.plot.vb.mapViewToScene(QPointF(float(x), float(y)))
+    x0, y0, x1, y1 = view.icicle_layout.box(node)
+    scene = view.plot.vb.mapViewToScene(QPointF((x0 + x1) / 2, (y0 + y1) / 2))
     return view.graphics.mapFromScene(scene)
 
 
-def test_hovering_a_node_shows_its_numbers(qtbot, view, tree):
-    node = node_of(tree, [1, 2])  # " sea": 3 of the 4 rollouts
+def test_boxes_are_shares_of_the_group_and_switch_to_the_model_mass(view, tree):
+    ice = view.icicle_layout
+    sea, ocean = tree.node_for([1, 2]), tree.node_for([1, 3])
+    assert ice.height[sea] == pytest.approx(0.75) and ice.height[ocean] == pytest.approx(0.25)
+    first, second = sorted((sea, ocean), key=lambda n: -tree.logprobs[n])  # the more probable sibling on top
+    assert ice.y0[first] == pytest.approx(0.0) and ice.y0[second] == pytest.approx(ice.height[first])
+    view.set_mode("model")
+    ice = view.icicle_layout
+    assert view.mode_box.currentData() == "model"
+    the = tree.node_for([1])
+    # at the fork after " The", each child's share of its parent is pi(token | prefix)
+    assert ice.height[sea] == pytest.approx(ice.height[the] * math.exp(tree.logprobs[sea]))
+    assert ice.height[ocean] == pytest.approx(ice.height[the] * math.exp(tree.logprobs[ocean]))
+    ghost = next(c.node for c in tree.children(the) if c.is_ghost)
+    assert ice.height[ghost] > 0 and len(ice.rest_parent) > 0  # alternatives and the untaken remainder drawn
+    with pytest.raises(ValueError, match="unknown tree heights"):
+        view.set_mode("exact")
+
+
+def test_fork_labels_name_the_diverging_tokens_with_pi_and_counts(qtbot, view, tree):
+    view.grab()
+    the, sea = tree.node_for([1]), tree.node_for([1, 2])
+    p_sea, p_ocean = math.exp(tree.logprobs[sea]), math.exp(tree.logprobs[tree.node_for([1, 3])])
+    first, second = sorted([("sea", p_sea, 3), ("ocean", p_ocean, 1)], key=lambda t: -t[1])
+    expected = " | ".join(f"\u2423{w} {p:.2f} {n}/4".replace("0.", ".", 1) for w, p, n in (first, second))
+    assert expected in view.box_texts()
+    assert the in view.icicle_layout.forks.tolist()
+
+
+def test_hovering_a_box_shows_its_numbers_and_leaving_clears_the_ring(qtbot, view, tree):
+    node = tree.node_for([1, 2])  # " sea": 3 of the 4 rollouts
     qtbot.mouseMove(view.graphics.viewport(), viewport_pos(view, node))
     qtbot.waitUntil(lambda: view.hovered_node == node)
+    assert view.hover_ring.isVisible()
     text = view.hover_text(node)
     assert "sea" in text
     assert f"{math.exp(tree.logprobs[node]):.4f}" in text
-    assert "3/4 = 0.750" in text
-    assert "rollouts through it: 3" in text
+    assert "3/4 rollouts here = 0.750" in text
+    assert "sampled 0.750" in text and f"model \u03c0(prefix | x) {math.exp(tree.cum_logprobs[node]):.3g}" in text
     assert f"{tree.entropies[node]:.3f} nats" in text
     assert f"{tree.cum_logprobs[node]:.3f}" in text
-    assert any("sea" in label for label in view.label_texts())  # the hovered node gets a label
+    assert "prefix:  The sea" in text
+    QApplication.sendEvent(view.graphics.viewport(), QEvent(QEvent.Type.Leave))
+    assert view.hovered_node == -1 and not view.hover_ring.isVisible()
 
 
-def shown_label_boxes(view: TokenTreeView) -> list:
-    pool = view.labels
-    return [pool._screen_box(item, item.pos().x(), item.pos().y(), tuple(item.anchor))
-            for item in pool.items if item.isVisible()]
+def wheel(view: TokenTreeView, modifiers=Qt.KeyboardModifier.NoModifier) -> None:
+    vp = view.graphics.viewport()
+    pos = QPointF(vp.width() / 2, vp.height() / 2)
+    event = QWheelEvent(pos, QPointF(vp.mapToGlobal(pos.toPoint())), QPoint(0, 0), QPoint(0, 120),
+                        Qt.MouseButton.NoButton, modifiers, Qt.ScrollPhase.NoScrollPhase, False)
+    QApplication.sendEvent(vp, event)
 
 
-def test_labels_neither_overlap_nor_cover_the_lane_names(qtbot, view, tree):
-    assert "prompt" in view.label_texts()  # room enough at this zoom: above the root, not left of it
-    # zoomed far out, the branch labels at depths 0 and 2 and the prompt's would all fall on the same few pixels
-    view.plot.vb.setXRange(-1, 400, padding=0)
-    qtbot.waitUntil(lambda: len(view.label_texts()) < 3)
-    boxes = shown_label_boxes(view)
-    area = view.plot.vb.sceneBoundingRect()
-    assert boxes and all(area.contains(box) for box in boxes)
-    assert not any(a.intersects(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+def test_wheel_zooms_along_x_and_with_a_modifier_along_y(view):
+    (x0, x1), (y0, y1) = view.plot.vb.viewRange()
+    wheel(view)
+    (nx0, nx1), (ny0, ny1) = view.plot.vb.viewRange()
+    assert nx1 - nx0 < x1 - x0 and (ny0, ny1) == (y0, y1)
+    wheel(view, Qt.KeyboardModifier.ControlModifier)
+    (mx0, mx1), (my0, my1) = view.plot.vb.viewRange()
+    assert (mx0, mx1) == (nx0, nx1) and my1 - my0 < ny1 - ny0
 
 
-def test_clicking_a_node_selects_the_rollouts_through_it(qtbot, view, tree):
-    node = node_of(tree, [1, 2, 4])
+def test_clicking_a_box_selects_the_rollouts_through_it(qtbot, view, tree):
+    node = tree.node_for([1, 2, 4])
     selected, tokens = [], []
     view.node_selected.connect(lambda *args: selected.append(args))
     view.token_selected.connect(lambda *args: tokens.append(args))
@@ -106,22 +139,24 @@ def test_clicking_a_node_selects_the_rollouts_through_it(qtbot, view, tree):
     assert group == "q0" and rollouts == ["q0.r0", "q0.r1", "q0.r3"]
     assert tokens == [("q0.r0", 2)]
     assert view.selected_node == node and view.highlighted_rollouts == rollouts
-    hx, _ = view.highlight.getData()
-    assert len(hx) == 3 + len(ROLLOUT_IDS[0]) + len(ROLLOUT_IDS[1]) + len(ROLLOUT_IDS[3])  # each path from the root
+    ring = view.subtree_ring.rect()  # the rollouts through it stay inside its extent up to the longest one's end
+    assert ring.left() == 2 and ring.right() == 5 and ring.height() == pytest.approx(0.75)
+    view.select_node(-1)
+    assert selected[-1] == ("q0", []) and not view.select_ring.isVisible()
 
 
 def test_select_token_from_a_pane_selects_its_node(qtbot, view, tree):
     with qtbot.waitSignal(view.node_selected) as blocker:
         view.select_token("q0.r2", 1)
-    assert view.selected_node == node_of(tree, [1, 3])
+    assert view.selected_node == tree.node_for([1, 3])
     assert blocker.args == ["q0", ["q0.r2"]]
     view.select_token("q0.r2", 99)  # out of range: ignored, selection kept
-    assert view.selected_node == node_of(tree, [1, 3])
+    assert view.selected_node == tree.node_for([1, 3])
 
 
 def test_branch_menu_forces_a_ghost_token_and_keeps_a_real_prefix(qtbot, view, tree):
     view.set_branch_k(3)
-    ghost = next(c for c in tree.children(node_of(tree, [1, 2, 4])) if c.is_ghost)
+    ghost = next(c for c in tree.children(tree.node_for([1, 2, 4])) if c.is_ghost)
     menu = view.node_menu(ghost.node)
     action = next(a for a in menu.actions() if a.data() == "branch")
     assert "3 rollouts" in action.text() and "forcing" in action.text()
@@ -129,30 +164,36 @@ def test_branch_menu_forces_a_ghost_token_and_keeps_a_real_prefix(qtbot, view, t
         action.trigger()
     assert blocker.args == ["q0", "q0.r0", 3, ghost.token_id]  # keep " The sea is", then force the ghost
 
-    real = node_of(tree, [1, 3])
+    real = tree.node_for([1, 3])
     action = next(a for a in view.node_menu(real).actions() if a.data() == "branch")
     with qtbot.waitSignal(view.branch_requested) as blocker:
         action.trigger()
     assert blocker.args == ["q0", "q0.r2", 2, None]  # keep " The ocean", sample the rest
 
 
-def test_right_click_opens_the_branch_menu(qtbot, view, tree):
-    node = node_of(tree, [1, 3, 4])
-    qtbot.mouseClick(view.graphics.viewport(), Qt.MouseButton.RightButton, pos=viewport_pos(view, node))
+def test_right_click_on_a_ghost_box_offers_to_force_it(qtbot, view, tree):
+    view.set_mode("model")
+    parent = tree.node_for([1, 3, 4])
+    ghost = max((c for c in tree.children(parent) if c.is_ghost), key=lambda c: c.prob)
+    view.plot.vb.setXRange(2, 5, padding=0)  # big enough to aim at
+    view.plot.vb.setYRange(float(view.icicle_layout.y0[ghost.node]) - 0.01,
+                           float(view.icicle_layout.y0[ghost.node] + view.icicle_layout.height[ghost.node]) + 0.01,
+                           padding=0)
+    QApplication.processEvents()
+    qtbot.mouseClick(view.graphics.viewport(), Qt.MouseButton.RightButton, pos=viewport_pos(view, ghost.node))
     qtbot.waitUntil(lambda: QApplication.activePopupWidget() is not None)
     menu = QApplication.activePopupWidget()
     action = next(a for a in menu.actions() if a.data() == "branch")
     with qtbot.waitSignal(view.branch_requested) as blocker:
         action.trigger()
     menu.close()
-    assert blocker.args == ["q0", "q0.r2", 3, None]
+    assert blocker.args == ["q0", "q0.r2", 3, ghost.token_id]
 
 
-def drawn(layer) -> set:
-    d = layer.scatter.data
-    keep = np.isfinite(d["x"])
-    return set(zip(d["x"][keep].tolist(), d["y"][keep].tolist(), d["size"][keep].tolist(),
-                   [b.color().name(QColor.NameFormat.HexArgb) for b in d["brush"][keep]]))
+def boxes(view):
+    ice, tree = view.icicle_layout, view.tree
+    return sorted((tree.prefix_text(n), bool(ice.ghost[n]), round(float(ice.y0[n]), 9),
+                   round(float(ice.height[n]), 9)) for n in range(1, len(tree)))
 
 
 def sampled_rollouts(n: int, length: int, seed: int) -> list[Rollout]:
@@ -168,53 +209,48 @@ def sampled_rollouts(n: int, length: int, seed: int) -> list[Rollout]:
     return out
 
 
-def test_live_growth_draws_the_same_as_a_fresh_view(qtbot, view):
+def test_live_growth_draws_the_same_as_a_fresh_view_and_refits_after_a_branch(qtbot, view):
     live = TokenTree("q0", "p")
+    rollouts = sampled_rollouts(10, 40, seed=5)
+    for r in rollouts:
+        live.register(r.id)
     view.set_tree(live)
     assert view.refresh() is False  # nothing changed since set_tree
-    rollouts = sampled_rollouts(10, 40, seed=5)
-    modes = set()
     for p in range(40):
         for r in rollouts:
             live.add_token(r.id, p, r.tokens[p])
         assert view.refresh() is True
-        modes.add(view.nodes.last_mode)
-        modes.add(view.ghost_nodes.last_mode)
         assert view.refresh() is False
-    assert "update" in modes  # the late steps touch only the new and changed points
-    # A branch of r0 that takes an alternative at position 20: prefix nodes grow, a ghost turns real.
+    view.plot.vb.setXRange(3, 6, padding=0)  # the user zoomed in
+    # A branch of r0 that takes an alternative at position 20: a ghost turns real, and the view refits
     r0 = rollouts[0]
     ghost = next(c for c in live.children(live.node_at(r0.id, 19)) if c.is_ghost)
-    branch_ids = [t.id for t in r0.tokens[:20]] + [ghost.token_id, 1, 2]
-    live.add_rollout(make_rollout(10, branch_ids))
+    live.add_rollout(make_rollout(10, [t.id for t in r0.tokens[:20]] + [ghost.token_id, 1, 2]))
     assert view.refresh() is True
-    assert view.nodes.last_mode == view.ghost_nodes.last_mode == "update"
-    assert sorted(view.nodes.nodes.tolist()) == np.flatnonzero(~live.ghost_mask).tolist()
+    x0, x1 = view.plot.vb.viewRange()[0]
+    assert x0 <= -1 and x1 >= 40
     fresh = TokenTreeView()
     qtbot.addWidget(fresh)
     fresh.set_tree(live)
-    assert fresh.nodes.last_mode == "full"
-    assert drawn(view.nodes) == drawn(fresh.nodes)
-    assert drawn(view.ghost_nodes) == drawn(fresh.ghost_nodes)
+    assert boxes(view) == boxes(fresh)
     assert view.info_label.text().startswith("11 rollouts")
     assert view.info_label.toolTip() == view.info_label.text()  # the whole of it, when the label is elided
 
 
-def test_collapsed_mode_draws_forks_and_chain_labels(qtbot, view, tree):
-    view.set_collapsed(True)
-    chains = tree.collapse_chains()
-    assert sorted(view.nodes.nodes.tolist()) == sorted(chains.kept.tolist())
-    assert not view.ghost_nodes.scatter.isVisible()
-    assert any("vast" in label for label in view.label_texts())  # r2's tail " is vast." is one labelled chain
-    view.set_collapsed(False)
-    assert len(view.nodes.nodes) == int(np.count_nonzero(~tree.ghost_mask))
+def test_colour_by_entropy_recolours_the_boxes(view, tree):
+    before = view.icicle.levels.copy()
+    view.set_colour_by("entropy")
+    assert view.colour_box.currentData() == "entropy"
+    assert view.colorbar.levels() == (0, 4.0)
+    assert not np.array_equal(before, view.icicle.levels)
 
 
 def test_export_png_and_svg(view, tmp_path):
     view.export_image(tmp_path / "tree.png")
     view.export_image(tmp_path / "tree.svg")
     assert (tmp_path / "tree.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "<svg" in (tmp_path / "tree.svg").read_text(encoding="utf-8")
+    svg = (tmp_path / "tree.svg").read_text(encoding="utf-8")
+    assert "<svg" in svg and "sea" in svg  # the boxes' text is drawn into it, not a blank plot
     with pytest.raises(ValueError, match=r"\.png or \.svg"):
         view.export_image(tmp_path / "tree.jpg")
 
@@ -224,7 +260,7 @@ def test_side_plot_follows_the_selected_rollout(qtbot, view, tree):
     qtbot.addWidget(side)
     side.follow(view)
     assert side.prob_plot.vb.linkedView(0) is view.plot.vb
-    view.select_node(node_of(tree, [1, 3]))
+    view.select_node(tree.node_for([1, 3]))
     assert side.rollout == "q0.r2"
     series = side.series()
     np.testing.assert_allclose(series["prob"], tree.probs[tree.path("q0.r2")])
@@ -254,4 +290,4 @@ def test_dark_palette_gives_a_dark_background(qtbot, view):
     view.setPalette(palette)
     assert view.graphics.backgroundBrush().color().lightnessF() < 0.3
     assert view._fg.lightnessF() > 0.7
-    assert len(view.nodes.nodes) == int(np.count_nonzero(~view.tree.ghost_mask))  # still drawn after the restyle
+    assert view.icicle_layout is not None and view.grab().width() > 0  # still drawn after the restyle
