@@ -303,6 +303,16 @@ class Session:
         except ValueError as exc:
             print(f"rollout-explorer: token tree of {group.id}: {exc}", file=sys.stderr)
 
+    def add_scored_query(self, query: str, chat: bool, prompt: str, prompt_ids: tuple, scores) -> str:
+        """A group with scores and no rollouts (scoring needs no run); returns its id."""
+        n = len(self._headers)
+        while f"q{n}" in self._headers:
+            n += 1
+        gid = f"q{n}"
+        self.add_group(QueryGroup(id=gid, query=query, chat=chat, prompt=prompt, prompt_token_ids=tuple(prompt_ids),
+                                  scores=tuple(scores)))
+        return gid
+
     # -- scores ----------------------------------------------------------------------------------------------------
     def scores(self, group_id: str) -> tuple[Score, ...]:
         return self._scores.get(group_id, ())

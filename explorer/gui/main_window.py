@@ -34,6 +34,7 @@ from .worker import Failure, default_engine_factory, keep_until_finished
 
 STATUS_INTERVAL_S = 0.2
 REFERENCE_DELAY_MS = 300
+UNRUN = "(no run)"  # the scoring panel's group while no run is shown: the query selected in the list
 MESSAGE_MS = 20000  # a failure message stays long enough to be read
 ERROR_LOG = "errors.log"
 _startup_frozen = False
@@ -117,6 +118,7 @@ class MainWindow(QMainWindow):
         self.files.refresh_recent_menu()
         self._set_running(False)
         self._update_reward_status()
+        self._offer_scoring_without_run()
         if self._discover is not None:
             QTimer.singleShot(0, self.refresh_models)
         _freeze_startup_objects()
@@ -161,7 +163,9 @@ class MainWindow(QMainWindow):
             lambda rid, position, forced: self.request_branch(self.views.panes.group_id, rid, position, forced))
         self.views.scoring.score_requested.connect(self.request_score)
         self.views.shading_changed.connect(self.menu_actions.show_shading)
-        self.views.group_changed.connect(lambda _gid: self._update_reward_status())
+        self.views.group_changed.connect(self._on_group_changed)
+        self.controls.query_editor.list.currentRowChanged.connect(lambda _row: self._offer_scoring_without_run())
+        self.runs.group_added.connect(self._on_group_added)
         self._models_found.connect(self._on_models_found)
 
     def showEvent(self, event) -> None:  # noqa: N802 (Qt override)
@@ -418,6 +422,12 @@ class MainWindow(QMainWindow):
             self.show_error("No model", "Load a model to score responses (what you typed is kept).")
             return None
         session = self.session
+        if group_id == UNRUN:  # a query no run has sampled: teacher forcing needs no rollouts
+            request = self.runs.score_query(self.model_info, self.views.scoring.query, list(responses),
+                                            self.controls.chat(), self.controls.system_prompt(),
+                                            self.controls.sampling_params().top_n)
+            self.views.scoring.set_busy(True)
+            return request
         if session is None or group_id not in session.group_ids:
             return None
         if not session.same_model(self.model_info):
@@ -428,6 +438,23 @@ class MainWindow(QMainWindow):
                                   self.controls.sampling_params().top_n)
         self.views.scoring.set_busy(True)
         return request
+
+    def _on_group_changed(self, group_id) -> None:
+        self._update_reward_status()
+        if group_id is None:
+            self._offer_scoring_without_run()
+
+    def _offer_scoring_without_run(self) -> None:
+        """Scoring needs no run: with no query tab shown, the scoring panel takes the query selected in the list."""
+        if self.views.current_group_id() is not None:
+            return
+        item = self.controls.query_editor.list.currentItem()
+        query = item.text().strip() if item is not None else ""
+        self.views.scoring.set_group(UNRUN if query else None, query)
+
+    def _on_group_added(self, group_id: str) -> None:
+        self.views.sync_tabs()
+        self.views.select_group(group_id)
 
     # -- rewards ---------------------------------------------------------------------------------------------------
     def reapply_rewards(self) -> None:

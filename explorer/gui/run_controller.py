@@ -27,6 +27,7 @@ class RunController(QObject):
     run_failed = Signal(object)  # Failure of the drawn run
     fed = Signal(object)  # tuple of events just fed to the session (the recovery journal appends them)
     scores_arrived = Signal(str)  # group id whose scores in the session changed
+    group_added = Signal(str)  # a group made by scoring a query without a run
     score_failed = Signal(object)  # Failure
     score_done = Signal()  # a score request ended (with scores or not)
 
@@ -35,6 +36,7 @@ class RunController(QObject):
         self.host = EngineHost(engine_factory)
         self.host.events.connect(self._on_events)
         self.host.scores_ready.connect(self._on_scores)
+        self.host.prompt_formatted.connect(self._on_prompt)
         self.host.failed.connect(self._on_failed)
         self.host.finished.connect(self._on_finished)
         self.session: Optional[Session] = None
@@ -45,6 +47,10 @@ class RunController(QObject):
         self.refused = False  # the drawn run ended before it sent anything
         self.failed = False  # the drawn run failed
         self._score_requests: dict[int, tuple[Session, str]] = {}  # request -> (session asked about, group)
+        # request -> (model, query): a query scored without a run, waiting for its prompt and scores
+        self._unrun_requests: dict[int, tuple[ModelInfo, str]] = {}
+        self._prompts: dict[int, tuple] = {}  # request -> (chat, prompt, prompt ids) of an unrun query
+        self._scoring: set[int] = set()  # score requests not finished yet, of both kinds
         self._pending: list[tuple[int, tuple]] = []
         self.timer = QTimer(self)
         self.timer.setInterval(REFRESH_INTERVAL_MS)
@@ -93,7 +99,22 @@ class RunController(QObject):
         request = self.host.score(group_id, header.query, list(responses), header.chat,
                                   system if header.chat else None, top_n)
         self._score_requests[request] = (self.session, group_id)
+        self._scoring.add(request)
         return request
+
+    def score_query(self, model: ModelInfo, query: str, responses: list, chat: bool, system: Optional[str],
+                    top_n: int) -> int:
+        """Score responses to a query no run has sampled: the scores become a group of the session shown (a new
+        session when there is none)."""
+        request = self.host.score("", query, list(responses), chat, system if chat else None, top_n)
+        self._unrun_requests[request] = (model, query)
+        self._scoring.add(request)
+        return request
+
+    @Slot(int, object)
+    def _on_prompt(self, request: int, prompt: tuple) -> None:
+        if request in self._unrun_requests:
+            self._prompts[request] = prompt
 
     def stop(self) -> bool:
         if self.run_id is None:
@@ -139,6 +160,15 @@ class RunController(QObject):
 
     @Slot(int, str, object)
     def _on_scores(self, request: int, group_id: str, scores: tuple) -> None:
+        if request in self._unrun_requests:
+            model, query = self._unrun_requests.pop(request)
+            chat, prompt, prompt_ids = self._prompts.pop(request)
+            if self.session is None or not self.session.same_model(model):
+                self.session = Session(model, SamplingParams())
+                self.session_replaced.emit()
+            gid = self.session.add_scored_query(query, chat, prompt, prompt_ids, scores)
+            self.group_added.emit(gid)
+            return
         session, gid = self._score_requests.get(request, (None, None))
         if session is None or session is not self.session:
             return  # asked about a set that is no longer shown
@@ -147,7 +177,10 @@ class RunController(QObject):
 
     @Slot(int, object)
     def _on_failed(self, run_id: int, failure: Failure) -> None:
-        if run_id in self._score_requests:
+        if self._unrun_requests.pop(run_id, None) is not None:
+            self._prompts.pop(run_id, None)
+            self.score_failed.emit(failure)
+        elif run_id in self._score_requests:
             self.score_failed.emit(failure)
         elif run_id == self.run_id:
             self.failed = True
@@ -155,7 +188,9 @@ class RunController(QObject):
 
     @Slot(int)
     def _on_finished(self, run_id: int) -> None:
-        if self._score_requests.pop(run_id, None) is not None:
+        if run_id in self._scoring:
+            self._scoring.discard(run_id)
+            self._score_requests.pop(run_id, None)
             self.score_done.emit()
             return
         if run_id == self.run_id:

@@ -152,6 +152,10 @@ class ScoringPanel(QWidget):
     def group_id(self) -> Optional[str]:
         return self._group_id
 
+    @property
+    def query(self) -> str:
+        return self._query
+
     def set_group(self, group_id: Optional[str], query: str, scores: Sequence[Score] = ()) -> None:
         """Show this group's query and its scores (the session keeps them; the panel only shows them)."""
         if self._group_id is not None:

@@ -62,6 +62,7 @@ class EngineWorker(QObject):
     model_failed = Signal(object)  # Failure
     events = Signal(int, object)  # run id, tuple of events
     scores_ready = Signal(int, str, object)  # run id, group id, tuple of Score
+    prompt_formatted = Signal(int, object)  # run id, (chat used, prompt, prompt token ids): before scores_ready
     failed = Signal(int, object)  # run id, Failure
     finished = Signal(int)  # run id; always the last signal of a generate / branch / score request
 
@@ -115,9 +116,13 @@ class EngineWorker(QObject):
         try:
             engine = self._require_engine()
             scores = tuple(engine.score(query, list(responses), chat=chat, system=system, top_n=top_n))
+            used_chat = engine.uses_chat(chat)
+            prompt, prompt_ids = engine.format_prompt(query, used_chat, system)
         except BaseException as exc:  # noqa: BLE001
             self.failed.emit(run_id, Failure.of(exc))
         else:
+            # what a query scored without a run needs to become a group of its own
+            self.prompt_formatted.emit(run_id, (used_chat, prompt, tuple(prompt_ids)))
             self.scores_ready.emit(run_id, group_id, scores)
         self.finished.emit(run_id)
 
@@ -179,6 +184,7 @@ class EngineHost(QObject):
     model_failed = Signal(object)
     events = Signal(int, object)
     scores_ready = Signal(int, str, object)
+    prompt_formatted = Signal(int, object)
     failed = Signal(int, object)
     finished = Signal(int)
 
@@ -204,6 +210,7 @@ class EngineHost(QObject):
         for source, target in ((w.model_loading, self.model_loading), (w.model_loaded, self.model_loaded),
                                (w.model_failed, self.model_failed), (w.events, self.events),
                                (w.scores_ready, self.scores_ready), (w.failed, self.failed),
+                               (w.prompt_formatted, self.prompt_formatted),
                                (w.finished, self.finished)):
             source.connect(target)
         self._next_id = 0

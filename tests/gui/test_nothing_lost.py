@@ -127,3 +127,19 @@ def test_run_stop_queries_k_and_temperature_stay_in_sight_and_the_rest_folds(qtb
     assert sampling.is_expanded() and c.top_p.isVisible()
     sampling.header.click()
     assert not sampling.is_expanded() and not c.top_p.isVisible()
+
+
+def test_scoring_needs_no_run(qtbot, window, fake_model):
+    load(qtbot, window, fake_model)
+    assert window.session is None
+    window.controls.query_editor.list.setCurrentRow(0)
+    scoring = window.views.scoring
+    assert scoring.query == "Which is the largest ocean?" and scoring.score_button.isEnabled()
+    scoring.candidates.setPlainText("Atlantic Ocean\nPacific Ocean")
+    with qtbot.waitSignal(window.runs.score_done, timeout=5000):
+        scoring.score_button.click()
+    group = window.session.group(window.views.current_group_id())
+    assert group.query == "Which is the largest ocean?" and group.rollouts == () and group.prompt
+    assert [s.response for s in group.scores] == ["Atlantic Ocean", "Pacific Ocean"]
+    assert scoring.table.rowCount() == 2 and window.views.group_tabs.count() == 1
+    assert window.session.rollout_set().groups[0].scores == group.scores  # exportable like any scores
