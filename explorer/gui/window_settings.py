@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Optional
 from PySide6.QtCore import QByteArray, QSettings, QTimer
 
 from ..core.errors import ModelError
+from .panes import SORT_KEYS
 
 if TYPE_CHECKING:
     from .main_window import MainWindow
@@ -42,6 +43,8 @@ class WindowSettings:
         w = self._window
         w.controls.changed.connect(self.changed)
         w.views.shading_changed.connect(self.changed)
+        w.views.panes.sort_changed.connect(self.changed)
+        w.menu_actions["compact"].toggled.connect(self.changed)
         for _key, splitter in self._splitters():
             splitter.splitterMoved.connect(self.changed)
 
@@ -89,6 +92,12 @@ class WindowSettings:
             w.controls.restore_state(state)
         if s.value("view/shading", "prob") == "entropy":
             w.views.set_shading("entropy")
+        sort = s.value("view/sort", "index")
+        if sort in SORT_KEYS:
+            w.views.panes.set_sort(sort)
+        if str(s.value("view/compact", "false")).lower() == "true":
+            w.menu_actions["compact"].setChecked(True)
+            w.views.set_compact(True)
 
     def save(self) -> None:
         self.save_timer.stop()
@@ -98,4 +107,6 @@ class WindowSettings:
             s.setValue(key, splitter.saveState())
         s.setValue("controls", json.dumps(w.controls.state()))
         s.setValue("view/shading", w.views.shading())
+        s.setValue("view/sort", w.views.panes.sort_key)
+        s.setValue("view/compact", w.menu_actions["compact"].isChecked())
         s.sync()

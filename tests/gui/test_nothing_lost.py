@@ -143,3 +143,13 @@ def test_scoring_needs_no_run(qtbot, window, fake_model):
     assert [s.response for s in group.scores] == ["Atlantic Ocean", "Pacific Ocean"]
     assert scoring.table.rowCount() == 2 and window.views.group_tabs.count() == 1
     assert window.session.rollout_set().groups[0].scores == group.scores  # exportable like any scores
+
+
+def test_sort_order_and_compact_mode_are_kept(qtbot, make_window, gui_settings):
+    window = make_window()
+    window.views.panes.set_sort("logprob")
+    window.menu_actions["compact"].trigger()
+    qtbot.waitUntil(lambda: gui_settings.value("view/sort") == "logprob"
+                    and str(gui_settings.value("view/compact")).lower() == "true", timeout=3000)
+    again = make_window()  # the same settings, as after a crash (no clean quit)
+    assert again.views.panes.sort_key == "logprob" and again.menu_actions["compact"].isChecked()
