@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 from PySide6.QtCore import QSignalBlocker, Qt, Signal
@@ -20,6 +19,7 @@ from PySide6.QtWidgets import (
 )
 
 from ..core.session import Session
+from ..core.numbers import sequence_logprob_of
 from .style import SHADING_MODES, ShadingLegend, accent, finish_colour, muted_text
 from ..core.token_text import decode_pieces, fit_pieces
 from .tokens import (
@@ -204,7 +204,7 @@ class RolloutPane(QFrame):
         muted = muted_text(pal).name()
         live = self._live
         logprob = self.logprob
-        ppl = math.exp(-logprob / n) if n and -logprob / n < 700 else (math.inf if n else None)
+        ppl = sequence_logprob_of(logprob, n).perplexity
         finish_html = (f'<span style="color:{finish_colour(reason).name()};font-weight:bold">{finish}</span>'
                        if reason else f'<i style="color:{muted}">{finish}</i>')
         branch = ""
