@@ -230,7 +230,6 @@ class ControlPanel(QWidget):
                            ("offload", "Offloaded"), ("server", "Server")):
             value = QLabel("–")
             value.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-            value.setWordWrap(key == "server")  # the probe's findings are a long line
             form.addRow(label, value)
             self.facts[key] = value
         self.gpu_layers = _spin(-1, 1024, -1, "Layers to offload to the GPU (all = every layer)", "all")
@@ -386,6 +385,7 @@ class ControlPanel(QWidget):
         f["backend"].setText(info.backend or "CPU")
         f["backend"].setToolTip(info.system_info or "")
         f["server"].setText(_server_facts(info))
+        f["server"].setToolTip(info.server_facts or "")  # everything the capability probe found
         if info.n_layers:
             f["offload"].setText(f"{min(info.n_gpu_layers, info.n_layers)} of {info.n_layers} layers")
         else:
@@ -499,8 +499,9 @@ class ControlPanel(QWidget):
 
 
 def _server_facts(info: ModelInfo) -> str:
-    """What the capability probe found, and what the numbers are, for a policy on a server; '–' for a local one."""
+    """Which server, and what its numbers are, for a policy on a server (the whole probe is the tooltip); '–' for a
+    local model."""
     if not info.server_kind:
         return "–"
-    return (f"{info.server_facts}; entropy {info.entropy_kind} (the server gives only the top N)"
-            if info.entropy_kind != "exact" else info.server_facts or info.server_kind)
+    entropy = "unknown (top N)" if info.entropy_kind == "unavailable" else info.entropy_kind
+    return f"{info.server_kind} {info.server_version or ''}\nlogprobs {info.logprob_kind}\nentropy {entropy}"

@@ -60,8 +60,9 @@ def test_connect_to_a_server_runs_into_the_panes(qtbot, server, connect_window, 
         window.controls.server_action.trigger()
     info = loaded.args[0]
     assert info.server_kind == "vllm" and info.path == server.url  # shown and kept without the credentials
-    assert "vllm 0.0-scripted" in window.controls.facts["server"].text()
-    assert "entropy unavailable" in window.controls.facts["server"].text()
+    server_fact = window.controls.facts["server"]
+    assert server_fact.text().splitlines() == ["vllm 0.0-scripted", "logprobs raw", "entropy unknown (top N)"]
+    assert "token ids yes; prompt logprobs yes" in server_fact.toolTip()
     assert gui_settings.value(SERVER_URL_KEY) == server.url + "#tiny"
     gui_settings.sync()
     assert "secret" not in (tmp_path / "settings.ini").read_text()
