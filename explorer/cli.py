@@ -389,6 +389,13 @@ def cmd_export_jsonl(args) -> int:
 def cmd_gui(args) -> int:
     from .gui.app import run_gui
 
+    if getattr(args, "server", None) and args.api_key:
+        import os
+
+        from .core.servers import API_KEY_ENV
+
+        os.environ[API_KEY_ENV] = args.api_key  # this process only: the window's engine factory reads it there
+
     return run_gui(args)
 
 

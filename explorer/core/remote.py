@@ -422,8 +422,11 @@ class RemoteEngine:
         body = d.completion(job.prompt_ids, job.prompt_text, params, job.header.seed)
         state: dict = {}
         n = 0
+        finished: Optional[str] = None
+        # read to the stream's own end even after the finish: a response closed early costs the pooled connection
         async for event in self._http.stream(d.completion_path, body, self.facts.model):
             raws, finish = d.parse(event, state)
+            finished = finished or finish
             if raws:
                 n += len(raws)
                 if d.gives_ids:
@@ -432,8 +435,8 @@ class RemoteEngine:
                                  list(zip(self._infos(raws, params.top_n), (t.delta for t in raws)))))
                 else:
                     held.extend(raws)
-            if finish is not None:
-                return finish if finish in ("stop", "length", "stop_string") else "stop"
+        if finished is not None:
+            return finished if finished in ("stop", "length", "stop_string") else "stop"
         hint = (" (llama_cpp.server ends the stream it is sending when another request arrives, unless started "
                 "with --interrupt_requests false)" if self.facts.kind == "llama_cpp.server" else "")
         raise self._http.fail(f"the stream ended before rollout {job.header.rollout_id} finished (truncated after "

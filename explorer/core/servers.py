@@ -96,6 +96,21 @@ def display_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
 
 
+def is_server_spec(spec: str) -> bool:
+    """A model "path" that names a server: http(s)://HOST[:PORT][/base][#model]."""
+    return spec.strip().lower().startswith(("http://", "https://"))
+
+
+def server_spec(url: str, model: Optional[str] = None) -> str:
+    """URL and (optionally) one of the server's models in one string, as the window's model picker passes it."""
+    return url + (f"#{model}" if model else "")
+
+
+def parse_server_spec(spec: str) -> tuple[str, Optional[str]]:
+    url, _, model = spec.strip().partition("#")
+    return url, model or None
+
+
 def check_url(url: str) -> str:
     url = url.strip()
     parts = urlsplit(url)

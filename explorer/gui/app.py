@@ -15,6 +15,7 @@ from PySide6.QtWidgets import QApplication
 
 from ..core.errors import ExplorerError
 from ..core.models import resolve_model
+from ..core.servers import server_spec
 from .signals import GracefulExit, SignalBridge
 from .worker import default_engine_factory, wait_for_lingering
 
@@ -199,7 +200,9 @@ def run_gui(args, engine_factory: Callable = default_engine_factory, settings: O
     app = create_app()
     scripted = any(_arg(args, name) for name in ("run", "screenshot", "tree_screenshot", "export", "quit"))
     model = _arg(args, "model")
-    if model:
+    if _arg(args, "server"):  # a policy on a server is loaded like a model; the factory connects
+        model = server_spec(_arg(args, "server"), _arg(args, "server_model"))
+    elif model:
         try:
             model = str(resolve_model(model))
         except ExplorerError as exc:

@@ -11,6 +11,7 @@ from PySide6.QtWidgets import (
     QAbstractSpinBox,
     QCheckBox,
     QComboBox,
+    QMenu,
     QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
@@ -152,6 +153,7 @@ def _dspin(lo: float, hi: float, step: float, decimals: int, value: float, tip: 
 class ControlPanel(QWidget):
     model_chosen = Signal(str)  # a path picked in the list or with Open...
     reload_requested = Signal()  # same model, new GPU layers / context
+    server_requested = Signal()  # "Connect to a server..." (the window asks for the URL)
     run_requested = Signal()
     stop_requested = Signal()
     error = Signal(str, str)  # title, message
@@ -212,6 +214,12 @@ class ControlPanel(QWidget):
         self.open_button.setText("Open…")
         self.open_button.setToolTip("Open any .gguf file (or drop one on the window)")
         self.open_button.clicked.connect(self.open_model_dialog)
+        # the arrow beside Open... offers a policy on a server (vLLM, SGLang, llama-server, llama_cpp.server)
+        menu = QMenu(self.open_button)
+        menu.addAction("Open a .gguf file…", self.open_model_dialog)
+        self.server_action = menu.addAction("Connect to a server…", self.server_requested.emit)
+        self.open_button.setMenu(menu)
+        self.open_button.setPopupMode(QToolButton.ToolButtonPopupMode.MenuButtonPopup)
         row = QHBoxLayout()
         row.addWidget(self.model_combo, 1)
         row.addWidget(self.open_button)
@@ -219,7 +227,7 @@ class ControlPanel(QWidget):
         self.facts = {}
         for key, label in (("architecture", "Architecture"), ("params", "Parameters"),
                            ("quantization", "Quantization"), ("context", "Context"), ("backend", "Backend"),
-                           ("offload", "Offloaded")):
+                           ("offload", "Offloaded"), ("server", "Server")):
             value = QLabel("–")
             value.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
             form.addRow(label, value)
@@ -376,6 +384,8 @@ class ControlPanel(QWidget):
         f["context"].setText(f"{info.n_ctx:,}{train}" if info.n_ctx else "–")
         f["backend"].setText(info.backend or "CPU")
         f["backend"].setToolTip(info.system_info or "")
+        f["server"].setText(_server_facts(info))
+        f["server"].setToolTip(info.server_facts or "")  # everything the capability probe found
         if info.n_layers:
             f["offload"].setText(f"{min(info.n_gpu_layers, info.n_layers)} of {info.n_layers} layers")
         else:
@@ -486,3 +496,12 @@ class ControlPanel(QWidget):
                       if isinstance(q, dict) and isinstance(q.get("query"), str)]
             self.set_queries(parsed)
         self.reward_box.restore_state(state.get("reward"))
+
+
+def _server_facts(info: ModelInfo) -> str:
+    """Which server, and what its numbers are, for a policy on a server (the whole probe is the tooltip); '–' for a
+    local model."""
+    if not info.server_kind:
+        return "–"
+    entropy = "unknown (top N)" if info.entropy_kind == "unavailable" else info.entropy_kind
+    return f"{info.server_kind} {info.server_version or ''}\nlogprobs {info.logprob_kind}\nentropy {entropy}"

@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from PySide6.QtCore import QSettings, QStandardPaths, Qt, QTimer, Signal, Slot
-from PySide6.QtWidgets import QMainWindow, QMessageBox, QSplitter
+from PySide6.QtWidgets import QInputDialog, QMainWindow, QMessageBox, QSplitter
 
 from ..core.errors import SamplingParamsError
 from ..core.models import discover_models
+from ..core.servers import API_KEY_ENV, display_url, parse_server_spec, server_spec
 from ..core.session import Session
 from ..core.types import ModelInfo, RolloutSet
 from .actions import build_menus
@@ -37,6 +38,7 @@ REFERENCE_DELAY_MS = 300
 UNRUN = "(no run)"  # the scoring panel's group while no run is shown: the query selected in the list
 MESSAGE_MS = 20000  # a failure message stays long enough to be read
 ERROR_LOG = "errors.log"
+SERVER_URL_KEY = "server/url"  # the last server connected to (no credentials), offered again
 _startup_frozen = False
 ErrorSink = Callable[[str, str], None]
 Asker = Callable[[str, str], bool]
@@ -79,7 +81,7 @@ class MainWindow(QMainWindow):
     def __init__(self, engine_factory=default_engine_factory, settings: Optional[QSettings] = None,
                  show_error: Optional[ErrorSink] = None, ask: Optional[Asker] = None,
                  recovery_dir: Optional[str] = None, discover: Optional[Callable[[], list]] = discover_models,
-                 persist: bool = True):
+                 persist: bool = True, ask_text: Optional[Callable[[str, str, str], Optional[str]]] = None):
         """persist=False (scripted runs) neither reads nor writes the user's settings or recovery file."""
         super().__init__()
         self.setWindowTitle("Rollout Explorer")
@@ -88,6 +90,7 @@ class MainWindow(QMainWindow):
         self.persist = persist
         self._show_error_impl = show_error or self._error_dialog
         self._ask_impl = ask or self._question_dialog
+        self._ask_text_impl = ask_text or self._text_dialog  # the server URL
         self._discover = discover
         self._log_dir = Path(recovery_dir) if recovery_dir is not None else None
         self.model_info: Optional[ModelInfo] = None
@@ -152,6 +155,7 @@ class MainWindow(QMainWindow):
         self.controls.stop_requested.connect(self.stop)
         self.controls.model_chosen.connect(self.load_model)
         self.controls.reload_requested.connect(self.reload_model)
+        self.controls.server_requested.connect(self.connect_server)
         self.controls.error.connect(self.show_error)
         self.controls.reward_box.changed.connect(self.reapply_rewards)
         self.controls.query_editor.reference_changed.connect(self._on_reference_changed)
@@ -248,6 +252,26 @@ class MainWindow(QMainWindow):
         self.controls.select_model_path(str(path))
         self.runs.host.stop_all()  # the worker loads after the current run has ended; end it now
         self.runs.host.load_model(str(path), self.controls.n_gpu_layers(), self.controls.context_size())
+
+    def connect_server(self) -> None:
+        """Ask for a server's URL (the last one offered again) and load its policy like a model. The API key is
+        read from the environment by the engine factory: it never passes through the window or its settings."""
+        last = self.settings.value(SERVER_URL_KEY, "") if self.persist else ""
+        url = self._ask_text_impl(
+            "Connect to a server",
+            "Base URL of a vLLM, SGLang, llama-server or llama_cpp.server (add #MODEL to pick one of its models; "
+            f"the API key is read from ${API_KEY_ENV}):", str(last or "http://127.0.0.1:8000"))
+        if not url or not url.strip():
+            return
+        url = url.strip()
+        if self.persist:
+            base, model = parse_server_spec(url)
+            self.settings.setValue(SERVER_URL_KEY, server_spec(display_url(base), model))  # never credentials
+        self.load_model(url)
+
+    def _text_dialog(self, title: str, label: str, text: str) -> Optional[str]:
+        value, ok = QInputDialog.getText(self, title, label, text=text)
+        return value if ok else None
 
     def reload_model(self) -> None:
         path = self.controls.current_model_path()

@@ -119,7 +119,8 @@ def token_tooltip_html(token: TokenInfo, position: Optional[int] = None, dark: b
         ("probability", f"<b>{format_percent(token.prob)}</b>"),
         ("log p", format_logprob(token.logprob)),
         ("rank", str(token.rank)),
-        ("entropy", f"{token.entropy:.3f} nats" if token.entropy is not None else "—"),
+        ("entropy", f"{token.entropy:.3f} nats" if token.entropy is not None and math.isfinite(token.entropy)
+         else "unknown (only the top N is known)"),
     ]
     if token.sampling_logprob is not None:
         sp = math.exp(token.sampling_logprob) if math.isfinite(token.sampling_logprob) else 0.0

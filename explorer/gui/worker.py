@@ -10,6 +10,7 @@ worker is busy iterating the engine, but the engine checks the event before ever
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import traceback
@@ -29,6 +30,14 @@ EMIT_INTERVAL_S = 0.03  # the GUI repaints at ~30 Hz; batching events at the sam
 
 def default_engine_factory(model_path: str, n_gpu_layers: Optional[int] = None,
                            n_ctx: Optional[int] = None) -> EngineLike:
+    """A local Engine for a .gguf path; a RemoteEngine for a server URL (URL#model), its key from the environment."""
+    from ..core.servers import API_KEY_ENV, is_server_spec, parse_server_spec
+
+    if is_server_spec(model_path):
+        from ..core.remote import RemoteEngine
+
+        url, model = parse_server_spec(model_path)
+        return RemoteEngine(url, api_key=os.environ.get(API_KEY_ENV) or None, model=model)
     from ..core.engine import Engine  # imported here: loading llama.cpp is the worker's business, not the GUI's
 
     return Engine(model_path, n_gpu_layers=n_gpu_layers, n_ctx=n_ctx)
