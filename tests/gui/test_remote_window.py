@@ -63,6 +63,9 @@ def test_connect_to_a_server_runs_into_the_panes(qtbot, server, connect_window, 
     server_fact = window.controls.facts["server"]
     assert server_fact.text().splitlines() == ["vllm 0.0-scripted", "logprobs raw", "entropy unknown (top N)"]
     assert "token ids yes; prompt logprobs yes" in server_fact.toolTip()
+    host = server.url.split("://", 1)[1]  # 127.0.0.1:PORT, not the "127.0.0" a file-name stem makes of it
+    assert window.controls.model_combo.currentText() == host
+    assert window.status.model_label.text().startswith(host)
     assert gui_settings.value(SERVER_URL_KEY) == server.url + "#tiny"
     gui_settings.sync()
     assert "secret" not in (tmp_path / "settings.ini").read_text()
