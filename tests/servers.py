@@ -172,3 +172,11 @@ def token_event(token_id: int, text: str, logprob: float = -0.5, finish: Optiona
                                       "top_logprobs": [{f"token_id:{token_id}": logprob,
                                                         f"token_id:{token_id + 1}": logprob - 1.0}],
                                       "text_offset": [0]}}]}
+
+
+def stream_abc(h, n) -> None:
+    """A ScriptedVllm handler: the rollout "abc", three tokens (ids 10, 11, 12), ended by max tokens."""
+    h.start_stream()
+    for i, text in enumerate(["a", "b", "c"]):
+        h.event(token_event(10 + i, text, finish="length" if i == 2 else None))
+    h.event("[DONE]")

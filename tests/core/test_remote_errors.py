@@ -12,16 +12,9 @@ from explorer.core.errors import ExplorerError
 from explorer.core.remote import RemoteEngine
 from explorer.core.servers import ServerError, display_url
 from explorer.core.types import SamplingParams
-from servers import ScriptedVllm, token_event
+from servers import ScriptedVllm, stream_abc, token_event
 
 PARAMS = SamplingParams(max_tokens=3, top_n=2)
-
-
-def full_stream(h, n):
-    h.start_stream()
-    for i, text in enumerate(["a", "b", "c"]):
-        h.event(token_event(10 + i, text, finish="length" if i == 2 else None))
-    h.event("[DONE]")
 
 
 @pytest.fixture
@@ -59,7 +52,7 @@ def collect(eng, k=2, params=PARAMS):
 
 
 def test_a_working_scripted_server_streams_ids_pieces_and_seeds(scripted):
-    srv = scripted(full_stream)
+    srv = scripted(stream_abc)
     eng = RemoteEngine(srv.url)
     try:
         assert (eng.facts.kind, eng.facts.version, eng.facts.n_ctx) == ("vllm", "0.0-scripted", 2048)
@@ -84,7 +77,7 @@ def test_unreachable_server(scripted):
 
 
 def test_wrong_key_401_and_the_key_never_in_the_message(scripted):
-    srv = scripted(full_stream, key="sekrit")
+    srv = scripted(stream_abc, key="sekrit")
     with pytest.raises(ServerError, match=r"refused the API key \(HTTP 401") as err:
         RemoteEngine(srv.url, api_key="nope")
     assert "nope" not in str(err.value) and "sekrit" not in str(err.value)
@@ -92,7 +85,7 @@ def test_wrong_key_401_and_the_key_never_in_the_message(scripted):
 
 
 def test_unknown_model_lists_what_the_server_serves(scripted):
-    srv = scripted(full_stream)
+    srv = scripted(stream_abc)
     with pytest.raises(ServerError, match=r"no model 'big'.*it serves: tiny"):
         RemoteEngine(srv.url, model="big")
 
@@ -102,7 +95,7 @@ def test_rate_limit_is_retried_with_backoff_then_succeeds(scripted):
         if n < 2:
             h.send_json(429, {"error": {"message": "slow down"}})
         else:
-            full_stream(h, n)
+            stream_abc(h, n)
 
     srv = scripted(limited)
     collector, error = against(srv, k=1)

@@ -12,14 +12,7 @@ import pytest
 from explorer.gui.main_window import SERVER_URL_KEY, MainWindow
 from explorer.gui.worker import default_engine_factory
 from gui_kit import pane_texts, run_to_end
-from servers import ScriptedVllm, token_event
-
-
-def stream_abc(h, n):
-    h.start_stream()
-    for i, text in enumerate(["a", "b", "c"]):
-        h.event(token_event(10 + i, text, finish="length" if i == 2 else None))
-    h.event("[DONE]")
+from servers import ScriptedVllm, stream_abc
 
 
 @pytest.fixture
