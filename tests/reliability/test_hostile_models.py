@@ -11,7 +11,7 @@ import sys
 import threading
 
 import pytest
-from conftest import outcome_as_nobody
+from as_nobody import outcome_as_nobody
 from gguf import GGUFReader
 
 from explorer.core.errors import ModelError

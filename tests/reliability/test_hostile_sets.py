@@ -12,7 +12,7 @@ import stat
 import threading
 
 import pytest
-from conftest import outcome_as_nobody
+from as_nobody import outcome_as_nobody
 from synthetic import synthetic_set
 
 from explorer.core import export
