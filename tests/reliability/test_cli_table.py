@@ -141,12 +141,12 @@ def test_a_reward_that_never_returns_is_stopped_and_the_run_goes_on(tiny_gguf, t
     assert "reward is null: reward() did not return within 1 s" in proc.stderr
 
 
-def rewarded_run(tiny_gguf, tmp_path, body: str, k: int):
+def rewarded_run(tiny_gguf, tmp_path, body: str, k: int, *extra: str):
     """A run of k rollouts with a reward file holding body; returns the process and the rollouts written."""
     reward = tmp_path / "reward_file.py"
     reward.write_text(body)
     out = tmp_path / "o.json"
-    proc = generate(tiny_gguf, out, "-q", "x", "-k", str(k), "--max-tokens", "4", "--reward", str(reward))
+    proc = generate(tiny_gguf, out, "-q", "x", "-k", str(k), "--max-tokens", "4", "--reward", str(reward), *extra)
     assert proc.returncode == 0, proc.stderr
     return proc, export.load(out).groups[0].rollouts
 
@@ -154,7 +154,9 @@ def rewarded_run(tiny_gguf, tmp_path, body: str, k: int):
 @pytest.mark.slow
 def test_a_reward_that_allocates_without_limit_costs_its_rewards_not_the_run(tiny_gguf, tmp_path):
     body = "def reward(q, r, ref):\n    hoard = []\n    while True:\n        hoard.append(bytearray(64 << 20))\n"
-    _, rollouts = rewarded_run(tiny_gguf, tmp_path, body, 2)
+    # a generous time limit: on a loaded machine, filling 2 GiB may take longer than the default 10 s, and this
+    # test is about the memory cap, not the clock
+    _, rollouts = rewarded_run(tiny_gguf, tmp_path, body, 2, "--reward-time-limit", "300")
     for r in rollouts:
         assert r.reward is None and r.reward_error.startswith("reward() ran out of memory")
 
