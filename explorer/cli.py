@@ -306,17 +306,9 @@ def cmd_generate(args) -> int:
     return 130 if interrupted else 0
 
 
-def _fmt_prob(logprob: float) -> str:
-    if not math.isfinite(logprob):
-        return "0"
-    p = math.exp(logprob)
-    if p > 0 and p >= 1e-300:
-        return f"{p:.3e}"
-    return f"1e{logprob / math.log(10):.1f}"
-
-
 def cmd_score(args) -> int:
     from .core import export
+    from .core.numbers import format_probability
     from .core.queries import check_text
     from .core.session import Session
     from .core.types import QueryGroup, SamplingParams
@@ -348,7 +340,7 @@ def cmd_score(args) -> int:
     for s in scores:
         ppl = f"{s.perplexity:.3f}" if s.perplexity is not None else "-"
         resp = s.response if len(s.response) <= width else s.response[: width - 1] + "…"
-        print(f"{resp:<{width}}  {s.logprob:>12.4f}  {_fmt_prob(s.logprob):>11}  {ppl:>10}  {len(s.tokens)}", file=out)
+        print(f"{resp:<{width}}  {s.logprob:>12.4f}  {format_probability(s.logprob, ascii_minus=True):>11}  {ppl:>10}  {len(s.tokens)}", file=out)
     if reference is not None:
         print(f"reference: {reference.info.description}", file=out)
         print(f"{'response':<{width}}  {'log pi_ref':>12}  {'log ratio':>11}  {'mean KL':>10}  implicit reward "

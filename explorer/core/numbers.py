@@ -55,3 +55,40 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     """Mean and population standard deviation (fsum); values must not be empty."""
     mean = math.fsum(values) / len(values)
     return mean, math.sqrt(math.fsum((v - mean) ** 2 for v in values) / len(values))
+
+
+# -- display formats (the window and the CLI print the same) -------------------------------------------------------
+_LN10 = math.log(10.0)
+MINUS = "\u2212"
+
+
+def signed(text: str) -> str:
+    return text.replace("-", MINUS)
+
+
+def format_logprob(logprob: Optional[float]) -> str:
+    if logprob is None or math.isnan(logprob):
+        return "—"
+    if math.isinf(logprob):
+        return signed("-inf") if logprob < 0 else "inf"
+    return signed(f"{logprob:.3f}" if abs(logprob) < 100 else f"{logprob:.1f}")
+
+
+def format_probability(logprob: Optional[float], html_markup: bool = False, ascii_minus: bool = False) -> str:
+    """exp(logprob) in scientific notation, e.g. 3.2e-14; as 10^x when exp underflows a double. The window prints a
+    typographic minus; ascii_minus keeps '-' (a terminal table other programs may parse)."""
+    if ascii_minus:
+        return format_probability(logprob, html_markup).replace(MINUS, "-")
+    if logprob is None or math.isnan(logprob):
+        return "—"
+    if logprob == -math.inf:
+        return "0"
+    if logprob >= math.log(0.001):
+        return f"{math.exp(logprob):.3g}"
+    p = math.exp(logprob)
+    if p >= 1e-300:  # well inside the normal doubles: the mantissa is exact enough to print
+        return signed(f"{p:.1e}")
+    exponent = logprob / _LN10
+    if html_markup:
+        return f"10<sup>{signed(f'{exponent:.1f}')}</sup>"
+    return signed(f"10^{exponent:.1f}")

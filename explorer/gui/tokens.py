@@ -17,44 +17,12 @@ from PySide6.QtCore import QEvent, QPoint, QRect, Qt, Signal
 from PySide6.QtGui import QFontDatabase, QPalette, QTextCharFormat, QTextCursor, QTextOption
 from PySide6.QtWidgets import QApplication, QMenu, QPlainTextEdit, QTextEdit, QToolTip, QWidget
 
-
+# the number formats live in core: the CLI prints the same ones
+from ..core.numbers import format_logprob, format_probability, signed as _signed
 from ..core.types import TokenInfo
 from .style import SHADING_MODES, blend, is_dark, shade_colour, shade_level
 
-_LN10 = math.log(10.0)
-MINUS = "\u2212"
-
-
 # -- numbers --------------------------------------------------------------------------------------------------------
-def _signed(text: str) -> str:
-    return text.replace("-", MINUS)
-
-
-def format_logprob(logprob: Optional[float]) -> str:
-    if logprob is None or math.isnan(logprob):
-        return "—"
-    if math.isinf(logprob):
-        return _signed("-inf") if logprob < 0 else "inf"
-    return _signed(f"{logprob:.3f}" if abs(logprob) < 100 else f"{logprob:.1f}")
-
-
-def format_probability(logprob: Optional[float], html_markup: bool = False) -> str:
-    """exp(logprob) in scientific notation, e.g. 3.2e-14; as 10^x when exp underflows a double."""
-    if logprob is None or math.isnan(logprob):
-        return "—"
-    if logprob == -math.inf:
-        return "0"
-    if logprob >= math.log(0.001):
-        return f"{math.exp(logprob):.3g}"
-    p = math.exp(logprob)
-    if p >= 1e-300:  # well inside the normal doubles: the mantissa is exact enough to print
-        return _signed(f"{p:.1e}")
-    exponent = logprob / _LN10
-    if html_markup:
-        return f"10<sup>{_signed(f'{exponent:.1f}')}</sup>"
-    return _signed(f"10^{exponent:.1f}")
-
-
 def format_percent(p: float) -> str:
     if p >= 0.0995:
         return f"{100 * p:.1f}%"
