@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -27,17 +28,25 @@ def large_set(tmp_path, monkeypatch) -> Path:
     return path
 
 
-def test_a_large_set_opens_on_a_worker_with_progress(qtbot, window, large_set, dialogs):
-    ticks = []
-    probe = QTimer()
-    probe.timeout.connect(lambda: ticks.append(1))  # the event loop runs while the set is read
-    probe.start(5)
+def test_a_large_set_opens_on_a_worker_with_progress(qtbot, window, large_set, dialogs, monkeypatch):
+    gui_turned = threading.Event()
+    real_load = export.load
+
+    def load_after_a_gui_turn(path, progress=None, cancel=None):
+        # the read starts only once the GUI thread has run a timer: were it read on the GUI thread, this would wait
+        # out its bound and the set would fail to open instead
+        assert gui_turned.wait(30), "the event loop did not run while the set was read"
+        return real_load(path, progress=progress, cancel=cancel)
+
+    monkeypatch.setattr(export, "load", load_after_a_gui_turn)
+    progressed = []
+    window.files.set_loader.progressed.connect(lambda path, done, total: progressed.append(done))
     with qtbot.waitSignal(window.files.set_loader.loaded, timeout=60_000):
         assert window.files.open_rollout_set(str(large_set))
         assert window.files._progress is not None and window.files._progress.isVisible()
-    probe.stop()
-    assert len(ticks) > 3
+        QTimer.singleShot(0, gui_turned.set)
     qtbot.waitUntil(lambda: window.session is not None and window.session.source == str(large_set))
+    assert progressed and progressed == sorted(progressed) and progressed[-1] == large_set.stat().st_size
     assert len(window.session.group_ids) == 6
     assert window.files._progress is None and dialogs.errors == []
 
