@@ -199,10 +199,8 @@ class Http:
             try:
                 resp = await self.client.request(method, path, json=body)
             except httpx.ConnectError as exc:
-                if attempt + 1 < MAX_ATTEMPTS:
-                    await asyncio.sleep(self._retry_wait(attempt, None))
-                    continue
-                raise self.transport_error(exc, path) from None
+                await self._wait_to_reconnect(attempt, exc, path)
+                continue
             except httpx.HTTPError as exc:
                 raise self.transport_error(exc, path) from None
             if resp.status_code in RETRY_STATUSES and attempt + 1 < MAX_ATTEMPTS:
@@ -235,12 +233,16 @@ class Http:
                         yield event
                     return
             except httpx.ConnectError as exc:
-                if attempt + 1 < MAX_ATTEMPTS:
-                    await asyncio.sleep(self._retry_wait(attempt, None))
-                    continue
-                raise self.transport_error(exc, path) from None
+                await self._wait_to_reconnect(attempt, exc, path)
             except httpx.HTTPError as exc:
                 raise self.transport_error(exc, path) from None
+
+    async def _wait_to_reconnect(self, attempt: int, exc: httpx.ConnectError, path: str) -> None:
+        """A refused connection is retried with backoff (nothing reached the server); after the last attempt it is
+        the user's one-line error."""
+        if attempt + 1 >= MAX_ATTEMPTS:
+            raise self.transport_error(exc, path) from None
+        await asyncio.sleep(self._retry_wait(attempt, None))
 
     async def _events(self, resp: httpx.Response, path: str) -> AsyncIterator[dict]:
         data: list[str] = []

@@ -21,9 +21,9 @@ from .tree import TokenTree, feed_trees
 from .types import (
     Event,
     GroupHeader,
-    ReferenceInfo,
     ModelInfo,
     QueryGroup,
+    ReferenceInfo,
     Rollout,
     RolloutFinished,
     RolloutSet,
