@@ -15,7 +15,7 @@ import pytest
 from as_nobody import outcome_as_nobody
 from synthetic import synthetic_set
 
-from explorer.core import export
+from explorer.core import export, set_text
 from explorer.core.errors import LoadCancelled, RolloutFileError
 
 
@@ -193,7 +193,7 @@ def test_a_huge_array_where_a_short_one_belongs(tmp_path, small_set_path):
 
 def test_a_string_longer_than_the_read_window(tmp_path, small_set_path):
     good = json.loads(small_set_path.read_text(encoding="utf-8"))
-    long_text = "ü" * (3 * export.READ_CHUNK)  # crosses several chunk edges, as multi-byte UTF-8
+    long_text = "ü" * (3 * set_text.READ_CHUNK)  # crosses several chunk edges, as multi-byte UTF-8
     d = _replaced(good, ("groups", 0, "query"), long_text)
     rs = export.load(write(tmp_path, json.dumps(d, ensure_ascii=False)))
     assert rs.groups[0].query == long_text
@@ -204,7 +204,7 @@ def test_a_string_longer_than_the_read_window(tmp_path, small_set_path):
 
 def test_non_utf8_names_the_byte_and_its_offset_past_the_first_chunk(tmp_path, small_set_path):
     data = small_set_path.read_bytes()
-    padded = data[:1] + b" " * (export.READ_CHUNK + 10) + data[1:]
+    padded = data[:1] + b" " * (set_text.READ_CHUNK + 10) + data[1:]
     at = padded.index(b'"query ') + 3
     message = refusal(write(tmp_path, padded[:at] + b"\xff" + padded[at + 1:]))
     assert message.endswith(f"not UTF-8 text (byte 0xff at offset {at})")
@@ -251,7 +251,7 @@ def test_progress_reaches_the_file_size_and_cancel_stops_the_read(tmp_path):
     path = tmp_path / "large.json"
     export.save(synthetic_set(4, 8, 200), path)
     size = path.stat().st_size
-    assert size > 3 * export.READ_CHUNK
+    assert size > 3 * set_text.READ_CHUNK
     seen = []
     rs = export.load(path, progress=lambda done, total: seen.append((done, total)))
     assert seen[-1] == (size, size) and [d for d, _ in seen] == sorted(d for d, _ in seen)
