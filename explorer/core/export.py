@@ -61,6 +61,10 @@ def now_iso() -> str:
 # -- writing ---------------------------------------------------------------------------------------------------------
 
 
+def _top_list(top) -> list[dict]:
+    return [{"id": int(a.id), "token": a.token, "bytes": list(a.bytes), "logprob": json_number(a.logprob)} for a in top]
+
+
 def _token_dict(t: TokenInfo) -> dict:
     d = {
         "id": int(t.id),
@@ -70,9 +74,7 @@ def _token_dict(t: TokenInfo) -> dict:
         "sampling_logprob": json_number(t.sampling_logprob),
         "entropy": json_number(t.entropy),
         "rank": int(t.rank),
-        "top_logprobs": [
-            {"id": int(a.id), "token": a.token, "bytes": list(a.bytes), "logprob": json_number(a.logprob)} for a in t.top
-        ],
+        "top_logprobs": _top_list(t.top),
     }
     if t.id_flag is not None:  # only tokens from a server without ids can carry one
         d["id_flag"] = t.id_flag
@@ -80,6 +82,7 @@ def _token_dict(t: TokenInfo) -> dict:
         d["ref_logprob"] = json_number(t.ref_logprob)
         d["kl"] = json_number(t.kl)
         d["ref_top_id"] = t.ref_top_id
+        d["ref_top_logprobs"] = _top_list(t.ref_top)
     return d
 
 
@@ -255,11 +258,6 @@ def _token_from(d: dict, pieces: dict) -> TokenInfo:
     sampling = d["sampling_logprob"]
     token_id = int(d["id"])  # JSON Schema counts 1.0 as an integer; the types want real ints
     text, data = _piece(pieces, token_id, d["token"], d["bytes"])
-    top = []
-    for a in d["top_logprobs"]:
-        alt_id = int(a["id"])
-        alt_text, alt_data = _piece(pieces, alt_id, a["token"], a["bytes"])
-        top.append(TopLogprob(alt_id, alt_text, alt_data, _lp(a["logprob"])))
     return TokenInfo(
         id=token_id,
         token=text,
@@ -268,12 +266,22 @@ def _token_from(d: dict, pieces: dict) -> TokenInfo:
         sampling_logprob=None if sampling is None else float(sampling),
         entropy=math.nan if entropy is None else float(entropy),
         rank=int(d["rank"]),
-        top=tuple(top),
+        top=_top_from(d["top_logprobs"], pieces),
         id_flag=d.get("id_flag"),
         **({} if "kl" not in d else {  # null: -inf for the logprob, +inf for the KL (JSON has no infinities)
             "ref_logprob": _lp(d.get("ref_logprob")), "kl": math.inf if d["kl"] is None else float(d["kl"]),
-            "ref_top_id": None if d.get("ref_top_id") is None else int(d["ref_top_id"])}),
+            "ref_top_id": None if d.get("ref_top_id") is None else int(d["ref_top_id"]),
+            "ref_top": _top_from(d.get("ref_top_logprobs") or (), pieces)}),
     )
+
+
+def _top_from(alternatives, pieces: dict) -> tuple[TopLogprob, ...]:
+    top = []
+    for a in alternatives:
+        alt_id = int(a["id"])
+        alt_text, alt_data = _piece(pieces, alt_id, a["token"], a["bytes"])
+        top.append(TopLogprob(alt_id, alt_text, alt_data, _lp(a["logprob"])))
+    return tuple(top)
 
 
 def _tokens_from(d: dict, where: str, pieces: dict) -> tuple[TokenInfo, ...]:
@@ -436,7 +444,10 @@ def _token_ok(t: Any) -> bool:
                 and _is_logprob(t.get("ref_logprob")) and _is_entropy(t.get("kl"))
                 and (t.get("ref_top_id") is None or _is_id(t["ref_top_id"]))):
             return False
-        for a in t["top_logprobs"]:
+        ref_top = t.get("ref_top_logprobs", [])
+        if type(ref_top) is not list:
+            return False
+        for a in t["top_logprobs"] + ref_top:
             if not (type(a) is dict and _is_id(a["id"]) and type(a["token"]) is str
                     and _bytes_ok(a["bytes"]) and _is_logprob(a["logprob"])):
                 return False

@@ -21,7 +21,7 @@ from typing import Callable, NamedTuple, Optional, Sequence
 import numpy as np
 
 from .errors import ExplorerError
-from .types import QueryGroup, ReferenceInfo, RolloutSet, Score, TokenInfo
+from .types import QueryGroup, ReferenceInfo, RolloutSet, Score, TokenInfo, TopLogprob
 
 ROW_BUDGET = 256  # logits rows per side held at once (256 x 49k vocabulary x 4 bytes = 50 MB)
 KL_BLOCK = 32  # rows turned into float64 at once
@@ -64,6 +64,7 @@ class TokenComparison(NamedTuple):
     kl: float  # KL(pi || pi_ref) at this position, nats, over the whole vocabulary; inf where pi_ref excludes pi's
     ref_top_id: int  # pi_ref's most probable token here
     policy_top_id: int
+    ref_top: tuple[tuple[int, float], ...] = ()  # pi_ref's top-N (id, logprob) here, most probable first
 
 
 def log_softmax64(rows: np.ndarray) -> np.ndarray:
@@ -202,16 +203,27 @@ class ReferencePolicy:
             return list(self.policy.format_prompt(query, chat, self.spec.value)[1])
         return list(policy_prefix)  # another model with the same vocabulary reads the same prompt ids
 
-    def compare(self, query: str, chat: bool, policy_prefix: Sequence[int],
-                id_lists: Sequence[Sequence[int]]) -> list[list[TokenComparison]]:
-        """Per list, per token: pi_ref's logprob, KL(pi || pi_ref), both top tokens."""
+    def compare(self, query: str, chat: bool, policy_prefix: Sequence[int], id_lists: Sequence[Sequence[int]],
+                top_n: int = 0, progress: Optional[Callable[[int, int], None]] = None,
+                cancel=None) -> Optional[list[list[TokenComparison]]]:
+        """Per list, per token: pi_ref's logprob, KL(pi || pi_ref), both top tokens and pi_ref's top_n.
+
+        progress(tokens done, tokens in all) after every batch; a set `cancel` (threading.Event) ends the work
+        between batches and gives None."""
         ref_prefix = self._ref_prefix(query, chat, policy_prefix)
         out: list[list[Optional[TokenComparison]]] = [[None] * len(ids) for ids in id_lists]
+        total = sum(len(ids) for ids in id_lists)
+        done = 0
         for job in plan_windows([len(ids) for ids in id_lists], ROW_BUDGET):
-            self._compare_job(job, policy_prefix, ref_prefix, id_lists, out)
+            if cancel is not None and cancel.is_set():
+                return None
+            self._compare_job(job, policy_prefix, ref_prefix, id_lists, out, top_n)
+            done += sum(w.end - w.start for w in job)
+            if progress is not None:
+                progress(done, total)
         return out  # type: ignore[return-value]
 
-    def _compare_job(self, job: list[_Window], policy_prefix, ref_prefix, id_lists, out) -> None:
+    def _compare_job(self, job: list[_Window], policy_prefix, ref_prefix, id_lists, out, top_n: int) -> None:
         # one window's list is alone in its job: the tokens before the window extend both prefixes
         first = job[0]
         extra = list(id_lists[first.list_index][: first.start]) if first.start else []
@@ -229,7 +241,7 @@ class ReferencePolicy:
         self.policy.teacher_force(list(policy_prefix) + extra, windows, keep_policy)
         if self.spec.kind in ("temperature", "top_p"):
             # the same model's rows under another sampler: no second pass
-            self._fill(job, offsets, policy_rows, policy_rows, targets, out, transform=True)
+            self._fill(job, offsets, policy_rows, policy_rows, targets, out, True, top_n)
             return
         ref_rows = np.empty_like(policy_rows)
 
@@ -237,9 +249,9 @@ class ReferencePolicy:
             ref_rows[offsets[seqs] + positions] = rows
 
         (self.engine or self.policy).teacher_force(list(ref_prefix) + extra, windows, keep_ref)
-        self._fill(job, offsets, policy_rows, ref_rows, targets, out, transform=False)
+        self._fill(job, offsets, policy_rows, ref_rows, targets, out, False, top_n)
 
-    def _fill(self, job, offsets, policy_rows, ref_rows, targets, out, transform: bool) -> None:
+    def _fill(self, job, offsets, policy_rows, ref_rows, targets, out, transform: bool, top_n: int) -> None:
         t = float(self.spec.value) if self.spec.kind == "temperature" else 1.0
         p = float(self.spec.value) if self.spec.kind == "top_p" else 1.0
         n_rows = len(targets)
@@ -253,17 +265,21 @@ class ReferencePolicy:
             rows = np.arange(len(tg))
             with np.errstate(invalid="ignore"):
                 ratio = lp[rows, tg] - lq[rows, tg]
-            facts.extend(TokenComparison(float(r), float(k), int(rt), int(pt))
-                         for r, k, rt, pt in zip(ratio, kl, lq.argmax(axis=1), lp.argmax(axis=1)))
+            tops = _top_rows(lq, top_n)
+            facts.extend(TokenComparison(float(r), float(k), int(rt), int(pt), top)
+                         for r, k, rt, pt, top in zip(ratio, kl, lq.argmax(axis=1), lp.argmax(axis=1), tops))
         for j, w in enumerate(job):
             out[w.list_index][w.start: w.end] = facts[offsets[j]: offsets[j + 1]]
 
     # -- attaching to a rollout set ------------------------------------------------------------------------------
-    def annotate_group(self, group: QueryGroup) -> QueryGroup:
-        """The group with ref_logprob, kl and ref_top_id on every token of its rollouts and scores."""
+    def annotate_group(self, group: QueryGroup, progress: Optional[Callable[[int, int], None]] = None,
+                       cancel=None) -> Optional[QueryGroup]:
+        """The group with ref_logprob, kl, ref_top_id and ref_top on every token of its rollouts and scores (None
+        when cancelled)."""
         seqs = list(group.rollouts) + list(group.scores)
-        facts = self.compare(group.query, group.chat, group.prompt_token_ids, [s.token_ids for s in seqs])
-        annotated = [replace(s, tokens=_annotated_tokens(s.tokens, f)) for s, f in zip(seqs, facts)]
+        annotated = self._annotate(group.query, group.chat, group.prompt_token_ids, seqs, progress, cancel)
+        if annotated is None:
+            return None
         n = len(group.rollouts)
         return replace(group, rollouts=tuple(annotated[:n]), scores=tuple(annotated[n:]))
 
@@ -272,12 +288,41 @@ class ReferencePolicy:
 
     def annotate_scores(self, query: str, chat: bool, prompt_ids: Sequence[int],
                         scores: Sequence[Score]) -> tuple[Score, ...]:
-        facts = self.compare(query, chat, prompt_ids, [s.token_ids for s in scores])
-        return tuple(replace(s, tokens=_annotated_tokens(s.tokens, f)) for s, f in zip(scores, facts))
+        return tuple(self._annotate(query, chat, prompt_ids, scores))
+
+    def _annotate(self, query, chat, prompt_ids, seqs, progress=None, cancel=None) -> Optional[list]:
+        top_n = max((len(t.top) for s in seqs for t in s.tokens), default=0)  # the tokens' own top-N, for both
+        facts = self.compare(query, chat, prompt_ids, [s.token_ids for s in seqs], top_n, progress, cancel)
+        if facts is None:
+            return None
+        return [replace(s, tokens=self._annotated_tokens(s.tokens, f)) for s, f in zip(seqs, facts)]
+
+    def _annotated_tokens(self, tokens: Sequence[TokenInfo], facts: Sequence[TokenComparison]) -> tuple[TokenInfo, ...]:
+        # log pi_ref = the recorded log pi minus the teacher-forced log-ratio: the two log pi are the same rows'
+        # (sampling and teacher forcing agree exactly), and a reference identical to the policy gives a log-ratio of
+        # exactly 0
+        model = self.policy.model
+        pieces: dict[int, tuple[str, bytes]] = {}
+
+        def alternative(i: int, lp: float) -> TopLogprob:
+            piece = pieces.get(i)
+            if piece is None:
+                piece = pieces[i] = (model.token_text(i), model.piece(i))
+            return TopLogprob(i, piece[0], piece[1], lp)
+
+        return tuple(replace(t, ref_logprob=t.logprob - f.log_ratio, kl=f.kl, ref_top_id=f.ref_top_id,
+                             ref_top=tuple(alternative(i, lp) for i, lp in f.ref_top))
+                     for t, f in zip(tokens, facts))
 
 
-def _annotated_tokens(tokens: Sequence[TokenInfo], facts: Sequence[TokenComparison]) -> tuple[TokenInfo, ...]:
-    # log pi_ref = the recorded log pi minus the teacher-forced log-ratio: the two log pi are the same rows' (sampling
-    # and teacher forcing agree exactly), and a reference identical to the policy gives a log-ratio of exactly 0
-    return tuple(replace(t, ref_logprob=t.logprob - f.log_ratio, kl=f.kl, ref_top_id=f.ref_top_id)
-                 for t, f in zip(tokens, facts))
+def _top_rows(lq: np.ndarray, n: int) -> list[tuple[tuple[int, float], ...]]:
+    """Per row of log-probabilities, its n most probable (id, logprob), most probable first."""
+    if n <= 0:
+        return [()] * len(lq)
+    n = min(n, lq.shape[1])
+    part = np.argpartition(-lq, n - 1, axis=1)[:, :n]
+    vals = np.take_along_axis(lq, part, axis=1)
+    order = np.argsort(-vals, axis=1, kind="stable")
+    ids = np.take_along_axis(part, order, axis=1)
+    vals = np.take_along_axis(vals, order, axis=1)
+    return [tuple((int(i), float(v)) for i, v in zip(r_ids, r_vals)) for r_ids, r_vals in zip(ids, vals)]

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from typing import Callable, Iterable, Optional
 
 from .rewards import apply_rewards
-from .stats import group_stats
+from .stats import REFERENCE_STATS, group_stats, reference_stats
 from .token_text import decode_pieces, fit_pieces
 from .tree import TokenTree, feed_trees
 from .types import (
@@ -117,6 +117,11 @@ def _without_rewards(group: QueryGroup) -> QueryGroup:
         return group
     return replace(group, rollouts=tuple(replace(r, reward=None, advantage=None, reward_error=None)
                                          for r in group.rollouts))
+
+
+def _without_reference(tokens) -> tuple[TokenInfo, ...]:
+    return tuple(replace(t, ref_logprob=None, kl=None, ref_top_id=None, ref_top=()) if t.kl is not None else t
+                 for t in tokens)
 
 
 def _has_rewards(group: QueryGroup) -> bool:
@@ -333,15 +338,57 @@ class Session:
         return changed
 
     # -- a reference policy ----------------------------------------------------------------------------------------
-    def annotate(self, group: QueryGroup, reference: ReferenceInfo) -> None:
-        """Take a group evaluated under a reference policy (ReferencePolicy.annotate_group): its finished rollouts and
-        its scores now carry ref_logprob / kl, and the set says what pi_ref is."""
+    def annotate(self, group: QueryGroup, reference: ReferenceInfo) -> list[str]:
+        """Take a group evaluated under a reference policy (ReferencePolicy.annotate_group): the tokens of its
+        rollouts and scores now carry ref_logprob / kl / ref_top, and the set says what pi_ref is. Only the tokens are
+        taken (rewards given meanwhile stay), and only where the ids are still the ones evaluated (scores typed again
+        meanwhile are left alone). A reference other than the one the session has clears the old facts first: one
+        set never mixes two references. Returns the rollout ids annotated."""
+        if self.reference_policy is not None and self.reference_policy != reference:
+            self.clear_reference()
+        self.reference_policy = reference
+        done = []
         for r in group.rollouts:
             live = self._by_id.get(r.id)
-            if live is not None and live.final is not None:
-                live.finish(r)
-        self._scores[group.id] = tuple(group.scores)
-        self.reference_policy = reference
+            if live is not None and live.final is not None and live.final.token_ids == r.token_ids:
+                live.finish(replace(live.final, tokens=r.tokens))
+                done.append(r.id)
+        current = self._scores.get(group.id, ())
+        if [s.token_ids for s in current] == [s.token_ids for s in group.scores]:
+            self._scores[group.id] = tuple(replace(c, tokens=s.tokens) for c, s in zip(current, group.scores))
+        self._refresh_reference_stats(group.id)
+        return done
+
+    def clear_reference(self) -> None:
+        """No reference policy any more: every token loses its reference facts."""
+        self.reference_policy = None
+        for live in self._by_id.values():
+            if live.final is not None and any(t.kl is not None for t in live.final.tokens):
+                live.finish(replace(live.final, tokens=_without_reference(live.final.tokens)))
+        for gid, scores in self._scores.items():
+            self._scores[gid] = tuple(replace(s, tokens=_without_reference(s.tokens)) for s in scores)
+        for gid in self._headers:
+            self._refresh_reference_stats(gid)
+
+    def unreferenced(self, group_id: str) -> Optional[QueryGroup]:
+        """What of a group the reference has still to evaluate: its finished rollouts without reference facts, and its
+        scores (all of them: they are few and short). None when there is nothing to evaluate."""
+        group = self.group(group_id)
+        rollouts = tuple(r for r in group.rollouts
+                         if r.finish_reason is not None and r.tokens and r.tokens[-1].kl is None)
+        scores = tuple(group.scores)
+        if not rollouts and all(not s.tokens or s.tokens[-1].kl is not None for s in scores):
+            return None
+        return replace(group, rollouts=rollouts)
+
+    def _refresh_reference_stats(self, gid: str) -> None:
+        stats = self._stats.get(gid)
+        if stats is None:
+            return
+        kept = tuple((k, v) for k, v in stats if k not in REFERENCE_STATS)
+        lives = self._rollouts.get(gid, ())
+        reference = reference_stats([live.final for live in lives if live.final is not None])
+        self._stats[gid] = kept + (tuple(reference.items()) if reference else ())
 
     # -- rewards ---------------------------------------------------------------------------------------------------
     @property

@@ -115,6 +115,9 @@ def group_stats(group: QueryGroup) -> Stats:
     return tuple(stats)
 
 
+REFERENCE_STATS = ("mean_kl", "kl_p99", "same_top_share", "top_disagreement_share")
+
+
 def reference_stats(rollouts: Sequence[Rollout]) -> Optional[dict[str, Optional[float]]]:
     """KL and top-token agreement with the reference policy over every token of the rollouts (llama.cpp's KLD
     statistics); None when the tokens carry no reference facts."""

@@ -84,10 +84,12 @@ class TokenInfo:
     # Set when the id was recovered from a server that sends no ids and re-tokenizing its text disagrees here
     id_flag: Optional[str] = None
     # With a reference policy (reference.py): log pi_ref(token | prefix), KL(pi || pi_ref) at this position over the
-    # whole vocabulary (nats; inf where pi_ref gives 0 to a token pi does not), and pi_ref's most probable token
+    # whole vocabulary (nats; inf where pi_ref gives 0 to a token pi does not), pi_ref's most probable token and its
+    # top-N alternatives
     ref_logprob: Optional[float] = None
     kl: Optional[float] = None
     ref_top_id: Optional[int] = None
+    ref_top: tuple[TopLogprob, ...] = ()  # pi_ref's top-N here (as many as `top`), most probable first
 
     @property
     def prob(self) -> float:

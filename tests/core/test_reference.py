@@ -100,6 +100,59 @@ def test_kl_to_a_model_with_one_changed_output_row_matches_numpy(policy, untied)
         assert r.log_ratio == pytest.approx(r.logprob - sum(t.ref_logprob for t in r.tokens))
 
 
+def test_the_reference_top_list_is_the_reference_distribution_s(policy, untied):
+    """Against itself pi_ref's top-N is pi's own; against the changed model it is the numpy top-N of its logits."""
+    group = _rollout_set(policy, k=2, max_tokens=10).groups[0]
+    with closing(_reference(str(untied[0]), policy)) as ref:
+        same = ref.annotate_group(group)
+    for r in same.rollouts:
+        for t in r.tokens:
+            assert [(a.id, a.token, a.bytes) for a in t.ref_top] == [(a.id, a.token, a.bytes) for a in t.top]
+            np.testing.assert_allclose([a.logprob for a in t.ref_top], [a.logprob for a in t.top], atol=1e-5)
+            assert t.ref_top_id == t.ref_top[0].id
+    with closing(_reference(str(untied[1]), policy)) as ref:
+        changed = ref.annotate_group(group)
+    prefix = list(group.prompt_token_ids)
+    r = changed.rollouts[0]
+    ids = [t.id for t in r.tokens]
+    rows = {}
+    policy.teacher_force(prefix, [ids], lambda s, pos, tg, block: rows.update(zip(pos.tolist(), block.copy())))
+    z = np.stack([rows[i] for i in range(len(ids))]).astype(np.float64)
+    z[:, CHANGED_ROW] *= ROW_SCALE
+    lq = log_softmax64(z)
+    for i, t in enumerate(r.tokens):
+        n = len(t.top)
+        want = np.argsort(-lq[i], kind="stable")[:n]
+        assert [a.id for a in t.ref_top] == want.tolist()
+        np.testing.assert_allclose([a.logprob for a in t.ref_top], lq[i, want], atol=1e-4)
+    assert any(t.ref_top[0].id == CHANGED_ROW for t in r.tokens) or any(
+        CHANGED_ROW in [a.id for a in t.ref_top] for t in r.tokens)
+
+
+def test_an_evaluation_reports_progress_and_stops_when_cancelled(policy):
+    import threading
+
+    group = _rollout_set(policy, k=3, max_tokens=10).groups[0]
+    total = sum(len(r.tokens) for r in group.rollouts)
+    seen = []
+    with closing(_reference("temperature:0.7", policy)) as ref:
+        from explorer.core import reference as reference_module
+
+        budget, reference_module.ROW_BUDGET = reference_module.ROW_BUDGET, 8  # several batches
+        try:
+            assert ref.annotate_group(group, progress=lambda done, n: seen.append((done, n))) is not None
+            cancel = threading.Event()
+
+            def stop_after_first(done, n):
+                cancel.set()
+
+            assert ref.annotate_group(group, progress=stop_after_first, cancel=cancel) is None
+        finally:
+            reference_module.ROW_BUDGET = budget
+    assert len(seen) > 1 and seen[-1] == (total, total)
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen)
+
+
 def test_a_reference_with_another_vocabulary_is_refused(policy, tmp_path):
     other = write_tiny_gguf(tmp_path / "other.gguf", extra_tokens=["zebra"], tie_embeddings=False, seed=3)
     with pytest.raises(ExplorerError, match="another vocabulary: token"):
@@ -192,8 +245,9 @@ def test_json_and_jsonl_keep_the_reference_fields(policy, untied, tmp_path):
     assert back.reference_policy == annotated.reference_policy
     for a, b in zip(back.groups[0].rollouts + back.groups[0].scores,
                     annotated.groups[0].rollouts + annotated.groups[0].scores):
-        assert [(t.ref_logprob, t.kl, t.ref_top_id) for t in a.tokens] == [
-            (t.ref_logprob, t.kl, t.ref_top_id) for t in b.tokens]
+        assert [(t.ref_logprob, t.kl, t.ref_top_id, t.ref_top) for t in a.tokens] == [
+            (t.ref_logprob, t.kl, t.ref_top_id, t.ref_top) for t in b.tokens]
+        assert all(len(t.ref_top) == len(t.top) > 0 for t in a.tokens)
         assert a.log_ratio == pytest.approx(b.log_ratio) and a.mean_kl == pytest.approx(b.mean_kl)
     records = list(jsonl_records(annotated))
     assert records[0]["ref_logprobs"] == [t.ref_logprob for t in annotated.groups[0].rollouts[0].tokens]

@@ -103,3 +103,73 @@ def test_from_set_keeps_the_source_scores_and_trees():
     opened = Session.from_set(saved, "set.json")
     assert opened.source == "set.json" and opened.groups() == saved.groups and set(opened.trees) == {"q0"}
     assert opened.timings == saved.timings and not opened.running
+
+
+# -- a reference policy's facts ---------------------------------------------------------------------------------------
+def _evaluated(group, kl: float):
+    """The group as a reference evaluation returns it: every token with ref facts (log-ratio = kl, for the test)."""
+    from dataclasses import replace
+
+    def facts(seq):
+        return replace(seq, tokens=tuple(replace(t, ref_logprob=t.logprob - kl, kl=kl, ref_top_id=t.top[0].id, ref_top=t.top)
+                                         for t in seq.tokens))
+
+    return replace(group, rollouts=tuple(facts(r) for r in group.rollouts),
+                   scores=tuple(facts(s) for s in group.scores))
+
+
+def _reference(name: str):
+    from explorer.core.types import ReferenceInfo
+
+    return ReferenceInfo("temperature", f"fake at {name}", "fp", temperature=float(name))
+
+
+def test_annotating_takes_the_tokens_only_and_refreshes_the_reference_stats():
+    session = generate_then_branch(k=3, branch_k=1)
+    session.set_reward(load_reward("length"), True)
+    before = session.group("q0")
+    pending = session.unreferenced("q0")
+    assert [r.id for r in pending.rollouts] == [r.id for r in before.rollouts]
+    evaluated = _evaluated(pending, 0.25)
+    session.set_reward(load_reward("contains"), True)  # rewards change while the reference evaluates
+    rewarded = {r.id: r.reward for r in session.group("q0").rollouts}
+    assert session.annotate(evaluated, _reference("0.5")) == [r.id for r in before.rollouts]
+    after = session.group("q0")
+    assert {r.id: r.reward for r in after.rollouts} == rewarded  # the rewards given meanwhile stay
+    assert all(r.mean_kl == 0.25 and abs(r.log_ratio - 0.25 * len(r.tokens)) < 1e-9 for r in after.rollouts)
+    assert dict(after.stats)["mean_kl"] == 0.25 and dict(after.stats)["same_top_share"] == 1.0
+    assert session.unreferenced("q0") is None
+    assert session.rollout_set().reference_policy == _reference("0.5")
+
+
+def test_another_reference_clears_the_old_facts_and_clear_reference_removes_them():
+    engine = FakeEngine("fake:model")
+    session = Session(engine.info)
+    session.feed(LOCAL_RUN, engine.generate(["Which is the largest ocean?", "Two plus two?"], 2, GENERATE))
+    session.set_reward(None)
+    session.annotate(_evaluated(session.unreferenced("q0"), 0.1), _reference("0.5"))
+    session.annotate(_evaluated(session.unreferenced("q1"), 0.1), _reference("0.5"))
+    # the user picks another reference: the first group evaluated under it clears the other group's old facts
+    session.annotate(_evaluated(session.group("q0"), 0.3), _reference("2"))
+    assert all(r.mean_kl == 0.3 for r in session.group("q0").rollouts)
+    assert all(r.mean_kl is None for r in session.group("q1").rollouts)
+    assert [r.id for r in session.unreferenced("q1").rollouts] == ["q1.r0", "q1.r1"]
+    assert "mean_kl" not in dict(session.group("q1").stats)
+    session.clear_reference()
+    assert session.reference_policy is None
+    assert all(t.kl is None and t.ref_top == () for g in session.groups() for r in g.rollouts for t in r.tokens)
+    assert "mean_kl" not in dict(session.group("q0").stats)
+
+
+def test_scores_typed_again_while_the_reference_evaluates_are_left_alone():
+    engine = FakeEngine("fake:model")
+    session = Session(engine.info)
+    session.feed(LOCAL_RUN, engine.generate(["Which is the largest ocean?"], 1, GENERATE))
+    session.set_scores("q0", engine.score("Which is the largest ocean?", ["Atlantic"]))
+    pending = session.unreferenced("q0")
+    session.set_scores("q0", engine.score("Which is the largest ocean?", ["Pacific Ocean, by far"]))
+    session.annotate(_evaluated(pending, 0.2), _reference("0.5"))
+    assert all(t.kl is None for s in session.scores("q0") for t in s.tokens)
+    assert session.unreferenced("q0").scores == session.scores("q0")  # still to evaluate
+    session.annotate(_evaluated(session.unreferenced("q0"), 0.2), _reference("0.5"))
+    assert all(s.mean_kl == 0.2 for s in session.scores("q0")) and session.unreferenced("q0") is None
