@@ -119,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="a text file (one query a line) or a JSON list of strings or {query, reference} objects")
     gui.add_argument("--reward", default=None, help="exact | contains | regex | length | PATH.py")
     gui.add_argument("--no-std", action="store_true", help="advantages as r - mean, not divided by the std")
+    _add_reference_args(gui)
     gui.add_argument("-k", type=int, default=None, help="rollouts per query")
     gui.add_argument("--max-tokens", type=int, default=None)
     gui.add_argument("--seed", type=int, default=None)

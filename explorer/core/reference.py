@@ -41,21 +41,21 @@ class ReferenceSpec:
         head, sep, rest = text.partition(":")
         if sep and head == "system":
             if not rest.strip():
-                raise ExplorerError("--reference system:TEXT needs a system prompt after 'system:'")
+                raise ExplorerError("The reference system:TEXT needs a system prompt after 'system:'")
             return cls("system", rest)
         if sep and head in ("temperature", "top_p"):
             try:
                 number = float(rest)
             except ValueError:
-                raise ExplorerError(f"--reference {head}:{rest}: {rest!r} is not a number") from None
+                raise ExplorerError(f"The reference {head}:{rest}: {rest!r} is not a number") from None
             if head == "temperature" and not (0.0 < number <= 100.0 and math.isfinite(number)):
-                raise ExplorerError(f"--reference temperature:{rest}: the temperature must be in (0, 100] (a "
+                raise ExplorerError(f"The reference temperature:{rest}: the temperature must be in (0, 100] (a "
                                     "temperature of 0 is a greedy policy, whose KL to any other is infinite)")
             if head == "top_p" and not 0.0 < number <= 1.0:
-                raise ExplorerError(f"--reference top_p:{rest}: top-p must be in (0, 1]")
+                raise ExplorerError(f"The reference top_p:{rest}: top-p must be in (0, 1]")
             return cls(head, repr(number))
         if not text:
-            raise ExplorerError("--reference needs a GGUF path, 'exact', system:TEXT, temperature:T or top_p:P")
+            raise ExplorerError("A reference needs a GGUF path, 'exact', system:TEXT, temperature:T or top_p:P")
         return cls("model", text)
 
 
@@ -162,7 +162,7 @@ class ReferencePolicy:
             else:
                 path = spec.value
                 if not Path(path).is_file():
-                    raise ExplorerError(f"--reference {path}: no such GGUF file")
+                    raise ExplorerError(f"The reference {path}: no such GGUF file")
             if Path(path).resolve() == Path(info.path).resolve():
                 ref = info  # the policy's own file: its own engine is the reference (log-ratios and KL are 0)
             else:
@@ -177,7 +177,8 @@ class ReferencePolicy:
                     raise
                 ref = self.engine.info
             what = (f"exact float copy of {info.name} ({ref.quantization})" if spec.kind == "exact"
-                    else f"{ref.name} ({ref.quantization or 'unknown type'})")
+                    else f"{Path(path).name} ({ref.name}, {ref.quantization or 'unknown type'})")  # the file: two
+            # quantizations of one model carry the same name
             self.info = ReferenceInfo(spec.kind, what, ref.fingerprint, path=path)
         elif spec.kind == "system":
             self.info = ReferenceInfo("system", f"{info.name} with system prompt {spec.value!r}", info.fingerprint,

@@ -67,6 +67,10 @@ def _apply_args(window, args) -> None:
         c.system_edit.setPlainText(system)
     if _arg(args, "no_std", False):
         c.reward_box.std_check.setChecked(False)
+    if _arg(args, "reference"):
+        c.reference_box.set_spec(_arg(args, "reference"))  # shown as the draft; the script uses it once loaded
+    if _arg(args, "beta") is not None:
+        window.views.set_beta(float(_arg(args, "beta")))
 
 
 def _read_reward_and_queries(args):
@@ -95,6 +99,10 @@ class ScriptedSession:
         window.run_done.connect(self._on_run_done)
         self._score_started = False
         self._score_request = None
+        self._reference_asked = False
+        self._waiting: Optional[Callable[[], None]] = None  # what to do once the reference work has settled
+        window.reference_evaluated.connect(self._check_settled)
+        window.runs.reference_changed.connect(self._check_settled)
         window.runs.host.finished.connect(self._on_request_finished)
         window.runs.host.failed.connect(self._on_failed)
 
@@ -116,8 +124,36 @@ class ScriptedSession:
         else:
             QTimer.singleShot(0, self._finish)
 
+    def _when_settled(self, then: Callable[[], None]) -> None:
+        """then() once no reference is being prepared or evaluated (at once when none is)."""
+        self._waiting = then
+        self._check_settled()
+
+    def _check_settled(self) -> None:
+        runs = self.window.runs
+        if self._waiting is None or runs.reference_pending or runs.is_evaluating():
+            return
+        then, self._waiting = self._waiting, None
+        QTimer.singleShot(0, then)
+
     def _on_model_ready(self, _info) -> None:
         if self.failed:
+            return
+        spec = _arg(self.args, "reference")
+        if spec and not self._reference_asked:
+            self._reference_asked = True
+            if not self.window.choose_reference_policy(spec):
+                self._fail()
+                return
+            self._when_settled(self._after_reference)
+            return
+        self._after_reference()
+
+    def _after_reference(self) -> None:
+        if self.failed:
+            return
+        if _arg(self.args, "reference") and self.window.runs.reference is None:
+            self._fail()  # the window said why
             return
         if _arg(self.args, "run", False):
             if self.window.run() is None:
@@ -129,6 +165,10 @@ class ScriptedSession:
         if failed:
             self._fail()
         elif not self.failed:
+            self._when_settled(self._after_run)
+
+    def _after_run(self) -> None:
+        if not self.failed:
             responses = _arg(self.args, "score", [])
             if responses and not self._score_started:
                 self._score_started = True
@@ -141,7 +181,7 @@ class ScriptedSession:
     def _on_request_finished(self, request: int) -> None:
         # finished is the last signal of a request: the window has shown the scores and left its busy state
         if request == self._score_request and not self.failed:
-            QTimer.singleShot(0, self._finish)
+            self._when_settled(self._finish)  # the scores are evaluated under the reference too
 
     def _on_failed(self, request: int, message) -> None:
         if request == self._score_request:
@@ -210,6 +250,10 @@ def run_gui(args, engine_factory: Callable = default_engine_factory, settings: O
             return 2
     try:
         reward_spec, reward_fn, queries = _read_reward_and_queries(args)
+        if _arg(args, "reference"):
+            from ..core.reference import ReferenceSpec
+
+            ReferenceSpec.parse(_arg(args, "reference"))  # a typo is refused before any window or model
     except ExplorerError as exc:
         print(f"rollout-explorer: {exc}", file=sys.stderr)
         return 2

@@ -1,4 +1,5 @@
-"""The side panel: model picker and facts, query set, prompt mode, sampling parameters, reward, Run / Stop."""
+"""The side panel: model picker and facts, query set, prompt mode, sampling parameters, reward, reference policy,
+Run / Stop."""
 
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ from ..core.models import ModelEntry, format_params, format_size
 from ..core.queries import SEED_QUERIES
 from ..core.types import ModelInfo, Query, SamplingParams
 from .query_list import QueryListEditor
+from .reference_box import ReferenceBox
 from .reward_box import RewardBox
 
 MAX_SEED = 2**31 - 1
@@ -181,12 +183,15 @@ class ControlPanel(QWidget):
         layout.addLayout(self._build_run_row())
         self.reward_box = RewardBox()
         self.reward_box.error.connect(self.error)
+        self.reference_box = ReferenceBox()
+        self.reference_box.error.connect(self.error)
         sections = QWidget()
         column = QVBoxLayout(sections)
         column.setContentsMargins(0, 0, 0, 0)
         self.sections = {}
         for name, box in (("model", self._build_model_box()), ("sampling", sampling_box),
-                          ("prompt", self._build_prompt_box()), ("reward", self.reward_box)):
+                          ("prompt", self._build_prompt_box()), ("reward", self.reward_box),
+                          ("reference", self.reference_box)):
             self.sections[name] = CollapsibleSection(box)
             column.addWidget(self.sections[name])
         column.addStretch(1)
@@ -203,6 +208,7 @@ class ControlPanel(QWidget):
         self.chat_check.toggled.connect(self.changed)
         self.query_editor.changed.connect(self.changed)
         self.reward_box.changed.connect(self.changed)
+        self.reference_box.changed.connect(self.changed)
         self.wheel_guard = WheelGuard(self)
         for widget in self.findChildren(QAbstractSpinBox) + self.findChildren(QComboBox):
             self.wheel_guard.guard(widget)
@@ -479,6 +485,7 @@ class ControlPanel(QWidget):
                          "top_n": p.top_n, "stop": list(p.stop)},
             "queries": [{"query": q.text, "reference": q.reference} for q in self.queries()],
             "reward": self.reward_box.state(),
+            "reference": self.reference_box.state(),
         }
 
     def restore_state(self, state: dict) -> None:
@@ -507,6 +514,7 @@ class ControlPanel(QWidget):
                       if isinstance(q, dict) and isinstance(q.get("query"), str)]
             self.set_queries(parsed)
         self.reward_box.restore_state(state.get("reward"))
+        self.reference_box.restore_state(state.get("reference"))
 
 
 def _server_facts(info: ModelInfo) -> str:

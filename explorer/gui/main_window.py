@@ -76,6 +76,7 @@ class MainWindow(QMainWindow):
     model_load_failed = Signal(str)
     run_done = Signal(bool, bool)  # cancelled, failed: the current run (or branch) has ended and been drawn
     error_shown = Signal(str, str)  # title, message: every dialog the user was shown
+    reference_evaluated = Signal()  # an evaluation under the reference policy ended and is shown
     _models_found = Signal(object)  # from the discovery thread
 
     def __init__(self, engine_factory=default_engine_factory, settings: Optional[QSettings] = None,
@@ -98,6 +99,7 @@ class MainWindow(QMainWindow):
         self._closed = False
         self._sized = False
         self._status_shown_at = 0.0
+        self._reference_chosen = False  # the user has just chosen the reference: the set shown is evaluated again
         self._reference_timer = QTimer(self)  # typing a reference rewards once the typing pauses
         self._reference_timer.setSingleShot(True)
         self._reference_timer.setInterval(REFERENCE_DELAY_MS)
@@ -149,6 +151,7 @@ class MainWindow(QMainWindow):
         self.runs.fed.connect(self.files.recovery.record)
         self.runs.run_failed.connect(lambda failure: self.report_failure("The run failed", failure))
         self.runs.scores_arrived.connect(self.views.show_scores)
+        self.runs.scores_arrived.connect(lambda _gid: self.evaluate_reference())
         self.runs.score_failed.connect(lambda failure: self.report_failure("Scoring failed", failure))
         self.runs.score_done.connect(lambda: self.views.scoring.set_busy(False))
         self.controls.run_requested.connect(self.run)
@@ -159,6 +162,12 @@ class MainWindow(QMainWindow):
         self.controls.error.connect(self.show_error)
         self.controls.reward_box.changed.connect(self.reapply_rewards)
         self.controls.query_editor.reference_changed.connect(self._on_reference_changed)
+        self.controls.reference_box.chosen.connect(self.choose_reference_policy)
+        host.reference_progress.connect(self.controls.reference_box.show_progress)
+        self.runs.reference_changed.connect(self._on_reference_policy_changed)
+        self.runs.reference_failed.connect(self._on_reference_policy_failed)
+        self.runs.referenced.connect(self._on_referenced)
+        self.runs.evaluation_done.connect(self._on_evaluation_done)
         self._reference_timer.timeout.connect(self._reward_new_references)
         self.controls.k_spin.valueChanged.connect(self.views.tree_view.set_branch_k)
         self.views.tree_view.set_branch_k(self.controls.k())
@@ -421,6 +430,7 @@ class MainWindow(QMainWindow):
             self.files.autosave()  # an interrupted run is worth keeping until the user exports it or closes
         else:
             self.files.recovery.clear()
+        self.evaluate_reference()  # before run_done: a script waiting for the run sees the evaluation going
         self.run_done.emit(cancelled, failed)
 
     # -- opened sets -----------------------------------------------------------------------------------------------
@@ -439,6 +449,7 @@ class MainWindow(QMainWindow):
         name = Path(source).name
         self.setWindowTitle(f"{name} — Rollout Explorer")
         self.status.show_file(f"{name}, made with {rollout_set.model.name}")
+        self.evaluate_reference()  # a set without reference facts, of the model loaded, is compared too
 
     # -- scoring ---------------------------------------------------------------------------------------------------
     def request_score(self, group_id: str, responses: list) -> Optional[int]:
@@ -479,6 +490,57 @@ class MainWindow(QMainWindow):
     def _on_group_added(self, group_id: str) -> None:
         self.views.sync_tabs()
         self.views.select_group(group_id)
+        self.evaluate_reference()
+
+    # -- the reference policy --------------------------------------------------------------------------------------
+    def choose_reference_policy(self, spec: Optional[str]) -> bool:
+        """Use this reference (ReferenceSpec text; None: none) for the set shown and the runs to come."""
+        if spec is not None and self.model_info is None and not self.model_loading:
+            self.show_error("No model", "Load the policy's model first: the reference is compared with it.")
+            self.controls.reference_box.show_in_use(None)
+            return False
+        self._reference_chosen = True
+        self.runs.set_reference(spec)
+        return True
+
+    def evaluate_reference(self) -> Optional[int]:
+        """Evaluate what the set shown has not been evaluated on yet under the reference in use (none: nothing)."""
+        again, self._reference_chosen = self._reference_chosen, False
+        had = self.session.reference_policy if self.session is not None else None
+        request = self.runs.evaluate_reference(self.model_info, again=again)
+        if self.session is not None and had is not None and self.session.reference_policy is None:
+            self.views.show_reference()  # the old reference's facts were cleared
+        if request is not None:
+            self.status.message(f"Comparing with {self.runs.reference.description}…")
+        elif self.runs.reference is not None and self.session is not None and not self.is_running() and \
+                not self.session.same_model(self.model_info):
+            self.status.message(f"This set was made with {self.session.model.name}: load that model to compare it "
+                                "with the reference", MESSAGE_MS)
+        return request
+
+    def _on_reference_policy_changed(self) -> None:
+        info = self.runs.reference
+        self.controls.reference_box.show_in_use(info)
+        if info is None:
+            self._reference_chosen = False
+            self.views.show_reference()  # the facts of the reference before are gone
+            return
+        self.evaluate_reference()
+
+    def _on_reference_policy_failed(self, failure: Failure) -> None:
+        self._reference_chosen = False
+        self.controls.reference_box.show_failed(str(failure))
+        self.report_failure("Cannot use the reference policy", failure)
+
+    def _on_referenced(self, group_id: str) -> None:
+        self.files.mark_dirty()
+        self.views.show_reference()
+        if group_id == self.views.current_group_id():
+            self.views.show_stats(group_id)
+
+    def _on_evaluation_done(self) -> None:
+        self.controls.reference_box.show_in_use(self.runs.reference)
+        self.reference_evaluated.emit()
 
     # -- rewards ---------------------------------------------------------------------------------------------------
     def reapply_rewards(self) -> None:

@@ -23,6 +23,8 @@ from ..core.engine_like import EngineLike
 from ..core.errors import ExplorerError
 from ..core.types import Query, QueryGroup, RunStarted, SamplingParams
 
+PROGRESS_INTERVAL_S = 0.1  # a reference's progress (exact copy, evaluation) goes to the GUI at most this often
+
 EngineFactory = Callable[..., EngineLike]  # (model_path, n_gpu_layers=None, n_ctx=None) -> engine
 
 EMIT_INTERVAL_S = 0.03  # the GUI repaints at ~30 Hz; batching events at the same pace keeps the signal count low
@@ -73,13 +75,22 @@ class EngineWorker(QObject):
     scores_ready = Signal(int, str, object)  # run id, group id, tuple of Score
     prompt_formatted = Signal(int, object)  # run id, (chat used, prompt, prompt token ids): before scores_ready
     failed = Signal(int, object)  # run id, Failure
-    finished = Signal(int)  # run id; always the last signal of a generate / branch / score request
+    finished = Signal(int)  # run id; always the last signal of a generate / branch / score / annotate request
+    reference_ready = Signal(object)  # ReferenceInfo of the reference now in use, or None: no reference
+    reference_failed = Signal(object)  # Failure: the reference asked for cannot be used (none is in use)
+    reference_progress = Signal(str, int, int)  # what, done, total: writing the exact copy, evaluating
+    annotated = Signal(int, object, object)  # request id, QueryGroup evaluated under the reference, ReferenceInfo
 
     def __init__(self, engine_factory: EngineFactory = default_engine_factory):
         super().__init__()
         self._factory = engine_factory
         self._engine: Optional[EngineLike] = None
         self._loaded_with: Optional[tuple] = None  # (path, n_gpu_layers, n_ctx) of the engine loaded
+        # The reference policy pi_ref, and what the user asked for: it belongs to the policy engine (its rows, its
+        # tokenizer), so a new model builds it again from the same spec.
+        self._reference = None  # ReferencePolicy
+        self._reference_spec: Optional[str] = None
+        self._progress_at = 0.0
 
     # -- slots (queued from EngineHost) ----------------------------------------------------------------------------
     @Slot(str, object, object)
@@ -88,13 +99,15 @@ class EngineWorker(QObject):
         # The old model goes first: two multi-GB models side by side may not fit (VRAM especially). When the new one
         # cannot be loaded, the old one is loaded again, so a bad pick leaves the model the user had.
         previous, self._loaded_with = self._loaded_with, None
+        self._close_reference()
         self._close_engine()
         failure = self._load(path, n_gpu_layers, n_ctx)
-        if failure is None:
-            return
-        if previous is not None and previous[0] != path:
+        if failure is not None and previous is not None and previous[0] != path:
             self._load(*previous)  # model_loaded again: the window shows the previous model
-        self.model_failed.emit(failure)
+        if failure is not None:
+            self.model_failed.emit(failure)
+        if self._engine is not None and self._reference_spec is not None:
+            self._open_reference()  # the same reference, for the policy now loaded
 
     def _load(self, path: str, n_gpu_layers: Optional[int], n_ctx: Optional[int]) -> Optional[Failure]:
         try:
@@ -135,8 +148,39 @@ class EngineWorker(QObject):
             self.scores_ready.emit(run_id, group_id, scores)
         self.finished.emit(run_id)
 
+    @Slot(object)
+    def set_reference(self, spec: Optional[str]) -> None:
+        """Use the reference `spec` (ReferenceSpec text) from now on; None: no reference."""
+        self._close_reference()
+        self._reference_spec = spec
+        if spec is None:
+            self.reference_ready.emit(None)
+        else:
+            self._open_reference()
+
+    @Slot(int, object, object)
+    def annotate(self, run_id: int, groups: Sequence[QueryGroup], cancel: threading.Event) -> None:
+        """Evaluate the groups under the reference in use (teacher forcing), one `annotated` per group; nothing
+        when no reference is in use any more (it was cleared after the request was made)."""
+        try:
+            reference = self._reference
+            total = sum(len(s.tokens) for g in groups for s in g.rollouts + g.scores)
+            before = 0
+            for group in groups if reference is not None else ():
+                out = reference.annotate_group(
+                    group, cancel=cancel,
+                    progress=lambda done, _n, at=before: self._progress("Evaluating the reference", at + done, total))
+                if out is None:
+                    break  # cancelled: a new run or another reference was asked for
+                before += sum(len(s.tokens) for s in group.rollouts + group.scores)
+                self.annotated.emit(run_id, out, reference.info)
+        except BaseException as exc:  # noqa: BLE001
+            self.failed.emit(run_id, Failure.of(exc))
+        self.finished.emit(run_id)
+
     @Slot()
     def shutdown(self) -> None:
+        self._close_reference()
         self._close_engine()
         # Quit from here, not from the GUI: a quit() posted while a slot runs can end the loop before a queued
         # shutdown request is delivered, and the engine would then never be closed on its own thread.
@@ -147,6 +191,46 @@ class EngineWorker(QObject):
         if self._engine is None:
             raise ExplorerError("No model is loaded: pick a model first.")
         return self._engine
+
+    def _open_reference(self) -> None:
+        from ..core.exact_copy import cached_exact_copy
+        from ..core.reference import ReferencePolicy, ReferenceSpec
+
+        engine = self._engine
+        try:
+            if engine is None:
+                raise ExplorerError("No model is loaded: load the policy before choosing its reference.")
+            if not hasattr(engine, "teacher_force"):
+                raise ExplorerError("A reference policy needs a local GGUF model: a server sends no full rows of "
+                                    "logits, and the KL is computed over the whole vocabulary.")
+            spec = ReferenceSpec.parse(self._reference_spec)
+            _path, n_gpu_layers, n_ctx = self._loaded_with
+
+            def exact_path(path, progress):
+                return cached_exact_copy(path, engine.info.fingerprint, progress)
+
+            self._reference = ReferencePolicy(
+                spec, engine, lambda path: self._factory(path, n_gpu_layers=n_gpu_layers, n_ctx=n_ctx), exact_path,
+                lambda done, total: self._progress("Writing the exact float copy", done, total))
+        except BaseException as exc:  # noqa: BLE001
+            self._reference_spec = None
+            self.reference_failed.emit(Failure.of(exc))
+            return
+        self.reference_ready.emit(self._reference.info)
+
+    def _progress(self, what: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        if done >= total or now - self._progress_at >= PROGRESS_INTERVAL_S:
+            self._progress_at = now
+            self.reference_progress.emit(what, done, total)
+
+    def _close_reference(self) -> None:
+        reference, self._reference = self._reference, None
+        if reference is not None:
+            try:
+                reference.close()
+            except Exception:  # noqa: BLE001 -- a failing close must not keep the next reference from opening
+                pass
 
     def _close_engine(self) -> None:
         engine, self._engine = self._engine, None
@@ -196,11 +280,17 @@ class EngineHost(QObject):
     prompt_formatted = Signal(int, object)
     failed = Signal(int, object)
     finished = Signal(int)
+    reference_ready = Signal(object)
+    reference_failed = Signal(object)
+    reference_progress = Signal(str, int, int)
+    annotated = Signal(int, object, object)
 
     _load_requested = Signal(str, object, object)
     _generate_requested = Signal(int, object, int, object, bool, object, object)
     _branch_requested = Signal(int, object, str, int, object, int, object, object)
     _score_requested = Signal(int, str, str, object, bool, object, int)
+    _reference_requested = Signal(object)
+    _annotate_requested = Signal(int, object, object)
     _shutdown_requested = Signal()
 
     def __init__(self, engine_factory: EngineFactory = default_engine_factory, parent: Optional[QObject] = None):
@@ -213,6 +303,8 @@ class EngineHost(QObject):
         self._generate_requested.connect(self.worker.generate)
         self._branch_requested.connect(self.worker.branch)
         self._score_requested.connect(self.worker.score)
+        self._reference_requested.connect(self.worker.set_reference)
+        self._annotate_requested.connect(self.worker.annotate)
         self._shutdown_requested.connect(self.worker.shutdown)
         self._thread.finished.connect(self.worker.deleteLater)
         w = self.worker
@@ -220,10 +312,14 @@ class EngineHost(QObject):
                                (w.model_failed, self.model_failed), (w.events, self.events),
                                (w.scores_ready, self.scores_ready), (w.failed, self.failed),
                                (w.prompt_formatted, self.prompt_formatted),
+                               (w.reference_ready, self.reference_ready),
+                               (w.reference_failed, self.reference_failed),
+                               (w.reference_progress, self.reference_progress), (w.annotated, self.annotated),
                                (w.finished, self.finished)):
             source.connect(target)
         self._next_id = 0
         self._cancels: dict[int, threading.Event] = {}
+        self._annotations: set[int] = set()  # the annotate requests not finished
         self.finished.connect(self._forget)
         self._thread.start()
 
@@ -240,6 +336,7 @@ class EngineHost(QObject):
     @Slot(int)
     def _forget(self, run_id: int) -> None:
         self._cancels.pop(run_id, None)
+        self._annotations.discard(run_id)
 
     def is_alive(self) -> bool:
         return self._thread.isRunning()
@@ -265,6 +362,21 @@ class EngineHost(QObject):
               system: Optional[str] = None, top_n: int = 5) -> int:
         run_id, _ = self._new_run()
         self._score_requested.emit(run_id, group_id, query, tuple(responses), chat, system, top_n)
+        return run_id
+
+    def set_reference(self, spec: Optional[str]) -> None:
+        """The reference policy from now on (ReferenceSpec text; None: none). Evaluations going are cancelled (they
+        were for the reference before); a run streaming goes on, and is evaluated when it ends."""
+        for run_id in self._annotations:
+            self.stop(run_id)
+        self._reference_requested.emit(spec)
+
+    def annotate(self, groups: Sequence[QueryGroup]) -> int:
+        """Evaluate finished groups under the reference in use; cancelled like a run by the next generate, branch
+        or reference."""
+        run_id, cancel = self._new_run()
+        self._annotations.add(run_id)
+        self._annotate_requested.emit(run_id, tuple(groups), cancel)
         return run_id
 
     def stop(self, run_id: int) -> None:

@@ -41,3 +41,27 @@ def test_scripted_tree_screenshot_at_a_readable_size(fake_factory, fake_model, g
     assert run_gui(args, fake_factory, gui_settings) == 0
     image = QImage(str(tmp_path / "tree.png"))
     assert image.width() >= TREE_SHOT_SIZE[0] - 40 and image.height() >= TREE_SHOT_SIZE[1] - 80
+
+
+def test_scripted_reference_evaluates_the_run_and_the_scores_before_the_export(tiny_gguf, gui_settings, tmp_path):
+    from explorer.gui.worker import default_engine_factory
+
+    args = _args(tiny_gguf, tmp_path, reference="temperature:0.5", beta=0.2, score=["Atlantic Ocean"])
+    assert run_gui(args, default_engine_factory, gui_settings) == 0
+    saved = export.load(tmp_path / "set.json")
+    assert saved.reference_policy.kind == "temperature" and saved.reference_policy.temperature == 0.5
+    group = saved.groups[0]
+    assert all(r.mean_kl is not None and r.mean_kl > 0 for r in group.rollouts)
+    assert group.scores and group.scores[0].mean_kl is not None
+
+
+def test_scripted_reference_that_cannot_be_used_fails_with_why(tiny_gguf, gui_settings, tmp_path, capsys):
+    from explorer.gui.worker import default_engine_factory
+
+    args = _args(tiny_gguf, tmp_path, reference=str(tmp_path / "missing.gguf"))
+    assert run_gui(args, default_engine_factory, gui_settings) == 1
+    assert "no such GGUF file" in capsys.readouterr().err
+    assert not (tmp_path / "set.json").exists()
+    args = _args(tiny_gguf, tmp_path, reference="temperature:hot")
+    assert run_gui(args, default_engine_factory, gui_settings) == 2
+    assert "not a number" in capsys.readouterr().err

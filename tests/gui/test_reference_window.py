@@ -1,0 +1,172 @@
+"""The reference policy in the window: chosen in the side panel, built and evaluated on the worker thread with the
+real engine on tiny GGUFs, shown on the rollouts, cleared, refused with a clear message, kept in exported sets."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType, LlamaFileType
+from gguf.quants import quantize
+from tiny_gguf import write_tiny_gguf
+
+from explorer.core.exact_copy import DATA_DIR_ENV, as_float32, copy_gguf
+from explorer.gui.worker import default_engine_factory
+from gui_kit import load, run_to_end
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """base: a tiny GGUF with its own output matrix; changed: its output row 120 scaled (same vocabulary);
+    other: a tiny GGUF with another vocabulary; q8: base quantized to Q8_0 (an exact copy makes sense for it)."""
+    folder = tmp_path_factory.mktemp("ref-window")
+    base = write_tiny_gguf(folder / "base.gguf", tie_embeddings=False, seed=3)
+
+    def scaled(t, qtype):
+        values = as_float32(t)
+        if t.name == "output.weight":
+            values = values.copy()
+            values[120] *= 4.0
+        return values
+
+    changed = copy_gguf(base, folder / "changed.gguf", lambda t: t.tensor_type, scaled, int(LlamaFileType.ALL_F32))
+
+    def q8_type(t):
+        return GGMLQuantizationType.Q8_0 if len(t.shape) == 2 else t.tensor_type
+
+    def q8_data(t, qtype):
+        values = as_float32(t)
+        return quantize(values, qtype) if qtype == GGMLQuantizationType.Q8_0 else values
+
+    q8 = copy_gguf(base, folder / "q8.gguf", q8_type, q8_data, int(LlamaFileType.MOSTLY_Q8_0))
+    other = write_tiny_gguf(folder / "other.gguf", extra_tokens=["zebra"], tie_embeddings=False, seed=3)
+    return {"base": base, "changed": changed, "other": other, "q8": q8}
+
+
+@pytest.fixture
+def real_window(make_window, qtbot, models):
+    window = make_window(factory=default_engine_factory)
+    load(qtbot, window, models["base"])
+    window.controls.set_queries(["Which is the largest ocean?"])
+    return window
+
+
+def use_reference(qtbot, window, kind: str, value: str = "") -> None:
+    """Press Use in the side panel and wait until the reference is in use and the set shown is evaluated."""
+    box = window.controls.reference_box
+    box.set_choice(kind, value)
+    with qtbot.waitSignal(window.runs.reference_changed, timeout=10000):
+        assert box.use()
+    qtbot.waitUntil(lambda: not window.runs.is_evaluating(), timeout=10000)
+
+
+def all_tokens(window):
+    return [t for g in window.session.groups() for r in g.rollouts + g.scores for t in r.tokens]
+
+
+def test_a_reference_chosen_after_a_run_evaluates_the_rollouts_shown(qtbot, real_window, models, tmp_path):
+    window = real_window
+    run_to_end(qtbot, window, k=3, max_tokens=8)
+    assert all(t.kl is None for t in all_tokens(window))
+    use_reference(qtbot, window, "model", str(models["changed"]))
+    info = window.runs.reference
+    assert info.kind == "model" and "changed" in info.description
+    assert window.session.reference_policy == info
+    tokens = all_tokens(window)
+    assert tokens and all(t.kl is not None and t.kl > 0 and t.ref_top for t in tokens)
+    rollouts = window.session.group("q0").rollouts
+    assert all(r.log_ratio is not None and r.mean_kl > 0 for r in rollouts)
+    assert dict(window.session.group("q0").stats)["mean_kl"] > 0
+    assert "In use" in window.controls.reference_box.state_label.text()
+    assert window.files.export_rollout_set(str(tmp_path / "set.json"))
+    saved = json.loads((tmp_path / "set.json").read_text())
+    assert saved["reference_policy"]["kind"] == "model"
+    assert all("kl" in t and "ref_top_logprobs" in t for r in saved["groups"][0]["rollouts"] for t in r["tokens"])
+
+
+def test_a_reference_in_use_evaluates_each_run_and_each_scored_response(qtbot, real_window):
+    window = real_window
+    use_reference(qtbot, window, "temperature", "0.5")
+    assert window.runs.reference.temperature == 0.5
+    run_to_end(qtbot, window, k=2, max_tokens=6)
+    qtbot.waitUntil(lambda: all(t.kl is not None for t in all_tokens(window)), timeout=10000)
+    with qtbot.waitSignal(window.reference_evaluated, timeout=10000):
+        assert window.request_score("q0", ["Atlantic"]) is not None
+    scores = window.session.scores("q0")
+    assert scores and scores[0].mean_kl is not None and scores[0].log_ratio is not None
+    # the same run again under the policy itself (temperature 1): every log-ratio and KL is exactly 0
+    use_reference(qtbot, window, "temperature", "1")
+    assert all(t.kl == 0.0 and t.ref_logprob == t.logprob for t in all_tokens(window))
+
+
+def test_no_reference_clears_the_facts_and_a_bad_one_is_refused_keeping_the_rollouts(qtbot, real_window, models):
+    window = real_window
+    errors = []
+    window.error_shown.connect(lambda title, message: errors.append((title, message)))
+    run_to_end(qtbot, window, k=2, max_tokens=6)
+    use_reference(qtbot, window, "system", "Answer in French.")
+    assert all(t.kl is not None for t in all_tokens(window))
+    texts = [r.text for r in window.session.group("q0").rollouts]
+    use_reference(qtbot, window, "none")
+    assert window.runs.reference is None and window.session.reference_policy is None
+    assert all(t.kl is None for t in all_tokens(window))
+    # another vocabulary: refused with the first token that differs; the rollouts stay as they were
+    box = window.controls.reference_box
+    box.set_choice("model", str(models["other"]))
+    with qtbot.waitSignal(window.runs.reference_failed, timeout=10000):
+        box.use()
+    assert errors and "another vocabulary: token" in errors[-1][1]
+    assert window.runs.reference is None and "None in use" in box.state_label.text()
+    assert [r.text for r in window.session.group("q0").rollouts] == texts
+    # bad input in the side panel never reaches the worker
+    box.set_choice("temperature", "warm")
+    assert not box.use()
+    assert "not a number" in errors[-1][1]
+    box.set_choice("model", "")
+    assert not box.use() and "path of the reference GGUF" in errors[-1][1]
+
+
+def test_the_exact_reference_writes_its_float_copy_once_with_progress(qtbot, make_window, models, tmp_path,
+                                                                     monkeypatch):
+    monkeypatch.setenv(DATA_DIR_ENV, str(tmp_path / "data"))
+    window = make_window(factory=default_engine_factory)
+    load(qtbot, window, models["q8"])
+    window.controls.set_queries(["Which is the largest ocean?"])
+    run_to_end(qtbot, window, k=2, max_tokens=6)
+    progress = []
+    window.runs.host.reference_progress.connect(lambda what, done, total: progress.append((what, done, total)))
+    use_reference(qtbot, window, "exact")
+    copies = list((tmp_path / "data" / "exact-references").glob("*.gguf"))
+    assert len(copies) == 1 and window.runs.reference.kind == "exact"
+    writes = [p for p in progress if p[0].startswith("Writing")]
+    assert writes and writes[-1][1] == writes[-1][2]  # it reached the end
+    kl = np.array([t.kl for t in all_tokens(window)])
+    assert (kl > 0).all() and kl.max() < 0.1  # Q8_0 is close to its float copy, and not equal
+    # a reload of the same model builds the same reference again, from the cached copy
+    mtime = copies[0].stat().st_mtime_ns
+    with qtbot.waitSignal(window.runs.reference_changed, timeout=10000):
+        window.reload_model()
+    assert window.runs.reference.kind == "exact" and copies[0].stat().st_mtime_ns == mtime
+
+
+def test_a_policy_without_logits_rows_is_told_why_it_cannot_have_a_reference(qtbot, window, fake_model):
+    """The fake engine, like a server, has no teacher forcing with rows: the reference is refused with why."""
+    errors = []
+    window.error_shown.connect(lambda title, message: errors.append(message))
+    load(qtbot, window, fake_model)
+    box = window.controls.reference_box
+    box.set_choice("temperature", "0.5")
+    with qtbot.waitSignal(window.runs.reference_failed, timeout=5000):
+        box.use()
+    assert "needs a local GGUF model" in errors[-1]
+
+
+def test_choosing_a_reference_without_a_model_says_so(qtbot, make_window):
+    window = make_window(factory=default_engine_factory)
+    errors = []
+    window.error_shown.connect(lambda title, message: errors.append(message))
+    box = window.controls.reference_box
+    box.set_choice("temperature", "0.5")
+    box.use()
+    assert "Load the policy's model first" in errors[-1] and window.runs.reference is None
