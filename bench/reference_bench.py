@@ -1,9 +1,13 @@
 """The cost of a reference policy pass per token, against generating the same tokens and scoring them once more.
 
 One process, the default model: k rollouts are generated (timed), scored once by teacher forcing (timed: "one more
-decode of the same tokens", the target), then evaluated under each kind of reference (timed). A reference needs the
-policy's full logits rows and the reference's: a sampler reference (temperature) reuses the policy's rows, a system
-prompt reference decodes the tokens twice on one engine, the exact float copy decodes them on a second, slower model.
+decode of the same tokens", the target), then evaluated under each kind of reference (timed), two ways:
+- after the run (a reference chosen for rollouts already there): the policy's full logits rows and the reference's
+  are needed, so both are teacher-forced: a sampler reference (temperature) reuses the policy's rows, a system prompt
+  reference decodes the tokens twice on one model, the exact float copy on a second, slower model;
+- while sampling (a reference in use when the run starts: reference.LockstepReference): the policy's rows are at hand
+  in the sampling loop, so only the reference decodes the step's tokens, once; its cost is generation with the
+  follower minus generation without it, both timed here.
 """
 
 from __future__ import annotations
@@ -48,6 +52,14 @@ def run_reference_bench(model_path: str = "", k: int = 8, n_tokens: int = 32, lo
         def exact_path(path, progress):
             return cached_exact_copy(path, policy.info.fingerprint, directory=Path(tmp))
 
+        params = SamplingParams(max_tokens=n_tokens, seed=3)
+
+        def generate(follower=None) -> float:
+            t0 = time.perf_counter()
+            s = Session(policy.info)
+            s.extend(policy.generate([QUERY], k, params, **({"follower": follower} if follower else {})))
+            return time.perf_counter() - t0
+
         for spec in ("temperature:0.7", "system:Answer briefly.", "exact"):
             t0 = time.perf_counter()
             ref = ReferencePolicy(ReferenceSpec.parse(spec), policy, lambda p: Engine(p), exact_path)
@@ -56,11 +68,23 @@ def run_reference_bench(model_path: str = "", k: int = 8, n_tokens: int = 32, lo
                 t0 = time.perf_counter()
                 ref.annotate_group(group)
                 ref_s = time.perf_counter() - t0
-            rows.append({"pass": f"reference {spec}", "tokens": n, "ms/token": 1000 * ref_s / n,
+                # in lock-step with generation (what the window does with a reference chosen before the run): the
+                # cost is what generating with the follower adds to generating without it, measured side by side
+                plain_s = generate()
+                follower = ref.lockstep(params.top_n)
+                try:
+                    followed_s = generate(follower)
+                finally:
+                    follower.close()
+                extra_s = max(followed_s - plain_s, 0.0)
+            rows.append({"pass": f"reference {spec}, after the run", "tokens": n, "ms/token": 1000 * ref_s / n,
                          "vs_generate": ref_s / generate_s, "vs_one_more_scoring": ref_s / score_s,
                          "setup_s": setup_s})
+            rows.append({"pass": f"reference {spec}, while sampling", "tokens": n, "ms/token": 1000 * extra_s / n,
+                         "vs_generate": extra_s / plain_s, "vs_one_more_scoring": extra_s / score_s})
             if log:
-                log(f"  reference {spec}: {1000 * ref_s / n:.1f} ms/token ({ref_s / score_s:.2f}x one more scoring)")
+                log(f"  reference {spec}: after the run {1000 * ref_s / n:.1f} ms/token ({ref_s / score_s:.2f}x one "
+                    f"more scoring); while sampling +{1000 * extra_s / n:.1f} ms/token ({extra_s / score_s:.2f}x)")
     return rows
 
 

@@ -192,8 +192,8 @@ def main(argv=None) -> int:
     bench = _optional_bench("reference_bench", "run_reference_bench")
     if bench is not None:
         log("reference_bench ...")
-        print_dict_table(bench(), "Reference policy pass per token, k=8 x 32 tokens (target: at most one more "
-                                  "scoring of the same tokens)")
+        print_dict_table(bench(), "Reference policy pass per token, k=8 x 32 tokens, after the run and while "
+                                  "sampling (target: at most one more scoring of the same tokens)")
     print(f"\nTotal benchmark time: {time.perf_counter() - t_start:.0f} s")
     return 0
 

@@ -92,17 +92,20 @@ def _open_reference(spec, args, engine):
     return ReferencePolicy(spec, engine, lambda path: Engine(path, n_ctx=args.n_ctx), exact_path, progress)
 
 
-def _annotate_with_reference(reference, groups, beta: float, update) -> None:
-    """Each group evaluated under the reference (update(group) stores it), with one line per group on stderr."""
+def _report_reference(reference, session, beta: float) -> None:
+    """Evaluate what the run left without reference facts (nothing, when the reference followed it), then one line
+    per group on stderr."""
     from .core.stats import reference_stats
 
-    for group in groups:
-        annotated = reference.annotate_group(group)
-        update(annotated)
-        stats = reference_stats(annotated.rollouts + annotated.scores) or {}
-        rewards = [r.implicit_reward(beta) for r in annotated.rollouts if r.log_ratio is not None]
+    for gid in session.group_ids:
+        pending = session.unreferenced(gid)
+        if pending is not None:
+            session.annotate(reference.annotate_group(pending), reference.info)
+        group = session.group(gid)
+        stats = reference_stats(group.rollouts + group.scores) or {}
+        rewards = [r.implicit_reward(beta) for r in group.rollouts if r.log_ratio is not None]
         mean_reward = f"{sum(rewards) / len(rewards):.4f}" if rewards else "-"
-        sys.stderr.write(f"{group.id} vs {reference.info.description}: mean KL {stats.get('mean_kl', math.nan):.4g}"
+        sys.stderr.write(f"{gid} vs {reference.info.description}: mean KL {stats.get('mean_kl', math.nan):.4g}"
                          f" nats/token, p99 {stats.get('kl_p99', math.nan):.4g}, same top token "
                          f"{100 * (stats.get('same_top_share') or 0):.1f}%, mean implicit reward (beta {beta:g}) "
                          f"{mean_reward}\n")
@@ -275,13 +278,21 @@ def cmd_generate(args) -> int:
     previous = signal.signal(signal.SIGINT, on_sigint)
     run_error = None
     try:
-        for event in engine.generate(queries, args.k, params, cancel=cancel, chat=not args.raw, system=args.system):
-            session.feed(LOCAL_RUN, (event,))
-            if isinstance(event, TokenBatch):
-                progress.update(len(event.events))
+        # the reference follows the run: the policy's rows are at hand while sampling, so only pi_ref decodes again
+        follow = {"follower": reference.lockstep(params.top_n)} if reference is not None else {}
         if reference is not None:
-            _annotate_with_reference(reference, session.groups("cancelled"), args.beta,
-                                     lambda group: session.annotate(group, reference.info))
+            session.reference_policy = reference.info
+        try:
+            for event in engine.generate(queries, args.k, params, cancel=cancel, chat=not args.raw,
+                                         system=args.system, **follow):
+                session.feed(LOCAL_RUN, (event,))
+                if isinstance(event, TokenBatch):
+                    progress.update(len(event.events))
+        finally:
+            if follow:
+                follow["follower"].close()
+        if reference is not None:
+            _report_reference(reference, session, args.beta)
     except ExplorerError as exc:  # a server failing mid-run: what arrived is still written, then exit 2
         if not session.group_ids:
             raise

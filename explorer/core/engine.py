@@ -12,7 +12,7 @@ import codecs
 import math
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterator, Optional, Sequence, Union
 
@@ -59,6 +59,7 @@ class _PrefixGroup:
     group_id: str
     prefix: list[int]
     rollouts: list[_LiveRollout] = field(default_factory=list)
+    header: Optional[GroupHeader] = None  # the query the prefix starts with (a lock-step reference reads it)
 
 
 class Engine:
@@ -175,6 +176,10 @@ class Engine:
         self._kv = KVCache(self._ctx)
         return self._ctx
 
+    def step_decoder(self) -> "StepDecoder":
+        """A context of its own on this model (the weights are shared) that decodes tokens another engine samples."""
+        return StepDecoder(self.model, self._n_threads)
+
     def _check_fits(self, n_prefix: int, max_tokens: int, what: str, after: str = "") -> None:
         """after: what follows the prefix when it is not generated (a scored response, so no max tokens)."""
         limit = self._position_limit()
@@ -214,8 +219,11 @@ class Engine:
     # -- generation --------------------------------------------------------------------------------------------
     def generate(self, queries: Sequence[Union[Query, str]], k: int, params: SamplingParams,
                  cancel: Optional[threading.Event] = None, chat: bool = True,
-                 system: Optional[str] = None) -> Iterator:
-        """Stream k rollouts for each query (events, see types.py). Rollout i of a query uses seed + i."""
+                 system: Optional[str] = None, follower=None) -> Iterator:
+        """Stream k rollouts for each query (events, see types.py). Rollout i of a query uses seed + i.
+
+        follower (reference.LockstepReference): a reference policy evaluated on the tokens as they are sampled; its
+        facts (ref_logprob, kl, ref_top) come in the tokens themselves."""
         qs = check_generate(queries, k, params)
         use_chat = self.uses_chat(chat)
         groups, units = [], []
@@ -224,18 +232,18 @@ class Engine:
             self._check_fits(len(ids), params.max_tokens, f"query {qi + 1}'s prompt")
             gid = f"q{qi}"
             groups.append(GroupHeader(gid, q.text, use_chat, prompt, ids, q.reference))
-            unit = _PrefixGroup(gid, list(ids))
+            unit = _PrefixGroup(gid, list(ids), header=groups[-1])
             for i in range(k):
                 header = RolloutHeader(gid, f"{gid}.r{i}", i, params.seed + i)
                 unit.rollouts.append(self._new_live(header, list(ids)))
             units.append(unit)
         yield RunStarted(tuple(groups), tuple(r.header for u in units for r in u.rollouts), params,
                          total_tokens=len(qs) * k * params.max_tokens)
-        yield from self._run(units, params, cancel)
+        yield from self._run(units, params, cancel, follower)
 
     def branch(self, group: QueryGroup, rollout_id: str, position: int, forced_token: Optional[int] = None,
                k: int = 1, params: Optional[SamplingParams] = None,
-               cancel: Optional[threading.Event] = None) -> Iterator:
+               cancel: Optional[threading.Event] = None, follower=None) -> Iterator:
         """k new rollouts that keep the first `position` tokens of rollout_id, then (optionally) forced_token."""
         params, parent, kept = check_branch(group, rollout_id, position, k, params)
         if kept and self.model.is_eog(kept[-1].id):
@@ -251,7 +259,9 @@ class Engine:
             kept = kept + forced
             prefix.append(forced_token)
         first = max((r.index for r in group.rollouts), default=-1) + 1
-        unit = _PrefixGroup(group.id, prefix)
+        group_header = GroupHeader(group.id, group.query, group.chat, group.prompt, group.prompt_token_ids,
+                                   group.reference)
+        unit = _PrefixGroup(group.id, prefix, header=group_header)
         for j in range(k):
             idx = first + j
             decoder = codecs.getincrementaldecoder("utf-8")("replace")
@@ -261,9 +271,8 @@ class Engine:
             live = self._new_live(header, list(prefix))
             live.tokens, live.text, live.decoder = list(kept), prefix_text, decoder
             unit.rollouts.append(live)
-        header = GroupHeader(group.id, group.query, group.chat, group.prompt, group.prompt_token_ids, group.reference)
-        yield RunStarted((header,), tuple(r.header for r in unit.rollouts), params, total_tokens=k * params.max_tokens,
-                         is_branch=True)
+        yield RunStarted((group_header,), tuple(r.header for r in unit.rollouts), params,
+                         total_tokens=k * params.max_tokens, is_branch=True)
         if forced_token is not None and self.model.is_eog(forced_token):
             # a forced end-of-generation ends the rollouts there: nothing may be sampled after it
             for live in unit.rollouts:
@@ -271,19 +280,19 @@ class Engine:
                 yield RolloutFinished(group.id, self._final(live))
             yield RunFinished(Timings(load_s=self.load_s))
             return
-        yield from self._run([unit], params, cancel)
+        yield from self._run([unit], params, cancel, follower)
 
     def _new_live(self, header: RolloutHeader, history: list[int]) -> _LiveRollout:
         return _LiveRollout(header=header, rng=np.random.Generator(np.random.PCG64(header.seed)), history=history,
                      tokens=list(header.prefix), text=header.prefix_text,
                      decoder=codecs.getincrementaldecoder("utf-8")("replace"))
 
-    def _run(self, units: list[_PrefixGroup], params: SamplingParams, cancel) -> Iterator:
+    def _run(self, units: list[_PrefixGroup], params: SamplingParams, cancel, follower=None) -> Iterator:
         timing = {"prompt_s": 0.0, "generation_s": 0.0, "n": 0}
         cancelled = False
         for wave in self._plan_waves(units, params.max_tokens):
             if not cancelled and not (cancel is not None and cancel.is_set()):
-                yield from self._run_wave(wave, params, cancel, timing)
+                yield from self._run_wave(wave, params, cancel, timing, follower)
             for unit in wave:  # whatever the wave left unfinished was cancelled
                 for r in unit.rollouts:
                     if r.finish is None:
@@ -311,7 +320,7 @@ class Engine:
                     waves.append(cur)
                     cur, cells, seqs = [], 0, 0
                     continue
-                cur.append(_PrefixGroup(unit.group_id, unit.prefix, pending[:fit]))
+                cur.append(_PrefixGroup(unit.group_id, unit.prefix, pending[:fit], unit.header))
                 pending = pending[fit:]
                 cells += len(unit.prefix) + fit * max_tokens
                 seqs += fit
@@ -319,7 +328,8 @@ class Engine:
             waves.append(cur)
         return waves
 
-    def _run_wave(self, units: list[_PrefixGroup], params: SamplingParams, cancel, timing: dict) -> Iterator:
+    def _run_wave(self, units: list[_PrefixGroup], params: SamplingParams, cancel, timing: dict,
+                  follower=None) -> Iterator:
         n_seq = sum(len(u.rollouts) for u in units)
         cells = sum(len(u.prefix) + len(u.rollouts) * params.max_tokens for u in units)
         ctx = self._ensure_context(cells, n_seq)
@@ -333,16 +343,21 @@ class Engine:
         timing["prompt_s"] += time.perf_counter() - t0
         if prefix_rows is None:
             return
+        if follower is not None and not follower.start([(u.header, u.prefix, [r.seq for r in u.rollouts])
+                                                        for u in units], params.max_tokens, cancel):
+            return
         active = [r for u in units for r in u.rollouts]
         logits = np.stack([prefix_rows[u] for u, unit in enumerate(units) for _ in unit.rollouts])
         self._ws.reserve(len(active))
         t0 = time.perf_counter()
         try:
             while active:
+                seen = follower.see([r.seq for r in active], logits) if follower is not None else None
                 step = sample_step(logits, params, [r.history for r in active], [r.rng for r in active], self._ws)
+                facts = follower.facts(seen, step.token_ids) if follower is not None else None
                 events, still = [], []
                 for j, r in enumerate(active):
-                    events.append(self._advance(r, j, step, params))
+                    events.append(self._advance(r, j, step, params, facts[j] if facts is not None else None))
                     if r.finish is None:
                         still.append(r)
                 timing["n"] += len(active)
@@ -355,6 +370,8 @@ class Engine:
                     break
                 ctx.decode([r.last for r in active], [r.pos for r in active], [[r.seq] for r in active],
                            [True] * len(active))
+                if follower is not None:
+                    follower.decode([r.last for r in active], [r.seq for r in active])
                 for r in active:
                     r.pos += 1
                     r.last = None
@@ -363,12 +380,18 @@ class Engine:
             timing["generation_s"] += time.perf_counter() - t0
         self._kv.remember({r.seq: r.history[: r.pos] for u in units for r in u.rollouts})  # for the next run's reuse
 
-    def _advance(self, r: _LiveRollout, j: int, step, params: SamplingParams) -> TokenEvent:
+    def _advance(self, r: _LiveRollout, j: int, step, params: SamplingParams, comparison=None) -> TokenEvent:
         tok = int(step.token_ids[j])
         s = step.stats
         sampling_lp = float(step.sampling_logprobs[j])
         info = self._token_info(tok, step.logprobs[j], sampling_lp if math.isfinite(sampling_lp) else None,
                                 s.entropy[j], step.ranks[j], s.top_ids[j], s.top_logprobs[j])
+        if comparison is not None:
+            # log pi_ref as a teacher-forced evaluation gives it: the recorded log pi minus the log-ratio (0 exactly
+            # for a reference identical to the policy)
+            info = replace(info, ref_logprob=info.logprob - comparison.log_ratio, kl=comparison.kl,
+                           ref_top_id=comparison.ref_top_id,
+                           ref_top=self._top([i for i, _ in comparison.ref_top], [lp for _, lp in comparison.ref_top]))
         position = len(r.tokens)
         r.tokens.append(info)
         r.history.append(tok)
@@ -448,3 +471,39 @@ class Engine:
                     top_n: int) -> tuple[list[tuple[TokenInfo, ...]], dict[int, list[int]]]:
         ctx = self._ensure_context(len(prefix) + sum(map(len, id_lists)), len(id_lists))
         return scoring.score_pass(ctx, self._kv, prefix, id_lists, top_n, self._ws, self._token_info)
+
+
+class StepDecoder:
+    """A second llama context on a model, fed step by step with the tokens a policy samples: a reference policy
+    evaluated in lock-step with generation (reference.LockstepReference) decodes each step's tokens once, as
+    generation does, instead of teacher-forcing policy and reference again after the run. Its rows are the rows
+    teacher forcing gives (micro-batches under N_UBATCH: see llama_backend)."""
+
+    def __init__(self, model: lb.LlamaModel, n_threads: Optional[int] = None):
+        self._model = model
+        self._n_threads = n_threads
+        self._ctx: Optional[lb.LlamaContext] = None
+        self._kv: Optional[KVCache] = None
+
+    def start(self, prefixes: Sequence[Prefix], cells: int, cancel: Optional[threading.Event] = None,
+              ) -> Optional[list[np.ndarray]]:
+        """Decode the prefixes (each for its sequences); the rows after each, or None when cancelled."""
+        n_seq = sum(len(p.seqs) for p in prefixes)
+        ctx = self._ctx
+        if ctx is None or ctx.n_ctx < cells or ctx.n_seq < n_seq:
+            if ctx is not None:
+                ctx.close()
+            self._ctx = lb.LlamaContext(self._model, int(math.ceil(cells / 256) * 256), n_seq, self._n_threads)
+            self._kv = KVCache(self._ctx)
+        return self._kv.prefill(prefixes, cancel)
+
+    def decode(self, tokens: Sequence[int], positions: Sequence[int], seqs: Sequence[int]) -> np.ndarray:
+        """One token per sequence at its position; the (n, V) rows after them (a copy)."""
+        self._ctx.decode(list(tokens), list(positions), [[s] for s in seqs], [True] * len(tokens))
+        return np.array(self._ctx.logits_rows(range(len(tokens))))
+
+    def close(self) -> None:
+        if self._ctx is not None:
+            self._ctx.close()
+            self._ctx = None
+            self._kv = None

@@ -21,6 +21,7 @@ from typing import Callable, NamedTuple, Optional, Sequence
 import numpy as np
 
 from .errors import ExplorerError
+from .kv_cache import Prefix
 from .types import QueryGroup, ReferenceInfo, RolloutSet, Score, TokenInfo, TopLogprob
 
 ROW_BUDGET = 256  # logits rows per side held at once (256 x 49k vocabulary x 4 bytes = 50 MB)
@@ -198,6 +199,11 @@ class ReferencePolicy:
             self.engine.close()
             self.engine = None
 
+    def lockstep(self, top_n: int) -> "LockstepReference":
+        """A follower for one run of the policy (Engine.generate / branch follower=): evaluates this reference on
+        each step's tokens as they are sampled. Close it after the run."""
+        return LockstepReference(self, top_n)
+
     # -- evaluation ----------------------------------------------------------------------------------------------
     def _ref_prefix(self, query: str, chat: bool, policy_prefix: Sequence[int]) -> list[int]:
         if self.spec.kind == "system":
@@ -327,3 +333,82 @@ def _top_rows(lq: np.ndarray, n: int) -> list[tuple[tuple[int, float], ...]]:
     ids = np.take_along_axis(part, order, axis=1)
     vals = np.take_along_axis(vals, order, axis=1)
     return [tuple((int(i), float(v)) for i, v in zip(r_ids, r_vals)) for r_ids, r_vals in zip(ids, vals)]
+
+
+class LockstepReference:
+    """A reference policy evaluated while the policy samples, one decode step at a time.
+
+    The policy's logits rows are at hand in the sampling loop, so the KL needs no second policy pass: per step the
+    reference decodes the step's tokens once on a context of its own (StepDecoder; none for a sampler reference,
+    whose rows are the policy's), and the facts go into the tokens as they stream. The rows are those teacher
+    forcing gives after the run (ReferencePolicy.compare), so both paths give the same facts.
+    """
+
+    def __init__(self, reference: ReferencePolicy, top_n: int):
+        self.reference = reference
+        self.info = reference.info
+        self._top_n = top_n
+        kind = reference.spec.kind
+        self._transform = kind in ("temperature", "top_p")
+        self._t = float(reference.spec.value) if kind == "temperature" else 1.0
+        self._p = float(reference.spec.value) if kind == "top_p" else 1.0
+        # the policy's own file as its reference reads the policy's rows: a context of its own would prefill what
+        # the policy's KV cache reused, and llama.cpp's other kernel for it rounds differently (~1e-8 on F32)
+        self._own_rows = self._transform or (kind in ("model", "exact") and reference.engine is None)
+        self._decoder = None if self._own_rows else (reference.engine or reference.policy).step_decoder()
+        self._rows: dict[int, np.ndarray] = {}  # policy sequence -> pi_ref's logits row for its next token
+        self._pos: dict[int, int] = {}  # policy sequence -> position of its next token in the reference's context
+
+    def start(self, units, max_tokens: int, cancel=None) -> bool:
+        """A wave begins: units are (GroupHeader, policy prefix ids, policy sequences). False when cancelled."""
+        if self._decoder is None:
+            return True
+        prefixes = []
+        for header, prefix, seqs in units:
+            prompt = list(header.prompt_token_ids)
+            ref_prefix = self.reference._ref_prefix(header.query, header.chat, prompt) + list(prefix[len(prompt):])
+            prefixes.append(Prefix(ref_prefix, seqs))
+        cells = sum(len(p.tokens) + len(p.seqs) * max_tokens for p in prefixes)
+        rows = self._decoder.start(prefixes, cells, cancel)
+        if rows is None:
+            return False
+        self._rows, self._pos = {}, {}
+        for p, row in zip(prefixes, rows):
+            for seq in p.seqs:
+                self._rows[seq] = row
+                self._pos[seq] = len(p.tokens)
+        return True
+
+    def see(self, seqs: Sequence[int], logits: np.ndarray):
+        """Before sampling: both log-probability rows of this step, and the KL (the sampler may change logits)."""
+        lp = log_softmax64(logits)
+        if self._transform:
+            lq = sampler_logprobs(logits, self._t, self._p)
+        elif self._own_rows:
+            lq = lp
+        else:
+            lq = log_softmax64(np.stack([self._rows[s] for s in seqs]))
+        return lp, lq, kl_rows(lp, lq)
+
+    def facts(self, seen, token_ids: np.ndarray) -> list[TokenComparison]:
+        lp, lq, kl = seen
+        rows = np.arange(len(token_ids))
+        with np.errstate(invalid="ignore"):
+            ratio = lp[rows, token_ids] - lq[rows, token_ids]
+        tops = _top_rows(lq, self._top_n)
+        return [TokenComparison(float(r), float(k), int(rt), int(pt), top)
+                for r, k, rt, pt, top in zip(ratio, kl, lq.argmax(axis=1), lp.argmax(axis=1), tops)]
+
+    def decode(self, tokens: Sequence[int], seqs: Sequence[int]) -> None:
+        """The policy decoded these tokens (one per still-active sequence): the reference reads them too."""
+        if self._decoder is None:
+            return
+        rows = self._decoder.decode(tokens, [self._pos[s] for s in seqs], seqs)
+        for s, row in zip(seqs, rows):
+            self._rows[s] = row
+            self._pos[s] += 1
+
+    def close(self) -> None:
+        if self._decoder is not None:
+            self._decoder.close()
+            self._decoder = None

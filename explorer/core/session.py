@@ -374,10 +374,11 @@ class Session:
         """What of a group the reference has still to evaluate: its finished rollouts without reference facts, and its
         scores (all of them: they are few and short). None when there is nothing to evaluate."""
         group = self.group(group_id)
+        # any token without facts: a branch's forced token, or a prefix copied from a rollout not evaluated yet
         rollouts = tuple(r for r in group.rollouts
-                         if r.finish_reason is not None and r.tokens and r.tokens[-1].kl is None)
+                         if r.finish_reason is not None and any(t.kl is None for t in r.tokens))
         scores = tuple(group.scores)
-        if not rollouts and all(not s.tokens or s.tokens[-1].kl is not None for s in scores):
+        if not rollouts and all(t.kl is not None for s in scores for t in s.tokens):
             return None
         return replace(group, rollouts=rollouts)
 

@@ -80,7 +80,9 @@ class RunController(QObject):
         self._pending.clear()
         self._starting = Session(model, params)
         self._starting.choose_reward(reward_fn, divide_by_std)
-        self.run_id = self.host.generate(queries, k, params, chat, system)
+        # the reference in use follows the run (its facts come with the tokens); the session says so from the start
+        self._starting.reference_policy = self.reference
+        self.run_id = self.host.generate(queries, k, params, chat, system, self.reference)
         self._starting.accept(self.run_id)
         self._begin()
         return self.run_id
@@ -90,7 +92,12 @@ class RunController(QObject):
         """k new rollouts of the shown session continuing `rollout_id` from `position`."""
         self.drain()
         group: QueryGroup = self.session.group(group_id, unfinished_reason="cancelled")
-        self.run_id = self.host.branch(group, rollout_id, position, forced_token, k, params)
+        # a set compared with another reference (an opened file) keeps its own: the branch is not followed
+        follow = self.reference if self.reference is not None and self.session.reference_policy in (
+            None, self.reference) else None
+        if follow is not None:
+            self.session.reference_policy = follow
+        self.run_id = self.host.branch(group, rollout_id, position, forced_token, k, params, follow)
         self.session.accept(self.run_id)
         self._begin()
         return self.run_id

@@ -120,17 +120,20 @@ class EngineWorker(QObject):
         self.model_loaded.emit(info)
         return None
 
-    @Slot(int, object, int, object, bool, object, object)
+    @Slot(int, object, int, object, bool, object, object, object)
     def generate(self, run_id: int, queries: Sequence[Query | str], k: int, params: SamplingParams, chat: bool,
-                 system: Optional[str], cancel: threading.Event) -> None:
-        self._stream(run_id, lambda engine: engine.generate(list(queries), k, params, cancel=cancel, chat=chat,
-                                                            system=system))
+                 system: Optional[str], cancel: threading.Event, reference) -> None:
+        """reference: the ReferenceInfo the window expects the tokens to be compared with (None: none)."""
+        self._stream(run_id, lambda engine, follow: engine.generate(list(queries), k, params, cancel=cancel,
+                                                                    chat=chat, system=system, **follow),
+                     reference, params.top_n)
 
-    @Slot(int, object, str, int, object, int, object, object)
+    @Slot(int, object, str, int, object, int, object, object, object)
     def branch(self, run_id: int, group: QueryGroup, rollout_id: str, position: int, forced_token: Optional[int],
-               k: int, params: SamplingParams, cancel: threading.Event) -> None:
-        self._stream(run_id, lambda engine: engine.branch(group, rollout_id, position, forced_token, k, params,
-                                                          cancel=cancel))
+               k: int, params: SamplingParams, cancel: threading.Event, reference) -> None:
+        self._stream(run_id, lambda engine, follow: engine.branch(group, rollout_id, position, forced_token, k,
+                                                                  params, cancel=cancel, **follow),
+                     reference, params.top_n)
 
     @Slot(int, str, str, object, bool, object, int)
     def score(self, run_id: int, group_id: str, query: str, responses: Sequence[str], chat: bool,
@@ -240,12 +243,18 @@ class EngineWorker(QObject):
             except Exception:  # noqa: BLE001 -- a failing close must not keep the next model from loading
                 pass
 
-    def _stream(self, run_id: int, start: Callable[[EngineLike], Iterable]) -> None:
+    def _stream(self, run_id: int, start: Callable[[EngineLike, dict], Iterable], reference=None,
+                top_n: int = 0) -> None:
         pending: list = []
         last_emit = time.monotonic()
+        follower = None
         try:
             engine = self._require_engine()
-            for event in start(engine):
+            # the reference in use follows the run when it is the one the window expects (it may have been changed
+            # since the run was asked for; the window then evaluates the rollouts after the run)
+            if reference is not None and self._reference is not None and self._reference.info == reference:
+                follower = self._reference.lockstep(top_n)
+            for event in start(engine, {"follower": follower} if follower is not None else {}):
                 pending.append(event)
                 now = time.monotonic()
                 # RunStarted goes out at once so the panes appear before the first tokens
@@ -258,6 +267,9 @@ class EngineWorker(QObject):
                 self.events.emit(run_id, tuple(pending))
                 pending.clear()
             self.failed.emit(run_id, Failure.of(exc))
+        finally:
+            if follower is not None:
+                follower.close()
         if pending:
             self.events.emit(run_id, tuple(pending))
         self.finished.emit(run_id)
@@ -286,8 +298,8 @@ class EngineHost(QObject):
     annotated = Signal(int, object, object)
 
     _load_requested = Signal(str, object, object)
-    _generate_requested = Signal(int, object, int, object, bool, object, object)
-    _branch_requested = Signal(int, object, str, int, object, int, object, object)
+    _generate_requested = Signal(int, object, int, object, bool, object, object, object)
+    _branch_requested = Signal(int, object, str, int, object, int, object, object, object)
     _score_requested = Signal(int, str, str, object, bool, object, int)
     _reference_requested = Signal(object)
     _annotate_requested = Signal(int, object, object)
@@ -345,17 +357,19 @@ class EngineHost(QObject):
         self._load_requested.emit(str(path), n_gpu_layers, n_ctx)
 
     def generate(self, queries: Sequence[Query | str], k: int, params: SamplingParams, chat: bool = True,
-                 system: Optional[str] = None) -> int:
+                 system: Optional[str] = None, reference=None) -> int:
+        """reference: the ReferenceInfo to compare the tokens with as they are sampled, if it is still the one the
+        worker has in use when the run starts."""
         self.stop_all()
         run_id, cancel = self._new_run()
-        self._generate_requested.emit(run_id, tuple(queries), k, params, chat, system, cancel)
+        self._generate_requested.emit(run_id, tuple(queries), k, params, chat, system, cancel, reference)
         return run_id
 
     def branch(self, group: QueryGroup, rollout_id: str, position: int, forced_token: Optional[int], k: int,
-               params: SamplingParams) -> int:
+               params: SamplingParams, reference=None) -> int:
         self.stop_all()
         run_id, cancel = self._new_run()
-        self._branch_requested.emit(run_id, group, rollout_id, position, forced_token, k, params, cancel)
+        self._branch_requested.emit(run_id, group, rollout_id, position, forced_token, k, params, cancel, reference)
         return run_id
 
     def score(self, group_id: str, query: str, responses: Sequence[str], chat: bool = True,

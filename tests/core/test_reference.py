@@ -309,3 +309,48 @@ def test_the_exact_copy_agrees_with_a_float64_numpy_forward_of_the_quantized_wei
     # the exact model: Q8_0's dequantized weights in float64; only llama.cpp's float16 KV cache rounds on the way
     want = log_softmax64(numpy_forward(q8, prompt + ids)[len(prompt) - 1: len(prompt) - 1 + len(ids)])
     np.testing.assert_allclose(got, want, atol=5e-4)
+
+
+# -- in lock-step with generation ---------------------------------------------------------------------------------
+def _lockstep_set(policy, ref, k=3, max_tokens=12, seed=4, branch=None):
+    follower = ref.lockstep(SamplingParams().top_n)
+    try:
+        session = Session(policy.info)
+        session.extend(policy.generate([QUERY], k, SamplingParams(max_tokens=max_tokens, seed=seed),
+                                       follower=follower))
+        if branch is not None:
+            rollout_id, position = branch
+            session.extend(policy.branch(session.group("q0"), rollout_id, position, None, 2,
+                                         SamplingParams(max_tokens=max_tokens, seed=seed + 50), follower=follower))
+    finally:
+        follower.close()
+    return session.rollout_set()
+
+
+@pytest.mark.parametrize("spec", ["CHANGED", "system:Answer in French.", "temperature:0.6", "top_p:0.8"])
+def test_a_reference_followed_while_sampling_gives_the_facts_of_teacher_forcing_after(policy, untied, spec):
+    """Same rollouts (the follower never changes what is sampled), same facts as evaluating them afterwards."""
+    text = str(untied[1]) if spec == "CHANGED" else spec
+    plain = _rollout_set(policy, k=3, max_tokens=12)
+    with closing(_reference(text, policy)) as ref:
+        followed = _lockstep_set(policy, ref, k=3, max_tokens=12, branch=("q0.r1", 3))
+        after = ref.annotate_group(followed.groups[0])
+    live = followed.groups[0].rollouts
+    assert [r.token_ids for r in live[:3]] == [r.token_ids for r in plain.groups[0].rollouts]
+    assert len(live) == 5 and live[3].parent_id == "q0.r1"
+    for a, b in zip(live, after.rollouts):
+        for i, (x, y) in enumerate(zip(a.tokens, b.tokens)):
+            if a.parent_id is not None and i < a.branch_position:
+                continue  # copied from the parent: its facts are the parent's
+            assert x.kl == pytest.approx(y.kl, rel=1e-4, abs=1e-7), (a.id, i)
+            assert x.ref_logprob == pytest.approx(y.ref_logprob, abs=1e-4) or x.ref_logprob == y.ref_logprob
+            assert x.ref_top_id == y.ref_top_id and [t.id for t in x.ref_top] == [t.id for t in y.ref_top]
+    assert all(t.kl is not None for r in live[:3] for t in r.tokens)
+
+
+def test_a_followed_self_reference_is_exactly_zero(policy, untied):
+    with closing(_reference(str(untied[0]), policy)) as ref:
+        followed = _lockstep_set(policy, ref, k=2, max_tokens=10)
+    for r in followed.groups[0].rollouts:
+        assert all(t.kl == 0.0 and t.ref_logprob == t.logprob for t in r.tokens)
+        assert r.log_ratio == 0.0

@@ -90,7 +90,8 @@ def test_a_reference_in_use_evaluates_each_run_and_each_scored_response(qtbot, r
     use_reference(qtbot, window, "temperature", "0.5")
     assert window.runs.reference.temperature == 0.5
     run_to_end(qtbot, window, k=2, max_tokens=6)
-    qtbot.waitUntil(lambda: all(t.kl is not None for t in all_tokens(window)), timeout=10000)
+    # followed while sampling: the facts came with the tokens, nothing is left to evaluate after the run
+    assert all(t.kl is not None for t in all_tokens(window)) and not window.runs.is_evaluating()
     with qtbot.waitSignal(window.reference_evaluated, timeout=10000):
         assert window.request_score("q0", ["Atlantic"]) is not None
     scores = window.session.scores("q0")
@@ -170,3 +171,22 @@ def test_choosing_a_reference_without_a_model_says_so(qtbot, make_window):
     box.set_choice("temperature", "0.5")
     box.use()
     assert "Load the policy's model first" in errors[-1] and window.runs.reference is None
+
+
+def test_a_branch_is_followed_too_and_a_forced_token_is_evaluated_after(qtbot, real_window, models):
+    window = real_window
+    use_reference(qtbot, window, "model", str(models["changed"]))
+    run_to_end(qtbot, window, k=2, max_tokens=8)
+    with qtbot.waitSignal(window.run_done, timeout=10000):
+        assert window.request_branch("q0", "q0.r0", 2, None) is not None
+    branched = [r for r in window.session.group("q0").rollouts if r.parent_id == "q0.r0"]
+    assert branched and all(t.kl is not None for r in branched for t in r.tokens)
+    assert not window.runs.is_evaluating()
+    # a forced token is scored, not sampled: the follower does not see it, the evaluation after the run does
+    forced = window.session.group("q0").rollouts[1].tokens[1].top[-1].id
+    with qtbot.waitSignal(window.run_done, timeout=10000):
+        assert window.request_branch("q0", "q0.r1", 1, forced) is not None
+    qtbot.waitUntil(lambda: not window.runs.is_evaluating(), timeout=10000)
+    rollouts = window.session.group("q0").rollouts
+    assert all(t.kl is not None for r in rollouts for t in r.tokens)
+    assert any(r.parent_id == "q0.r1" and r.tokens[1].id == forced for r in rollouts)
