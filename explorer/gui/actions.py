@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING
 from PySide6.QtGui import QAction, QActionGroup, QKeySequence
 from PySide6.QtWidgets import QMessageBox
 
+from .panes import reference_shading_tip
+
 if TYPE_CHECKING:
     from .main_window import MainWindow
 
@@ -17,13 +19,14 @@ SHORTCUTS = (
     ("Ctrl+S", "Export the rollout set (JSON, schema v1)"),
     ("Ctrl+Shift+O", "Open a model (.gguf)"),
     ("Ctrl+R", "New seed"),
-    ("Ctrl+1 / Ctrl+2", "Shade tokens by probability / by entropy"),
+    ("Ctrl+1 / Ctrl+2 / Ctrl+3", "Shade tokens by probability / by entropy / by log-ratio to the reference policy"),
     ("Ctrl+Q", "Quit"),
     ("Drop a file", ".gguf loads a model, .json opens a rollout set"),
 )
 MOUSE = (
     ("Hover a token (pane, scores)", "its probability pi(token | prefix), logprob, rank, entropy and the top-N "
-                                     "alternatives the model weighed"),
+                                     "alternatives the model weighed; with a reference policy also pi_ref, the "
+                                     "ratio pi/pi_ref, the KL there and pi_ref's own top-N"),
     ("Click a token in a pane", "selects its box in the tree"),
     ("Right-click a token in a pane", "Branch here (keep the text through it), Resample from here, or Force one of "
                                       "the alternatives in its tooltip"),
@@ -57,12 +60,25 @@ def _action(window, text: str, slot, shortcut=None, tip: str = "") -> QAction:
     return action
 
 
+SHADING_ACTIONS = (("shade_prob", "Shade by &probability", "Ctrl+1", "prob"),
+                   ("shade_entropy", "Shade by &entropy", "Ctrl+2", "entropy"),
+                   ("shade_logratio", "Shade by &log-ratio to the reference", "Ctrl+3", "logratio"))
+
+
 class MenuActions(dict):
     """The window's actions by name."""
 
     def show_shading(self, mode: str) -> None:
         """Check the shading entry of the mode the views show."""
-        self["shade_prob" if mode == "prob" else "shade_entropy"].setChecked(True)
+        self[next(key for key, _, _, m in SHADING_ACTIONS if m == mode)].setChecked(True)
+
+    def show_reference(self, description) -> None:
+        """The session's reference policy (its description), or None: the log-ratio entry says what it shades
+        against, or why it shades nothing. It stays enabled without a reference: a user may pick it before a run
+        whose reference is still to evaluate the rollouts, and the legend says why nothing is shaded meanwhile."""
+        tip = reference_shading_tip(description)
+        self["shade_logratio"].setToolTip(tip)
+        self["shade_logratio"].setStatusTip(tip)
 
 
 def build_menus(window: "MainWindow") -> MenuActions:
@@ -96,15 +112,17 @@ def build_menus(window: "MainWindow") -> MenuActions:
         run_menu.addAction(a[key])
 
     view_menu = bar.addMenu("&View")
+    view_menu.setToolTipsVisible(True)
     shading = QActionGroup(window)
-    for key, text, shortcut, mode in (("shade_prob", "Shade by &probability", "Ctrl+1", "prob"),
-                                      ("shade_entropy", "Shade by &entropy", "Ctrl+2", "entropy")):
+    for key, text, shortcut, mode in SHADING_ACTIONS:
         action = _action(window, text, lambda _=False, m=mode: window.views.set_shading(m), shortcut)
         action.setCheckable(True)
         shading.addAction(action)
         view_menu.addAction(action)
         a[key] = action
     a["shade_prob"].setChecked(True)
+    a.show_reference(None)
+    window.views.reference_changed.connect(a.show_reference)
     a["compact"] = _action(window, "&Compact panes", window.views.set_compact)
     a["compact"].setCheckable(True)
     a["compact"].setToolTip("Narrow panes (automatic for k > 8)")

@@ -23,7 +23,10 @@ from ..core.numbers import sequence_logprob_of
 from .style import SHADING_MODES, ShadingLegend, accent, finish_colour, muted_text
 from ..core.token_text import decode_pieces, fit_pieces
 from .tokens import (
+    DEFAULT_BETA,
     TokenTextView,
+    format_implicit_reward,
+    format_kl,
     format_logprob,
     format_perplexity,
     format_probability,
@@ -33,7 +36,18 @@ SORT_KEYS = ("index", "logprob", "reward", "advantage")
 COMPACT_ABOVE = 8  # more panes than this: compact mode
 PANE_MIN_WIDTH = 280
 COMPACT_PANE_WIDTH = 190
+_NO_BREAK = "\u2060"  # word joiner: no line break here
 _FINISH_TEXT = {"stop": "stop", "length": "length", "stop_string": "stop string", "cancelled": "cancelled"}
+
+
+def reference_shading_tip(description: Optional[str]) -> str:
+    """What the log-ratio shading shows in this session, or why it shows nothing (the menu and the panes say it)."""
+    if description is None:
+        return ("Shade each token by log pi - log pi_ref against a reference policy. This session has no reference "
+                "policy: choose one in the side panel; until it has evaluated the rollouts every token stays "
+                "unshaded.")
+    return (f"Shade each token by log pi - log pi_ref: green where the policy finds it likelier than the reference "
+            f"({description}), pink where less likely")
 
 
 class RolloutPane(QFrame):
@@ -42,7 +56,8 @@ class RolloutPane(QFrame):
     token_clicked = Signal(str, int)
     branch_requested = Signal(str, int, object)  # rollout id, position, forced token id or None
 
-    def __init__(self, session: Session, live, mode: str = "prob", parent: Optional[QWidget] = None):
+    def __init__(self, session: Session, live, mode: str = "prob", parent: Optional[QWidget] = None,
+                 beta: float = DEFAULT_BETA):
         super().__init__(parent)
         self._session = session
         self._live = live
@@ -50,6 +65,7 @@ class RolloutPane(QFrame):
         self._compact = False
         self._highlighted = False
         self._final = None  # the Rollout last rendered, once the rollout finished
+        self._beta = beta  # the implicit reward's beta (RolloutPanes keeps it as the views gave it)
         self._n_tokens = 0  # tokens of live.tokens already in the view
         self._header_key = None
 
@@ -127,6 +143,11 @@ class RolloutPane(QFrame):
         self._header_key = None
         self._update_header()
 
+    def set_beta(self, beta: float) -> None:
+        """The implicit reward beta * log-ratio the header shows takes this beta."""
+        self._beta = beta
+        self._update_header()
+
     def set_highlighted(self, on: bool) -> None:
         if on != self._highlighted:
             self._highlighted = on
@@ -164,10 +185,15 @@ class RolloutPane(QFrame):
         return True, False
 
     def _take_final(self, final) -> None:
-        """The session swapped in the finished Rollout: append its tail if it extends what is shown, else redraw."""
+        """The session swapped in the finished Rollout (at its end, or annotated by a reference policy later): append
+        its tail if it extends what is shown, else redraw; the tokens shown become its own (their facts may be
+        new)."""
         shown = self.view.text()
-        if self.view.token_count <= len(final.tokens) and final.text.startswith(shown):
-            tail_tokens = final.tokens[self.view.token_count:]
+        count = self.view.token_count
+        if count <= len(final.tokens) and final.text.startswith(shown) and all(
+                self.view.token(i).id == final.tokens[i].id for i in range(count)):
+            self.view.update_tokens(final.tokens[:count])
+            tail_tokens = final.tokens[count:]
             tail_text = final.text[len(shown):]
             if tail_tokens or tail_text:
                 pieces = fit_pieces(decode_pieces(tail_tokens), tail_text)
@@ -196,7 +222,10 @@ class RolloutPane(QFrame):
         reward = final.reward if final is not None else None
         advantage = final.advantage if final is not None else None
         error = final.reward_error if final is not None else None
-        key = (n, finish, reward, advantage, error, self.logprob, self._compact, self.palette().cacheKey())
+        ratio = final.log_ratio if final is not None else None
+        mean_kl = final.mean_kl if final is not None else None
+        key = (n, finish, reward, advantage, error, self.logprob, ratio, mean_kl, self._beta if ratio is not None
+               else None, self._compact, self.palette().cacheKey())
         if key == self._header_key:
             return False
         self._header_key = key
@@ -229,12 +258,23 @@ class RolloutPane(QFrame):
             facts.append(f"A {advantage:+.3g}")
         if final is not None and final.reward_error:
             facts.append(f'<span style="color:{finish_colour("cancelled").name()}">reward error</span>')
+        if ratio is not None:  # against the reference policy
+            implicit = format_implicit_reward(self._beta * ratio)
+            facts += [f"log π/{_NO_BREAK}π_ref {format_logprob(ratio)}",  # a line may break after "/" otherwise
+                      f"KL {format_kl(mean_kl)}/{_NO_BREAK}tok" if self._compact
+                      else f"KL {format_kl(mean_kl)} per token",
+                      f"impl. R {implicit}" if self._compact else f"implicit R {implicit}"]
         # each fact stays on one line; the row wraps between facts only
         self.stats.setText(f" <span style='color:{muted}'>·</span> ".join(f.replace(" ", "&nbsp;") if "<" not in f
                                                                            else f for f in facts))
         tip = [f"rollout {live.id}, index {live.index}, seed {live.seed}", f"{n} tokens, {finish}",
                f"log pi(y|x) = {format_logprob(logprob)}", f"pi(y|x) = {format_probability(logprob)}",
                f"perplexity = {format_perplexity(ppl)}"]
+        if ratio is not None:
+            tip += [f"log pi(y|x) - log pi_ref(y|x) = {format_logprob(ratio)}",
+                    f"mean KL(pi || pi_ref) per token = {format_kl(mean_kl)} nats",
+                    f"implicit reward beta * log-ratio = {format_implicit_reward(self._beta * ratio)} (DPO's, "
+                    f"beta {self._beta:g})"]
         if final is not None and final.reward_error:
             tip.append(f"reward error: {final.reward_error}")
         self.stats.setToolTip("\n".join(tip))
@@ -270,12 +310,16 @@ class RolloutPanes(QWidget):
         self._compact_choice: Optional[bool] = None  # None: compact when there are more than COMPACT_ABOVE panes
         self._pane_budget: Optional[int] = None  # most panes made per refresh; None: all at once
         self._shown: Optional[list[str]] = None  # rollouts to show as panes (rows picked in the table); None: all
+        self._beta = DEFAULT_BETA  # as the views gave it (set_beta)
 
         self.legend = ShadingLegend(self, self._mode)
         self.shading_box = QComboBox()
-        self.shading_box.addItem("Shade by probability", "prob")
-        self.shading_box.addItem("Shade by entropy", "entropy")
-        self.shading_box.setToolTip("Colour tokens by their raw probability or by the entropy at that step")
+        for mode, text in zip(SHADING_MODES, ("Shade by probability", "Shade by entropy",
+                                              "Shade by log-ratio π/π_ref")):
+            self.shading_box.addItem(text, mode)
+        self.shading_box.setToolTip("Colour tokens by their raw probability, by the entropy at that step, or by how "
+                                    "much likelier the policy finds them than a reference policy")
+        self.set_reference(None)
         self.shading_box.currentIndexChanged.connect(lambda _: self.set_shading(self.shading_box.currentData()))
         self.sort_box = QComboBox()
         for label, key in (("Order: index", "index"), ("Order: log π (best first)", "logprob"),
@@ -371,6 +415,20 @@ class RolloutPanes(QWidget):
             pane.view.set_shading(mode)
         self.shading_changed.emit(mode)
 
+    def set_reference(self, description: Optional[str]) -> None:
+        """What the session's reference policy is (None: it has none): the legend and the shading choice say it. The
+        log-ratio shading stays on offer without one (a run may be about to be evaluated); it says why nothing is
+        shaded then."""
+        self.legend.set_reference(description)
+        tip = reference_shading_tip(description)
+        self.shading_box.setItemData(SHADING_MODES.index("logratio"), tip, Qt.ItemDataRole.ToolTipRole)
+
+    def set_beta(self, beta: float) -> None:
+        """The beta of the implicit reward beta * log-ratio the headers show."""
+        self._beta = beta
+        for pane in self._panes.values():
+            pane.set_beta(beta)
+
     def set_sort(self, key: str) -> None:
         if key not in SORT_KEYS:
             raise ValueError(f"unknown sort key {key!r}; expected one of {', '.join(SORT_KEYS)}")
@@ -450,7 +508,7 @@ class RolloutPanes(QWidget):
     def _add_panes(self, lives) -> None:
         new = [live for live in lives if live.id not in self._panes]
         for live in new[:self._pane_budget] if self._pane_budget is not None else new:
-            pane = RolloutPane(self._session, live, self._mode, self._container)
+            pane = RolloutPane(self._session, live, self._mode, self._container, self._beta)
             pane.token_clicked.connect(self.token_clicked)
             pane.branch_requested.connect(self.branch_requested)
             pane.set_highlighted(live.id in self._highlighted)

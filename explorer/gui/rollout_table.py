@@ -1,8 +1,9 @@
 """A sortable table of one group's rollouts, for any k: one row per distinct response, beside the tree.
 
 Columns: the response's start shaded by token probability (as in the panes), how many rollouts drew it and their
-share of the group, tokens, log pi(y|x), pi(y|x), perplexity, finish reason, reward, advantage and where a branch
-came from. Selecting rows emits rollouts_selected with every rollout behind them (the window shows those as panes);
+share of the group, tokens, log pi(y|x), pi(y|x), perplexity, finish reason, reward, advantage, and where a branch
+came from; with a reference policy also the log-ratio log pi(y|x) - log pi_ref(y|x), the mean KL per token and DPO's
+implicit reward beta * log-ratio (hidden while no row shown has them). Selecting rows emits rollouts_selected with every rollout behind them (the window shows those as panes);
 set_filter() keeps only the rows of some rollouts (a box selected in the tree).
 """
 
@@ -14,25 +15,32 @@ from typing import Iterable, Optional, Sequence
 from PySide6.QtCore import QAbstractTableModel, QItemSelection, QItemSelectionModel, QModelIndex, QRectF, QSortFilterProxyModel, Qt, \
     Signal
 from PySide6.QtGui import QFontMetricsF, QPalette
-from PySide6.QtWidgets import (QAbstractItemView, QHeaderView, QLabel, QStyle, QStyledItemDelegate, QTableView,
-                               QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (QAbstractItemView, QHBoxLayout, QHeaderView, QLabel, QStyle, QStyledItemDelegate,
+                               QTableView, QVBoxLayout, QWidget)
 
 from ..core.responses import ResponseRow, merge_responses
 from ..core.types import Rollout
 from .style import shade_colour, shade_level
 from ..core.token_text import decode_pieces
-from .tokens import format_logprob, format_perplexity, format_probability
+from .tokens import DEFAULT_BETA, format_implicit_reward, format_kl, format_logprob, format_perplexity, format_probability
 
 PREVIEW_TOKENS = 48  # tokens of each response drawn in the preview column
 PREVIEW_WIDTH = 260  # px
 COLUMNS = ("response", "n", "share", "tokens", "log π(y|x)", "π(y|x)", "ppl", "finish", "reward", "advantage",
-           "from")
+           "log π/π_ref", "KL/token", "implicit R", "from")
+REFERENCE_COLUMNS = ("log π/π_ref", "KL/token", "implicit R")  # shown only while a row has a reference's facts
 _TIPS = {
     "response": "The start of the response, each token shaded by its probability π(token | prefix)",
     "n": "Rollouts that drew exactly this response",
     "share": "Their share of the group's rollouts",
     "log π(y|x)": "Sum of the token log-probabilities under the model (temperature 1)",
     "from": "A branch: the rollout it was branched from, @ the position where it parts",
+    "log π/π_ref": "log pi(y|x) - log pi_ref(y|x): how much likelier the policy finds the response than the "
+                   "reference policy (nats; > 0: the policy prefers it)",
+    "KL/token": "KL(pi || pi_ref) at each position over the whole vocabulary, averaged over the response's tokens "
+                "(nats)",
+    "implicit R": "DPO's implicit reward beta * log(pi(y|x) / pi_ref(y|x)): the reward the policy would have been "
+                  "trained on if DPO had made it from the reference (set beta beside the table)",
 }
 SORT_ROLE = Qt.ItemDataRole.UserRole + 1
 PIECES_ROLE = Qt.ItemDataRole.UserRole + 2
@@ -45,6 +53,21 @@ class RolloutTableModel(QAbstractTableModel):
         super().__init__(parent)
         self.rows: list[ResponseRow] = []
         self._pieces: list[list[tuple[str, int]]] = []  # per row: (text piece, shade level) of the preview tokens
+        # per row: values(row), made when first asked (a view measuring its columns asks every cell in turn)
+        self._values: list[Optional[dict]] = []
+        self.beta = DEFAULT_BETA  # as the views gave it (set_beta)
+
+    def set_beta(self, beta: float) -> None:
+        """The implicit reward column takes this beta."""
+        self.beta = beta
+        self._values = [None] * len(self.rows)
+        if self.rows:
+            column = COLUMNS.index("implicit R")
+            self.dataChanged.emit(self.index(0, column), self.index(len(self.rows) - 1, column))
+
+    def has_reference(self) -> bool:
+        """Whether any row carries a reference policy's facts."""
+        return any(_referenced(row) is not None for row in self.rows)
 
     def set_rollouts(self, rollouts: Sequence[Rollout]) -> None:
         rows = merge_responses(rollouts)
@@ -52,12 +75,12 @@ class RolloutTableModel(QAbstractTableModel):
         if [r.ids for r in rows] == [r.ids for r in self.rows]:
             # the same rows with new numbers (a run streaming): update in place, so the view keeps its selection,
             # sort and scroll position
-            self.rows, self._pieces = rows, pieces
+            self.rows, self._pieces, self._values = rows, pieces, [None] * len(rows)
             if rows:
                 self.dataChanged.emit(self.index(0, 0), self.index(len(rows) - 1, len(COLUMNS) - 1))
             return
         self.beginResetModel()
-        self.rows, self._pieces = rows, pieces
+        self.rows, self._pieces, self._values = rows, pieces, [None] * len(rows)
         self.endResetModel()
 
     @staticmethod
@@ -85,6 +108,10 @@ class RolloutTableModel(QAbstractTableModel):
         n = len(r.tokens)
         lp = r.logprob if n else None
         reward, advantage = row.mean("reward"), row.mean("advantage")
+        referenced = _referenced(row)
+        ratio = referenced.log_ratio if referenced is not None else None
+        mean_kl = referenced.mean_kl if referenced is not None else None
+        implicit = referenced.implicit_reward(self.beta) if referenced is not None else None
         return {
             "response": (r.text, r.text),
             "n": (str(row.count), row.count),
@@ -96,6 +123,9 @@ class RolloutTableModel(QAbstractTableModel):
             "finish": (r.finish_reason or "streaming…", r.finish_reason or ""),
             "reward": ("—" if reward is None else f"{reward:.3g}", reward),
             "advantage": ("—" if advantage is None else f"{advantage:+.3g}", advantage),
+            "log π/π_ref": (format_logprob(ratio), ratio),
+            "KL/token": (format_kl(mean_kl), mean_kl),
+            "implicit R": (format_implicit_reward(implicit), implicit),
             "from": (row.branch or "", row.branch or ""),
         }
 
@@ -112,13 +142,22 @@ class RolloutTableModel(QAbstractTableModel):
                 return text if len(text) <= 600 else text[:600] + "…"
             return None
         if role in (Qt.ItemDataRole.DisplayRole, SORT_ROLE):
-            shown, key = self.values(row)[name]
+            values = self._values[index.row()]
+            if values is None:
+                values = self._values[index.row()] = self.values(row)
+            shown, key = values[name]
             if role == SORT_ROLE:
                 return key
             return "" if name == "response" else shown  # the delegate draws the response
         if role == Qt.ItemDataRole.TextAlignmentRole and name not in ("response", "finish", "from"):
             return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
         return None
+
+
+def _referenced(row: ResponseRow) -> Optional[Rollout]:
+    """A rollout of the row with a reference's facts (the row's rollouts drew the same tokens, so any one stands for
+    them all; one finished since the reference evaluated the others may have none yet), or None."""
+    return next((r for r in row.rollouts if r.log_ratio is not None), None)
 
 
 class _RowFilter(QSortFilterProxyModel):
@@ -217,13 +256,46 @@ class RolloutTable(QWidget):
         self.summary.setStyleSheet("color: palette(mid);")
         self.summary.setWordWrap(True)  # its text must not set the table's minimum width
         self.view.setMinimumWidth(100)
+        # the table's controls beside its summary; those for the reference columns show only with them
+        self.controls = QHBoxLayout()
+        self.controls.setContentsMargins(0, 0, 0, 0)
+        self.controls.addWidget(self.summary, 1)
+        self._reference_controls: list[QWidget] = []
+        self._reference_shown: Optional[bool] = None  # whether the reference columns show; None: not decided yet
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.setSpacing(2)
-        layout.addWidget(self.summary)
+        layout.addLayout(self.controls)
         layout.addWidget(self.view, 1)
         self._quiet = False
         self._update_summary()
+        self._show_reference_columns()
+
+    def add_reference_control(self, widget: QWidget) -> None:
+        """A control of the reference columns (the views' beta), beside the summary, shown only with those columns."""
+        self._reference_controls.append(widget)
+        self.controls.addWidget(widget)
+        widget.setVisible(self.model.has_reference())
+
+    def set_beta(self, beta: float) -> None:
+        """The implicit reward column's beta: its values and its sort follow."""
+        self.model.set_beta(beta)
+
+    def reference_shown(self) -> bool:
+        """Whether the reference columns are shown (some row has a reference's facts)."""
+        return bool(self._reference_shown)
+
+    def _show_reference_columns(self) -> None:
+        shown = self.model.has_reference()
+        if shown == self._reference_shown:
+            return  # hiding or showing a column re-measures every column sized to its contents: only on a change
+        self._reference_shown = shown
+        self.view.setUpdatesEnabled(False)  # the columns re-measure once, when drawn, not once per column
+        for name in REFERENCE_COLUMNS:
+            self.view.setColumnHidden(COLUMNS.index(name), not shown)
+        self.view.setUpdatesEnabled(True)
+        for widget in self._reference_controls:
+            widget.setVisible(shown)
 
     # -- feeding -----------------------------------------------------------------------------------------------------
     def set_rollouts(self, rollouts: Sequence[Rollout]) -> None:
@@ -235,6 +307,7 @@ class RolloutTable(QWidget):
             self._select_ids(keep)
         finally:
             self._quiet = False
+        self._show_reference_columns()
         if self.selected_rollouts() != keep:
             self.rollouts_selected.emit(self.selected_rollouts())
         self._update_summary()

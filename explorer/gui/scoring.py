@@ -27,6 +27,7 @@ from .style import muted_text
 from ..core.token_text import decode_pieces, fit_pieces
 from .tokens import (
     TokenTextView,
+    format_kl,
     format_logprob,
     format_percent,
     format_perplexity,
@@ -35,7 +36,8 @@ from .tokens import (
 
 OCEAN_QUERY = "Which is the largest ocean?"
 OCEAN_CANDIDATES = "Atlantic Ocean\nPacific Ocean"
-COLUMNS = ("Response", "log π(y|x)", "π(y|x)", "share", "perplexity", "tokens")
+COLUMNS = ("Response", "log π(y|x)", "π(y|x)", "share", "perplexity", "tokens", "log π/π_ref", "KL/token")
+REFERENCE_COLUMNS = ("log π/π_ref", "KL/token")  # shown only while a score has a reference policy's facts
 _TIPS = (
     "The response as the model tokenised it, each token shaded as in the panes; hover a token for its "
     "probability and the alternatives",
@@ -44,6 +46,8 @@ _TIPS = (
     "pi(y|x) normalised over the candidates shown: how the model splits its belief among them",
     "exp(-mean token logprob): 1 means every token was certain",
     "Number of response tokens",
+    "log pi(y|x) - log pi_ref(y|x): how much likelier the policy finds the response than the reference policy",
+    "KL(pi || pi_ref) at each position over the whole vocabulary, averaged over the response's tokens (nats)",
 )
 
 
@@ -234,7 +238,9 @@ class ScoringPanel(QWidget):
                       format_probability(score.logprob) if n else "—",
                       format_percent(share[row]),
                       format_perplexity(score.perplexity),
-                      str(n))
+                      str(n),
+                      format_logprob(score.log_ratio),
+                      format_kl(score.mean_kl))
             for col, value in enumerate(values, start=1):
                 item = QTableWidgetItem(value)
                 item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
@@ -243,4 +249,7 @@ class ScoringPanel(QWidget):
                     font.setBold(True)
                     item.setFont(font)
                 self.table.setItem(row, col, item)
+        referenced = any(score.log_ratio is not None for score in scores)
+        for name in REFERENCE_COLUMNS:
+            self.table.setColumnHidden(COLUMNS.index(name), not referenced)
         self.table.horizontalScrollBar().setValue(0)  # a new cell widget may have scrolled the table to show itself

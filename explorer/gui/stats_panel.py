@@ -1,5 +1,6 @@
-"""A small panel of the selected query's group statistics (explorer.core.stats): diversity, and rewards when there
-are any. The window hands it the group whenever the tab changes or the group's statistics are recomputed."""
+"""A small panel of the selected query's group statistics (explorer.core.stats): diversity, rewards when there are
+any, and the KL to a reference policy when the rollouts were evaluated under one. The window hands it the group
+whenever the tab changes or the group's statistics are recomputed."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from PySide6.QtWidgets import QFrame, QGridLayout, QLabel, QVBoxLayout, QWidget
 
 from ..core.stats import STAT_DESCRIPTIONS, in_baseline
 from ..core.types import QueryGroup
+from .tokens import format_kl
 
 # (stat name, label) in the order shown; two columns of label/value pairs
 ROWS = (
@@ -20,6 +22,13 @@ ROWS = (
     ("branch_mass_coverage", "Branch mass coverage"),
     ("mean_reward", "Mean reward"),
     ("reward_std", "Reward std"),
+)
+# against the reference policy: a block of their own under the others, shown only when the group has them
+REFERENCE_ROWS = (
+    ("mean_kl", "Mean KL"),
+    ("kl_p99", "KL p99"),
+    ("same_top_share", "Same top token"),
+    ("top_disagreement_share", "Top disagreement"),
 )
 _EMPTY = "—"
 
@@ -36,6 +45,10 @@ def format_stat(name: str, value: Optional[float], n_rollouts: Optional[int] = N
         return f"{value:.1f} tokens"
     if name == "branch_mass_coverage":
         return f"{100 * value:.0f}%"
+    if name in ("mean_kl", "kl_p99"):
+        return f"{format_kl(value)} nats"
+    if name in ("same_top_share", "top_disagreement_share"):
+        return f"{100 * value:.1f}%"
     return f"{value:.3g}"
 
 
@@ -56,13 +69,15 @@ class StatsPanel(QFrame):
         grid.setVerticalSpacing(1)
         self.labels: dict[str, QLabel] = {}
         self.values: dict[str, QLabel] = {}
-        for i, (name, text) in enumerate(ROWS):
+        first_reference_row = (len(ROWS) + 1) // 2
+        places = [divmod(i, 2) for i in range(len(ROWS))] + [
+            (first_reference_row + i // 2, i % 2) for i in range(len(REFERENCE_ROWS))]
+        for (name, text), (row, col) in zip(ROWS + REFERENCE_ROWS, places):
             label, value = QLabel(text + ":"), QLabel(_EMPTY)
             value.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
             value.setAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
             for w in (label, value):
                 w.setToolTip(STAT_DESCRIPTIONS[name])
-            row, col = divmod(i, 2)
             grid.addWidget(label, row, 2 * col)
             grid.addWidget(value, row, 2 * col + 1)
             self.labels[name], self.values[name] = label, value
@@ -71,8 +86,14 @@ class StatsPanel(QFrame):
         layout = QVBoxLayout(self)
         layout.setContentsMargins(6, 4, 6, 4)
         layout.setSpacing(2)
+        # what pi_ref is, under the numbers measured against it
+        self.reference = QLabel()
+        self.reference.setWordWrap(True)
+        self.reference.setTextFormat(Qt.TextFormat.PlainText)
+        self.reference.setStyleSheet("color: palette(mid);")
         layout.addWidget(self.title)
         layout.addLayout(grid)
+        layout.addWidget(self.reference)
         layout.addWidget(self.note)
         self.show_group(None)
 
@@ -87,7 +108,9 @@ class StatsPanel(QFrame):
     def text(self, name: str) -> str:
         return self.values[name].text()
 
-    def show_group(self, group: Optional[QueryGroup]) -> None:
+    def show_group(self, group: Optional[QueryGroup], reference: Optional[str] = None) -> None:
+        """Show a group's statistics; reference: what the session's reference policy is (its description), None
+        when it has none. The reference rows show only when the group has their numbers."""
         self._group_id = group.id if group is not None else None
         stats = dict(group.stats) if group is not None and group.stats is not None else {}
         self._values = stats
@@ -99,6 +122,19 @@ class StatsPanel(QFrame):
             reward_row = name in ("mean_reward", "reward_std")
             for w in (self.labels[name], self.values[name]):
                 w.setEnabled(has_reward or not reward_row)
+        has_reference = "mean_kl" in stats
+        for name, _ in REFERENCE_ROWS:
+            self.values[name].setText(format_stat(name, stats.get(name), n))
+            for w in (self.labels[name], self.values[name]):
+                w.setVisible(has_reference)
+        if reference is None or group is None:
+            self.reference.setText("")
+        elif has_reference:
+            self.reference.setText(f"KL against the reference π_ref: {reference}")
+        else:
+            self.reference.setText(f"Reference π_ref: {reference}; this query's rollouts are not evaluated under it "
+                                   "yet.")
+        self.reference.setVisible(bool(self.reference.text()))
         if group is None:
             self.note.setText("Statistics of the selected query's rollouts appear here.")
         elif group.stats is None:

@@ -1,7 +1,7 @@
 """Token-level display shared by the rollout panes and the scoring panel.
 
 - number formatting for probabilities that may underflow,
-- the hover tooltip (a pure function: TokenInfo -> HTML),
+- the hover tooltip (a pure function: TokenInfo -> HTML; with a reference policy's facts it sets pi beside pi_ref),
 - mapping a text onto its tokens (pieces: one string per token whose concatenation is the text),
 - TokenTextView: a read-only text view that appends shaded tokens and knows which token is under the mouse.
 """
@@ -22,6 +22,11 @@ from ..core.numbers import format_logprob, format_probability, signed as _signed
 from ..core.types import TokenInfo
 from .style import SHADING_MODES, blend, is_dark, shade_colour, shade_level
 
+# DPO's usual beta: the implicit reward beta * log(pi(y|x) / pi_ref(y|x)) the panes and the table show until the views
+# give another (ViewsPanel.beta owns it)
+DEFAULT_BETA = 0.1
+
+
 # -- numbers --------------------------------------------------------------------------------------------------------
 def format_percent(p: float) -> str:
     if p >= 0.0995:
@@ -31,6 +36,30 @@ def format_percent(p: float) -> str:
     if p <= 0:
         return "0%"
     return _signed(f"{p:.1e}")
+
+
+def format_kl(kl: Optional[float]) -> str:
+    """A KL divergence in nats (>= 0; inf where pi_ref gives 0 to a token pi does not)."""
+    if kl is None or math.isnan(kl):
+        return "—"
+    if math.isinf(kl):
+        return "inf"
+    return f"{kl:.3g}"
+
+
+def format_implicit_reward(reward: Optional[float]) -> str:
+    """beta * log-ratio, signed like an advantage."""
+    if reward is None or math.isnan(reward):
+        return "—"
+    return _signed(f"{reward:+.3g}")
+
+
+def log_ratio(token: TokenInfo) -> Optional[float]:
+    """log pi(token | prefix) - log pi_ref(token | prefix); None without reference facts (+inf where pi_ref gives the
+    token 0, NaN where both do)."""
+    if token.ref_logprob is None:
+        return None
+    return token.logprob - token.ref_logprob
 
 
 def format_perplexity(ppl: Optional[float]) -> str:
@@ -53,7 +82,7 @@ def token_label(text: str, raw: bytes) -> str:
     return text.replace(" ", "␣").replace("\n", "↵").replace("\t", "⇥").replace("\r", "␍")
 
 
-def _bar_row(label: str, prob: float, chosen: bool, rank: int, colours: dict, bar_width: int) -> str:
+def _bar_row(label: str, prob: float, chosen: bool, rank, colours: dict, bar_width: int) -> str:
     filled = max(1, int(round(prob * bar_width))) if prob > 0 else 0
     bar = colours["bar_chosen"] if chosen else colours["bar"]
     cells = f'<td width="{filled}" bgcolor="{bar}" height="9"></td>' if filled else ""
@@ -95,22 +124,76 @@ def token_tooltip_html(token: TokenInfo, position: Optional[int] = None, dark: b
         facts.append(("sampler p", format_percent(sp)))
     fact_rows = "".join(f'<tr><td style="color:{muted}">{k}</td><td>&nbsp;{v}</td></tr>' for k, v in facts)
     parts = [head, f'<table cellspacing="0" cellpadding="1">{fact_rows}</table>']
-    if token.top:
-        rows = []
-        chosen_listed = False
-        for rank, alt in enumerate(token.top, start=1):
-            chosen = alt.id == token.id
-            chosen_listed |= chosen
-            prob = math.exp(alt.logprob) if alt.logprob is not None and math.isfinite(alt.logprob) else 0.0
-            rows.append(_bar_row(token_label(alt.token, alt.bytes), prob, chosen, rank, colours, bar_width))
-        if not chosen_listed:
-            rows.append(_bar_row(token_label(token.token, token.bytes), token.prob, True, token.rank, colours,
-                                 bar_width))
+    if token.ref_logprob is not None:
+        parts.append(_reference_html(token, colours, bar_width))
+    elif token.top:
+        rows = _top_rows(token, token.top, token.prob, token.rank, colours, bar_width)
         rest = mass_outside_top(token)
         parts.append(f'<div style="color:{muted}">top {len(token.top)} alternatives</div>'
                      f'<table cellspacing="2" cellpadding="0">{"".join(rows)}</table>'
                      f'<div style="color:{muted}">outside the top {len(token.top)}: {format_percent(rest)}</div>'
                      f'<div style="color:{muted}">right-click: branch here, or force an alternative</div>')
+    return "".join(parts)
+
+
+def _top_rows(token: TokenInfo, top, own_prob: float, own_rank, colours: dict, bar_width: int) -> list[str]:
+    """One bar row per listed alternative, the token taken marked; appended at its own rank when not listed."""
+    rows = []
+    chosen_listed = False
+    for rank, alt in enumerate(top, start=1):
+        chosen = alt.id == token.id
+        chosen_listed |= chosen
+        prob = math.exp(alt.logprob) if alt.logprob is not None and math.isfinite(alt.logprob) else 0.0
+        rows.append(_bar_row(token_label(alt.token, alt.bytes), prob, chosen, rank, colours, bar_width))
+    if not chosen_listed:
+        rows.append(_bar_row(token_label(token.token, token.bytes), own_prob, True, own_rank, colours, bar_width))
+    return rows
+
+
+def _reference_html(token: TokenInfo, colours: dict, bar_width: int) -> str:
+    """pi against pi_ref at this token: pi_ref, the ratio and log-ratio, the KL here, and both top-N lists side by
+    side, the token taken marked in both."""
+    muted = colours["muted"]
+    ratio = log_ratio(token)
+    ref_prob = math.exp(token.ref_logprob) if math.isfinite(token.ref_logprob) else 0.0
+    if ratio != ratio:  # both policies give the token 0
+        times = "—"
+    elif ratio > 700:  # exp overflows a double: pi_ref gives the token (next to) nothing
+        times = "×∞" if math.isinf(ratio) else f"×e<sup>{ratio:.0f}</sup>"
+    else:
+        times = "×" + format_probability(ratio, html_markup=True)
+    if ratio == ratio and ratio > 0:
+        verdict = "the policy finds it likelier than the reference"
+    elif ratio == ratio and ratio < 0:
+        verdict = "the policy finds it less likely than the reference"
+    else:
+        verdict = ""
+    facts = [
+        ("π_ref", f"<b>{format_percent(ref_prob)}</b>"),
+        ("π / π_ref", f"{times}" + (f' <span style="color:{muted}">{verdict}</span>' if verdict else "")),
+        ("log π − log π_ref", format_logprob(ratio)),
+        ("KL(π || π_ref) here", f"{format_kl(token.kl)} nats" if token.kl is not None else "—"),
+    ]
+    fact_rows = "".join(f'<tr><td style="color:{muted}">{k}</td><td>&nbsp;{v}</td></tr>' for k, v in facts)
+    parts = [f'<div style="color:{muted};margin-top:4px">against the reference policy π_ref</div>'
+             f'<table cellspacing="0" cellpadding="1">{fact_rows}</table>']
+    if token.top or token.ref_top:
+        narrow = max(40, bar_width * 6 // 10)  # two lists side by side: shorter bars keep the card narrow
+        own = _top_rows(token, token.top, token.prob, token.rank, colours, narrow) if token.top else []
+        # the token's rank under pi_ref is not recorded: an unlisted token shows without one
+        ref = _top_rows(token, token.ref_top, ref_prob, "·", colours, narrow) if token.ref_top else []
+        cells = []
+        for title, rows in ((f"π top {len(token.top)}", own), (f"π_ref top {len(token.ref_top)}", ref)):
+            cells.append(f'<td valign="top"><div style="color:{muted}">{title}</div>'
+                         f'<table cellspacing="2" cellpadding="0">{"".join(rows)}</table></td>')
+        parts.append(f'<table cellspacing="0" cellpadding="0"><tr>{cells[0]}<td>&nbsp;&nbsp;</td>{cells[1]}</tr>'
+                     '</table>')
+        if token.top and token.ref_top_id is not None and token.top[0].id != token.ref_top_id:
+            parts.append(f'<div style="color:{muted}">the two policies prefer different tokens here</div>')
+        if token.top:
+            parts.append(f'<div style="color:{muted}">outside π\'s top {len(token.top)}: '
+                         f'{format_percent(mass_outside_top(token))}</div>'
+                         f'<div style="color:{muted}">right-click: branch here, or force an alternative</div>')
     return "".join(parts)
 
 
@@ -132,7 +215,8 @@ def _u16len(s: str) -> int:
 
 # -- the view -------------------------------------------------------------------------------------------------------
 class TokenTextView(QPlainTextEdit):
-    """Read-only text made of tokens; each token's background shows its probability (or its entropy)."""
+    """Read-only text made of tokens; each token's background shows its probability (or its entropy, or its log-ratio
+    to a reference policy)."""
 
     token_clicked = Signal(int)  # token index
     branch_requested = Signal(int, object)  # position to keep up to (exclusive), forced token id or None
@@ -205,7 +289,7 @@ class TokenTextView(QPlainTextEdit):
         run_text: list[str] = []
         run_level = None
         for token, piece in zip(tokens, pieces):
-            level = shade_level(self._mode, token.prob, token.entropy)
+            level = self._level(token)
             self._tokens.append(token)
             self._starts.append(self._length)
             self._levels.append(level)
@@ -230,8 +314,29 @@ class TokenTextView(QPlainTextEdit):
         if mode == self._mode:
             return
         self._mode = mode
-        self._levels = [shade_level(mode, t.prob, t.entropy) for t in self._tokens]
+        self._levels = [self._level(t) for t in self._tokens]
         self._reformat()
+
+    def update_tokens(self, tokens: Sequence[TokenInfo]) -> None:
+        """The same tokens (the same ids and text) with new facts: a reference policy evaluated them, or its facts were
+        cleared. The text stays; only the tokens whose shade changed are re-shaded, and the tooltips read the new
+        facts."""
+        if len(tokens) > len(self._tokens):
+            raise ValueError(f"{len(tokens)} tokens to update but the view shows {len(self._tokens)}")
+        changed = []
+        for index, token in enumerate(tokens):
+            if token.id != self._tokens[index].id:
+                raise ValueError(f"token {index} is {self._tokens[index].id} in the view, not {token.id}")
+            self._tokens[index] = token
+            level = self._level(token)
+            if level != self._levels[index]:
+                self._levels[index] = level
+                changed.append(index)
+        if changed:
+            self._reformat(changed)
+
+    def _level(self, token: TokenInfo) -> int:
+        return shade_level(self._mode, token.prob, token.entropy, log_ratio(token))
 
     def _palette_key(self):
         pal = self.palette()
@@ -251,21 +356,30 @@ class TokenTextView(QPlainTextEdit):
             self._formats[(self._mode, level)] = fmt
         return fmt
 
-    def _reformat(self) -> None:
-        """Re-shade every token in place (mode or palette changed): runs of equal level get one format each."""
+    def _reformat(self, indices: Optional[Sequence[int]] = None) -> None:
+        """Re-shade tokens in place (mode or palette changed: all of them; new facts: `indices`, ascending): runs of
+        neighbours of equal level get one format each."""
         cursor = QTextCursor(self.document())
+        formats: dict[int, QTextCharFormat] = {}  # _format checks the palette on every call: once per level here
         cursor.beginEditBlock()
-        n = len(self._tokens)
+        order = range(len(self._tokens)) if indices is None else indices
+        n = len(order)
         i = 0
         while i < n:
             j = i + 1
-            while j < n and self._levels[j] == self._levels[i]:
+            while j < n and order[j] == order[j - 1] + 1 and self._levels[order[j]] == self._levels[order[i]]:
                 j += 1
-            start, end = self._starts[i], (self._starts[j] if j < n else self._length)
+            first, last = order[i], order[j - 1]
+            start = self._starts[first]
+            end = self._starts[last + 1] if last + 1 < len(self._starts) else self._length
             if end > start:
                 cursor.setPosition(start)
                 cursor.setPosition(end, QTextCursor.MoveMode.KeepAnchor)
-                cursor.setCharFormat(self._format(self._levels[i]))
+                level = self._levels[first]
+                fmt = formats.get(level)
+                if fmt is None:
+                    fmt = formats[level] = self._format(level)
+                cursor.setCharFormat(fmt)
             i = j
         cursor.endEditBlock()
 

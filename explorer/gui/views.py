@@ -2,7 +2,8 @@
 table, the scoring panel and the statistics panel (tree, table and panes kept in step by ViewLinks), and the turn-taking that keeps their refreshes short while a run streams.
 
 The panel shows a Session and keeps none of its state: the panes and the tree read the session's rollouts and
-trees, the scoring panel shows the session's scores of the selected group.
+trees, the scoring panel shows the session's scores of the selected group. It owns one number of its own: beta, of the
+implicit reward beta * log(pi(y|x) / pi_ref(y|x)) that the panes and the table show against a reference policy.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from dataclasses import replace
 from typing import Callable, Optional
 
 from PySide6.QtCore import Qt, Signal, Slot
-from PySide6.QtWidgets import QHBoxLayout, QLabel, QSplitter, QStackedWidget, QTabBar, QVBoxLayout, QWidget
+from PySide6.QtWidgets import (QDoubleSpinBox, QHBoxLayout, QLabel, QSplitter, QStackedWidget, QTabBar, QVBoxLayout,
+                               QWidget)
 
 from ..core.session import Session
 from ..core.stats import group_stats
@@ -21,6 +23,7 @@ from .rollout_table import RolloutTable
 from .scoring import ScoringPanel
 from .side_plot import SidePlot
 from .stats_panel import StatsPanel
+from .tokens import DEFAULT_BETA
 from .tree_view import TokenTreeView
 from .view_links import ViewLinks
 
@@ -49,6 +52,7 @@ class ViewsPanel(QSplitter):
 
     shading_changed = Signal(str)
     group_changed = Signal(object)  # the group id now shown, or None
+    reference_changed = Signal(object)  # what the session's reference policy is (its description), or None
 
     def __init__(self, is_running: Callable[[], bool], parent: Optional[QWidget] = None):
         super().__init__(Qt.Orientation.Vertical, parent)
@@ -57,6 +61,7 @@ class ViewsPanel(QSplitter):
         self._tree_drawn_at = 0.0  # time.monotonic() of the last tree refresh
         self._tree_to_show = _NO_TREE_SWITCH  # a tree the tree view switches to on its next refresh
         self._streaming = False  # between set_streaming(True) and (False)
+        self._beta = DEFAULT_BETA
 
         self.group_tabs = QTabBar()
         self.group_tabs.setExpanding(False)
@@ -86,6 +91,19 @@ class ViewsPanel(QSplitter):
         self.tree_view = TokenTreeView()
         self.tree_view.token_selected.connect(self.panes.scroll_to_token)
         self.rollout_table = RolloutTable()
+        self.beta_box = QDoubleSpinBox()
+        self.beta_box.setPrefix("β ")
+        self.beta_box.setDecimals(3)
+        self.beta_box.setRange(0.001, 100.0)
+        self.beta_box.setSingleStep(0.05)
+        self.beta_box.setValue(self._beta)
+        self.beta_box.setToolTip(
+            "beta of DPO's implicit reward beta * log(pi(y|x) / pi_ref(y|x)). Up to a constant per query, it is the "
+            "reward for which the policy is the best one of RL with the penalty beta * KL(pi || pi_ref) from the "
+            "reference: compare it between responses to the same query. DPO is commonly trained with beta 0.1 "
+            "(0.01 to 0.5); the implicit R column and the pane headers use this one")
+        self.beta_box.valueChanged.connect(self._take_beta)
+        self.rollout_table.add_reference_control(self.beta_box)
         self.links = ViewLinks(self.tree_view, self.rollout_table, self.panes)
         self.scoring = ScoringPanel()
 
@@ -155,6 +173,7 @@ class ViewsPanel(QSplitter):
         self.group_tabs.blockSignals(False)
         self.panes.show_group(None, None)
         self.scoring.set_group(None, "", ())
+        self._announce_reference()
         self.show_stats(None)
         self._tree_to_show = _NO_TREE_SWITCH
         self.tree_view.set_tree(None)
@@ -218,9 +237,40 @@ class ViewsPanel(QSplitter):
             self.tree_view.set_tree(session.trees.get(gid))
         self.group_changed.emit(gid)
 
-    def show_scores(self, group_id: str) -> None:
+    def show_reference(self) -> None:
+        """The session's reference facts changed (a group annotated, the reference cleared): every view re-reads what
+        it shows from the session."""
+        gid = self.current_group_id()
+        self._announce_reference()
+        self.panes.refresh()
+        self._show_table()
+        self.show_scores(gid)
+        self.show_stats(gid)
+
+    def _announce_reference(self) -> None:
+        session = self._session
+        reference = session.reference_policy if session is not None else None
+        description = reference.description if reference is not None else None
+        self.panes.set_reference(description)
+        self.reference_changed.emit(description)
+
+    @property
+    def beta(self) -> float:
+        """beta of the implicit reward beta * log-ratio the panes and the table show."""
+        return self._beta
+
+    def set_beta(self, beta: float) -> None:
+        """A new beta (as the box rounds and bounds it): what shows implicit rewards redraws."""
+        self.beta_box.setValue(beta)  # its valueChanged, if the value changes, comes to _take_beta
+
+    def _take_beta(self, beta: float) -> None:
+        self._beta = beta
+        self.panes.set_beta(beta)
+        self.rollout_table.set_beta(beta)
+
+    def show_scores(self, group_id: Optional[str]) -> None:
         """The session's scores of this group changed."""
-        if self._session is not None and group_id == self.current_group_id():
+        if self._session is not None and group_id is not None and group_id == self.current_group_id():
             self.scoring.show_scores(self._session.scores(group_id))
 
     def show_stats(self, group_id: Optional[str]) -> None:
@@ -234,7 +284,8 @@ class ViewsPanel(QSplitter):
             # a set saved without statistics (older files, a recovered run): computed for the panel only, so the
             # set stays as it was saved
             group = replace(group, stats=group_stats(group))
-        self.stats_panel.show_group(group)
+        reference = session.reference_policy
+        self.stats_panel.show_group(group, reference.description if reference is not None else None)
 
     # -- shading and layout ----------------------------------------------------------------------------------------
     def set_shading(self, mode: str) -> None:

@@ -92,13 +92,13 @@ def test_fit_pieces_follows_the_displayed_text():
 
 
 @pytest.mark.parametrize("base,text", [("#ffffff", "#000000"), ("#1e1f22", "#dfe1e5")])
-@pytest.mark.parametrize("mode", ["prob", "entropy"])
-def test_every_shade_keeps_the_text_readable_on_light_and_dark_palettes(qapp, base, text, mode):
+@pytest.mark.parametrize("mode,sign", [("prob", 1), ("entropy", 1), ("logratio", 1), ("logratio", -1)])
+def test_every_shade_keeps_the_text_readable_on_light_and_dark_palettes(qapp, base, text, mode, sign):
     pal = palette(base, text)
     assert shade_colour(mode, 0, pal) is None
     previous = QColor(base)
     for level in range(1, SHADE_LEVELS + 1):
-        colour = shade_colour(mode, level, pal)
+        colour = shade_colour(mode, sign * level, pal)
         assert contrast(colour, QColor(text)) >= 4.5, (mode, base, level, colour.name())
         # stronger levels sit further from the base colour: the scale is monotone
         assert contrast(colour, QColor(base)) >= contrast(previous, QColor(base)) - 0.02
