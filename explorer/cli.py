@@ -132,6 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     gui.add_argument("--screenshot", default=None, help="save a PNG of the whole window when the run ends")
     gui.add_argument("--tree-screenshot", default=None, metavar="PATH",
                      help="save the shown query's token tree (PNG or SVG) when the run ends")
+    gui.add_argument("--shading", choices=("prob", "entropy", "logratio"), default=None,
+                     help="what shades the panes' tokens (the window's choice else; logratio needs --reference)")
     gui.add_argument("--tree-heights", choices=("empirical", "model"), default=None,
                      help="the tree's box heights: the sampled share or the model's pi (the window's choice else)")
     gui.add_argument("--export", default=None, help="save the rollout set (JSON) when the run ends")

@@ -269,6 +269,8 @@ def run_gui(args, engine_factory: Callable = default_engine_factory, settings: O
         window.controls.set_queries(queries)
     if reward_fn is not None:
         window.controls.reward_box.set_spec(reward_spec, reward_fn)
+    if _arg(args, "shading"):
+        window.views.set_shading(_arg(args, "shading"))
     if _arg(args, "tree_heights"):
         window.views.tree_view.set_mode(_arg(args, "tree_heights"))
     if not model and not scripted:

@@ -11,6 +11,7 @@ from PySide6.QtCore import QByteArray, QSettings, QTimer
 
 from ..core.errors import ModelError
 from .panes import SORT_KEYS
+from .style import SHADING_MODES
 
 if TYPE_CHECKING:
     from .main_window import MainWindow
@@ -43,6 +44,7 @@ class WindowSettings:
         w = self._window
         w.controls.changed.connect(self.changed)
         w.views.shading_changed.connect(self.changed)
+        w.views.beta_box.valueChanged.connect(self.changed)
         w.views.panes.sort_changed.connect(self.changed)
         w.menu_actions["compact"].toggled.connect(self.changed)
         for _key, splitter in self._splitters():
@@ -90,8 +92,13 @@ class WindowSettings:
             state = None
         if isinstance(state, dict):
             w.controls.restore_state(state)
-        if s.value("view/shading", "prob") == "entropy":
-            w.views.set_shading("entropy")
+        shading = s.value("view/shading", "prob")
+        if shading in SHADING_MODES:
+            w.views.set_shading(shading)
+        try:
+            w.views.set_beta(float(s.value("view/beta", w.views.beta)))
+        except (TypeError, ValueError):  # a settings value another version wrote
+            pass
         sort = s.value("view/sort", "index")
         if sort in SORT_KEYS:
             w.views.panes.set_sort(sort)
@@ -107,6 +114,7 @@ class WindowSettings:
             s.setValue(key, splitter.saveState())
         s.setValue("controls", json.dumps(w.controls.state()))
         s.setValue("view/shading", w.views.shading())
+        s.setValue("view/beta", w.views.beta)
         s.setValue("view/sort", w.views.panes.sort_key)
         s.setValue("view/compact", w.menu_actions["compact"].isChecked())
         s.sync()

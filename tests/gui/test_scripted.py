@@ -65,3 +65,12 @@ def test_scripted_reference_that_cannot_be_used_fails_with_why(tiny_gguf, gui_se
     args = _args(tiny_gguf, tmp_path, reference="temperature:hot")
     assert run_gui(args, default_engine_factory, gui_settings) == 2
     assert "not a number" in capsys.readouterr().err
+
+
+def test_the_gui_shading_option_offers_every_shading_mode():
+    from explorer.cli import build_parser
+    from explorer.gui.style import SHADING_MODES
+
+    gui = next(a for a in build_parser()._subparsers._group_actions[0].choices.values() if a.prog.endswith("gui"))
+    shading = next(a for a in gui._actions if a.dest == "shading")
+    assert tuple(shading.choices) == SHADING_MODES
