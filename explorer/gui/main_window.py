@@ -539,7 +539,10 @@ class MainWindow(QMainWindow):
             self.views.show_stats(group_id)
 
     def _on_evaluation_done(self) -> None:
-        self.controls.reference_box.show_in_use(self.runs.reference)
+        reference = self.runs.reference
+        self.controls.reference_box.show_in_use(reference)
+        if reference is not None:
+            self.status.message(f"Compared with {reference.description}", MESSAGE_MS)
         self.reference_evaluated.emit()
 
     # -- rewards ---------------------------------------------------------------------------------------------------
