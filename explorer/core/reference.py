@@ -22,6 +22,7 @@ import numpy as np
 
 from .errors import ExplorerError
 from .kv_cache import Prefix
+from .sampling import top_indices
 from .types import QueryGroup, ReferenceInfo, RolloutSet, Score, TokenInfo, TopLogprob
 
 ROW_BUDGET = 256  # logits rows per side held at once (256 x 49k vocabulary x 4 bytes = 50 MB)
@@ -98,6 +99,60 @@ def sampler_logprobs(logits: np.ndarray, temperature: float = 1.0, top_p: float 
     kept = np.where(keep, lp, -np.inf)
     kept -= np.log(np.exp(kept).sum(axis=1, keepdims=True))
     return kept
+
+
+def _log_probs(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(log-probabilities, probabilities) of logits rows in float64: one exp serves both."""
+    x = rows.astype(np.float64)
+    x -= x.max(axis=1, keepdims=True)
+    e = np.exp(x)
+    z = e.sum(axis=1, keepdims=True)
+    x -= np.log(z)
+    e /= z
+    return x, e
+
+
+def compare_rows(policy_rows: np.ndarray, ref_rows: Optional[np.ndarray], targets: np.ndarray, top_n: int,
+                 temperature: float = 1.0, top_p: float = 1.0) -> list[TokenComparison]:
+    """Per row: the log-ratio of the target token, KL(pi || pi_ref) over the whole vocabulary in float64, both top
+    tokens and pi_ref's top_n. ref_rows None: pi_ref is the policy's rows under the sampler (temperature, top_p).
+    Both evaluation paths (teacher forcing after a run, following a run) call this, so they agree exactly."""
+    facts: list[TokenComparison] = []
+    transform = temperature != 1.0 or top_p < 1.0
+    for a in range(0, len(targets), KL_BLOCK):
+        block = policy_rows[a: a + KL_BLOCK]
+        lp, p = _log_probs(block)
+        if ref_rows is not None:
+            ref_block = ref_rows[a: a + KL_BLOCK]
+            lq = _log_probs(ref_block)[0]
+        else:
+            ref_block = block
+            lq = sampler_logprobs(block, temperature, top_p) if transform else lp
+        # KL = sum_v p (log p - log q), one fused pass per row; a row where p underflows to 0 on a token pi_ref
+        # excludes (0 * -inf) is summed again the careful way
+        with np.errstate(invalid="ignore"):
+            kl = np.einsum("ij,ij->i", p, lp) - np.einsum("ij,ij->i", p, lq)
+        bad = ~np.isfinite(kl) & ~np.isposinf(kl)
+        if bad.any():
+            kl[bad] = kl_rows(lp[bad], lq[bad])
+        kl = np.maximum(kl, 0.0)  # rounding can leave -1e-18 where the rows are nearly equal
+        tg = targets[a: a + KL_BLOCK]
+        rows = np.arange(len(tg))
+        with np.errstate(invalid="ignore"):
+            ratio = lp[rows, tg] - lq[rows, tg]
+        # pi_ref's ranking is its logits' (a log-softmax, a temperature and a nucleus keep the order): the sampler's
+        # own top-N search on the float32 rows, ties to the lower id
+        if top_n > 0:
+            ids = top_indices(ref_block, top_n)
+            values = np.take_along_axis(lq, ids, axis=1)
+            tops = [tuple(zip(r_ids.tolist(), r_vals.tolist())) for r_ids, r_vals in zip(ids, values)]
+            ref_top_ids = ids[:, 0]
+        else:
+            tops = [()] * len(tg)
+            ref_top_ids = ref_block.argmax(axis=1)
+        facts.extend(TokenComparison(float(r), float(k), int(rt), int(pt), top)
+                     for r, k, rt, pt, top in zip(ratio, kl, ref_top_ids, block.argmax(axis=1), tops))
+    return facts
 
 
 def vocabulary(model) -> list[bytes]:
@@ -259,24 +314,15 @@ class ReferencePolicy:
         self._fill(job, offsets, policy_rows, ref_rows, targets, out, False, top_n)
 
     def _fill(self, job, offsets, policy_rows, ref_rows, targets, out, transform: bool, top_n: int) -> None:
-        t = float(self.spec.value) if self.spec.kind == "temperature" else 1.0
-        p = float(self.spec.value) if self.spec.kind == "top_p" else 1.0
-        n_rows = len(targets)
-        facts: list[TokenComparison] = []
-        for a in range(0, n_rows, KL_BLOCK):
-            lp = log_softmax64(policy_rows[a: a + KL_BLOCK])
-            lq = sampler_logprobs(ref_rows[a: a + KL_BLOCK], t, p) if transform else log_softmax64(
-                ref_rows[a: a + KL_BLOCK])
-            kl = kl_rows(lp, lq)
-            tg = targets[a: a + KL_BLOCK]
-            rows = np.arange(len(tg))
-            with np.errstate(invalid="ignore"):
-                ratio = lp[rows, tg] - lq[rows, tg]
-            tops = _top_rows(lq, top_n)
-            facts.extend(TokenComparison(float(r), float(k), int(rt), int(pt), top)
-                         for r, k, rt, pt, top in zip(ratio, kl, lq.argmax(axis=1), lp.argmax(axis=1), tops))
+        facts = compare_rows(policy_rows, None if transform else ref_rows, targets, top_n, *self._sampler())
         for j, w in enumerate(job):
             out[w.list_index][w.start: w.end] = facts[offsets[j]: offsets[j + 1]]
+
+    def _sampler(self) -> tuple[float, float]:
+        """(temperature, top-p) of a sampler reference; (1, 1) for the others."""
+        t = float(self.spec.value) if self.spec.kind == "temperature" else 1.0
+        p = float(self.spec.value) if self.spec.kind == "top_p" else 1.0
+        return t, p
 
     # -- attaching to a rollout set ------------------------------------------------------------------------------
     def annotate_group(self, group: QueryGroup, progress: Optional[Callable[[int, int], None]] = None,
@@ -322,19 +368,6 @@ class ReferencePolicy:
                      for t, f in zip(tokens, facts))
 
 
-def _top_rows(lq: np.ndarray, n: int) -> list[tuple[tuple[int, float], ...]]:
-    """Per row of log-probabilities, its n most probable (id, logprob), most probable first."""
-    if n <= 0:
-        return [()] * len(lq)
-    n = min(n, lq.shape[1])
-    part = np.argpartition(-lq, n - 1, axis=1)[:, :n]
-    vals = np.take_along_axis(lq, part, axis=1)
-    order = np.argsort(-vals, axis=1, kind="stable")
-    ids = np.take_along_axis(part, order, axis=1)
-    vals = np.take_along_axis(vals, order, axis=1)
-    return [tuple((int(i), float(v)) for i, v in zip(r_ids, r_vals)) for r_ids, r_vals in zip(ids, vals)]
-
-
 class LockstepReference:
     """A reference policy evaluated while the policy samples, one decode step at a time.
 
@@ -349,12 +382,9 @@ class LockstepReference:
         self.info = reference.info
         self._top_n = top_n
         kind = reference.spec.kind
-        self._transform = kind in ("temperature", "top_p")
-        self._t = float(reference.spec.value) if kind == "temperature" else 1.0
-        self._p = float(reference.spec.value) if kind == "top_p" else 1.0
         # the policy's own file as its reference reads the policy's rows: a context of its own would prefill what
         # the policy's KV cache reused, and llama.cpp's other kernel for it rounds differently (~1e-8 on F32)
-        self._own_rows = self._transform or (kind in ("model", "exact") and reference.engine is None)
+        self._own_rows = kind in ("temperature", "top_p") or (kind in ("model", "exact") and reference.engine is None)
         self._decoder = None if self._own_rows else (reference.engine or reference.policy).step_decoder()
         self._rows: dict[int, np.ndarray] = {}  # policy sequence -> pi_ref's logits row for its next token
         self._pos: dict[int, int] = {}  # policy sequence -> position of its next token in the reference's context
@@ -380,24 +410,15 @@ class LockstepReference:
         return True
 
     def see(self, seqs: Sequence[int], logits: np.ndarray):
-        """Before sampling: both log-probability rows of this step, and the KL (the sampler may change logits)."""
-        lp = log_softmax64(logits)
-        if self._transform:
-            lq = sampler_logprobs(logits, self._t, self._p)
-        elif self._own_rows:
-            lq = lp
-        else:
-            lq = log_softmax64(np.stack([self._rows[s] for s in seqs]))
-        return lp, lq, kl_rows(lp, lq)
+        """Before sampling (the sampler may change logits in place): this step's rows of both policies."""
+        if self._own_rows:
+            return logits.copy(), None
+        return logits.copy(), np.stack([self._rows[s] for s in seqs])
 
     def facts(self, seen, token_ids: np.ndarray) -> list[TokenComparison]:
-        lp, lq, kl = seen
-        rows = np.arange(len(token_ids))
-        with np.errstate(invalid="ignore"):
-            ratio = lp[rows, token_ids] - lq[rows, token_ids]
-        tops = _top_rows(lq, self._top_n)
-        return [TokenComparison(float(r), float(k), int(rt), int(pt), top)
-                for r, k, rt, pt, top in zip(ratio, kl, lq.argmax(axis=1), lp.argmax(axis=1), tops)]
+        policy_rows, ref_rows = seen
+        t, p = self.reference._sampler()
+        return compare_rows(policy_rows, ref_rows, np.asarray(token_ids), self._top_n, t, p)
 
     def decode(self, tokens: Sequence[int], seqs: Sequence[int]) -> None:
         """The policy decoded these tokens (one per still-active sequence): the reference reads them too."""
