@@ -360,3 +360,36 @@ def numpy_forward(path, ids):
     x = rms(x, weights["output_norm.weight"])
     out = weights.get("output.weight", weights["token_embd.weight"])
     return x @ out.T
+
+
+# -- reference-policy variants: copies of a tiny GGUF written through the exact-copy writer ----------------------
+def write_scaled_row_copy(src, dst, row: int, scale: float):
+    """src with output row `row` scaled (a reference with the same vocabulary whose logit `row` alone differs: the
+    hidden states are the same, so its logits are the policy's with that one multiplied). src must be untied."""
+    from explorer.core.exact_copy import as_float32, copy_gguf
+
+    def data(t, qtype):
+        values = as_float32(t)
+        if t.name == "output.weight":
+            values = values.copy()
+            values[row] *= scale
+        return values
+
+    return copy_gguf(src, dst, lambda t: t.tensor_type, data, int(LlamaFileType.ALL_F32))
+
+
+def write_q8_copy(src, dst):
+    """src with its 2-D tensors quantized to Q8_0 by gguf (a quantized model whose exact weights are known)."""
+    from gguf import GGMLQuantizationType
+    from gguf.quants import quantize
+
+    from explorer.core.exact_copy import as_float32, copy_gguf
+
+    def out_type(t):
+        return GGMLQuantizationType.Q8_0 if len(t.shape) == 2 else t.tensor_type
+
+    def data(t, qtype):
+        values = as_float32(t)
+        return quantize(values, qtype) if qtype == GGMLQuantizationType.Q8_0 else values
+
+    return copy_gguf(src, dst, out_type, data, int(LlamaFileType.MOSTLY_Q8_0))

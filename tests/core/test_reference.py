@@ -9,14 +9,13 @@ from contextlib import closing
 import numpy as np
 import pytest
 from gguf import GGMLQuantizationType, GGUFReader, LlamaFileType
-from gguf.quants import quantize
-from tiny_gguf import write_tiny_gguf
+from tiny_gguf import write_q8_copy, write_scaled_row_copy, write_tiny_gguf
 
 from explorer.core import export
 from explorer.core.session import Session
 from explorer.core.engine import Engine
 from explorer.core.errors import ExplorerError
-from explorer.core.exact_copy import as_float32, cached_exact_copy, copy_gguf, write_exact_copy
+from explorer.core.exact_copy import as_float32, cached_exact_copy, write_exact_copy
 from explorer.core.jsonl import jsonl_records
 from explorer.core.reference import (ReferencePolicy, ReferenceSpec, kl_rows, log_softmax64, plan_windows,
                                      sampler_logprobs)
@@ -37,16 +36,7 @@ def untied(tmp_path_factory):
     """A tiny GGUF with an output matrix of its own, and a copy whose output row CHANGED_ROW is ROW_SCALE times it."""
     folder = tmp_path_factory.mktemp("ref")
     base = write_tiny_gguf(folder / "base.gguf", tie_embeddings=False, seed=3)
-
-    def data(t, qtype):
-        values = as_float32(t)
-        if t.name == "output.weight":
-            values = values.copy()
-            values[CHANGED_ROW] *= ROW_SCALE
-        return values
-
-    changed = copy_gguf(base, folder / "changed.gguf", lambda t: t.tensor_type, data, int(LlamaFileType.ALL_F32))
-    return base, changed
+    return base, write_scaled_row_copy(base, folder / "changed.gguf", CHANGED_ROW, ROW_SCALE)
 
 
 @pytest.fixture(scope="module")
@@ -257,20 +247,8 @@ def test_json_and_jsonl_keep_the_reference_fields(policy, untied, tmp_path):
     assert "ref_logprobs" not in next(jsonl_records(rs))
 
 
-def _quantized_copy(src, dst):
-    """src with its 2-D tensors quantized to Q8_0 by gguf (a quantized model whose exact weights are known)."""
-    def out_type(t):
-        return GGMLQuantizationType.Q8_0 if len(t.shape) == 2 else t.tensor_type
-
-    def data(t, qtype):
-        values = as_float32(t)
-        return quantize(values, qtype) if qtype == GGMLQuantizationType.Q8_0 else values
-
-    return copy_gguf(src, dst, out_type, data, int(LlamaFileType.MOSTLY_Q8_0))
-
-
 def test_the_exact_copy_round_trips_a_quantized_gguf(untied, tmp_path):
-    q8 = _quantized_copy(untied[0], tmp_path / "q8.gguf")
+    q8 = write_q8_copy(untied[0], tmp_path / "q8.gguf")
     progress = []
     exact = write_exact_copy(q8, tmp_path / "exact.gguf", progress=lambda done, total: progress.append((done, total)))
     quantized, copied = GGUFReader(str(q8)), GGUFReader(str(exact))
@@ -298,7 +276,7 @@ def test_the_exact_copy_round_trips_a_quantized_gguf(untied, tmp_path):
 def test_the_exact_copy_agrees_with_a_float64_numpy_forward_of_the_quantized_weights(untied, tmp_path):
     from tiny_gguf import numpy_forward
 
-    q8 = _quantized_copy(untied[0], tmp_path / "q8.gguf")
+    q8 = write_q8_copy(untied[0], tmp_path / "q8.gguf")
     exact = write_exact_copy(q8, tmp_path / "exact.gguf")
     ids = [40, 50, 60, 70, 80, 90, 100, 110]
     with closing(_open(exact)) as eng:

@@ -7,11 +7,9 @@ import json
 
 import numpy as np
 import pytest
-from gguf import GGMLQuantizationType, LlamaFileType
-from gguf.quants import quantize
-from tiny_gguf import write_tiny_gguf
+from tiny_gguf import write_q8_copy, write_scaled_row_copy, write_tiny_gguf
 
-from explorer.core.exact_copy import DATA_DIR_ENV, as_float32, copy_gguf
+from explorer.core.exact_copy import DATA_DIR_ENV
 from explorer.gui.worker import default_engine_factory
 from gui_kit import load, run_to_end
 
@@ -22,24 +20,8 @@ def models(tmp_path_factory):
     other: a tiny GGUF with another vocabulary; q8: base quantized to Q8_0 (an exact copy makes sense for it)."""
     folder = tmp_path_factory.mktemp("ref-window")
     base = write_tiny_gguf(folder / "base.gguf", tie_embeddings=False, seed=3)
-
-    def scaled(t, qtype):
-        values = as_float32(t)
-        if t.name == "output.weight":
-            values = values.copy()
-            values[120] *= 4.0
-        return values
-
-    changed = copy_gguf(base, folder / "changed.gguf", lambda t: t.tensor_type, scaled, int(LlamaFileType.ALL_F32))
-
-    def q8_type(t):
-        return GGMLQuantizationType.Q8_0 if len(t.shape) == 2 else t.tensor_type
-
-    def q8_data(t, qtype):
-        values = as_float32(t)
-        return quantize(values, qtype) if qtype == GGMLQuantizationType.Q8_0 else values
-
-    q8 = copy_gguf(base, folder / "q8.gguf", q8_type, q8_data, int(LlamaFileType.MOSTLY_Q8_0))
+    changed = write_scaled_row_copy(base, folder / "changed.gguf", 120, 4.0)
+    q8 = write_q8_copy(base, folder / "q8.gguf")
     other = write_tiny_gguf(folder / "other.gguf", extra_tokens=["zebra"], tie_embeddings=False, seed=3)
     return {"base": base, "changed": changed, "other": other, "q8": q8}
 
