@@ -84,6 +84,9 @@ class ReferenceBox(QGroupBox):
         super().__init__("Reference policy", parent)
         self.file_picker = pick_file
         self.combo = QComboBox()
+        # the labels are long: the combo must not widen the side panel (it elides; each entry's tooltip says more)
+        self.combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.combo.setMinimumContentsLength(10)
         for label, kind, _hint, _default, tip in KINDS:
             self.combo.addItem(label, kind)
             self.combo.setItemData(self.combo.count() - 1, tip, Qt.ItemDataRole.ToolTipRole)
