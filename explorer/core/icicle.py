@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .numbers import format_logprob, format_probability
 from .tree_layout import display_token
 
 MODES = ("empirical", "model")
@@ -254,7 +255,7 @@ def describe_box(tree, node: int) -> str:
         return ""
     if node == 0:
         prompt = tree.prompt if len(tree.prompt) <= 200 else "\u2026" + tree.prompt[-199:]
-        return f"prompt ({len(tree.rollout_ids)} rollouts)\n{prompt}"
+        return "\n".join([f"prompt ({len(tree.rollout_ids)} rollouts)", prompt] + _next_step_words(tree, node))
     lp = float(tree.logprobs[node])
     parent_count = int(tree.counts[tree.parent(node)])
     empirical, model = node_shares(tree, node)
@@ -270,11 +271,48 @@ def describe_box(tree, node: int) -> str:
     lines.append(f"share of the group: sampled {empirical:.3f} \u00b7 model \u03c0(prefix | x) {model:.3g}")
     lines.append(f"entropy of the distribution = {float(tree.entropies[node]):.3f} nats")
     lines.append(f"cumulative log \u03c0(prefix through this token) = {float(tree.cum_logprobs[node]):.3f}")
+    lines += _reference_words(tree, node) + _next_step_words(tree, node)
     prefix = tree.prefix_text(node)
     if len(prefix) > 240:
         prefix = "\u2026" + prefix[-239:]
     lines.append(f"prefix: {prefix}")
     return "\n".join(lines)
+
+
+def _preferred(top) -> str:
+    return f"\u201c{display_token(top.token, 24)}\u201d {format_probability(top.logprob)}" if top else "unknown"
+
+
+def _preferences(token) -> str:
+    """Both policies' most probable token at a token's position, with their probabilities."""
+    same = token.top and token.ref_top_id is not None and token.top[0].id == token.ref_top_id
+    verdict = "the same token" if same else "\u2260 they differ"
+    return (f"\u03c0 prefers {_preferred(token.top[0] if token.top else None)} \u00b7 \u03c0_ref prefers "
+            f"{_preferred(token.ref_top[0] if token.ref_top else None)}  ({verdict})")
+
+
+def _reference_words(tree, node: int) -> list[str]:
+    """pi_ref, the log-ratio and the KL of a node's token, and both preferred tokens there (when evaluated)."""
+    token = tree.reference_token(node)
+    if token is None:
+        return []
+    ref_lp, kl = float(tree.ref_logprobs[node]), float(tree.kls[node])
+    ratio = float(tree.log_ratios[node])
+    return [f"\u03c0_ref(token | prefix) = {format_probability(ref_lp)}   (log {format_logprob(ref_lp)})",
+            f"log \u03c0 \u2212 log \u03c0_ref = {'+' if ratio > 0 else ''}{format_logprob(ratio)}",
+            f"KL(\u03c0 \u2016 \u03c0_ref) at this position = {format_logprob(kl)} nats",
+            "here " + _preferences(token)]
+
+
+def _next_step_words(tree, node: int) -> list[str]:
+    """Where the two policies prefer different next tokens after a node (the view marks it): both of them."""
+    for child in tree.child_ids(node):
+        token = tree.reference_token(child)  # the taken children were all drawn from one distribution: any says it
+        if token is not None:
+            if token.top and token.ref_top_id is not None and token.top[0].id != token.ref_top_id:
+                return ["next token: " + _preferences(token) + "  \u25bc"]
+            return []
+    return []
 
 
 def describe_rest(tree, icicle: Icicle, rest: int) -> str:

@@ -10,6 +10,12 @@ its ghosts (~40k nodes) costs a few MB and every whole-tree query is a vectorise
 O(1) amortised: a dict lookup for the child, a handful of scalar writes, and the ghosts of a new fork point.
 
 Positions: a rollout's token at `position` p (0-based) is a node at depth p; the root sits at depth -1.
+
+Reference facts (a reference policy pi_ref, issue 11) are node columns too: log pi_ref(token | prefix), KL(pi ||
+pi_ref) of the distribution the token was drawn from, and both policies' preferred token there. The tree holds them
+because its nodes are where the views read them (the tree view colours by them, the side plot plots them); they are
+taken from the session's finished rollouts (take_reference), never from streaming tokens, which the reference has
+not evaluated yet. Every rollout through a node has the same prefix, so any one of them gives the node its facts.
 """
 
 from __future__ import annotations
@@ -42,7 +48,13 @@ _COLUMNS = {
     "first_child": np.int32,
     "last_child": np.int32,
     "next_sibling": np.int32,
+    # reference facts (take_reference); NaN / -1 where no evaluated rollout passes (streaming tokens, ghosts)
+    "ref_logprob": np.float64,  # log pi_ref(token | prefix); may be -inf
+    "kl": np.float64,  # KL(pi || pi_ref) of the distribution this token was drawn from, nats; may be inf
+    "top_id": np.int64,  # pi's most probable token there (TokenInfo.top[0])
+    "ref_top_id": np.int64,  # pi_ref's most probable token there
 }
+_NO_REFERENCE = {"ref_logprob": math.nan, "kl": math.nan, "top_id": -1, "ref_top_id": -1}
 
 
 @dataclass(frozen=True)
@@ -90,6 +102,10 @@ class TokenTree:
         self._rollout_ids: list[str] = []
         self._ordinal: dict[str, int] = {}
         self._parents_of: dict[str, tuple[Optional[str], Optional[int]]] = {}
+        # per rollout ordinal: the token tuple its reference facts were taken from (take_reference skips a rollout
+        # whose tokens are still that very tuple: the session replaces a rollout's tokens when it annotates them)
+        self._ref_source: dict[int, tuple[TokenInfo, ...]] = {}
+        self._ref_tokens: dict[int, TokenInfo] = {}  # node -> an annotated token there (both top-N lists, for words)
         self._new_node(ROOT, -1, prompt, 0.0, math.nan, 0, ghost=False, owner=0, slot=0, depth=-1)
 
     # -- columns (read-only views of the live part) ------------------------------------------------------------------
@@ -113,6 +129,11 @@ class TokenTree:
     entropies = property(lambda self: self.column("entropy"))
     counts = property(lambda self: self.column("count"))
     ghost_mask = property(lambda self: self.column("ghost"))
+
+    ref_logprobs = property(lambda self: self.column("ref_logprob"))
+    kls = property(lambda self: self.column("kl"))
+    top_ids = property(lambda self: self.column("top_id"))
+    ref_top_ids = property(lambda self: self.column("ref_top_id"))
 
     @property
     def probs(self) -> np.ndarray:
@@ -168,6 +189,8 @@ class TokenTree:
         c["first_child"][node] = -1
         c["last_child"][node] = -1
         c["next_sibling"][node] = -1
+        for name, unknown in _NO_REFERENCE.items():
+            c[name][node] = unknown
         self._texts.append(text)
         self._n = node + 1
         if node != ROOT:
@@ -278,7 +301,85 @@ class TokenTree:
         tree = cls(group.id, group.prompt)
         for rollout in group.rollouts:
             tree.add_rollout(rollout)
+        tree.take_reference(group.rollouts)  # an opened set's evaluated rollouts bring their facts
         return tree
+
+    # -- reference facts ---------------------------------------------------------------------------------------------
+    def take_reference(self, rollouts: Iterable[Rollout]) -> bool:
+        """Bring the nodes' reference facts in line with these rollouts (all of the group's, as the session has them
+        now): an evaluated finished rollout gives the nodes on its path their facts; one whose facts are gone (the
+        reference was cleared or replaced) takes them off again. Cheap to repeat: a rollout whose token tuple is the
+        one taken last is skipped, so a call costs only the rollouts annotated since. True when anything changed (the
+        tree's version is bumped then, so the views redraw)."""
+        rollouts = list(rollouts)
+        fresh, lost = [], False
+        for r in rollouts:
+            ordinal = self._ordinal.get(r.id)
+            if ordinal is None:
+                continue
+            evaluated = r.finish_reason is not None and bool(r.tokens) and r.tokens[-1].kl is not None
+            taken = self._ref_source.get(ordinal)
+            if evaluated and taken is not r.tokens:
+                fresh.append((ordinal, r.tokens))
+            elif not evaluated and taken is not None:
+                lost = True
+        if lost:  # start over from what the rollouts carry now (a node may be shared with one that lost its facts)
+            for name, unknown in _NO_REFERENCE.items():
+                self._cols[name][: self._n] = unknown
+            self._ref_source.clear()
+            self._ref_tokens.clear()
+            fresh = [(self._ordinal[r.id], r.tokens) for r in rollouts if r.id in self._ordinal
+                     and r.finish_reason is not None and r.tokens and r.tokens[-1].kl is not None]
+        for ordinal, tokens in fresh:
+            self._take_facts(ordinal, tokens)
+        if fresh or lost:
+            self.version += 1
+        return bool(fresh or lost)
+
+    def _take_facts(self, ordinal: int, tokens: tuple[TokenInfo, ...]) -> None:
+        path = np.asarray(self._paths[ordinal][: len(tokens)], dtype=np.int64)
+        n = len(path)
+        ids = np.fromiter((t.id for t in tokens[:n]), np.int64, n)
+        if not np.array_equal(self._cols["token_id"][path], ids):
+            return  # not the tokens the tree holds for it (cannot happen through the session): leave its nodes be
+        c, head = self._cols, tokens[:n]
+        nan = math.nan
+        c["ref_logprob"][path] = np.fromiter((nan if t.ref_logprob is None else t.ref_logprob for t in head),
+                                             np.float64, n)
+        c["kl"][path] = np.fromiter((nan if t.kl is None else t.kl for t in head), np.float64, n)
+        c["top_id"][path] = np.fromiter((t.top[0].id if t.top else -1 for t in head), np.int64, n)
+        c["ref_top_id"][path] = np.fromiter((-1 if t.ref_top_id is None else t.ref_top_id for t in head),
+                                            np.int64, n)
+        self._ref_tokens.update(zip(path.tolist(), head))
+        self._ref_source[ordinal] = tokens
+
+    @property
+    def has_reference(self) -> bool:
+        """Whether any node has reference facts (an evaluated rollout passes through it)."""
+        return bool(self._ref_source)
+
+    @property
+    def log_ratios(self) -> np.ndarray:
+        """log pi - log pi_ref of every node's token (NaN where unknown; +-inf where one policy gives it 0)."""
+        with np.errstate(invalid="ignore"):
+            return self.column("logprob") - self.column("ref_logprob")
+
+    def reference_token(self, node: int) -> Optional[TokenInfo]:
+        """An evaluated token at this node (its top and ref_top lists), or None."""
+        return self._ref_tokens.get(node)
+
+    def top_disagreement(self) -> np.ndarray:
+        """Per node: the two policies prefer different tokens at its position (its token was drawn from a
+        distribution whose most probable token differs from pi_ref's). False where unknown."""
+        top, ref = self.column("top_id"), self.column("ref_top_id")
+        return (top >= 0) & (ref >= 0) & (top != ref)
+
+    def next_top_disagreement(self) -> np.ndarray:
+        """Per node: the two policies prefer different next tokens after it (any taken child shows it: they were all
+        drawn from the same distribution). At a fork this is where the rollouts part."""
+        differs = self.top_disagreement()
+        differs[ROOT] = False
+        return np.bincount(self.column("parent")[differs], minlength=self._n)[: self._n] > 0
 
     # -- queries -----------------------------------------------------------------------------------------------------
     def paths(self) -> list[list[int]]:

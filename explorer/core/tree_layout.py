@@ -1,4 +1,4 @@
-"""What the tree views share: the viridis colour table, probability buckets, token labels, and per-position series.
+"""What the tree views share: the viridis and diverging colour tables, probability buckets, token labels, and per-position series.
 
 The boxes themselves are laid out in explorer.core.icicle. Every step is a vectorised numpy expression.
 """
@@ -9,6 +9,9 @@ import numpy as np
 
 # viridis sampled at 9 evenly spaced points (perceptually uniform, colour-blind safe); interpolated linearly.
 _VIRIDIS = ("#440154", "#472d7b", "#3b528b", "#2c728e", "#21918c", "#28ae80", "#5ec962", "#addc30", "#fde725")
+# ColorBrewer's RdBu, blue end first (colour-blind safe, diverging): blue where pi gives a token less than pi_ref,
+# red where more, a near-white midpoint at 0
+DIVERGING = ("#2166ac", "#4393c3", "#92c5de", "#d1e5f0", "#f7f7f7", "#fddbc7", "#f4a582", "#d6604d", "#b2182b")
 
 
 def colormap_lut(start: float = 0.0, stop: float = 1.0, n: int = 256, anchors=_VIRIDIS) -> np.ndarray:
@@ -63,3 +66,24 @@ def mean_series(tree) -> tuple[np.ndarray, np.ndarray]:
     ent_sum = np.bincount(positions[finite], weights=ent[finite], minlength=width)
     ent_n = np.bincount(positions[finite], minlength=width)
     return probs, np.where(ent_n > 0, ent_sum / np.maximum(ent_n, 1), np.nan)
+
+
+def mean_kl_series(tree) -> np.ndarray:
+    """Per-position mean KL(pi || pi_ref) over the rollouts that reached that position with reference facts (NaN
+    where none did; inf where one of them is infinite: a mean with an infinite term is infinite)."""
+    matrix, lengths = tree.path_matrix()
+    if matrix.size == 0:
+        return np.zeros(0)
+    kl = tree.kls[matrix]
+    known = (np.arange(matrix.shape[1])[None, :] < lengths[:, None]) & ~np.isnan(kl)
+    n = known.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(known, kl, 0.0).sum(axis=0) / n
+    mean[n == 0] = np.nan
+    last = np.flatnonzero(n)
+    return mean[: last[-1] + 1] if len(last) else np.zeros(0)
+
+
+def rollout_kl_series(tree, rollout_id: str) -> np.ndarray:
+    """KL(pi || pi_ref) of a rollout's tokens by position (NaN where it has no reference facts)."""
+    return np.array(tree.kls[tree.path(rollout_id)], dtype=np.float64)

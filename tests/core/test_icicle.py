@@ -199,3 +199,29 @@ def test_hover_words_compare_the_sampled_and_model_shares(tree):
     ice = compute_icicle(tree, "model")
     rest = int(np.flatnonzero(ice.rest_parent == b)[0])
     assert "position 2" in describe_rest(tree, ice, rest) and "= 0.100" in describe_rest(tree, ice, rest)
+
+
+def test_hover_words_give_pi_ref_the_log_ratio_the_kl_and_both_preferred_tokens(tree):
+    from dataclasses import replace
+
+    from explorer.core.icicle import describe_box
+
+    group = [Rollout(f"q0.r{i}", i, i, "", tuple(token(tuple(ids[:p]), t) for p, t in enumerate(ids)), "stop")
+             for i, ids in enumerate([[1, 2, 3], [1, 2, 4], [1, 5, 6], [1, 2, 3]])]
+
+    def evaluated(t: TokenInfo) -> TokenInfo:
+        # pi_ref halves this token's probability and prefers the last of the policy's top tokens
+        ref_top = tuple(reversed(t.top))
+        return replace(t, ref_logprob=t.logprob - math.log(2), kl=0.25, ref_top_id=ref_top[0].id, ref_top=ref_top)
+
+    tree.take_reference([replace(r, tokens=tuple(evaluated(t) for t in r.tokens)) for r in group])
+    text = describe_box(tree, tree.node_for([1, 2]))  # B: pi .6, pi_ref .3; pi prefers B, pi_ref X (.2)
+    assert "\u03c0_ref(token | prefix) = 0.3" in text
+    assert "log \u03c0 \u2212 log \u03c0_ref = +0.693" in text
+    assert "KL(\u03c0 \u2016 \u03c0_ref) at this position = 0.250 nats" in text
+    assert "\u03c0 prefers \u201cB\u201d 0.6 \u00b7 \u03c0_ref prefers \u201cX\u201d 0.05" in text and "differ" in text
+    # B is a fork whose next step the two policies see differently: its words say both next tokens
+    assert "next token: \u03c0 prefers \u201cC\u201d 0.5 \u00b7 \u03c0_ref prefers \u201cX\u201d 0.2" in text
+    assert text.endswith("prefix: AB")
+    assert "\u03c0_ref" not in describe_box(tree, next(c.node for c in tree.children(tree.node_for([1, 2]))
+                                                        if c.is_ghost))

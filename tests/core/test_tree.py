@@ -5,12 +5,13 @@ from __future__ import annotations
 import math
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from explorer.core.tree import ROOT, TokenTree, TreeForest
-from explorer.core.tree_layout import colormap_lut, display_token, mean_series
+from explorer.core.tree_layout import colormap_lut, display_token, mean_kl_series, mean_series, rollout_kl_series
 from explorer.core.types import (GroupHeader, QueryGroup, Rollout, RolloutFinished, RolloutHeader, RunStarted,
                                  SamplingParams, TokenBatch, TokenEvent, TokenInfo, TopLogprob)
 
@@ -199,3 +200,95 @@ def test_node_for_follows_token_ids_and_names_a_missing_path():
     assert tree.node_for([1, 2]) == tree.node_at("q0.r0", 1)
     with pytest.raises(KeyError, match=r"no node for token ids \[1, 7\]"):
         tree.node_for([1, 7])
+
+
+# -- reference facts (issue 11) --------------------------------------------------------------------------------------
+def ref_dist(prefix: tuple[int, ...]) -> dict[int, float]:
+    """pi_ref: another distribution per prefix, over the same vocabulary."""
+    rng = np.random.default_rng((abs(hash(prefix)) + 17) % (2 ** 32))
+    return dict(zip(VOCAB, rng.dirichlet(np.ones(len(VOCAB)) * 0.6)))
+
+
+def evaluated(r: Rollout) -> Rollout:
+    """The rollout as the reference hands it back: every token with log pi_ref, the KL there and pi_ref's top."""
+    ids = [t.id for t in r.tokens]
+    tokens = []
+    for i, t in enumerate(r.tokens):
+        p, q = dist(tuple(ids[:i])), ref_dist(tuple(ids[:i]))
+        kl = sum(p[v] * math.log(p[v] / q[v]) for v in VOCAB)
+        ranked = sorted(q, key=lambda v: -q[v])[: len(t.top)]
+        tokens.append(replace(t, ref_logprob=math.log(q[t.id]), kl=kl, ref_top_id=ranked[0],
+                              ref_top=tuple(TopLogprob(v, VOCAB[v], VOCAB[v].encode(), math.log(q[v])) for v in ranked)))
+    return replace(r, tokens=tuple(tokens))
+
+
+def test_reference_facts_come_from_the_evaluated_rollouts_and_go_when_cleared():
+    r0, r1, r2 = rollout("q0.r0", [1, 2, 3]), rollout("q0.r1", [1, 2, 4]), rollout("q0.r2", [1, 5, 6])
+    tree = tree_of(r0, r1, r2)  # streamed in: no facts yet
+    assert not tree.has_reference and np.isnan(tree.kls).all() and (tree.ref_top_ids == -1).all()
+    e0, e1 = evaluated(r0), evaluated(r1)
+    version = tree.version
+    assert tree.take_reference([e0, e1, r2]) is True and tree.version > version and tree.has_reference
+    b, d = tree.node_for([1, 2]), tree.node_for([1, 2, 4])
+    assert tree.ref_logprobs[d] == pytest.approx(e1.tokens[2].ref_logprob)
+    assert tree.kls[b] == pytest.approx(e0.tokens[1].kl)
+    assert tree.log_ratios[d] == pytest.approx(e1.tokens[2].logprob - e1.tokens[2].ref_logprob)
+    assert tree.reference_token(d) is e1.tokens[2]
+    # r2 is not evaluated (still streaming, say): its own nodes and every ghost stay without facts
+    assert np.isnan(tree.kls[tree.node_for([1, 5])]) and np.isnan(tree.kls[tree.ghost_mask]).all()
+    assert np.isnan(tree.log_ratios[ROOT])
+    # the same tuples again: nothing to do, nothing redrawn
+    version = tree.version
+    assert tree.take_reference([e0, e1, r2]) is False and tree.version == version
+    # the reference cleared: the session hands back rollouts without facts, and the nodes lose theirs
+    assert tree.take_reference([r0, r1, r2]) is True
+    assert not tree.has_reference and np.isnan(tree.ref_logprobs).all() and tree.reference_token(d) is None
+
+
+def test_a_node_keeps_its_facts_while_any_evaluated_rollout_passes_through_it():
+    r0, r1 = rollout("q0.r0", [1, 2, 3]), rollout("q0.r1", [1, 2, 4])
+    tree = tree_of(r0, r1)
+    tree.take_reference([evaluated(r0), evaluated(r1)])
+    tree.take_reference([r0, evaluated(r1)])  # r0 lost its facts (a new reference that has not reached it yet)
+    assert not np.isnan(tree.kls[tree.node_for([1, 2])])  # shared with r1, which still has them
+    assert np.isnan(tree.kls[tree.node_for([1, 2, 3])])  # r0's own
+
+
+def test_an_opened_set_brings_its_facts_with_it():
+    r0, r1 = evaluated(rollout("q0.r0", [1, 2, 3])), evaluated(rollout("q0.r1", [1, 5]))
+    tree = TokenTree.from_group(QueryGroup("q0", "query", True, "the prompt", (7, 8), (r0, r1)))
+    assert tree.has_reference and tree.kls[tree.node_for([1, 5])] == pytest.approx(r1.tokens[1].kl)
+
+
+def test_where_the_policies_prefer_different_next_tokens():
+    r0, r1, r2 = rollout("q0.r0", [1, 2, 3]), rollout("q0.r1", [1, 2, 4]), rollout("q0.r2", [1, 5])
+    tree = tree_of(r0, r1, r2)
+    e0, e1, e2 = (evaluated(r) for r in (r0, r1, r2))
+    tree.take_reference([e0, e1, e2])
+    differs = tree.top_disagreement()
+    assert differs.any() and not differs[tree.ghost_mask].any()
+    for r in (e0, e1, e2):
+        for position, t in enumerate(r.tokens):
+            assert differs[tree.node_at(r.id, position)] == (t.top[0].id != t.ref_top_id)
+    after = tree.next_top_disagreement()
+    fork = tree.node_for([1, 2])  # r0 and r1 part here
+    assert after[fork] == (e0.tokens[2].top[0].id != e0.tokens[2].ref_top_id)
+    assert after[ROOT] == (e0.tokens[0].top[0].id != e0.tokens[0].ref_top_id)
+    assert not after[tree.ghost_mask].any()
+
+
+def test_kl_series_by_position():
+    r0, r1 = rollout("q0.r0", [1, 2, 3]), rollout("q0.r1", [1, 5])
+    tree = tree_of(r0, r1, rollout("q0.r2", [1, 2, 3, 4]))  # r2 not evaluated: not in the mean
+    e0, e1 = evaluated(r0), evaluated(r1)
+    tree.take_reference([e0, e1])
+    mean = mean_kl_series(tree)
+    assert len(mean) == 3  # position 3 is r2's alone: no evaluated rollout reaches it
+    assert mean[0] == pytest.approx(e0.tokens[0].kl)
+    assert mean[1] == pytest.approx((e0.tokens[1].kl + e1.tokens[1].kl) / 2)
+    assert mean[2] == pytest.approx(e0.tokens[2].kl)
+    np.testing.assert_allclose(rollout_kl_series(tree, "q0.r1"), [t.kl for t in e1.tokens])
+    assert np.isnan(rollout_kl_series(tree, "q0.r2")[3])
+    infinite = replace(e1, tokens=(e1.tokens[0], replace(e1.tokens[1], kl=math.inf)))
+    tree.take_reference([e0, infinite])
+    assert math.isinf(mean_kl_series(tree)[1])  # a mean with an infinite term is infinite, not dropped
