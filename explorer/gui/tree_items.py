@@ -18,8 +18,8 @@ import pyqtgraph as pg
 from pyqtgraph import exporters
 from pyqtgraph.Qt import compat
 from pyqtgraph.Qt.internals import PrimitiveArray
-from PySide6.QtCore import QRectF, QSize, Qt
-from PySide6.QtGui import QBrush, QColor, QFontMetricsF, QGuiApplication, QPainter, QPen
+from PySide6.QtCore import QPointF, QRectF, QSize, Qt
+from PySide6.QtGui import QBrush, QColor, QFontMetricsF, QGuiApplication, QPainter, QPen, QPolygonF
 from PySide6.QtSvg import QSvgGenerator
 from PySide6.QtWidgets import QGraphicsItem, QMenu, QToolButton
 
@@ -31,6 +31,14 @@ MIN_BOX_PX = 0.6  # boxes thinner than this are not drawn (a column of them woul
 MAX_TEXTS = 1500  # texts drawn per paint at most, the tallest first
 TEXT_PAD_PX = 3
 HATCH_MIN_PX = 5  # token columns narrower than this get no hatch over their ghosts (only their faded fill)
+# Where the two policies prefer different next tokens (issue 11), on the right edge of the box after which the next
+# token is chosen. At a fork (where the rollouts part) always: a bar over the fork's extent with a triangle on top.
+# Along a chain a small triangle only, and only once a token is MARK_CHAIN_MIN_PX wide: a zoomed-out tree of 32 x 256
+# tokens would be all marks, and a full-height bar there would read as a box outline.
+MARK_PX = 3  # the bar's width; a halo of the background colour, one pixel each side, keeps it off any fill
+MARK_TRIANGLE_PX = 9
+MARK_CHAIN_TRIANGLE_PX = 6
+MARK_CHAIN_MIN_PX = 14
 
 
 class IcicleViewBox(pg.ViewBox):
@@ -50,6 +58,10 @@ class IcicleItem(pg.GraphicsObject):
         self.tree = None
         self.ice: Optional[Icicle] = None
         self.levels = np.zeros(0, np.int64)  # colour level of every node
+        self.marks = np.zeros(0, np.int64)  # nodes after which the two policies prefer different next tokens
+        self.mark_colour = QColor("black")
+        self.mark_halo = QColor("white")
+        self.drawn_marks: list[int] = []  # the marks the last paint drew (tests read it)
         self.show_ghosts = True
         self.brushes: list[QBrush] = []
         self.ghost_brushes: list[QBrush] = []
@@ -67,16 +79,22 @@ class IcicleItem(pg.GraphicsObject):
         self.drawn_texts: list[str] = []  # what the last paint wrote (tests and the screenshots read it)
         self.setFlag(self.GraphicsItemFlag.ItemUsesExtendedStyleOption)
 
-    def set_style(self, brushes, ghost_brushes, text_colours, hatch, rest_brush, outline, fg, tag_brush) -> None:
-        self.brushes, self.ghost_brushes, self.text_colours = brushes, ghost_brushes, text_colours
+    def set_style(self, hatch, rest_brush, outline, fg, tag_brush, mark: QColor, mark_halo: QColor) -> None:
         self.hatch, self.rest_brush, self.outline, self.fg, self.tag_brush = (hatch, rest_brush, outline, fg,
                                                                             tag_brush)
+        self.mark_colour, self.mark_halo = QColor(mark), QColor(mark_halo)
         self.update()
 
-    def set_data(self, tree, ice: Optional[Icicle], levels: np.ndarray) -> None:
+    def set_colours(self, brushes, ghost_brushes, text_colours) -> None:
+        """One brush (and text colour) per colour level: the levels set_data is given index them."""
+        self.brushes, self.ghost_brushes, self.text_colours = brushes, ghost_brushes, text_colours
+        self.update()
+
+    def set_data(self, tree, ice: Optional[Icicle], levels: np.ndarray, marks: Optional[np.ndarray] = None) -> None:
         if tree is not self.tree:
             self._fork_labels = {}
         self.tree, self.ice, self.levels = tree, ice, levels
+        self.marks = marks if marks is not None else np.zeros(0, np.int64)
         right = ice.extent[1] if ice is not None and len(ice) else 0.0
         bounds = QRectF(-1.0, 0.0, right + 1.0, 1.0)
         if bounds != self._bounds:
@@ -197,11 +215,46 @@ class IcicleItem(pg.GraphicsObject):
         painter.setBrush(Qt.BrushStyle.NoBrush)
         painter.setPen(self.outline)
         self._fill(painter, rx0[runs], rtop[runs], rx1[runs] - 1, rbottom[runs] - 1)
-        self._paint_texts(painter, nodes, gx0, gx1, top, bottom, real, levels, runs, rx0, rx1, rtop, rbottom, sx, dx)
+        marked = self._paint_marks(painter, sx, dx, vx0, vx1, vy0, vy1)
+        self._paint_texts(painter, nodes, gx0, gx1, top, bottom, real, levels, runs, rx0, rx1, rtop, rbottom, sx, dx,
+                          marked)
         painter.restore()
 
+    def _paint_marks(self, painter: QPainter, sx, dx, vx0, vx1, vy0, vy1) -> set[int]:
+        """Bars (and at forks triangles) where the two policies prefer different next tokens; returns the forks
+        marked, whose labels step right of the bar."""
+        self.drawn_marks = []
+        ice, marks = self.ice, self.marks
+        if not len(marks):
+            return set()
+        edge = ice.x0[marks] + 1.0  # the column boundary where the next token is chosen
+        y0, h = ice.y0[marks], ice.height[marks]
+        fork = ice.n_children[marks] >= 2
+        keep = (edge > vx0) & (edge < vx1) & (y0 + h > vy0) & (y0 < vy1) & (h * abs(self._sy) >= 2)
+        if abs(sx) < MARK_CHAIN_MIN_PX:
+            keep &= fork
+        if not keep.any():
+            return set()
+        marks, fork = marks[keep], fork[keep]
+        x = edge[keep] * sx + dx
+        ya, yb = y0[keep] * self._sy + self._dy, (y0[keep] + h[keep]) * self._sy + self._dy
+        top, bottom = np.minimum(ya, yb), np.maximum(ya, yb)
+        bar_x, bar_top, bar_bottom = x[fork], top[fork], bottom[fork]
+        painter.setPen(Qt.PenStyle.NoPen)
+        painter.setBrush(self.mark_halo)
+        self._fill(painter, bar_x - MARK_PX / 2 - 1, bar_top, bar_x + MARK_PX / 2 + 1, bar_bottom)
+        painter.setBrush(self.mark_colour)
+        self._fill(painter, bar_x - MARK_PX / 2, bar_top, bar_x + MARK_PX / 2, bar_bottom)
+        painter.setPen(QPen(self.mark_halo, 1))
+        for xi, ti, at_fork in zip(x.tolist(), top.tolist(), fork.tolist()):
+            size = MARK_TRIANGLE_PX if at_fork else MARK_CHAIN_TRIANGLE_PX
+            painter.drawPolygon(QPolygonF([QPointF(xi - size / 2, ti), QPointF(xi + size / 2, ti),
+                                           QPointF(xi, ti + size)]))
+        self.drawn_marks = marks.tolist()
+        return set(marks[fork].tolist())
+
     def _paint_texts(self, painter, nodes, gx0, gx1, top, bottom, real, levels, runs, rx0, rx1, rtop, rbottom,
-                     sx, dx) -> None:
+                     sx, dx, marked: set[int]) -> None:
         ice, tree = self.ice, self.tree
         fm = QFontMetricsF(painter.font())
         line = fm.height()
@@ -225,6 +278,8 @@ class IcicleItem(pg.GraphicsObject):
             text = self.fork_label(fork)
             width = fm.horizontalAdvance(text) + 2 * TEXT_PAD_PX
             at = (ice.x0[fork] + 1.0) * sx + dx
+            if fork in marked:
+                at += MARK_TRIANGLE_PX / 2 + 1  # right of the mark's triangle
             box = QRectF(max(at, left_edge) + 1, f_top + 1, width, line)
             if box.right() > right_edge or any(box.intersects(o) for o in placed):
                 continue

@@ -6,6 +6,13 @@ empirical share (rollouts through the node) or the model's (pi(token | prefix) a
 the distribution's untaken remainder left visible). Boxes are coloured by pi(token | prefix) or by entropy; a chain
 of tokens without a fork is one box with its text; a fork is labelled with its diverging tokens, pi and counts.
 
+With a reference policy pi_ref (issue 11) boxes can be coloured by the log-ratio log pi - log pi_ref of their token
+or by KL(pi || pi_ref) at their position, and where the two policies prefer different next tokens the place is
+marked (a bar on the box edge where the next token is chosen, with a triangle at a fork). The facts are node columns
+of the TokenTree (explorer.core.tree: take_reference), which the session's trees get from its evaluated rollouts;
+this view only reads them (show_reference after they changed). Boxes no evaluated rollout passes through (tokens
+still streaming, ghosts) are grey in those colourings.
+
 Mouse: the wheel zooms along x, Ctrl/Shift + wheel along y, drag pans; hover tells a box's numbers; click selects the
 rollouts through it (node_selected); right-click or double-click opens Branch here (forcing a ghost's token).
 
@@ -30,7 +37,7 @@ from PySide6.QtWidgets import (QComboBox, QFileDialog, QGraphicsRectItem, QHBoxL
 
 from explorer.core.icicle import MODES, Icicle, compute_icicle, describe_box, describe_rest
 from explorer.core.tree import ROOT, TokenTree
-from explorer.core.tree_layout import color_levels, colormap_lut
+from explorer.core.tree_layout import DIVERGING, color_levels, colormap_lut
 from explorer.gui.elided_label import ElidedLabel
 from explorer.gui.grid_axis import FastGridAxis
 from explorer.gui.style import ENTROPY_FULL_SCALE, blend
@@ -38,8 +45,19 @@ from explorer.gui.tree_items import (IcicleItem, IcicleViewBox, RangeExtent, cac
                                      stepped_end, tool_button)
 
 N_LEVELS = 32  # colour buckets: one reusable brush each
+# a diverging scale gets an odd number of buckets, so that a log-ratio of 0 falls in the middle one, its neutral colour
+N_DIVERGING_LEVELS = 33
 MIN_WIDTH = 240  # px
-COLOUR_BY = ("prob", "entropy")
+COLOUR_BY = ("prob", "entropy", "log_ratio", "kl")
+REFERENCE_COLOURS = ("log_ratio", "kl")  # the colourings that need reference facts
+# Full scales of the reference colourings, in nats. +-2 nats is a token 7.4x more (or less) likely under pi than under
+# pi_ref: past that the difference is decisive, while a fine-tuned or RL-trained policy's log-ratios mostly lie
+# within +-1 (a KL penalty keeps them there), where the scale keeps its resolution. +-inf (one policy gives the token
+# 0) saturates. KL(pi || pi_ref) is the mean log-ratio under pi, so it gets the same full scale: a position whose
+# KL is 2 nats differs as much on average as a saturated token does.
+LOG_RATIO_FULL_SCALE = 2.0
+KL_FULL_SCALE = 2.0
+NO_REFERENCE_TIP = "needs a reference policy: choose one and evaluate this query's rollouts under it"
 MOUSE_HELP = ("<b>The token tree</b>: x is the token position; each box is a token, its height its share of the "
               "group (sampled) or of the policy's mass (model π: hatched boxes are top-N alternatives no rollout "
               "took, the dotted gap the mass outside them). A fork's label names the tokens that part there, "
@@ -49,8 +67,15 @@ MOUSE_HELP = ("<b>The token tree</b>: x is the token position; each box is a tok
               "<b>Hover</b>: a box's numbers · <b>click</b>: select the rollouts through it (table and panes) · "
               "<b>click empty space</b>: clear<br>"
               "<b>Right-click or double-click</b> a box or a hatched alternative: Branch here (k new rollouts, "
-              "forcing the alternative)")
-_COLOUR_LABEL = {"prob": "π(token | prefix)", "entropy": "entropy (nats)"}
+              "forcing the alternative)<br><br>"
+              "<b>With a reference policy π_ref</b>: colour by the log-ratio log π − log π_ref (red: π favours the "
+              "token, blue: π_ref does) or by KL(π ‖ π_ref) at each position; grey boxes have no reference facts "
+              "(still streaming, alternatives). A bar on a box's edge (with ▼ at a fork) marks where the two "
+              "policies prefer different next tokens.")
+_COLOUR_LABEL = {"prob": "π(token | prefix)", "entropy": "entropy (nats)", "log_ratio": "log π − log π_ref (nats)",
+                 "kl": "KL(π ‖ π_ref) (nats)"}
+_COLOUR_RANGE = {"prob": (0.0, 1.0), "entropy": (0.0, ENTROPY_FULL_SCALE),
+                 "log_ratio": (-LOG_RATIO_FULL_SCALE, LOG_RATIO_FULL_SCALE), "kl": (0.0, KL_FULL_SCALE)}
 
 
 class TokenTreeView(QWidget):
@@ -65,7 +90,9 @@ class TokenTreeView(QWidget):
         self._version = -1
         self._ice: Optional[Icicle] = None
         self._mode = "empirical"
-        self._colour_by = "prob"
+        self._colour_by = "prob"  # the user's choice; shown_colour is what is drawn (a reference one needs facts)
+        self._shown_reference = False  # whether the colour box offers the reference colourings
+        self._scale_shown: Optional[str] = None  # the colouring the brushes and the colour bar are made for
         self._show_ghosts = True
         self._selected = -1
         self._hovered = -1
@@ -89,8 +116,12 @@ class TokenTreeView(QWidget):
         self.colour_box = QComboBox()
         self.colour_box.addItem("π", "prob")
         self.colour_box.addItem("entropy", "entropy")
+        self.colour_box.addItem("log π/π_ref", "log_ratio")
+        self.colour_box.addItem("KL(π‖π_ref)", "kl")
         self.colour_box.setToolTip("Box colours: π(token | prefix), or the entropy of the distribution it was drawn "
-                                   "from")
+                                   "from; with a reference policy, the log-ratio log π − log π_ref of the token "
+                                   f"(±{LOG_RATIO_FULL_SCALE:g} nats full scale) or KL(π ‖ π_ref) at its position "
+                                   "(grey: no reference facts)")
         bar.addWidget(QLabel("colour"))
         bar.addWidget(self.colour_box)
         self.ghosts_button = tool_button("Alternatives", "With model heights: show the top-N tokens no rollout took "
@@ -151,6 +182,7 @@ class TokenTreeView(QWidget):
         self._leave_watch = _LeaveWatch(self)
         self.graphics.viewport().installEventFilter(self._leave_watch)
         self._apply_palette()
+        self._show_colour_choices()
 
     # -- feeding -----------------------------------------------------------------------------------------------------
     @property
@@ -172,7 +204,27 @@ class TokenTreeView(QWidget):
 
     @property
     def colour_by(self) -> str:
+        """The colouring chosen (a reference one stays chosen while a tree without facts is shown)."""
         return self._colour_by
+
+    @property
+    def shown_colour(self) -> str:
+        """The colouring drawn: the one chosen, or π where it needs reference facts the tree does not have."""
+        if self._colour_by in REFERENCE_COLOURS and not self.has_reference:
+            return "prob"
+        return self._colour_by
+
+    @property
+    def has_reference(self) -> bool:
+        """Whether the shown tree has reference facts (some of its rollouts were evaluated under pi_ref)."""
+        return self._tree is not None and self._tree.has_reference
+
+    def show_reference(self) -> None:
+        """The reference facts of the shown tree changed (annotated, cleared): re-read them, offer or withdraw the
+        colourings that need them, and redraw."""
+        self._show_colour_choices()
+        self._version = -1
+        self.refresh()
 
     def right_margin(self) -> float:
         """Pixels between the tree plot's right edge and the widget's: the colour bar and the layout spacing."""
@@ -185,6 +237,7 @@ class TokenTreeView(QWidget):
         self._selected = self._hovered = -1
         self._highlighted = []
         self._n_rollouts = len(tree.rollout_ids) if tree is not None else 0
+        self._show_colour_choices()
         self.refresh()
         if tree is not None:
             self.fit()
@@ -215,7 +268,10 @@ class TokenTreeView(QWidget):
             return False
         self._version = tree.version
         ice = self._ice = compute_icicle(tree, self._mode)
-        self.icicle.set_data(tree, ice, self._levels(tree))
+        if self.has_reference != self._shown_reference:
+            self._show_colour_choices()  # the first evaluated rollouts of a tree that had none (or the last gone)
+        marks = np.flatnonzero(tree.next_top_disagreement()) if tree.has_reference else np.zeros(0, np.int64)
+        self.icicle.set_data(tree, ice, self._levels(tree), marks)
         self.extent.set_end(stepped_end(ice.extent[1]) if self._growing else None)
         n_rollouts = len(tree.rollout_ids)
         branched = n_rollouts > self._n_rollouts and self._n_rollouts > 0
@@ -233,12 +289,24 @@ class TokenTreeView(QWidget):
         return True
 
     def _levels(self, tree: TokenTree) -> np.ndarray:
-        if self._colour_by == "entropy":
+        """Every node's colour bucket (one brush each), from the node columns: no walk over the rollouts."""
+        colour = self.shown_colour
+        if colour in REFERENCE_COLOURS:
+            values = tree.log_ratios if colour == "log_ratio" else tree.kls
+            low, high = _COLOUR_RANGE[colour]
+            unknown = np.isnan(values)
+            scaled = np.clip((np.where(unknown, 0.0, values) - low) / (high - low), 0.0, 1.0)
+            n = N_DIVERGING_LEVELS if colour == "log_ratio" else N_LEVELS
+            levels = np.rint(scaled * (n - 1)).astype(np.int64)
+            levels[unknown | tree.ghost_mask] = n  # the grey bucket after the scale's: no facts here
+            levels[ROOT] = n
+            return levels
+        if colour == "entropy":
             values = np.clip(np.nan_to_num(tree.entropies.astype(np.float64), nan=0.0) / ENTROPY_FULL_SCALE, 0, 1)
         else:
             values = tree.probs
         levels = color_levels(values, N_LEVELS)
-        levels[ROOT] = N_LEVELS - 1 if self._colour_by == "prob" else 0  # the prompt is given, not drawn
+        levels[ROOT] = N_LEVELS - 1 if colour == "prob" else 0  # the prompt is given, not drawn
         return levels
 
     # -- options -----------------------------------------------------------------------------------------------------
@@ -255,17 +323,34 @@ class TokenTreeView(QWidget):
             self.refresh()
 
     def set_colour_by(self, what: str) -> None:
+        """Colour the boxes by "prob", "entropy", "log_ratio" or "kl". A reference colouring chosen while the tree
+        has no facts stays chosen and is drawn as soon as it has them (π until then)."""
         if what not in COLOUR_BY:
             raise ValueError(f"unknown tree colouring {what!r}; expected one of {', '.join(COLOUR_BY)}")
-        if self.colour_box.currentData() != what:
-            self.colour_box.setCurrentIndex(COLOUR_BY.index(what))
-            return
         if what != self._colour_by:
             self._colour_by = what
-            self.colorbar.setLevels((0, 1) if what == "prob" else (0, ENTROPY_FULL_SCALE))
-            self.colorbar.getAxis("right").setLabel(_COLOUR_LABEL[what])
+            self._show_colour_choices()
             self._version = -1
             self.refresh()
+
+    def _show_colour_choices(self) -> None:
+        """The colour box and the colour scale say what is drawn; the reference colourings are offered only while
+        the tree has reference facts (disabled, with the reason as their tooltip, otherwise)."""
+        self._shown_reference = available = self.has_reference
+        model = self.colour_box.model()
+        for what in REFERENCE_COLOURS:
+            i = COLOUR_BY.index(what)
+            model.item(i).setEnabled(available)
+            self.colour_box.setItemData(i, None if available else f"{_COLOUR_LABEL[what]}: {NO_REFERENCE_TIP}",
+                                        Qt.ItemDataRole.ToolTipRole)
+        shown = self.shown_colour
+        if self.colour_box.currentData() != shown:
+            self.colour_box.blockSignals(True)  # showing the fallback is not a choice of the user's
+            self.colour_box.setCurrentIndex(COLOUR_BY.index(shown))
+            self.colour_box.blockSignals(False)
+        if shown != self._scale_shown:
+            self._scale_shown = shown
+            self._apply_colour_scale()
 
     def set_show_ghosts(self, show: bool) -> None:
         if show != self.ghosts_button.isChecked():
@@ -422,19 +507,13 @@ class TokenTreeView(QWidget):
         pal = self.palette()
         bg, fg = pal.color(QPalette.ColorRole.Base), pal.color(QPalette.ColorRole.Text)
         self._fg = fg
-        lut = colormap_lut(0.0, 1.0, N_LEVELS)
         self.graphics.setBackground(bg)
         for name in ("left", "bottom"):
             self.plot.getAxis(name).setPen(blend(bg, fg, 0.5))
             self.plot.getAxis(name).setTextPen(fg)
-        self.colorbar.setColorMap(pg.ColorMap(np.linspace(0, 1, N_LEVELS), lut))
-        self.colorbar.getAxis("right").setTextPen(fg)
-        self.colorbar.getAxis("right").setPen(blend(bg, fg, 0.5))
-        brushes = [QBrush(QColor(int(r), int(g), int(b))) for r, g, b, _ in lut]
-        ghost_brushes = [QBrush(blend(bg, QColor(int(r), int(g), int(b)), 0.45)) for r, g, b, _ in lut]
-        # viridis is dark at the low end and light at the high end: text flips from white to black past the middle
-        text_colours = [QColor("#ffffff") if (0.2126 * r + 0.7152 * g + 0.0722 * b) < 140 else QColor("#111111")
-                        for r, g, b, _ in lut]
+        for name in ("left", "right"):
+            self.colorbar.getAxis(name).setTextPen(fg)
+            self.colorbar.getAxis(name).setPen(blend(bg, fg, 0.5))
         hatch_colour = QColor(fg)
         hatch_colour.setAlpha(110)
         hatch = QBrush(hatch_colour, Qt.BrushStyle.BDiagPattern)
@@ -444,7 +523,8 @@ class TokenTreeView(QWidget):
         outline = QPen(bg, 1)
         tag = QColor(bg)
         tag.setAlpha(215)
-        self.icicle.set_style(brushes, ghost_brushes, text_colours, hatch, rest, outline, fg, QBrush(tag))
+        self.icicle.set_style(hatch, rest, outline, fg, QBrush(tag), mark=fg, mark_halo=bg)
+        self._apply_colour_scale()
         accent = pal.color(QPalette.ColorRole.Highlight)
         for ring, colour, width, style in ((self.hover_ring, fg, 1.5, Qt.PenStyle.SolidLine),
                                            (self.select_ring, accent, 2.5, Qt.PenStyle.SolidLine),
@@ -455,6 +535,26 @@ class TokenTreeView(QWidget):
             ring.setBrush(Qt.BrushStyle.NoBrush)
         self._version = -1
         self.refresh()
+
+    def _apply_colour_scale(self) -> None:
+        """One brush per colour bucket of the colouring drawn, its colour bar and label; the reference colourings
+        get one more bucket, grey, for boxes without facts."""
+        colour = self._scale_shown = self.shown_colour
+        bg, fg = self.palette().color(QPalette.ColorRole.Base), self.palette().color(QPalette.ColorRole.Text)
+        n = N_DIVERGING_LEVELS if colour == "log_ratio" else N_LEVELS
+        lut = colormap_lut(0.0, 1.0, n, DIVERGING) if colour == "log_ratio" else colormap_lut(0.0, 1.0, n)
+        self.colorbar.setColorMap(pg.ColorMap(np.linspace(0, 1, n), lut))
+        self.colorbar.setLevels(_COLOUR_RANGE[colour])
+        self.colorbar.getAxis("left").setLabel(_COLOUR_LABEL[colour])  # where ColorBarItem puts its label
+        fills = [QColor(int(r), int(g), int(b)) for r, g, b, _ in lut]
+        if colour in REFERENCE_COLOURS:
+            fills.append(blend(bg, fg, 0.4))  # no facts: a mid grey, apart from the near-white 0 of the log-ratio
+        brushes = [QBrush(c) for c in fills]
+        ghost_brushes = [QBrush(blend(bg, c, 0.45)) for c in fills]
+        # dark fills (viridis's low end, the diverging scale's ends) get white text, light ones black
+        text_colours = [QColor("#ffffff") if (0.2126 * c.red() + 0.7152 * c.green() + 0.0722 * c.blue()) < 140
+                        else QColor("#111111") for c in fills]
+        self.icicle.set_colours(brushes, ghost_brushes, text_colours)
 
     def changeEvent(self, event) -> None:  # noqa: N802 (Qt override)
         if event.type() == QEvent.Type.PaletteChange and hasattr(self, "icicle"):

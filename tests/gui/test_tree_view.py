@@ -3,6 +3,7 @@ selection, the branch menu (ghosts included), live growth and refit, colours, ex
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -11,10 +12,11 @@ from PySide6.QtCore import QEvent, QPoint, QPointF, Qt
 from PySide6.QtGui import QColor, QPalette, QWheelEvent
 from PySide6.QtWidgets import QApplication
 
-from explorer.core.tree import TokenTree
+from explorer.core.tree import ROOT, TokenTree
 from explorer.core.types import Rollout, TokenInfo, TopLogprob
 from explorer.gui.side_plot import SidePlot
-from explorer.gui.tree_view import TokenTreeView
+from explorer.gui.tree_view import (COLOUR_BY, KL_FULL_SCALE, LOG_RATIO_FULL_SCALE, N_DIVERGING_LEVELS, N_LEVELS,
+                                    TokenTreeView)
 
 WORDS = {1: " The", 2: " sea", 3: " ocean", 4: " is", 5: " blue", 6: " deep", 7: " vast", 8: "."}
 
@@ -291,3 +293,206 @@ def test_dark_palette_gives_a_dark_background(qtbot, view):
     assert view.graphics.backgroundBrush().color().lightnessF() < 0.3
     assert view._fg.lightnessF() > 0.7
     assert view.icicle_layout is not None and view.grab().width() > 0  # still drawn after the restyle
+
+
+# -- a reference policy (issue 11) -----------------------------------------------------------------------------------
+# Both policies per prefix (token ids; 1 A, 2 B, 3 C, 4 D, 5 E, 6 F, 7 G): pi and pi_ref agree at the root and after
+# "A", differ after "A B" (pi prefers C, pi_ref D), and agree after "A E" (F).
+LETTERS = {1: "A", 2: "B", 3: "C", 4: "D", 5: "E", 6: "F", 7: "G"}
+PI = {(): {1: 0.9, 5: 0.1}, (1,): {2: 0.6, 5: 0.4}, (1, 2): {3: 0.7, 4: 0.3}, (1, 5): {6: 0.8, 7: 0.2}}
+PI_REF = {(): {1: 0.9, 5: 0.1}, (1,): {2: 0.7, 5: 0.3}, (1, 2): {3: 0.35, 4: 0.65}, (1, 5): {6: 0.6, 7: 0.4}}
+FINISHED = {0: [1, 2, 3], 1: [1, 2, 4], 3: [1, 5, 6]}  # rollout index -> token ids; r2 streams [1, 5, 7]
+STREAMING = [1, 5, 7]
+
+
+def ranked(dist: dict[int, float]) -> tuple[TopLogprob, ...]:
+    return tuple(TopLogprob(t, LETTERS[t], LETTERS[t].encode(), math.log(p))
+                 for t, p in sorted(dist.items(), key=lambda item: -item[1]))
+
+
+def pi_token(prefix: tuple[int, ...], tid: int) -> TokenInfo:
+    from kit import tok
+
+    return tok(tid, LETTERS[tid], PI[prefix][tid], top=ranked(PI[prefix]))
+
+
+def kl_at(prefix: tuple[int, ...]) -> float:
+    return sum(p * math.log(p / PI_REF[prefix][t]) for t, p in PI[prefix].items())
+
+
+def evaluated(rollout: Rollout) -> Rollout:
+    """What the reference hands back: every token with log pi_ref, the KL there and pi_ref's top list."""
+    ids = [t.id for t in rollout.tokens]
+    tokens = []
+    for i, t in enumerate(rollout.tokens):
+        prefix = tuple(ids[:i])
+        ref_top = ranked(PI_REF[prefix])
+        tokens.append(dataclasses.replace(t, ref_logprob=math.log(PI_REF[prefix][t.id]), kl=kl_at(prefix),
+                                          ref_top_id=ref_top[0].id, ref_top=ref_top))
+    return dataclasses.replace(rollout, tokens=tuple(tokens))
+
+
+def streamed_session():
+    """Four rollouts streamed as a run sends them; r0, r1 and r3 finished, r2 still streaming (no reference yet)."""
+    from kit import rollout_finished, run_started, token_batch
+
+    from explorer.core.session import Session
+
+    session = Session()
+    session.add(run_started(4))
+    paths = {**FINISHED, 2: STREAMING}
+    for step in range(3):
+        session.add(token_batch(step, {i: (pi_token(tuple(ids[:step]), ids[step]), LETTERS[ids[step]])
+                                       for i, ids in paths.items()}))
+    for i, ids in FINISHED.items():
+        session.add(rollout_finished(i, "".join(LETTERS[t] for t in ids),
+                                     [pi_token(tuple(ids[:p]), t) for p, t in enumerate(ids)]))
+    return session
+
+
+def annotate(session) -> None:
+    from explorer.core.types import ReferenceInfo
+
+    group = session.group("q0")
+    done = tuple(evaluated(r) for r in group.rollouts if r.finish_reason is not None)
+    session.annotate(dataclasses.replace(group, rollouts=done), ReferenceInfo("model", "a base model", "f00"))
+
+
+@pytest.fixture
+def panel(qtbot):
+    """The views of a streamed session, as the window shows them (tree, side plot), before the reference ran."""
+    from explorer.gui.views import ViewsPanel
+
+    views = ViewsPanel(lambda: False)
+    qtbot.addWidget(views)
+    views.resize(1200, 800)
+    views.show()
+    qtbot.waitExposed(views)
+    views.show_session(streamed_session())
+    views.tree_view.resize(900, 500)
+    QApplication.processEvents()
+    return views
+
+
+def node(view: TokenTreeView, ids) -> int:
+    return view.tree.node_for(ids)
+
+
+def fill(view: TokenTreeView, n: int) -> QColor:
+    return view.icicle.brushes[int(view.icicle.levels[n])].color()
+
+
+def test_reference_colourings_wait_for_reference_facts(panel):
+    view = panel.tree_view
+    log_ratio = COLOUR_BY.index("log_ratio")
+    item = view.colour_box.model().item(log_ratio)
+    assert not item.isEnabled() and not view.has_reference
+    assert "needs a reference policy" in view.colour_box.itemData(log_ratio, Qt.ItemDataRole.ToolTipRole)
+    view.set_colour_by("log_ratio")  # chosen before the facts are there: π is drawn meanwhile
+    assert view.colour_by == "log_ratio" and view.shown_colour == "prob" and view.colour_box.currentData() == "prob"
+    assert len(view.icicle.marks) == 0
+    annotate(panel.session)
+    panel.show_reference()
+    assert item.isEnabled() and view.colour_box.itemData(log_ratio, Qt.ItemDataRole.ToolTipRole) is None
+    assert view.shown_colour == "log_ratio" and view.colour_box.currentData() == "log_ratio"
+    assert view.colorbar.levels() == (-LOG_RATIO_FULL_SCALE, LOG_RATIO_FULL_SCALE)
+    assert "π_ref" in view.colorbar.getAxis("left").labelText
+    # the reference cleared: the choice stays, π is drawn again and the marks go
+    panel.session.clear_reference()
+    panel.show_reference()
+    assert not item.isEnabled() and view.shown_colour == "prob" and view.colour_by == "log_ratio"
+    assert len(view.icicle.marks) == 0 and view.colorbar.levels() == (0, 1)
+
+
+def test_log_ratio_colours_diverge_by_sign_and_leave_unevaluated_boxes_grey(panel):
+    view = panel.tree_view
+    annotate(panel.session)
+    panel.show_reference()
+    view.set_colour_by("log_ratio")
+    above, below = fill(view, node(view, [1, 2, 3])), fill(view, node(view, [1, 2, 4]))  # log 2, log(.3/.65)
+    assert above.red() > above.blue() + 40 and below.blue() > below.red() + 40
+    neutral = fill(view, node(view, [1]))  # pi = pi_ref: the scale's middle, near white
+    assert min(neutral.red(), neutral.green(), neutral.blue()) > 230
+    assert view.icicle.levels[node(view, [1])] == (N_DIVERGING_LEVELS - 1) // 2
+    grey = view.icicle.levels[node(view, STREAMING)]  # only the streaming r2 passes there
+    assert grey == N_DIVERGING_LEVELS and grey == view.icicle.levels[ROOT]
+    g = view.icicle.brushes[grey].color()
+    assert g.red() == g.green() == g.blue() and g != neutral
+    ghosts = view.icicle.levels[view.tree.ghost_mask]
+    assert len(ghosts) and (ghosts == N_DIVERGING_LEVELS).all()
+
+
+def test_kl_colours_are_sequential_on_their_own_scale(panel):
+    view = panel.tree_view
+    annotate(panel.session)
+    panel.show_reference()
+    view.set_colour_by("kl")
+    assert view.colorbar.levels() == (0.0, KL_FULL_SCALE)
+    levels = view.icicle.levels
+    # C and D were drawn from one distribution (after "A B"): one KL, one colour; F's (after "A E") is lower
+    assert levels[node(view, [1, 2, 3])] == levels[node(view, [1, 2, 4])] > levels[node(view, [1, 5, 6])]
+    assert levels[node(view, [1, 2, 3])] == round(kl_at((1, 2)) / KL_FULL_SCALE * (N_LEVELS - 1))
+    assert levels[node(view, STREAMING)] == N_LEVELS  # grey
+
+
+def test_a_fork_where_the_policies_prefer_different_tokens_is_marked_and_says_both(panel):
+    view = panel.tree_view
+    annotate(panel.session)
+    panel.show_reference()
+    view.grab()
+    ab, ae = node(view, [1, 2]), node(view, [1, 5])  # two forks: the policies differ after "A B", agree after "A E"
+    assert {ab, ae} <= set(view.icicle_layout.forks.tolist())
+    assert view.icicle.marks.tolist() == [ab] and view.icicle.drawn_marks == [ab]
+    text = view.hover_text(ab)
+    assert "next token: \u03c0 prefers \u201cC\u201d 0.7 \u00b7 \u03c0_ref prefers \u201cD\u201d 0.65" in text
+    assert "next token" not in view.hover_text(ae)
+    words = view.hover_text(node(view, [1, 2, 4]))  # D: pi .3, pi_ref .65
+    assert "\u03c0(token | prefix) = 0.3000" in words and "\u03c0_ref(token | prefix) = 0.65" in words
+    assert f"log \u03c0 \u2212 log \u03c0_ref = {math.log(0.3 / 0.65):.3f}".replace("-", "\u2212") in words
+    assert f"KL(\u03c0 \u2016 \u03c0_ref) at this position = {kl_at((1, 2)):.3f} nats" in words
+    assert "\u03c0_ref" not in view.hover_text(node(view, STREAMING))  # nothing known there yet
+    # a mark stays in any colouring; a fork label steps right of it
+    view.set_colour_by("entropy")
+    view.grab()
+    assert view.icicle.drawn_marks == [ab]
+
+
+def test_the_session_trees_keep_the_facts_and_an_opened_set_brings_its_own(qtbot, panel):
+    from explorer.core.session import Session
+
+    annotate(panel.session)
+    panel.show_reference()
+    # the session's own tree took them, not the view: a tab shown later (or a view made later) finds them there
+    assert panel.session.trees["q0"].has_reference
+    opened = Session()  # a saved set read back: its groups come whole, the tokens with their facts
+    for group in panel.session.groups():
+        opened.add_group(dataclasses.replace(group, rollouts=tuple(
+            r for r in group.rollouts if r.finish_reason is not None)))
+    panel.show_session(opened)
+    view = panel.tree_view
+    view.set_colour_by("log_ratio")
+    assert view.has_reference and view.shown_colour == "log_ratio" and len(view.icicle.marks) == 1
+    assert panel.side_plot.kl_shown
+
+
+def test_side_plot_shows_kl_per_position_only_with_reference_facts(panel):
+    side, view = panel.side_plot, panel.tree_view
+    assert not side.kl_shown and len(side.series()["kl"]) == 0
+    assert [label for label, _ in side.key_entries()] == ["group mean", side.rollout]
+    annotate(panel.session)
+    panel.show_reference()
+    assert side.kl_shown and side.kl_plot.vb.linkedView(0) is side.prob_plot.vb
+    view.select_node(node(view, [1, 5, 6]))
+    assert side.rollout == "q0.r3"
+    series = side.series()
+    np.testing.assert_allclose(series["kl"], [kl_at(()), kl_at((1,)), kl_at((1, 5))])
+    # the group mean at each position: over the evaluated rollouts that reach it (r0, r1, r3; not the streaming r2)
+    np.testing.assert_allclose(series["mean_kl"], [kl_at(()), kl_at((1,)), (2 * kl_at((1, 2)) + kl_at((1, 5))) / 3])
+    x, y = side.rollout_kl.getData()
+    np.testing.assert_allclose(y, series["kl"])
+    labels = [label for label, _ in side.key_entries()]
+    assert labels == ["group mean", "q0.r3", "KL(π ‖ π_ref) of q0.r3"] and "KL(π ‖ π_ref)" in side.key.text()
+    assert "KL" in side.key.toolTip()
+    panel.session.clear_reference()
+    panel.show_reference()
+    assert not side.kl_shown and len(side.key_entries()) == 2
