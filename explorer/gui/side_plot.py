@@ -197,6 +197,11 @@ class SidePlot(QWidget):
             xs.append(np.flatnonzero(infinite))
         xs = np.unique(np.concatenate(xs))
         self.infinite_kl.setData(xs, np.full(len(xs), top))
+        # from 0 (no difference) to the largest finite value, with one tick mid-way as the π plot has: labels at the
+        # ends of so short an axis are cut off
+        tick = float(f"{top / 2:.1g}")
+        self.kl_plot.setYRange(0.0, top * 1.08, padding=0)
+        self.kl_plot.getAxis("left").setTicks([[(tick, f"{tick:g}")]])
 
     def series(self) -> dict[str, np.ndarray]:
         """What the plots show: the selected rollout's and the group mean's probability and entropy by position."""

@@ -36,6 +36,8 @@ HATCH_MIN_PX = 5  # token columns narrower than this get no hatch over their gho
 # Along a chain a small triangle only, and only once a token is MARK_CHAIN_MIN_PX wide: a zoomed-out tree of 32 x 256
 # tokens would be all marks, and a full-height bar there would read as a box outline.
 MARK_PX = 3  # the bar's width; a halo of the background colour, one pixel each side, keeps it off any fill
+MARK_HALO_MIN_PX = 8  # below this token width the bar is thinner (0.4 of a token, 1 px at least) and has no halo:
+# a zoomed-out tree whose rollouts part early would otherwise get a wall of bars over its first columns
 MARK_TRIANGLE_PX = 9
 MARK_CHAIN_TRIANGLE_PX = 6
 MARK_CHAIN_MIN_PX = 14
@@ -231,8 +233,8 @@ class IcicleItem(pg.GraphicsObject):
         y0, h = ice.y0[marks], ice.height[marks]
         fork = ice.n_children[marks] >= 2
         keep = (edge > vx0) & (edge < vx1) & (y0 + h > vy0) & (y0 < vy1) & (h * abs(self._sy) >= 2)
-        if abs(sx) < MARK_CHAIN_MIN_PX:
-            keep &= fork
+        # a chain's mark needs room: a token MARK_CHAIN_MIN_PX wide and a box twice the triangle's height
+        keep &= fork | ((abs(sx) >= MARK_CHAIN_MIN_PX) & (h * abs(self._sy) >= 2 * MARK_CHAIN_TRIANGLE_PX))
         if not keep.any():
             return set()
         marks, fork = marks[keep], fork[keep]
@@ -241,10 +243,12 @@ class IcicleItem(pg.GraphicsObject):
         top, bottom = np.minimum(ya, yb), np.maximum(ya, yb)
         bar_x, bar_top, bar_bottom = x[fork], top[fork], bottom[fork]
         painter.setPen(Qt.PenStyle.NoPen)
-        painter.setBrush(self.mark_halo)
-        self._fill(painter, bar_x - MARK_PX / 2 - 1, bar_top, bar_x + MARK_PX / 2 + 1, bar_bottom)
+        half = min(MARK_PX, max(1.0, 0.4 * abs(sx))) / 2
+        if abs(sx) >= MARK_HALO_MIN_PX:
+            painter.setBrush(self.mark_halo)
+            self._fill(painter, bar_x - half - 1, bar_top, bar_x + half + 1, bar_bottom)
         painter.setBrush(self.mark_colour)
-        self._fill(painter, bar_x - MARK_PX / 2, bar_top, bar_x + MARK_PX / 2, bar_bottom)
+        self._fill(painter, bar_x - half, bar_top, bar_x + half, bar_bottom)
         painter.setPen(QPen(self.mark_halo, 1))
         for xi, ti, at_fork in zip(x.tolist(), top.tolist(), fork.tolist()):
             size = MARK_TRIANGLE_PX if at_fork else MARK_CHAIN_TRIANGLE_PX

@@ -546,6 +546,10 @@ class TokenTreeView(QWidget):
         self.colorbar.setColorMap(pg.ColorMap(np.linspace(0, 1, n), lut))
         self.colorbar.setLevels(_COLOUR_RANGE[colour])
         self.colorbar.getAxis("left").setLabel(_COLOUR_LABEL[colour])  # where ColorBarItem puts its label
+        self.colorbar.setToolTip(_COLOUR_LABEL[colour] + (
+            f", saturating at the ends of the scale; grey: no reference facts (tokens still streaming, alternatives). "
+            f"A bar on a box's edge (▼ at a fork): π and π_ref prefer different next tokens there"
+            if colour in REFERENCE_COLOURS else ""))
         fills = [QColor(int(r), int(g), int(b)) for r, g, b, _ in lut]
         if colour in REFERENCE_COLOURS:
             fills.append(blend(bg, fg, 0.4))  # no facts: a mid grey, apart from the near-white 0 of the log-ratio

@@ -496,3 +496,25 @@ def test_side_plot_shows_kl_per_position_only_with_reference_facts(panel):
     panel.session.clear_reference()
     panel.show_reference()
     assert not side.kl_shown and len(side.key_entries()) == 2
+
+
+def test_an_infinite_kl_is_marked_at_the_top_of_the_kl_plot(panel):
+    from explorer.core.types import ReferenceInfo
+
+    group = panel.session.group("q0")
+    done = []
+    for r in group.rollouts:
+        if r.finish_reason is not None:
+            r = evaluated(r)
+            if r.id == "q0.r3":  # pi_ref gives 0 to a token pi does not, after "A E"
+                r = dataclasses.replace(r, tokens=r.tokens[:2] + (dataclasses.replace(r.tokens[2], kl=math.inf),))
+            done.append(r)
+    panel.session.annotate(dataclasses.replace(group, rollouts=tuple(done)), ReferenceInfo("top_p", "top-p .9", "f"))
+    panel.show_reference()
+    side = panel.side_plot
+    panel.tree_view.select_node(node(panel.tree_view, [1, 5, 6]))
+    assert math.isinf(side.series()["kl"][2]) and math.isinf(side.series()["mean_kl"][2])
+    x, y = side.infinite_kl.getData()
+    assert x.tolist() == [2] and y[0] == pytest.approx(max(kl_at(()), kl_at((1,))))  # at the top of the finite ones
+    _, curve = side.rollout_kl.getData()
+    assert np.isnan(curve[2])  # no value drawn for it
