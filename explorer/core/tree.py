@@ -13,9 +13,10 @@ Positions: a rollout's token at `position` p (0-based) is a node at depth p; the
 
 Reference facts (a reference policy pi_ref, issue 11) are node columns too: log pi_ref(token | prefix), KL(pi ||
 pi_ref) of the distribution the token was drawn from, and both policies' preferred token there. The tree holds them
-because its nodes are where the views read them (the tree view colours by them, the side plot plots them); they are
-taken from the session's finished rollouts (take_reference), never from streaming tokens, which the reference has
-not evaluated yet. Every rollout through a node has the same prefix, so any one of them gives the node its facts.
+because its nodes are where the views read them (the tree view colours by them, the side plot plots them). They come
+with the tokens when the reference follows a run as it samples, and from the session's rollouts when it evaluates
+them after the run, or clears them (take_reference). Every rollout through a node has the same prefix, so any one of
+them gives the node its facts.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ _COLUMNS = {
     "ref_top_id": np.int64,  # pi_ref's most probable token there
 }
 _NO_REFERENCE = {"ref_logprob": math.nan, "kl": math.nan, "top_id": -1, "ref_top_id": -1}
+_STREAMED: tuple = ()  # a rollout's facts came with its tokens as they streamed (in place of the tuple taken)
 
 
 @dataclass(frozen=True)
@@ -103,7 +105,8 @@ class TokenTree:
         self._ordinal: dict[str, int] = {}
         self._parents_of: dict[str, tuple[Optional[str], Optional[int]]] = {}
         # per rollout ordinal: the token tuple its reference facts were taken from (take_reference skips a rollout
-        # whose tokens are still that very tuple: the session replaces a rollout's tokens when it annotates them)
+        # whose tokens are still that very tuple: the session replaces a rollout's tokens when it annotates them), or
+        # _STREAMED for facts that came with its tokens
         self._ref_source: dict[int, tuple[TokenInfo, ...]] = {}
         self._ref_tokens: dict[int, TokenInfo] = {}  # node -> an annotated token there (both top-N lists, for words)
         self._new_node(ROOT, -1, prompt, 0.0, math.nan, 0, ghost=False, owner=0, slot=0, depth=-1)
@@ -253,6 +256,9 @@ class TokenTree:
         elif ordinal < c["owner"][node]:
             c["owner"][node] = ordinal
         c["count"][node] += 1
+        if token.kl is not None or token.ref_logprob is not None:  # the reference follows the run
+            self._take_token_facts(node, token)
+            self._ref_source.setdefault(ordinal, _STREAMED)
         if token.top and not c["ghosts_done"][parent]:
             self._add_ghosts(parent, token)
         path.append(node)
@@ -307,7 +313,7 @@ class TokenTree:
     # -- reference facts ---------------------------------------------------------------------------------------------
     def take_reference(self, rollouts: Iterable[Rollout]) -> bool:
         """Bring the nodes' reference facts in line with these rollouts (all of the group's, as the session has them
-        now): an evaluated finished rollout gives the nodes on its path their facts; one whose facts are gone (the
+        now): a rollout whose tokens carry facts gives the nodes on its path theirs; one whose facts are gone (the
         reference was cleared or replaced) takes them off again. Cheap to repeat: a rollout whose token tuple is the
         one taken last is skipped, so a call costs only the rollouts annotated since. True when anything changed (the
         tree's version is bumped then, so the views redraw)."""
@@ -317,10 +323,10 @@ class TokenTree:
             ordinal = self._ordinal.get(r.id)
             if ordinal is None:
                 continue
-            evaluated = r.finish_reason is not None and bool(r.tokens) and r.tokens[-1].kl is not None
+            evaluated = bool(r.tokens) and r.tokens[-1].kl is not None
             taken = self._ref_source.get(ordinal)
-            if evaluated and taken is not r.tokens:
-                fresh.append((ordinal, r.tokens))
+            if evaluated and taken is not r.tokens and not (taken is _STREAMED and r.finish_reason is None):
+                fresh.append((ordinal, r.tokens))  # (a streaming rollout's snapshot is a new tuple every time)
             elif not evaluated and taken is not None:
                 lost = True
         if lost:  # start over from what the rollouts carry now (a node may be shared with one that lost its facts)
@@ -328,13 +334,21 @@ class TokenTree:
                 self._cols[name][: self._n] = unknown
             self._ref_source.clear()
             self._ref_tokens.clear()
-            fresh = [(self._ordinal[r.id], r.tokens) for r in rollouts if r.id in self._ordinal
-                     and r.finish_reason is not None and r.tokens and r.tokens[-1].kl is not None]
+            fresh = [(self._ordinal[r.id], r.tokens) for r in rollouts
+                     if r.id in self._ordinal and r.tokens and r.tokens[-1].kl is not None]
         for ordinal, tokens in fresh:
             self._take_facts(ordinal, tokens)
         if fresh or lost:
             self.version += 1
         return bool(fresh or lost)
+
+    def _take_token_facts(self, node: int, t: TokenInfo) -> None:
+        c = self._cols
+        c["ref_logprob"][node] = math.nan if t.ref_logprob is None else t.ref_logprob
+        c["kl"][node] = math.nan if t.kl is None else t.kl
+        c["top_id"][node] = t.top[0].id if t.top else -1
+        c["ref_top_id"][node] = -1 if t.ref_top_id is None else t.ref_top_id
+        self._ref_tokens[node] = t
 
     def _take_facts(self, ordinal: int, tokens: tuple[TokenInfo, ...]) -> None:
         path = np.asarray(self._paths[ordinal][: len(tokens)], dtype=np.int64)

@@ -9,9 +9,9 @@ import numpy as np
 
 # viridis sampled at 9 evenly spaced points (perceptually uniform, colour-blind safe); interpolated linearly.
 _VIRIDIS = ("#440154", "#472d7b", "#3b528b", "#2c728e", "#21918c", "#28ae80", "#5ec962", "#addc30", "#fde725")
-# ColorBrewer's RdBu, blue end first (colour-blind safe, diverging): blue where pi gives a token less than pi_ref,
-# red where more, a near-white midpoint at 0
-DIVERGING = ("#2166ac", "#4393c3", "#92c5de", "#d1e5f0", "#f7f7f7", "#fddbc7", "#f4a582", "#d6604d", "#b2182b")
+# ColorBrewer's PiYG, pink end first (diverging, apart under the common colour blindnesses), as the panes shade the
+# log-ratio: pink where pi gives a token less than pi_ref, green where more, a near-white midpoint at 0
+DIVERGING = ("#c51b7d", "#de77ae", "#f1b6da", "#fde0ef", "#f7f7f7", "#e6f5d0", "#b8e186", "#7fbc41", "#4d9221")
 
 
 def colormap_lut(start: float = 0.0, stop: float = 1.0, n: int = 256, anchors=_VIRIDIS) -> np.ndarray:

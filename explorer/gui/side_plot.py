@@ -23,7 +23,7 @@ from explorer.core.tree_layout import mean_kl_series, mean_series, rollout_kl_se
 from explorer.gui.style import blend
 from explorer.gui.tree_items import cache_axes
 
-KL_COLOUR = "#d6604d"  # the selected rollout's KL: the red of the tree's log-ratio scale, apart from the accent
+KL_COLOUR = "#e08214"  # the selected rollout's KL: an orange, apart from the accent and the log-ratio's pink and green
 KL_TIP = ("KL: KL(π ‖ π_ref) per position in nats, over the whole vocabulary (shown with a reference policy); "
           "▲ at the top: infinite, where π_ref gives 0 to a token π does not")
 
@@ -215,7 +215,7 @@ class SidePlot(QWidget):
         if self._rollout is not None and self._rollout in tree:
             prob, entropy = rollout_series(tree, self._rollout)
         mean_kl = empty
-        if tree.has_reference:  # KL(pi || pi_ref) by position: NaN where no evaluated rollout passes
+        if tree.has_reference:  # KL(pi || pi_ref) by position: NaN where no rollout with reference facts passes
             mean_kl = mean_kl_series(tree)
             if self._rollout is not None and self._rollout in tree:
                 kl = rollout_kl_series(tree, self._rollout)

@@ -9,9 +9,10 @@ of tokens without a fork is one box with its text; a fork is labelled with its d
 With a reference policy pi_ref (issue 11) boxes can be coloured by the log-ratio log pi - log pi_ref of their token
 or by KL(pi || pi_ref) at their position, and where the two policies prefer different next tokens the place is
 marked (a bar on the box edge where the next token is chosen, with a triangle at a fork). The facts are node columns
-of the TokenTree (explorer.core.tree: take_reference), which the session's trees get from its evaluated rollouts;
-this view only reads them (show_reference after they changed). Boxes no evaluated rollout passes through (tokens
-still streaming, ghosts) are grey in those colourings.
+of the TokenTree (explorer.core.tree), which the session's trees take with the tokens when the reference follows a
+run and from the session's rollouts when it evaluates them later (take_reference); this view only reads them
+(show_reference after they changed). Boxes no evaluated rollout passes through (not evaluated yet, ghosts) are grey
+in those colourings.
 
 Mouse: the wheel zooms along x, Ctrl/Shift + wheel along y, drag pans; hover tells a box's numbers; click selects the
 rollouts through it (node_selected); right-click or double-click opens Branch here (forcing a ghost's token).
@@ -40,7 +41,7 @@ from explorer.core.tree import ROOT, TokenTree
 from explorer.core.tree_layout import DIVERGING, color_levels, colormap_lut
 from explorer.gui.elided_label import ElidedLabel
 from explorer.gui.grid_axis import FastGridAxis
-from explorer.gui.style import ENTROPY_FULL_SCALE, blend
+from explorer.gui.style import ENTROPY_FULL_SCALE, LOG_RATIO_FULL_SCALE, blend
 from explorer.gui.tree_items import (IcicleItem, IcicleViewBox, RangeExtent, cache_axes, export_graphics, node_menu,
                                      stepped_end, tool_button)
 
@@ -50,13 +51,12 @@ N_DIVERGING_LEVELS = 33
 MIN_WIDTH = 240  # px
 COLOUR_BY = ("prob", "entropy", "log_ratio", "kl")
 REFERENCE_COLOURS = ("log_ratio", "kl")  # the colourings that need reference facts
-# Full scales of the reference colourings, in nats. +-2 nats is a token 7.4x more (or less) likely under pi than under
-# pi_ref: past that the difference is decisive, while a fine-tuned or RL-trained policy's log-ratios mostly lie
-# within +-1 (a KL penalty keeps them there), where the scale keeps its resolution. +-inf (one policy gives the token
-# 0) saturates. KL(pi || pi_ref) is the mean log-ratio under pi, so it gets the same full scale: a position whose
-# KL is 2 nats differs as much on average as a saturated token does.
-LOG_RATIO_FULL_SCALE = 2.0
-KL_FULL_SCALE = 2.0
+# Full scales of the reference colourings, in nats. The log-ratio's is the panes' (style.LOG_RATIO_FULL_SCALE, 2 nats:
+# a token e^2 = 7.4x more or less likely under pi than under pi_ref; quantisation noise stays faint, real
+# disagreements reach full colour; +-inf, where one policy gives the token 0, saturates), so a box and its token in a
+# pane read alike. KL(pi || pi_ref) is the mean log-ratio under pi, so it gets the same full scale: a position whose
+# KL is 2 nats differs on average as much as a token at full colour does.
+KL_FULL_SCALE = LOG_RATIO_FULL_SCALE
 NO_REFERENCE_TIP = "needs a reference policy: choose one and evaluate this query's rollouts under it"
 MOUSE_HELP = ("<b>The token tree</b>: x is the token position; each box is a token, its height its share of the "
               "group (sampled) or of the policy's mass (model π: hatched boxes are top-N alternatives no rollout "
@@ -68,9 +68,9 @@ MOUSE_HELP = ("<b>The token tree</b>: x is the token position; each box is a tok
               "<b>click empty space</b>: clear<br>"
               "<b>Right-click or double-click</b> a box or a hatched alternative: Branch here (k new rollouts, "
               "forcing the alternative)<br><br>"
-              "<b>With a reference policy π_ref</b>: colour by the log-ratio log π − log π_ref (red: π favours the "
-              "token, blue: π_ref does) or by KL(π ‖ π_ref) at each position; grey boxes have no reference facts "
-              "(still streaming, alternatives). A bar on a box's edge (with ▼ at a fork) marks where the two "
+              "<b>With a reference policy π_ref</b>: colour by the log-ratio log π − log π_ref (green: π favours the "
+              "token, pink: π_ref does) or by KL(π ‖ π_ref) at each position; grey boxes have no reference facts "
+              "(not evaluated yet, alternatives). A bar on a box's edge (with ▼ at a fork) marks where the two "
               "policies prefer different next tokens.")
 _COLOUR_LABEL = {"prob": "π(token | prefix)", "entropy": "entropy (nats)", "log_ratio": "log π − log π_ref (nats)",
                  "kl": "KL(π ‖ π_ref) (nats)"}
@@ -547,7 +547,7 @@ class TokenTreeView(QWidget):
         self.colorbar.setLevels(_COLOUR_RANGE[colour])
         self.colorbar.getAxis("left").setLabel(_COLOUR_LABEL[colour])  # where ColorBarItem puts its label
         self.colorbar.setToolTip(_COLOUR_LABEL[colour] + (
-            f", saturating at the ends of the scale; grey: no reference facts (tokens still streaming, alternatives). "
+            f", saturating at the ends of the scale; grey: no reference facts (not evaluated yet, alternatives). "
             f"A bar on a box's edge (▼ at a fork): π and π_ref prefer different next tokens there"
             if colour in REFERENCE_COLOURS else ""))
         fills = [QColor(int(r), int(g), int(b)) for r, g, b, _ in lut]

@@ -292,3 +292,20 @@ def test_kl_series_by_position():
     infinite = replace(e1, tokens=(e1.tokens[0], replace(e1.tokens[1], kl=math.inf)))
     tree.take_reference([e0, infinite])
     assert math.isinf(mean_kl_series(tree)[1])  # a mean with an infinite term is infinite, not dropped
+
+
+def test_facts_that_stream_with_the_tokens_are_taken_at_once_and_go_when_cleared():
+    e0, e1 = evaluated(rollout("q0.r0", [1, 2, 3])), evaluated(rollout("q0.r1", [1, 5]))
+    tree = TokenTree("q0", "the prompt")
+    for p in range(3):  # a run the reference follows: the events' tokens carry the facts
+        for r in (e0, e1):
+            if p < len(r.tokens):
+                tree.add_token(r.id, p, r.tokens[p])
+    assert tree.has_reference and tree.kls[tree.node_for([1, 5])] == pytest.approx(e1.tokens[1].kl)
+    streaming = replace(e0, finish_reason=None, tokens=tuple(e0.tokens))  # a snapshot: a new tuple each time
+    version = tree.version
+    assert tree.take_reference([streaming, e1]) is True  # the finished e1's tuple, taken once
+    assert tree.take_reference([replace(streaming, tokens=tuple(e0.tokens)), e1]) is False
+    assert tree.version == version + 1
+    assert tree.take_reference([rollout("q0.r0", [1, 2, 3]), rollout("q0.r1", [1, 5])]) is True  # cleared
+    assert not tree.has_reference and np.isnan(tree.kls).all()

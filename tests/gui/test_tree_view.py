@@ -410,7 +410,8 @@ def test_log_ratio_colours_diverge_by_sign_and_leave_unevaluated_boxes_grey(pane
     panel.show_reference()
     view.set_colour_by("log_ratio")
     above, below = fill(view, node(view, [1, 2, 3])), fill(view, node(view, [1, 2, 4]))  # log 2, log(.3/.65)
-    assert above.red() > above.blue() + 40 and below.blue() > below.red() + 40
+    # green where pi favours the token, pink where pi_ref does (as the panes shade it)
+    assert above.green() > max(above.red(), above.blue()) + 20 and below.red() > below.green() + 20
     neutral = fill(view, node(view, [1]))  # pi = pi_ref: the scale's middle, near white
     assert min(neutral.red(), neutral.green(), neutral.blue()) > 230
     assert view.icicle.levels[node(view, [1])] == (N_DIVERGING_LEVELS - 1) // 2
@@ -518,3 +519,27 @@ def test_an_infinite_kl_is_marked_at_the_top_of_the_kl_plot(panel):
     assert x.tolist() == [2] and y[0] == pytest.approx(max(kl_at(()), kl_at((1,))))  # at the top of the finite ones
     _, curve = side.rollout_kl.getData()
     assert np.isnan(curve[2])  # no value drawn for it
+
+
+def test_facts_that_come_with_the_streamed_tokens_colour_the_tree_as_it_grows(qtbot, view):
+    """A reference that follows the run: each streamed token carries its facts, and the tree shows them at once."""
+    from kit import run_started, token_batch
+
+    from explorer.core.session import Session
+
+    session = Session()
+    session.add(run_started(2))
+    paths = {0: [1, 2, 3], 1: [1, 2, 4]}
+    for step in range(3):
+        session.add(token_batch(step, {i: (evaluated(Rollout(
+            "x", 0, 0, "", tuple(pi_token(tuple(ids[:p]), t) for p, t in enumerate(ids[: step + 1])), None)
+        ).tokens[step], LETTERS[ids[step]]) for i, ids in paths.items()}))
+    tree = session.trees["q0"]
+    view.set_tree(tree)
+    view.set_colour_by("log_ratio")
+    assert view.has_reference and view.shown_colour == "log_ratio"
+    assert view.icicle.marks.tolist() == [tree.node_for([1, 2])]  # the fork where pi prefers C and pi_ref D
+    assert view.icicle.levels[tree.node_for([1, 2, 4])] < (N_DIVERGING_LEVELS - 1) // 2  # pi < pi_ref: pink side
+    # a show_reference while they stream (another group annotated) finds their facts in already: nothing to redraw
+    version = tree.version
+    assert not tree.take_reference(session.group("q0").rollouts) and tree.version == version
