@@ -134,6 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="save the shown query's token tree (PNG or SVG) when the run ends")
     gui.add_argument("--shading", choices=("prob", "entropy", "logratio"), default=None,
                      help="what shades the panes' tokens (the window's choice else; logratio needs --reference)")
+    gui.add_argument("--tree-colour", choices=("prob", "entropy", "log_ratio", "kl"), default=None,
+                     help="what colours the tree's boxes (the window's choice else; log_ratio and kl need --reference)")
     gui.add_argument("--tree-heights", choices=("empirical", "model"), default=None,
                      help="the tree's box heights: the sampled share or the model's pi (the window's choice else)")
     gui.add_argument("--export", default=None, help="save the rollout set (JSON) when the run ends")

@@ -273,6 +273,8 @@ def run_gui(args, engine_factory: Callable = default_engine_factory, settings: O
         window.views.set_shading(_arg(args, "shading"))
     if _arg(args, "tree_heights"):
         window.views.tree_view.set_mode(_arg(args, "tree_heights"))
+    if _arg(args, "tree_colour"):
+        window.views.tree_view.set_colour_by(_arg(args, "tree_colour"))
     if not model and not scripted:
         model = window.window_settings.startup_model()
     window.show()

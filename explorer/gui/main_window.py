@@ -39,19 +39,29 @@ UNRUN = "(no run)"  # the scoring panel's group while no run is shown: the query
 MESSAGE_MS = 20000  # a failure message stays long enough to be read
 ERROR_LOG = "errors.log"
 SERVER_URL_KEY = "server/url"  # the last server connected to (no credentials), offered again
-_startup_frozen = False
+GC_INTERVAL_S = 0.25  # how often the GUI thread collects garbage (the generation thresholds decide how much)
 ErrorSink = Callable[[str, str], None]
 Asker = Callable[[str, str], bool]
 
 
-def _freeze_startup_objects() -> None:
-    """Once, when the first window is built: take what exists by then (modules, classes, Qt and pyqtgraph objects,
-    ~90k) out of the cyclic garbage collector's scans. It lives as long as the app, and a full collection going
-    over it took ~45 ms on the GUI thread in the middle of a run; later collections only scan newer objects."""
-    global _startup_frozen
-    if not _startup_frozen:
-        _startup_frozen = True
+_gui_collector = None  # pyqtgraph's GarbageCollector, once the first window is built
+
+
+def collect_garbage_on_the_gui_thread() -> None:
+    """Once, when the first window is built (the tests call it too):
+
+    - the cyclic garbage collector runs only on this, the GUI thread, from a timer (pyqtgraph's GarbageCollector).
+      Left automatic, it runs on whichever thread allocates: the engine worker then freed a closed widget's Qt
+      objects, QObject's destructor took Qt's connection lock and waited for the GIL, while the GUI thread held the
+      GIL and waited for that lock in its own QObject destructor (a deadlock, seen in the window tests);
+    - what exists by then (modules, classes, Qt and pyqtgraph objects, ~90k) leaves the collector's scans: it lives
+      as long as the app, and a full collection going over it took ~45 ms on the GUI thread in the middle of a run."""
+    global _gui_collector
+    if _gui_collector is None:
+        from pyqtgraph.util.garbage_collector import GarbageCollector
+
         gc.freeze()
+        _gui_collector = GarbageCollector(interval=GC_INTERVAL_S)
 
 
 def error_log_path() -> Path:
@@ -126,7 +136,7 @@ class MainWindow(QMainWindow):
         self._offer_scoring_without_run()
         if self._discover is not None:
             QTimer.singleShot(0, self.refresh_models)
-        _freeze_startup_objects()
+        collect_garbage_on_the_gui_thread()
 
     # -- construction ----------------------------------------------------------------------------------------------
     def _build_layout(self) -> None:

@@ -39,6 +39,15 @@ class FakeFactory:
         return self.engines[-1]
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _garbage_on_the_gui_thread(qapp):
+    """As in the app: the cyclic garbage collector runs on the GUI thread only (a window built by any test would
+    do it; a test that builds only a worker must not depend on the order)."""
+    from explorer.gui.main_window import collect_garbage_on_the_gui_thread
+
+    collect_garbage_on_the_gui_thread()
+
+
 @pytest.fixture(autouse=True)
 def _qt_test_paths(qapp):
     """Belt and braces: any QStandardPaths lookup a test did not redirect lands in Qt's test folders, never in

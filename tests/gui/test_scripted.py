@@ -67,10 +67,11 @@ def test_scripted_reference_that_cannot_be_used_fails_with_why(tiny_gguf, gui_se
     assert "not a number" in capsys.readouterr().err
 
 
-def test_the_gui_shading_option_offers_every_shading_mode():
+def test_the_gui_shading_and_tree_colour_options_offer_every_mode_of_the_window():
     from explorer.cli import build_parser
     from explorer.gui.style import SHADING_MODES
+    from explorer.gui.tree_view import COLOUR_BY
 
     gui = next(a for a in build_parser()._subparsers._group_actions[0].choices.values() if a.prog.endswith("gui"))
-    shading = next(a for a in gui._actions if a.dest == "shading")
-    assert tuple(shading.choices) == SHADING_MODES
+    choices = {a.dest: tuple(a.choices) for a in gui._actions if a.choices}
+    assert choices["shading"] == SHADING_MODES and choices["tree_colour"] == COLOUR_BY

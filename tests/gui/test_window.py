@@ -424,3 +424,31 @@ def test_a_bug_in_the_engine_shows_its_message_and_logs_its_traceback(qtbot, win
     assert "Traceback (most recent call last)" in err and "ZeroDivisionError: an internal slip" in err
     log = (tmp_path / "recovery" / "errors.log").read_text()  # the app's data folder (where recovery lives)
     assert "ZeroDivisionError: an internal slip" in log and "fake_engine.py" in log
+
+
+def test_garbage_is_collected_on_the_gui_thread_only(qtbot, window):
+    """Cyclic garbage holding a Qt object, made unreachable, then many allocations on another thread: the collector
+    must not free it there (the engine worker freeing widgets deadlocked against the GUI thread); the GUI thread's
+    collector frees it."""
+    import gc
+    import weakref
+
+    from PySide6.QtCore import QObject
+
+    assert not gc.isenabled()
+    freed_on = []
+
+    class Holder:
+        pass
+
+    holder = Holder()
+    holder.me, holder.qobject = holder, QObject()
+    weakref.finalize(holder, lambda: freed_on.append(threading.current_thread().name))
+    del holder
+    allocator = threading.Thread(target=lambda: [[] for _ in range(200_000)], name="allocator")
+    allocator.start()
+    allocator.join()
+    assert freed_on == []
+    kept = [[] for _ in range(5_000)]  # enough new objects for the GUI thread's next check to collect
+    qtbot.waitUntil(lambda: bool(freed_on), timeout=5000)
+    assert freed_on == [threading.main_thread().name] and kept
