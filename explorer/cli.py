@@ -132,8 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     gui.add_argument("--screenshot", default=None, help="save a PNG of the whole window when the run ends")
     gui.add_argument("--tree-screenshot", default=None, metavar="PATH",
                      help="save the shown query's token tree (PNG or SVG) when the run ends")
-    gui.add_argument("--shading", choices=("prob", "entropy", "logratio"), default=None,
-                     help="what shades the panes' tokens (the window's choice else; logratio needs --reference)")
+    gui.add_argument("--shading", choices=("prob", "entropy", "log_ratio"), default=None,
+                     help="what shades the panes' tokens (the window's choice else; log_ratio needs --reference)")
     gui.add_argument("--tree-colour", choices=("prob", "entropy", "log_ratio", "kl"), default=None,
                      help="what colours the tree's boxes (the window's choice else; log_ratio and kl need --reference)")
     gui.add_argument("--tree-heights", choices=("empirical", "model"), default=None,

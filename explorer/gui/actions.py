@@ -62,7 +62,7 @@ def _action(window, text: str, slot, shortcut=None, tip: str = "") -> QAction:
 
 SHADING_ACTIONS = (("shade_prob", "Shade by &probability", "Ctrl+1", "prob"),
                    ("shade_entropy", "Shade by &entropy", "Ctrl+2", "entropy"),
-                   ("shade_logratio", "Shade by &log-ratio to the reference", "Ctrl+3", "logratio"))
+                   ("shade_log_ratio", "Shade by &log-ratio to the reference", "Ctrl+3", "log_ratio"))
 
 
 class MenuActions(dict):
@@ -77,8 +77,8 @@ class MenuActions(dict):
         against, or why it shades nothing. It stays enabled without a reference: a user may pick it before a run
         whose reference is still to evaluate the rollouts, and the legend says why nothing is shaded meanwhile."""
         tip = reference_shading_tip(description)
-        self["shade_logratio"].setToolTip(tip)
-        self["shade_logratio"].setStatusTip(tip)
+        self["shade_log_ratio"].setToolTip(tip)
+        self["shade_log_ratio"].setStatusTip(tip)
 
 
 def build_menus(window: "MainWindow") -> MenuActions:

@@ -421,7 +421,7 @@ class RolloutPanes(QWidget):
         shaded then."""
         self.legend.set_reference(description)
         tip = reference_shading_tip(description)
-        self.shading_box.setItemData(SHADING_MODES.index("logratio"), tip, Qt.ItemDataRole.ToolTipRole)
+        self.shading_box.setItemData(SHADING_MODES.index("log_ratio"), tip, Qt.ItemDataRole.ToolTipRole)
 
     def set_beta(self, beta: float) -> None:
         """The beta of the implicit reward beta * log-ratio the headers show."""

@@ -62,8 +62,8 @@ def finish_colour(reason: str | None) -> QColor:
 # The log-ratio shading diverges: its strength is signed (-1 .. 1), 0 neutral (unshaded), one hue where the policy
 # finds the token likelier than the reference (pi > pi_ref) and another where it finds it less likely.
 
-SHADING_MODES = ("prob", "entropy", "logratio")
-SHADING_NAMES = {"prob": "probability", "entropy": "entropy", "logratio": "log-ratio to the reference"}
+SHADING_MODES = ("prob", "entropy", "log_ratio")
+SHADING_NAMES = {"prob": "probability", "entropy": "entropy", "log_ratio": "log-ratio to the reference"}
 ENTROPY_FULL_SCALE = 4.0  # nats; an entropy this high (about 55 equally likely tokens) gets the strongest shade
 # nats; |log pi - log pi_ref| this large (a ratio of e^2, about 7x either way) gets the strongest shade. Quantisation
 # noise (a Q4 model against its float weights: median 0.02 nats, worst about 0.5) stays in the faint shades, while a
@@ -92,8 +92,8 @@ def _check_mode(mode: str) -> None:
 
 
 def shade_strength(mode: str, prob: float, entropy: float, log_ratio: Optional[float] = None) -> float:
-    """0 .. 1; for "logratio" signed, -1 .. 1 (0 for a token without reference facts: log_ratio None)."""
-    if mode == "logratio":
+    """0 .. 1; for "log_ratio" signed, -1 .. 1 (0 for a token without reference facts: log_ratio None)."""
+    if mode == "log_ratio":
         if log_ratio is None or log_ratio != log_ratio:  # no reference facts, or -inf - -inf: nothing to show
             return 0.0
         return min(max(log_ratio / LOG_RATIO_FULL_SCALE, -1.0), 1.0)
@@ -105,7 +105,7 @@ def shade_strength(mode: str, prob: float, entropy: float, log_ratio: Optional[f
 
 
 def shade_level(mode: str, prob: float, entropy: float, log_ratio: Optional[float] = None) -> int:
-    """0 (no shade) .. SHADE_LEVELS; for "logratio" -SHADE_LEVELS .. SHADE_LEVELS, > 0 where pi > pi_ref."""
+    """0 (no shade) .. SHADE_LEVELS; for "log_ratio" -SHADE_LEVELS .. SHADE_LEVELS, > 0 where pi > pi_ref."""
     return int(round(shade_strength(mode, prob, entropy, log_ratio) * SHADE_LEVELS))
 
 
@@ -118,13 +118,13 @@ def _ramp_colour(stops, strength: float) -> QColor:
 
 def shade_colour(mode: str, level: int, palette: QPalette | None = None) -> QColor | None:
     """The background for a shade level over the palette's base colour; None for level 0 (leave the base alone).
-    A "logratio" level is signed: its sign picks the side of the diverging scale."""
+    A "log_ratio" level is signed: its sign picks the side of the diverging scale."""
     _check_mode(mode)
-    if level == 0 or (level < 0 and mode != "logratio"):
+    if level == 0 or (level < 0 and mode != "log_ratio"):
         return None
     if palette is None:
         palette = QApplication.palette()
-    stops = _DIVERGING[1 if level > 0 else -1] if mode == "logratio" else _RAMPS[mode]
+    stops = _DIVERGING[1 if level > 0 else -1] if mode == "log_ratio" else _RAMPS[mode]
     strength = min(abs(level), SHADE_LEVELS) / SHADE_LEVELS
     # a floor on the opacity keeps the faintest shades visible; a square root lifts the low end of the scale
     opacity = _MAX_OPACITY[is_dark(palette)] * (0.12 + 0.88 * strength ** 0.8)
@@ -162,7 +162,7 @@ class ShadingLegend(QWidget):
         self.update()
 
     def _texts(self) -> tuple[str, str, str]:
-        if self._mode == "logratio":
+        if self._mode == "log_ratio":
             return "log π/π_ref", f"{MINUS}{LOG_RATIO_FULL_SCALE:g}", f"+{LOG_RATIO_FULL_SCALE:g} nats"
         if self._mode == "entropy":
             return "entropy", "0", f"≥{ENTROPY_FULL_SCALE:g} nats"
@@ -170,10 +170,10 @@ class ShadingLegend(QWidget):
 
     def note(self) -> str:
         """What follows the bar: why nothing is shaded, when that is so."""
-        return "no reference policy" if self._mode == "logratio" and self._reference is None else ""
+        return "no reference policy" if self._mode == "log_ratio" and self._reference is None else ""
 
     def _explanation(self) -> str:
-        if self._mode == "logratio":
+        if self._mode == "log_ratio":
             text = ("Each token is shaded by log pi(token | context) - log pi_ref(token | context), the policy "
                     "against the reference policy: green where the policy finds the token likelier than the "
                     "reference, pink where it finds it less likely, unshaded where they agree. Full colour at "
@@ -189,10 +189,10 @@ class ShadingLegend(QWidget):
                 "the stronger the colour, the less likely the model found that token.")
 
     def _levels(self) -> range:
-        return range(-SHADE_LEVELS, SHADE_LEVELS + 1) if self._mode == "logratio" else range(SHADE_LEVELS + 1)
+        return range(-SHADE_LEVELS, SHADE_LEVELS + 1) if self._mode == "log_ratio" else range(SHADE_LEVELS + 1)
 
     def _bar_width(self) -> int:
-        return 160 if self._mode == "logratio" else 120
+        return 160 if self._mode == "log_ratio" else 120
 
     def _note_font(self) -> QFont:
         font = QFont(self.font())
@@ -232,7 +232,7 @@ class ShadingLegend(QWidget):
             painter.fillRect(QRectF(x + i * step, top, step + 0.5, bar_h), shade_colour(self._mode, level, pal) or base)
         painter.setPen(QPen(muted_text(pal), 1))
         painter.drawRect(QRectF(x, top, self._bar_width(), bar_h))
-        if self._mode == "logratio":  # where 0 (agreement) sits
+        if self._mode == "log_ratio":  # where 0 (agreement) sits
             middle = x + self._bar_width() / 2
             painter.drawLine(QPointF(middle, top - 2), QPointF(middle, top + bar_h + 2))
         x += self._bar_width() + 5

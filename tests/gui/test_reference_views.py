@@ -79,15 +79,15 @@ def background(view, index: int):
 
 # -- the colour scale -----------------------------------------------------------------------------------------------
 def test_log_ratio_levels_are_signed_saturate_at_the_full_scale_and_are_neutral_without_facts():
-    assert shade_level("logratio", 0.5, 1.0, None) == 0  # no reference facts: unshaded
-    assert shade_level("logratio", 0.5, 1.0, 0.0) == 0
-    assert shade_level("logratio", 0.5, 1.0, math.nan) == 0  # both policies give the token 0
-    assert shade_level("logratio", 0.5, 1.0, LOG_RATIO_FULL_SCALE) == SHADE_LEVELS
-    assert shade_level("logratio", 0.5, 1.0, 10 * LOG_RATIO_FULL_SCALE) == SHADE_LEVELS
-    assert shade_level("logratio", 0.5, 1.0, math.inf) == SHADE_LEVELS  # pi_ref gives the token 0
-    assert shade_level("logratio", 0.5, 1.0, -LOG_RATIO_FULL_SCALE) == -SHADE_LEVELS
-    assert shade_level("logratio", 0.5, 1.0, LOG_RATIO_FULL_SCALE / 2) == SHADE_LEVELS // 2
-    assert shade_level("logratio", 0.5, 1.0, -0.3) == -shade_level("logratio", 0.5, 1.0, 0.3) < 0
+    assert shade_level("log_ratio", 0.5, 1.0, None) == 0  # no reference facts: unshaded
+    assert shade_level("log_ratio", 0.5, 1.0, 0.0) == 0
+    assert shade_level("log_ratio", 0.5, 1.0, math.nan) == 0  # both policies give the token 0
+    assert shade_level("log_ratio", 0.5, 1.0, LOG_RATIO_FULL_SCALE) == SHADE_LEVELS
+    assert shade_level("log_ratio", 0.5, 1.0, 10 * LOG_RATIO_FULL_SCALE) == SHADE_LEVELS
+    assert shade_level("log_ratio", 0.5, 1.0, math.inf) == SHADE_LEVELS  # pi_ref gives the token 0
+    assert shade_level("log_ratio", 0.5, 1.0, -LOG_RATIO_FULL_SCALE) == -SHADE_LEVELS
+    assert shade_level("log_ratio", 0.5, 1.0, LOG_RATIO_FULL_SCALE / 2) == SHADE_LEVELS // 2
+    assert shade_level("log_ratio", 0.5, 1.0, -0.3) == -shade_level("log_ratio", 0.5, 1.0, 0.3) < 0
     # the other modes never see the log-ratio
     assert shade_level("prob", 0.5, 1.0, 5.0) == shade_level("prob", 0.5, 1.0)
 
@@ -97,12 +97,12 @@ def test_the_two_signs_take_two_hues_that_stay_apart_at_every_strength(qapp, bas
     pal = QPalette()
     pal.setColor(QPalette.ColorRole.Base, QColor(base))
     pal.setColor(QPalette.ColorRole.Text, QColor(text))
-    assert shade_colour("logratio", 0, pal) is None
+    assert shade_colour("log_ratio", 0, pal) is None
     for level in range(1, SHADE_LEVELS + 1):
-        up, down = shade_colour("logratio", level, pal), shade_colour("logratio", -level, pal)
+        up, down = shade_colour("log_ratio", level, pal), shade_colour("log_ratio", -level, pal)
         assert up.green() > up.red() and down.red() > down.green(), (level, up.name(), down.name())
     # the strongest shades are far from the base and from each other
-    up, down = shade_colour("logratio", SHADE_LEVELS, pal), shade_colour("logratio", -SHADE_LEVELS, pal)
+    up, down = shade_colour("log_ratio", SHADE_LEVELS, pal), shade_colour("log_ratio", -SHADE_LEVELS, pal)
     assert abs(up.hueF() - down.hueF()) > 0.3
 
 
@@ -159,7 +159,7 @@ def views(qtbot):
 def test_show_reference_shades_by_sign_fills_headers_table_and_stats_and_clearing_takes_it_all_back(views):
     session = finished_session(3)
     views.show_session(session)
-    views.set_shading("logratio")
+    views.set_shading("log_ratio")
     pane = views.panes.panes()[0]
     assert all(background(pane.view, n) is None for n in range(len(WORDS)))  # no facts yet: nothing shaded
     assert views.panes.legend.note() == "no reference policy"
@@ -231,7 +231,7 @@ def test_an_opened_set_with_reference_facts_shows_them_without_show_reference(vi
     annotate(session, lambda i, n: -0.7)
     model = ModelInfo("m.gguf", "m", "llama", None, None, None, 0, "fp0", False)
     saved = RolloutSet(model, SamplingParams(), session.groups(), reference_policy=REFERENCE)
-    views.set_shading("logratio")
+    views.set_shading("log_ratio")
     views.show_session(Session.from_set(saved, "set.json"))
     pane = views.panes.panes()[0]
     colour = background(pane.view, 0)
@@ -255,7 +255,7 @@ def test_a_token_hovered_after_annotation_shows_the_reference_card(qtbot, views)
 def test_show_reference_of_a_finished_group_leaves_the_shown_text_in_place(views):
     session = finished_session(2)
     views.show_session(session)
-    views.set_shading("logratio")
+    views.set_shading("log_ratio")
     pane = views.panes.panes()[0]
     removed = []
     pane.view.document().contentsChange.connect(lambda pos, rem, add: removed.append((rem, add)))
@@ -330,10 +330,10 @@ def test_show_reference_redraws_the_scores_of_the_shown_group(views):
 
 # -- the View menu --------------------------------------------------------------------------------------------------
 def test_the_view_menu_offers_log_ratio_shading_and_says_what_it_shades_against(window):
-    action = window.menu_actions["shade_logratio"]
+    action = window.menu_actions["shade_log_ratio"]
     assert action.isEnabled() and "no reference policy" in action.toolTip()
     action.trigger()
-    assert window.views.shading() == "logratio" and action.isChecked()
+    assert window.views.shading() == "log_ratio" and action.isChecked()
     assert window.views.panes.legend.note() == "no reference policy"
     session = finished_session(1)
     annotate(session, lambda i, n: 0.1)

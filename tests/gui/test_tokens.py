@@ -92,7 +92,7 @@ def test_fit_pieces_follows_the_displayed_text():
 
 
 @pytest.mark.parametrize("base,text", [("#ffffff", "#000000"), ("#1e1f22", "#dfe1e5")])
-@pytest.mark.parametrize("mode,sign", [("prob", 1), ("entropy", 1), ("logratio", 1), ("logratio", -1)])
+@pytest.mark.parametrize("mode,sign", [("prob", 1), ("entropy", 1), ("log_ratio", 1), ("log_ratio", -1)])
 def test_every_shade_keeps_the_text_readable_on_light_and_dark_palettes(qapp, base, text, mode, sign):
     pal = palette(base, text)
     assert shade_colour(mode, 0, pal) is None
