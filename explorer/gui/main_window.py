@@ -513,9 +513,11 @@ class MainWindow(QMainWindow):
         self.runs.set_reference(spec)
         return True
 
-    def evaluate_reference(self) -> Optional[int]:
-        """Evaluate what the set shown has not been evaluated on yet under the reference in use (none: nothing)."""
-        again, self._reference_chosen = self._reference_chosen, False
+    def evaluate_reference(self, again: bool = False) -> Optional[int]:
+        """Evaluate what the set shown has not been evaluated on yet under the reference in use (none: nothing);
+        again: the user chose this reference, so a set compared with another one is compared with it instead."""
+        if self.runs.reference_pending:
+            return None  # another reference is on its way: it evaluates the set when it comes
         had = self.session.reference_policy if self.session is not None else None
         request = self.runs.evaluate_reference(self.model_info, again=again)
         if self.session is not None and had is not None and self.session.reference_policy is None:
@@ -530,12 +532,12 @@ class MainWindow(QMainWindow):
 
     def _on_reference_policy_changed(self) -> None:
         info = self.runs.reference
+        chosen, self._reference_chosen = self._reference_chosen, False
         self.controls.reference_box.show_in_use(info)
         if info is None:
-            self._reference_chosen = False
             self.views.show_reference()  # the facts of the reference before are gone
             return
-        self.evaluate_reference()
+        self.evaluate_reference(again=chosen)
 
     def _on_reference_policy_failed(self, failure: Failure) -> None:
         self._reference_chosen = False

@@ -172,3 +172,29 @@ def test_a_branch_is_followed_too_and_a_forced_token_is_evaluated_after(qtbot, r
     rollouts = window.session.group("q0").rollouts
     assert all(t.kl is not None for r in rollouts for t in r.tokens)
     assert any(r.parent_id == "q0.r1" and r.tokens[1].id == forced for r in rollouts)
+
+
+def test_a_chosen_reference_replaces_the_one_the_set_shown_carries(qtbot, real_window, tmp_path):
+    window = real_window
+    use_reference(qtbot, window, "temperature", "0.5")
+    run_to_end(qtbot, window, k=2, max_tokens=6)
+    assert window.files.export_rollout_set(str(tmp_path / "half.json"))
+    # another reference is chosen, and other work asks for an evaluation before the worker has answered
+    box = window.controls.reference_box
+    box.set_choice("temperature", "1")
+    with qtbot.waitSignal(window.runs.reference_changed, timeout=10000):
+        assert box.use()
+        assert window.evaluate_reference() is None  # it waits for the reference on its way
+    qtbot.waitUntil(lambda: not window.runs.is_evaluating(), timeout=10000)
+    assert window.session.reference_policy.temperature == 1.0
+    assert all(t.kl == 0.0 for t in all_tokens(window))
+    # an opened set compared with another reference keeps its facts until the user chooses this one for it
+    window.files.open_path(str(tmp_path / "half.json"))
+    qtbot.waitUntil(lambda: window.session is not None and window.session.source is not None, timeout=10000)
+    assert window.session.reference_policy.temperature == 0.5 and not window.runs.is_evaluating()
+    assert all(t.kl > 0 for t in all_tokens(window))
+    with qtbot.waitSignal(window.runs.reference_changed, timeout=10000):
+        assert box.use()
+    qtbot.waitUntil(lambda: not window.runs.is_evaluating(), timeout=10000)
+    assert window.session.reference_policy.temperature == 1.0
+    assert all(t.kl == 0.0 for t in all_tokens(window))
