@@ -11,6 +11,7 @@ worker is busy iterating the engine, but the engine checks the event before ever
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 import traceback
@@ -63,6 +64,17 @@ class Failure:
     def __str__(self) -> str:
         """The text a user sees: our own errors as they are, anything else named by its type."""
         return self.message if self.user_error else f"Engine error: {self.kind}: {self.message}"
+
+
+def _close_keeping_on(what: str, closable) -> None:
+    """Close it; a close that fails must not keep the next model or reference from opening: its traceback goes to
+    stderr and the worker goes on."""
+    if closable is None:
+        return
+    try:
+        closable.close()
+    except Exception:  # noqa: BLE001
+        sys.stderr.write(f"rollout-explorer: closing {what} failed\n{traceback.format_exc()}")
 
 
 class EngineWorker(QObject):
@@ -229,19 +241,11 @@ class EngineWorker(QObject):
 
     def _close_reference(self) -> None:
         reference, self._reference = self._reference, None
-        if reference is not None:
-            try:
-                reference.close()
-            except Exception:  # noqa: BLE001 -- a failing close must not keep the next reference from opening
-                pass
+        _close_keeping_on("the reference policy", reference)
 
     def _close_engine(self) -> None:
         engine, self._engine = self._engine, None
-        if engine is not None:
-            try:
-                engine.close()
-            except Exception:  # noqa: BLE001 -- a failing close must not keep the next model from loading
-                pass
+        _close_keeping_on("the engine", engine)
 
     def _stream(self, run_id: int, start: Callable[[EngineLike, dict], Iterable], reference=None,
                 top_n: int = 0) -> None:
