@@ -356,7 +356,7 @@ class Session:
         current = self._scores.get(group.id, ())
         if [s.token_ids for s in current] == [s.token_ids for s in group.scores]:
             self._scores[group.id] = tuple(replace(c, tokens=s.tokens) for c, s in zip(current, group.scores))
-        self._refresh_reference_stats(group.id)
+        self._refresh_reference(group.id)
         return done
 
     def clear_reference(self) -> None:
@@ -368,7 +368,7 @@ class Session:
         for gid, scores in self._scores.items():
             self._scores[gid] = tuple(replace(s, tokens=_without_reference(s.tokens)) for s in scores)
         for gid in self._headers:
-            self._refresh_reference_stats(gid)
+            self._refresh_reference(gid)
 
     def unreferenced(self, group_id: str) -> Optional[QueryGroup]:
         """What of a group the reference has still to evaluate: its finished rollouts without reference facts, and its
@@ -382,13 +382,17 @@ class Session:
             return None
         return replace(group, rollouts=rollouts)
 
-    def _refresh_reference_stats(self, gid: str) -> None:
+    def _refresh_reference(self, gid: str) -> None:
+        """The group's reference facts changed: its statistics and its token tree take them."""
+        rollouts = [live.snapshot(None) for live in self._rollouts.get(gid, ())]
+        tree = self.trees.get(gid)
+        if tree is not None:
+            tree.take_reference(rollouts)
         stats = self._stats.get(gid)
         if stats is None:
             return
         kept = tuple((k, v) for k, v in stats if k not in REFERENCE_STATS)
-        lives = self._rollouts.get(gid, ())
-        reference = reference_stats([live.final for live in lives if live.final is not None])
+        reference = reference_stats([r for r in rollouts if r.finish_reason is not None])
         self._stats[gid] = kept + (tuple(reference.items()) if reference else ())
 
     # -- rewards ---------------------------------------------------------------------------------------------------

@@ -249,16 +249,7 @@ class ViewsPanel(QSplitter):
         self._show_tree_reference()
 
     def _show_tree_reference(self) -> None:
-        """The session's token trees hold the facts as node columns, fed with the tokens as they stream; rollouts
-        evaluated after the run (or cleared) bring theirs now: each tree takes the facts of the session's rollouts
-        (TokenTree.take_reference skips those it has taken already), so a tab shown later has them too; then the
-        tree and its plot redraw."""
-        session = self._session
-        if session is not None:
-            for gid in session.group_ids:
-                tree = session.trees.get(gid)
-                if tree is not None:
-                    tree.take_reference(session.group(gid).rollouts)
+        """The session's trees hold the facts as node columns (the session keeps them in step): redraw from them."""
         self.tree_view.show_reference()
         self.side_plot.show_reference()
 
