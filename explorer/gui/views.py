@@ -61,7 +61,6 @@ class ViewsPanel(QSplitter):
         self._tree_drawn_at = 0.0  # time.monotonic() of the last tree refresh
         self._tree_to_show = _NO_TREE_SWITCH  # a tree the tree view switches to on its next refresh
         self._streaming = False  # between set_streaming(True) and (False)
-        self._beta = DEFAULT_BETA
 
         self.group_tabs = QTabBar()
         self.group_tabs.setExpanding(False)
@@ -96,7 +95,7 @@ class ViewsPanel(QSplitter):
         self.beta_box.setDecimals(3)
         self.beta_box.setRange(0.001, 100.0)
         self.beta_box.setSingleStep(0.05)
-        self.beta_box.setValue(self._beta)
+        self.beta_box.setValue(DEFAULT_BETA)
         self.beta_box.setToolTip(
             "beta of DPO's implicit reward beta * log(pi(y|x) / pi_ref(y|x)). Up to a constant per query, it is the "
             "reward for which the policy is the best one of RL with the penalty beta * KL(pi || pi_ref) from the "
@@ -262,15 +261,15 @@ class ViewsPanel(QSplitter):
 
     @property
     def beta(self) -> float:
-        """beta of the implicit reward beta * log-ratio the panes and the table show."""
-        return self._beta
+        """beta of the implicit reward beta * log-ratio the panes and the table show (the box beside the table holds
+        it)."""
+        return self.beta_box.value()
 
     def set_beta(self, beta: float) -> None:
         """A new beta (as the box rounds and bounds it): what shows implicit rewards redraws."""
         self.beta_box.setValue(beta)  # its valueChanged, if the value changes, comes to _take_beta
 
     def _take_beta(self, beta: float) -> None:
-        self._beta = beta
         self.panes.set_beta(beta)
         self.rollout_table.set_beta(beta)
 
