@@ -95,6 +95,12 @@ class TokenInfo:
     def prob(self) -> float:
         return math.exp(self.logprob) if self.logprob is not None and math.isfinite(self.logprob) else 0.0
 
+    @property
+    def log_ratio(self) -> Optional[float]:
+        """log pi(token | prefix) - log pi_ref(token | prefix); None without reference facts (+inf where pi_ref gives
+        the token 0, NaN where both do)."""
+        return None if self.ref_logprob is None else self.logprob - self.ref_logprob
+
 
 class _TokenSequence:
     """log pi(y|x) and friends of anything that holds `tokens` (a rollout, a scored response)."""

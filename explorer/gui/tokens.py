@@ -54,14 +54,6 @@ def format_implicit_reward(reward: Optional[float]) -> str:
     return _signed(f"{reward:+.3g}")
 
 
-def log_ratio(token: TokenInfo) -> Optional[float]:
-    """log pi(token | prefix) - log pi_ref(token | prefix); None without reference facts (+inf where pi_ref gives the
-    token 0, NaN where both do)."""
-    if token.ref_logprob is None:
-        return None
-    return token.logprob - token.ref_logprob
-
-
 def format_perplexity(ppl: Optional[float]) -> str:
     if ppl is None or math.isnan(ppl):
         return "—"
@@ -154,7 +146,7 @@ def _reference_html(token: TokenInfo, colours: dict, bar_width: int) -> str:
     """pi against pi_ref at this token: pi_ref, the ratio and log-ratio, the KL here, and both top-N lists side by
     side, the token taken marked in both."""
     muted = colours["muted"]
-    ratio = log_ratio(token)
+    ratio = token.log_ratio
     ref_prob = math.exp(token.ref_logprob) if math.isfinite(token.ref_logprob) else 0.0
     if ratio != ratio:  # both policies give the token 0
         times = "—"
@@ -336,7 +328,7 @@ class TokenTextView(QPlainTextEdit):
             self._reformat(changed)
 
     def _level(self, token: TokenInfo) -> int:
-        return shade_level(self._mode, token.prob, token.entropy, log_ratio(token))
+        return shade_level(self._mode, token.prob, token.entropy, token.log_ratio)
 
     def _palette_key(self):
         pal = self.palette()
