@@ -23,7 +23,7 @@ from . import scoring
 from .errors import ContextOverflowError, EngineError, ExplorerError
 from .kv_cache import KVCache, Prefix
 from .models import read_gguf
-from .run_args import check_branch, check_generate
+from .run_args import check_branch, plan_generate
 from .sampling import Workspace, sample_step
 from .types import (
     GroupHeader, ModelInfo, Query, QueryGroup, Rollout, RolloutFinished, RolloutHeader, RunFinished, RunStarted,
@@ -224,21 +224,12 @@ class Engine:
 
         follower (reference.LockstepReference): a reference policy evaluated on the tokens as they are sampled; its
         facts (ref_logprob, kl, ref_top) come in the tokens themselves."""
-        qs = check_generate(queries, k, params)
-        use_chat = self.uses_chat(chat)
-        groups, units = [], []
-        for qi, q in enumerate(qs):
-            prompt, ids = self.format_prompt(q.text, use_chat, system)
-            self._check_fits(len(ids), params.max_tokens, f"query {qi + 1}'s prompt")
-            gid = f"q{qi}"
-            groups.append(GroupHeader(gid, q.text, use_chat, prompt, ids, q.reference))
-            unit = _PrefixGroup(gid, list(ids), header=groups[-1])
-            for i in range(k):
-                header = RolloutHeader(gid, f"{gid}.r{i}", i, params.seed + i)
-                unit.rollouts.append(self._new_live(header, list(ids)))
-            units.append(unit)
-        yield RunStarted(tuple(groups), tuple(r.header for u in units for r in u.rollouts), params,
-                         total_tokens=len(qs) * k * params.max_tokens)
+        plan = plan_generate(queries, k, params, self.uses_chat(chat), system, self.format_prompt, self._check_fits)
+        units = [_PrefixGroup(header.id, list(header.prompt_token_ids),
+                              [self._new_live(h, list(header.prompt_token_ids)) for h in rollouts], header)
+                 for header, rollouts in plan]
+        yield RunStarted(tuple(header for header, _ in plan), tuple(r.header for u in units for r in u.rollouts),
+                         params, total_tokens=len(plan) * k * params.max_tokens)
         yield from self._run(units, params, cancel, follower)
 
     def branch(self, group: QueryGroup, rollout_id: str, position: int, forced_token: Optional[int] = None,

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Iterator, Optional, Sequence, Union
 
 from .errors import ExplorerError
-from .run_args import check_branch, check_generate
+from .run_args import check_branch, plan_generate
 from .servers import Http, RawToken, ServerError, probe
 from .types import (
     GroupHeader, ModelInfo, Query, QueryGroup, Rollout, RolloutFinished, RolloutHeader, RunFinished, RunStarted,
@@ -149,18 +149,10 @@ class RemoteEngine:
                  cancel: Optional[threading.Event] = None, chat: bool = True,
                  system: Optional[str] = None) -> Iterator:
         """Stream k rollouts for each query (events, see types.py). Rollout i of a query uses seed + i."""
-        qs = check_generate(queries, k, params)
-        use_chat = self.uses_chat(chat)
-        groups, jobs = [], []
-        for qi, q in enumerate(qs):
-            prompt, ids = self.format_prompt(q.text, use_chat, system)
-            self._check_fits(len(ids), params.max_tokens, f"query {qi + 1}'s prompt")
-            gid = f"q{qi}"
-            groups.append(GroupHeader(gid, q.text, use_chat, prompt, ids, q.reference))
-            for i in range(k):
-                jobs.append(_Job(RolloutHeader(gid, f"{gid}.r{i}", i, params.seed + i), list(ids), prompt))
-        yield RunStarted(tuple(groups), tuple(j.header for j in jobs), params,
-                         total_tokens=len(qs) * k * params.max_tokens)
+        plan = plan_generate(queries, k, params, self.uses_chat(chat), system, self.format_prompt, self._check_fits)
+        jobs = [_Job(h, list(header.prompt_token_ids), header.prompt) for header, rollouts in plan for h in rollouts]
+        yield RunStarted(tuple(header for header, _ in plan), tuple(j.header for j in jobs), params,
+                         total_tokens=len(plan) * k * params.max_tokens)
         yield from self._run(jobs, params, cancel)
 
     def branch(self, group: QueryGroup, rollout_id: str, position: int, forced_token: Optional[int] = None,

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 from .errors import ExplorerError
-from .types import Query, QueryGroup, Rollout, SamplingParams, TokenInfo
+from .types import GroupHeader, Query, QueryGroup, Rollout, RolloutHeader, SamplingParams, TokenInfo
 
 
 def check_generate(queries: Sequence[Union[Query, str]], k: int, params: SamplingParams) -> list[Query]:
@@ -16,6 +16,21 @@ def check_generate(queries: Sequence[Union[Query, str]], k: int, params: Samplin
     if not queries:
         raise ExplorerError("no queries to run")
     return [q if isinstance(q, Query) else Query(str(q)) for q in queries]
+
+
+def plan_generate(queries: Sequence[Union[Query, str]], k: int, params: SamplingParams, chat: bool,
+                  system: Optional[str], format_prompt: Callable, check_fits: Callable,
+                  ) -> list[tuple[GroupHeader, list[RolloutHeader]]]:
+    """check_generate, then per query its group (the prompt formatted with the engine's format_prompt and known to
+    fit by its check_fits) and its k rollouts' headers; rollout i of a query uses seed + i."""
+    plan = []
+    for qi, q in enumerate(check_generate(queries, k, params)):
+        prompt, ids = format_prompt(q.text, chat, system)
+        check_fits(len(ids), params.max_tokens, f"query {qi + 1}'s prompt")
+        gid = f"q{qi}"
+        plan.append((GroupHeader(gid, q.text, chat, prompt, ids, q.reference),
+                     [RolloutHeader(gid, f"{gid}.r{i}", i, params.seed + i) for i in range(k)]))
+    return plan
 
 
 def check_branch(group: QueryGroup, rollout_id: str, position: int, k: int,
