@@ -343,9 +343,8 @@ class Engine:
         t0 = time.perf_counter()
         try:
             while active:
-                seen = follower.see([r.seq for r in active], logits) if follower is not None else None
                 step = sample_step(logits, params, [r.history for r in active], [r.rng for r in active], self._ws)
-                facts = follower.facts(seen, step.token_ids) if follower is not None else None
+                facts = None if follower is None else follower.facts([r.seq for r in active], logits, step.token_ids)
                 events, still = [], []
                 for j, r in enumerate(active):
                     events.append(self._advance(r, j, step, params, facts[j] if facts is not None else None))

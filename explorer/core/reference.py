@@ -409,16 +409,12 @@ class LockstepReference:
                 self._pos[seq] = len(p.tokens)
         return True
 
-    def see(self, seqs: Sequence[int], logits: np.ndarray):
-        """Before sampling (the sampler may change logits in place): this step's rows of both policies."""
-        if self._own_rows:
-            return logits.copy(), None
-        return logits.copy(), np.stack([self._rows[s] for s in seqs])
-
-    def facts(self, seen, token_ids: np.ndarray) -> list[TokenComparison]:
-        policy_rows, ref_rows = seen
+    def facts(self, seqs: Sequence[int], logits: np.ndarray, token_ids: np.ndarray) -> list[TokenComparison]:
+        """This step's facts: the policy's rows (the sampler leaves them as they are) against pi_ref's rows for
+        the same sequences, at the tokens just sampled."""
+        ref_rows = None if self._own_rows else np.stack([self._rows[s] for s in seqs])
         t, p = self.reference._sampler()
-        return compare_rows(policy_rows, ref_rows, np.asarray(token_ids), self._top_n, t, p)
+        return compare_rows(logits, ref_rows, np.asarray(token_ids), self._top_n, t, p)
 
     def decode(self, tokens: Sequence[int], seqs: Sequence[int]) -> None:
         """The policy decoded these tokens (one per still-active sequence): the reference reads them too."""
