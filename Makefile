@@ -56,7 +56,7 @@ $(VLLM_STAMP):
 
 $(VLLM_MODEL_DIR)/config.json: $(VLLM_STAMP) $(STAMP)
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(VLLM_VENV)/bin/python tests/vllm/convert_gguf.py \
-		"$$($(PY) -c 'from explorer.core.models import default_model_path as d; print(d())')" $(VLLM_MODEL_DIR)
+		"$$($(PY) -c 'from explorer.core.models.discovery import default_model_path as d; print(d())')" $(VLLM_MODEL_DIR)
 
 test-vllm: $(STAMP) $(VLLM_MODEL_DIR)/config.json
 	QT_QPA_PLATFORM=offscreen VLLM_PYTHON="$(abspath $(VLLM_VENV))/bin/python" \

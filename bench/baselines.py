@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from typing import Optional
 
-from explorer.core import llama_backend as lb
+from explorer.core.engine import llama_backend as lb
 
 
 def default_gpu_layers() -> int:

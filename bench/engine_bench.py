@@ -86,9 +86,9 @@ class _Clock:
 
 def measure_engine(model_path: str, k: int, n_tokens: int, repeats: int, ids_out: Optional[str],
                    threads: Optional[int] = None, ubatch: Optional[int] = None) -> dict:
-    from explorer.core import engine as engine_module
-    from explorer.core import llama_backend
-    from explorer.core.engine import Engine
+    from explorer.core.engine import local as engine_module
+    from explorer.core.engine import llama_backend
+    from explorer.core.engine.local import Engine
     from explorer.core.types import SamplingParams
 
     if ubatch:  # only for comparing micro-batch sizes (run_ubatch_comparison)
@@ -246,11 +246,11 @@ if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "worker":
         print(json.dumps(_worker(json.loads(sys.argv[2]))))
     elif sys.argv[1:] == ["ubatch"]:
-        from explorer.core.models import default_model_path
+        from explorer.core.models.discovery import default_model_path
 
         run_ubatch_comparison(str(default_model_path()), log=print)
     else:
-        from explorer.core.models import default_model_path
+        from explorer.core.models.discovery import default_model_path
 
         for r in run_engine_bench(str(default_model_path()), label="default", log=print):
             print(r)

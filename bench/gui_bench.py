@@ -229,9 +229,9 @@ def run_gui_bench(k: int = 8, n_tokens: int = 96, runs: int = 3, model_path: Opt
     event-loop gap, p50, p99 of the probe's gaps), the best and the worst run, then each timed step."""
     from PySide6.QtCore import QSettings
 
-    from explorer.core.models import default_model_path
-    from explorer.gui.main_window import MainWindow
-    from explorer.gui.worker import default_engine_factory
+    from explorer.core.models.discovery import default_model_path
+    from explorer.gui.window.main_window import MainWindow
+    from explorer.gui.run.worker import default_engine_factory
 
     recorder = _Recorder()
     if verbose:

@@ -26,10 +26,10 @@ QUERY = "Explain in detail how a steam engine works, step by step."
 
 def run_reference_bench(model_path: str = "", k: int = 8, n_tokens: int = 32, log=None) -> list[dict]:
     from explorer.core.session import Session
-    from explorer.core.engine import Engine
-    from explorer.core.exact_copy import cached_exact_copy
-    from explorer.core.models import default_model_path
-    from explorer.core.reference import ReferencePolicy, ReferenceSpec
+    from explorer.core.engine.local import Engine
+    from explorer.core.reference.exact_copy import cached_exact_copy
+    from explorer.core.models.discovery import default_model_path
+    from explorer.core.reference.policy import ReferencePolicy, ReferenceSpec
     from explorer.core.types import SamplingParams
 
     model_path = model_path or str(default_model_path())

@@ -22,10 +22,10 @@ from typing import Optional
 ROOT = Path(__file__).resolve().parents[1]
 SET_MB = float(os.environ.get("BENCH_SET_MB", 60))
 
-_LOAD = "import sys; from explorer.core import export; export.load(sys.argv[1])"
-_WHOLE = ("import json, sys; from explorer.core import export; d = json.loads(open(sys.argv[1], encoding='utf-8')"
+_LOAD = "import sys; from explorer.core.files import export; export.load(sys.argv[1])"
+_WHOLE = ("import json, sys; from explorer.core.files import export; d = json.loads(open(sys.argv[1], encoding='utf-8')"
           ".read()); export.validate(d); export.from_dict(d)")
-_IMPORTS = "import json, jsonschema; from explorer.core import export; export._validators()"
+_IMPORTS = "import json, jsonschema; from explorer.core.files import export; export._validators()"
 
 
 _HWM = ("import atexit, os\n"
@@ -56,7 +56,7 @@ def _write_set(path: Path, target_mb: float) -> None:
     sys.path.insert(0, str(ROOT / "tests" / "reliability"))
     from synthetic import synthetic_set
 
-    from explorer.core import export
+    from explorer.core.files import export
 
     # 16 rollouts x 256 tokens x top-5 is ~2.3 MB per group
     export.save(synthetic_set(max(1, round(target_mb / 2.3)), 16, 256), path)
@@ -64,7 +64,7 @@ def _write_set(path: Path, target_mb: float) -> None:
 
 def _model(directory: Path, which: Optional[str]) -> str:
     if which == "default":
-        from explorer.core.models import default_model_path
+        from explorer.core.models.discovery import default_model_path
 
         return str(default_model_path())
     sys.path.insert(0, str(ROOT / "tests"))
@@ -121,8 +121,8 @@ def run_window_soak(runs: int = 20, k: int = 16, n_tokens: int = 128) -> list[di
     from PySide6.QtCore import QEventLoop, QSettings, QTimer
     from PySide6.QtWidgets import QApplication
 
-    from explorer.gui.main_window import MainWindow
-    from explorer.gui.worker import default_engine_factory
+    from explorer.gui.window.main_window import MainWindow
+    from explorer.gui.run.worker import default_engine_factory
 
     app = QApplication.instance() or QApplication([])
     errors: list[str] = []

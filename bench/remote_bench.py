@@ -86,9 +86,9 @@ def run_remote_bench(log=print, repeats: int = 3) -> tuple[list[dict], list[dict
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from servers import LlamaCppServer
 
-    from explorer.core.engine import Engine
-    from explorer.core.models import default_model_path
-    from explorer.core.remote import RemoteEngine
+    from explorer.core.engine.local import Engine
+    from explorer.core.models.discovery import default_model_path
+    from explorer.core.remote.remote_engine import RemoteEngine
 
     model = default_model_path()
     log("remote: starting llama_cpp.server ...")

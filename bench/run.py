@@ -134,8 +134,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     t_start = time.perf_counter()
 
-    from explorer.core.llama_backend import default_threads
-    from explorer.core.models import default_model_path
+    from explorer.core.engine.llama_backend import default_threads
+    from explorer.core.models.discovery import default_model_path
 
     from importlib import metadata
 

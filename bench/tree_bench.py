@@ -19,8 +19,8 @@ import numpy as np
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from explorer.core.icicle import MODES, compute_icicle  # noqa: E402
-from explorer.core.tree import TokenTree  # noqa: E402
+from explorer.core.tree.icicle import MODES, compute_icicle  # noqa: E402
+from explorer.core.tree.token_tree import TokenTree  # noqa: E402
 from explorer.core.types import Rollout, TokenEvent, TokenInfo, TopLogprob  # noqa: E402
 
 WORDS = ("the", " cat", " sat", " on", " a", " mat", " and", " then", " it", " ran", " away", ",", ".", " dog",
@@ -100,7 +100,7 @@ def run_tree_bench(n_rollouts: int = 64, n_tokens: int = 512, top_n: int = 5, re
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     from PySide6.QtWidgets import QApplication
 
-    from explorer.gui.tree_view import TokenTreeView
+    from explorer.gui.tree.tree_view import TokenTreeView
 
     app = QApplication.instance() or QApplication([])
     view = TokenTreeView()

@@ -13,7 +13,7 @@ import threading
 from typing import TYPE_CHECKING, Optional, Sequence
 
 if TYPE_CHECKING:  # the CLI imports the engine lazily: --help must not load llama.cpp
-    from .core.engine_like import EngineLike
+    from explorer.core.engine.protocol import EngineLike
 
 EXIT_USAGE = 2
 TIME_LIMIT_S = 10.0  # a reward file's time per rollout (reward_sandbox.TIME_LIMIT_S; not imported: --help stays fast)
@@ -66,7 +66,7 @@ def _add_reference_args(p: argparse.ArgumentParser) -> None:
 
 def _reference_spec(args):
     """--reference parsed (before any model is loaded: a typo costs nothing), or None."""
-    from .core.reference import ReferenceSpec
+    from explorer.core.reference.policy import ReferenceSpec
 
     return ReferenceSpec.parse(args.reference) if args.reference else None
 
@@ -75,10 +75,10 @@ def _open_reference(spec, args, engine):
     """The reference policy for engine, or None; the exact copy is written (once) with progress on stderr."""
     if spec is None:
         return None
-    from .core.engine import Engine
-    from .core.errors import ExplorerError
-    from .core.exact_copy import cached_exact_copy
-    from .core.reference import ReferencePolicy
+    from explorer.core.engine.local import Engine
+    from explorer.core.errors import ExplorerError
+    from explorer.core.reference.exact_copy import cached_exact_copy
+    from explorer.core.reference.policy import ReferencePolicy
 
     if not hasattr(engine, "teacher_force"):
         raise ExplorerError("--reference needs a local model: a server gives no full logits rows for the KL")
@@ -95,7 +95,7 @@ def _open_reference(spec, args, engine):
 def _report_reference(reference, session, beta: float) -> None:
     """Evaluate what the run left without reference facts (nothing, when the reference followed it), then one line
     per group on stderr."""
-    from .core.stats import reference_stats
+    from explorer.core.rl.stats import reference_stats
 
     for gid in session.group_ids:
         pending = session.unreferenced(gid)
@@ -214,8 +214,8 @@ class _Progress:
 def _load_engine(args) -> EngineLike:
     if getattr(args, "server", None):
         return _connect(args)
-    from .core.engine import Engine
-    from .core.models import resolve_model
+    from explorer.core.engine.local import Engine
+    from explorer.core.models.discovery import resolve_model
 
     return Engine(resolve_model(args.model), n_gpu_layers=args.n_gpu_layers, n_ctx=args.n_ctx)
 
@@ -223,19 +223,19 @@ def _load_engine(args) -> EngineLike:
 def _connect(args) -> EngineLike:
     import os
 
-    from .core.remote import RemoteEngine
-    from .core.servers import API_KEY_ENV
+    from explorer.core.remote.remote_engine import RemoteEngine
+    from explorer.core.remote.servers import API_KEY_ENV
 
     return RemoteEngine(args.server, api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,
                         model=args.server_model)
 
 
 def cmd_generate(args) -> int:
-    from .core import export
-    from .core.queries import check_text, read_query_file
-    from .core.rewards import load_reward
-    from .core.session import LOCAL_RUN, Session
-    from .core.types import Query, SamplingParams, TokenBatch
+    from explorer.core.files import export
+    from explorer.core.files.queries import check_text, read_query_file
+    from explorer.core.rl.rewards import load_reward
+    from explorer.core.session import LOCAL_RUN, Session
+    from explorer.core.types import Query, SamplingParams, TokenBatch
 
     for i, text in enumerate(args.queries):
         check_text(text, f"query {i + 1}")
@@ -277,7 +277,7 @@ def cmd_generate(args) -> int:
         cancel.set()
         sys.stderr.write("\ninterrupted: stopping, writing what was generated (Ctrl-C again to abandon)\n")
 
-    from .core.errors import ExplorerError
+    from explorer.core.errors import ExplorerError
 
     previous = signal.signal(signal.SIGINT, on_sigint)
     run_error = None
@@ -323,11 +323,11 @@ def cmd_generate(args) -> int:
 
 
 def cmd_score(args) -> int:
-    from .core import export
-    from .core.numbers import format_probability
-    from .core.queries import check_text
-    from .core.session import Session
-    from .core.types import QueryGroup, SamplingParams
+    from explorer.core.files import export
+    from explorer.core.numbers import format_probability
+    from explorer.core.files.queries import check_text
+    from explorer.core.session import Session
+    from explorer.core.types import QueryGroup, SamplingParams
 
     check_text(args.query, "the query")
     for i, response in enumerate(args.responses):
@@ -378,14 +378,14 @@ def cmd_score(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from .core.models import discover_models, format_model_table
+    from explorer.core.models.discovery import discover_models, format_model_table
 
     print(format_model_table(discover_models()))
     return 0
 
 
 def cmd_export_jsonl(args) -> int:
-    from .core.jsonl import convert_file
+    from explorer.core.files.jsonl import convert_file
 
     # streamed a group at a time: a 200 MB set converts in the memory of its largest group
     n = convert_file(args.input, args.output, warn=lambda line: sys.stderr.write(f"warning: {line}\n"))
@@ -395,12 +395,12 @@ def cmd_export_jsonl(args) -> int:
 
 
 def cmd_gui(args) -> int:
-    from .gui.app import run_gui
+    from explorer.gui.app import run_gui
 
     if getattr(args, "server", None) and args.api_key:
         import os
 
-        from .core.servers import API_KEY_ENV
+        from explorer.core.remote.servers import API_KEY_ENV
 
         os.environ[API_KEY_ENV] = args.api_key  # this process only: the window's engine factory reads it there
 
@@ -416,7 +416,7 @@ COMMANDS = {"generate": cmd_generate, "score": cmd_score, "models": cmd_models, 
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from .core.errors import ExplorerError
+    from explorer.core.errors import ExplorerError
 
     parser = build_parser()
     argv = list(argv if argv is not None else sys.argv[1:])

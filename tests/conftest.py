@@ -23,7 +23,7 @@ def tiny_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def default_model_path() -> Path:
     """The default model (SmolLM2-135M-Instruct); skips when its package is not installed."""
     from explorer.core.errors import ModelError
-    from explorer.core.models import default_model_path as locate
+    from explorer.core.models.discovery import default_model_path as locate
 
     try:
         return locate()
@@ -34,7 +34,7 @@ def default_model_path() -> Path:
 @pytest.fixture(scope="module")
 def local_engine(default_model_path):
     """The local engine on the default model, for checking other engines (a server) against it."""
-    from explorer.core.engine import Engine
+    from explorer.core.engine.local import Engine
 
     eng = Engine(default_model_path)
     yield eng

@@ -1,4 +1,4 @@
-"""A scripted, deterministic stand-in for explorer.core.engine.Engine (an EngineLike, see core/engine_like.py).
+"""A scripted, deterministic stand-in for explorer.core.engine.local.Engine (an EngineLike, see core/engine/protocol.py).
 
 Same constructor, attributes and methods as the real engine, the same event protocol, real TokenInfo values: the
 "model" is a fixed small vocabulary whose next-token distribution is a deterministic function of the context, so
@@ -25,7 +25,7 @@ import zlib
 from typing import Callable, Iterator, Optional, Sequence, Union
 
 from explorer.core.errors import ContextOverflowError, EngineError, ExplorerError, ModelError
-from explorer.core.run_args import check_branch, check_generate
+from explorer.core.engine.plan import check_branch, check_generate
 from explorer.core.types import (
     Event,
     GroupHeader,

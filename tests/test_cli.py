@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from explorer.core import export
+from explorer.core.files import export
 
 
 def run_cli(*args: str, cwd: Path | None = None, env_extra: dict | None = None) -> subprocess.CompletedProcess:

@@ -310,7 +310,7 @@ def numpy_forward(path, ids):
     writes: RMS norm, rotary embedding on adjacent pairs with base 10000, causal attention, SwiGLU)."""
     from gguf import GGUFReader
 
-    from explorer.core.exact_copy import as_float32
+    from explorer.core.reference.exact_copy import as_float32
 
     r = GGUFReader(str(path))
     weights = {t.name: as_float32(t).astype(np.float64) for t in r.tensors}
@@ -366,7 +366,7 @@ def numpy_forward(path, ids):
 def write_scaled_row_copy(src, dst, row: int, scale: float):
     """src with output row `row` scaled (a reference with the same vocabulary whose logit `row` alone differs: the
     hidden states are the same, so its logits are the policy's with that one multiplied). src must be untied."""
-    from explorer.core.exact_copy import as_float32, copy_gguf
+    from explorer.core.reference.exact_copy import as_float32, copy_gguf
 
     def data(t, qtype):
         values = as_float32(t)
@@ -383,7 +383,7 @@ def write_q8_copy(src, dst):
     from gguf import GGMLQuantizationType
     from gguf.quants import quantize
 
-    from explorer.core.exact_copy import as_float32, copy_gguf
+    from explorer.core.reference.exact_copy import as_float32, copy_gguf
 
     def out_type(t):
         return GGMLQuantizationType.Q8_0 if len(t.shape) == 2 else t.tensor_type

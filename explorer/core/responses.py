@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
-from .types import Rollout
+from explorer.core.types import Rollout
 
 
 @dataclass(frozen=True)

@@ -14,11 +14,11 @@ import sys
 from dataclasses import dataclass, field, replace
 from typing import Callable, Iterable, Optional
 
-from .rewards import apply_rewards
-from .stats import REFERENCE_STATS, group_stats, reference_stats
-from .token_text import decode_pieces, fit_pieces
-from .tree import TokenTree, feed_trees
-from .types import (
+from explorer.core.rl.rewards import apply_rewards
+from explorer.core.rl.stats import REFERENCE_STATS, group_stats, reference_stats
+from explorer.core.token_text import decode_pieces, fit_pieces
+from explorer.core.tree.token_tree import TokenTree, feed_trees
+from explorer.core.types import (
     Event,
     GroupHeader,
     ModelInfo,

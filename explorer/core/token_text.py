@@ -9,7 +9,7 @@ from __future__ import annotations
 import codecs
 from typing import Sequence
 
-from .types import TokenInfo
+from explorer.core.types import TokenInfo
 
 
 def new_decoder():

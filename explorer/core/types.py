@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Optional, Union
 
-from .errors import SamplingParamsError
-from .numbers import SequenceLogprob, sequence_logprob
+from explorer.core.errors import SamplingParamsError
+from explorer.core.numbers import SequenceLogprob, sequence_logprob
 
 FINISH_REASONS = ("stop", "length", "stop_string", "cancelled")
 
@@ -83,7 +83,7 @@ class TokenInfo:
     top: tuple[TopLogprob, ...] = ()  # top-N raw alternatives, most probable first
     # Set when the id was recovered from a server that sends no ids and re-tokenizing its text disagrees here
     id_flag: Optional[str] = None
-    # With a reference policy (reference.py): log pi_ref(token | prefix), KL(pi || pi_ref) at this position over the
+    # With a reference policy (core/reference): log pi_ref(token | prefix), KL(pi || pi_ref) at this position over the
     # whole vocabulary (nats; inf where pi_ref gives 0 to a token pi does not), pi_ref's most probable token and its
     # top-N alternatives
     ref_logprob: Optional[float] = None
@@ -222,7 +222,7 @@ class ModelInfo:
     n_layers: Optional[int] = None
     backend: str = "CPU"
     system_info: str = ""
-    # A policy on a server (remote.py): its URL without credentials, kind and version, and what its numbers are
+    # A policy on a server (core/remote): its URL without credentials, kind and version, and what its numbers are
     server_url: Optional[str] = None
     server_kind: Optional[str] = None  # "vllm" | "sglang" | "llama-server" | "llama_cpp.server"
     server_version: Optional[str] = None
@@ -241,7 +241,7 @@ class Timings:
 
 @dataclass(frozen=True)
 class ReferenceInfo:
-    """A reference policy (reference.py) as a rollout set records it: JSON 'reference_policy'."""
+    """A reference policy (core/reference) as a rollout set records it: JSON 'reference_policy'."""
 
     kind: str  # "model" | "exact" | "system" | "temperature" | "top_p"
     description: str

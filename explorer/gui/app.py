@@ -13,11 +13,11 @@ from typing import Callable, Optional
 from PySide6.QtCore import QSettings, Qt, QTimer, qInstallMessageHandler
 from PySide6.QtWidgets import QApplication
 
-from ..core.errors import ExplorerError
-from ..core.models import resolve_model
-from ..core.servers import server_spec
-from .signals import GracefulExit, SignalBridge
-from .worker import default_engine_factory, wait_for_lingering
+from explorer.core.errors import ExplorerError
+from explorer.core.models.discovery import resolve_model
+from explorer.core.remote.servers import server_spec
+from explorer.gui.window.signals import GracefulExit, SignalBridge
+from explorer.gui.run.worker import default_engine_factory, wait_for_lingering
 
 ORGANIZATION = "rollout-explorer"
 APPLICATION = "Rollout Explorer"
@@ -76,9 +76,9 @@ def _apply_args(window, args) -> None:
 def _read_reward_and_queries(args):
     """The --reward function and the --queries file's queries, read before the window opens so a bad one gives a
     one-line error and exit 2. Raises ExplorerError."""
-    from ..core.queries import read_query_file
-    from ..core.rewards import load_reward
-    from ..core.types import Query
+    from explorer.core.files.queries import read_query_file
+    from explorer.core.rl.rewards import load_reward
+    from explorer.core.types import Query
 
     spec = _arg(args, "reward")
     fn = load_reward(spec) if spec else None
@@ -214,7 +214,7 @@ TREE_SHOT_SIZE = (1400, 620)
 def export_tree(view, path) -> None:
     """The shown tree, as the view shows it (heights, colours), drawn at a readable size of its own: the window's
     tree pane may be small."""
-    from .tree_view import TokenTreeView  # the window's import: pyqtgraph loads with it
+    from explorer.gui.tree.tree_view import TokenTreeView  # the window's import: pyqtgraph loads with it
 
     shot = TokenTreeView()
     try:
@@ -235,7 +235,7 @@ def run_gui(args, engine_factory: Callable = default_engine_factory, settings: O
     """Open the main window; args carries model, queries, queries_file, reward, no_std, k, max_tokens, seed, run,
     score (responses to score for the first query after the run), screenshot, tree_screenshot, tree_heights,
     export, quit, n_gpu_layers, n_ctx (any may be missing or None). Returns the exit status."""
-    from .main_window import MainWindow
+    from explorer.gui.window.main_window import MainWindow
 
     app = create_app()
     scripted = any(_arg(args, name) for name in ("run", "screenshot", "tree_screenshot", "export", "quit"))
@@ -251,7 +251,7 @@ def run_gui(args, engine_factory: Callable = default_engine_factory, settings: O
     try:
         reward_spec, reward_fn, queries = _read_reward_and_queries(args)
         if _arg(args, "reference"):
-            from ..core.reference import ReferenceSpec
+            from explorer.core.reference.policy import ReferenceSpec
 
             ReferenceSpec.parse(_arg(args, "reference"))  # a typo is refused before any window or model
     except ExplorerError as exc:

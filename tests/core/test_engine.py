@@ -17,7 +17,7 @@ import pytest
 from tiny_gguf import BOS_ID, EOS_ID, FIRST_BYTE_ID, IM_END_ID, IM_START_ID, UNK_ID, corrupt_variants
 
 from explorer.core.session import Session
-from explorer.core.engine import Engine
+from explorer.core.engine.local import Engine
 from explorer.core.errors import ContextOverflowError, ExplorerError, ModelError
 from explorer.core.types import (QueryGroup, Rollout, RolloutFinished, RunFinished, RunStarted, SamplingParams,
                                  TokenBatch)

@@ -13,8 +13,8 @@ import pytest
 from fake_engine import FakeEngine
 
 from explorer.core.session import Session
-from explorer.core.engine import Engine
-from explorer.core.engine_like import EngineLike
+from explorer.core.engine.local import Engine
+from explorer.core.engine.protocol import EngineLike
 from explorer.core.errors import EngineError, ExplorerError
 from explorer.core.types import RolloutFinished, RunFinished, RunStarted, SamplingParams, TokenBatch
 

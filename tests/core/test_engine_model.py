@@ -10,7 +10,7 @@ import math
 import numpy as np
 import pytest
 
-from explorer.core.engine import Engine
+from explorer.core.engine.local import Engine
 from explorer.core.types import QueryGroup, Rollout, RolloutFinished, RunStarted, SamplingParams, TokenBatch
 
 pytestmark = pytest.mark.model

@@ -12,7 +12,7 @@ import jsonschema
 import numpy as np
 import pytest
 
-from explorer.core import export
+from explorer.core.files import export
 from explorer.core.errors import RolloutFileError
 from explorer.core.types import (
     ModelInfo, QueryGroup, Rollout, RolloutSet, SamplingParams, Score, Timings, TokenInfo, TopLogprob,

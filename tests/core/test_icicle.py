@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from explorer.core.icicle import compute_icicle, fork_label, node_shares, run_text
-from explorer.core.tree import ROOT, TokenTree
+from explorer.core.tree.icicle import compute_icicle, fork_label, node_shares, run_text
+from explorer.core.tree.token_tree import ROOT, TokenTree
 from explorer.core.types import Rollout, TokenInfo, TopLogprob
 
 TEXT = {1: "A", 2: "B", 3: "C", 4: "D", 5: "E", 6: "F", 9: "X", 10: "Y"}
@@ -186,7 +186,7 @@ def test_unknown_mode_is_refused(tree):
 
 
 def test_hover_words_compare_the_sampled_and_model_shares(tree):
-    from explorer.core.icicle import describe_box, describe_rest
+    from explorer.core.tree.icicle import describe_box, describe_rest
 
     b = tree.node_for([1, 2])
     text = describe_box(tree, b)
@@ -204,7 +204,7 @@ def test_hover_words_compare_the_sampled_and_model_shares(tree):
 def test_hover_words_give_pi_ref_the_log_ratio_the_kl_and_both_preferred_tokens(tree):
     from dataclasses import replace
 
-    from explorer.core.icicle import describe_box
+    from explorer.core.tree.icicle import describe_box
 
     group = [Rollout(f"q0.r{i}", i, i, "", tuple(token(tuple(ids[:p]), t) for p, t in enumerate(ids)), "stop")
              for i, ids in enumerate([[1, 2, 3], [1, 2, 4], [1, 5, 6], [1, 2, 3]])]

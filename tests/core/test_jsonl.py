@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import math
 
-from explorer.core import export
-from explorer.core.jsonl import JSONL_KEYS, export_jsonl, jsonl_records
+from explorer.core.files import export
+from explorer.core.files.jsonl import JSONL_KEYS, export_jsonl, jsonl_records
 from explorer.core.types import ModelInfo, QueryGroup, Rollout, RolloutSet, SamplingParams, TokenInfo
 
 

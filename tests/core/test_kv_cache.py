@@ -9,8 +9,8 @@ from contextlib import closing
 import numpy as np
 import pytest
 
-from explorer.core import llama_backend as lb
-from explorer.core.kv_cache import KVCache, Prefix
+from explorer.core.engine import llama_backend as lb
+from explorer.core.engine.kv_cache import KVCache, Prefix
 from explorer.core.numbers import SequenceLogprob, common_prefix, json_number, mean_std, sequence_logprob
 
 PROMPT = [1, 40, 41, 42, 43, 44, 45, 46]

@@ -1,4 +1,4 @@
-"""GGUF validation and facts (explorer.core.models / gguf_check): every malformation gets its own message."""
+"""GGUF validation and facts (explorer.core.models.discovery / gguf_check): every malformation gets its own message."""
 
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ from gguf import GGUFReader
 from tiny_gguf import (CHATML_TEMPLATE, IM_END_ID, corrupt_variants, count_params, minimal_llama_kvs, raw_gguf,
                        write_tiny_gguf)
 
-from explorer.core import models
+from explorer.core.models import discovery as models
 from explorer.core.errors import ModelError
-from explorer.core.gguf_check import GGUFError, read_header
-from explorer.core.models import default_model_path, read_gguf, resolve_model
+from explorer.core.models.gguf_check import GGUFError, read_header
+from explorer.core.models.discovery import default_model_path, read_gguf, resolve_model
 
 
 @pytest.fixture(scope="module")

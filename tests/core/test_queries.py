@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from explorer.core.queries import QueryFileError, read_query_file
+from explorer.core.files.queries import QueryFileError, read_query_file
 from explorer.core.types import Query
 
 

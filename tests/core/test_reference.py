@@ -11,15 +11,15 @@ import pytest
 from gguf import GGMLQuantizationType, GGUFReader, LlamaFileType
 from tiny_gguf import write_q8_copy, write_scaled_row_copy, write_tiny_gguf
 
-from explorer.core import export
+from explorer.core.files import export
 from explorer.core.session import Session
-from explorer.core.engine import Engine
+from explorer.core.engine.local import Engine
 from explorer.core.errors import ExplorerError
-from explorer.core.exact_copy import as_float32, cached_exact_copy, write_exact_copy
-from explorer.core.jsonl import jsonl_records
-from explorer.core.reference import (ReferencePolicy, ReferenceSpec, kl_rows, log_softmax64, plan_windows,
+from explorer.core.reference.exact_copy import as_float32, cached_exact_copy, write_exact_copy
+from explorer.core.files.jsonl import jsonl_records
+from explorer.core.reference.policy import (ReferencePolicy, ReferenceSpec, kl_rows, log_softmax64, plan_windows,
                                      sampler_logprobs)
-from explorer.core.stats import group_stats, reference_stats
+from explorer.core.rl.stats import group_stats, reference_stats
 from explorer.core.types import SamplingParams
 
 QUERY = "Which is the largest ocean?"
@@ -126,7 +126,7 @@ def test_an_evaluation_reports_progress_and_stops_when_cancelled(policy):
     total = sum(len(r.tokens) for r in group.rollouts)
     seen = []
     with closing(_reference("temperature:0.7", policy)) as ref:
-        from explorer.core import reference as reference_module
+        from explorer.core.reference import policy as reference_module
 
         budget, reference_module.ROW_BUDGET = reference_module.ROW_BUDGET, 8  # several batches
         try:
@@ -190,7 +190,7 @@ def test_long_lists_are_windowed_and_windows_give_the_rows_of_one_pass(policy):
     assert plan_windows([3, 0, 4, 600, 2], budget=8) == [
         *[[(3, a, min(600, a + 8))] for a in range(0, 600, 8)], [(0, 0, 3), (2, 0, 4)], [(4, 0, 2)]]
     rs = _rollout_set(policy, k=1, max_tokens=40, seed=9)
-    import explorer.core.reference as reference_module
+    import explorer.core.reference.policy as reference_module
 
     with closing(_reference("system:Be brief.", policy)) as ref:
         whole = ref.annotate_set(rs).groups[0].rollouts[0]

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from explorer.core.session import Session
-from explorer.core.engine import Engine
-from explorer.core.exact_copy import cached_exact_copy
-from explorer.core.reference import ReferencePolicy, ReferenceSpec
-from explorer.core.stats import reference_stats
+from explorer.core.engine.local import Engine
+from explorer.core.reference.exact_copy import cached_exact_copy
+from explorer.core.reference.policy import ReferencePolicy, ReferenceSpec
+from explorer.core.rl.stats import reference_stats
 from explorer.core.types import SamplingParams
 
 pytestmark = pytest.mark.model

@@ -9,8 +9,8 @@ import pytest
 
 from explorer.core.session import Session
 from explorer.core.errors import ExplorerError
-from explorer.core.remote import RemoteEngine
-from explorer.core.servers import ServerError, display_url
+from explorer.core.remote.remote_engine import RemoteEngine
+from explorer.core.remote.servers import ServerError, display_url
 from explorer.core.types import SamplingParams
 from servers import ScriptedVllm, stream_abc, token_event
 

@@ -11,7 +11,7 @@ import threading
 
 import pytest
 
-from explorer.core import export
+from explorer.core.files import export
 from explorer.core.session import Session
 from explorer.core.errors import ExplorerError
 from explorer.core.types import RolloutFinished, RunFinished, SamplingParams, TokenBatch
@@ -34,7 +34,7 @@ def server(default_model_path):
 
 @pytest.fixture(scope="module")
 def remote(server):
-    from explorer.core.remote import RemoteEngine
+    from explorer.core.remote.remote_engine import RemoteEngine
 
     eng = RemoteEngine(server.url, api_key=KEY)
     yield eng
@@ -142,7 +142,7 @@ def test_stop_mid_stream_keeps_what_arrived(remote):
 
 
 def test_server_killed_mid_stream_is_one_clear_error_and_keeps_what_arrived(default_model_path):
-    from explorer.core.remote import RemoteEngine
+    from explorer.core.remote.remote_engine import RemoteEngine
 
     srv = LlamaCppServer(default_model_path)
     eng = RemoteEngine(srv.url)
@@ -170,7 +170,7 @@ def test_scoring_is_refused_not_shifted(remote):
 
 
 def test_wrong_key_is_one_line_about_the_key(server):
-    from explorer.core.remote import RemoteEngine
+    from explorer.core.remote.remote_engine import RemoteEngine
 
     with pytest.raises(ExplorerError, match=r"refused the API key \(HTTP 401"):
         RemoteEngine(server.url, api_key="wrong")

@@ -9,7 +9,7 @@ import textwrap
 import pytest
 
 from explorer.core.errors import RewardError
-from explorer.core.rewards import apply_rewards, group_advantages, load_reward
+from explorer.core.rl.rewards import apply_rewards, group_advantages, load_reward
 from explorer.core.types import QueryGroup, Rollout, TokenInfo
 
 

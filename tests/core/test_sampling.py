@@ -11,7 +11,7 @@ import math
 import numpy as np
 import pytest
 
-from explorer.core.sampling import Workspace, raw_stats, sample_step, score_rows, top_indices
+from explorer.core.engine.sampling import Workspace, raw_stats, sample_step, score_rows, top_indices
 from explorer.core.types import SamplingParams
 
 NO_FILTERS = dict(top_k=0, top_p=1.0, min_p=0.0)

@@ -6,8 +6,8 @@ import json
 
 from fake_engine import FakeEngine
 
-from explorer.core import export
-from explorer.core.rewards import load_reward
+from explorer.core.files import export
+from explorer.core.rl.rewards import load_reward
 from explorer.core.session import LOCAL_RUN, Session
 from explorer.core.types import SamplingParams
 

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from explorer.core.stats import (
+from explorer.core.rl.stats import (
     STAT_DESCRIPTIONS, branch_mass_coverage, distinct_n, group_stats, mean_first_divergence,
 )
 from explorer.core.types import QueryGroup, Rollout, TokenInfo

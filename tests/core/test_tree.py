@@ -10,8 +10,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from explorer.core.tree import ROOT, TokenTree, TreeForest
-from explorer.core.tree_layout import colormap_lut, display_token, mean_kl_series, mean_series, rollout_kl_series
+from explorer.core.tree.token_tree import ROOT, TokenTree, TreeForest
+from explorer.core.tree.layout import colormap_lut, display_token, mean_kl_series, mean_series, rollout_kl_series
 from explorer.core.types import (GroupHeader, QueryGroup, Rollout, RolloutFinished, RolloutHeader, RunStarted,
                                  SamplingParams, TokenBatch, TokenEvent, TokenInfo, TopLogprob)
 
@@ -189,7 +189,7 @@ def test_forest_follows_engine_events_including_a_branch():
 
 
 def test_core_tree_never_imports_qt():
-    code = "import sys, explorer.core.tree, explorer.core.tree_layout; print('PySide6' in sys.modules)"
+    code = "import sys, explorer.core.tree.token_tree, explorer.core.tree.layout; print('PySide6' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
 

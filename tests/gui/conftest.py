@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from explorer.gui.main_window import MainWindow
+from explorer.gui.window.main_window import MainWindow
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
@@ -43,7 +43,7 @@ class FakeFactory:
 def _garbage_on_the_gui_thread(qapp):
     """As in the app: the cyclic garbage collector runs on the GUI thread only (a window built by any test would
     do it; a test that builds only a worker must not depend on the order)."""
-    from explorer.gui.main_window import collect_garbage_on_the_gui_thread
+    from explorer.gui.window.main_window import collect_garbage_on_the_gui_thread
 
     collect_garbage_on_the_gui_thread()
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from explorer.gui.main_window import MainWindow
+from explorer.gui.window.main_window import MainWindow
 
 
 def show(qtbot, widget, width: int, height: int):

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from explorer.core.models import ModelEntry
+from explorer.core.models.discovery import ModelEntry
 from explorer.core.types import ModelInfo, Query, SamplingParams
-from explorer.gui.controls import ControlPanel, format_stop_strings, parse_stop_strings
+from explorer.gui.side_panel.controls import ControlPanel, format_stop_strings, parse_stop_strings
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import numpy as np
 import pyqtgraph as pg
 import pytest
 
-from explorer.gui.grid_axis import FastGridAxis
+from explorer.gui.widgets.grid_axis import FastGridAxis
 
 
 def _plot(qtbot, axis: pg.AxisItem, dark: bool) -> pg.GraphicsLayoutWidget:

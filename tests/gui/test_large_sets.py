@@ -13,8 +13,8 @@ import pytest
 from PySide6.QtCore import QTimer
 from PySide6.QtWidgets import QPushButton
 
-from explorer.core import export
-from explorer.gui import file_actions
+from explorer.core.files import export
+from explorer.gui.window import file_actions
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "reliability"))
 from synthetic import synthetic_set  # noqa: E402

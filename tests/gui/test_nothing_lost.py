@@ -33,7 +33,7 @@ def test_the_wheel_over_an_unfocused_spin_box_scrolls_the_panel_not_the_value(qt
 
 
 def test_the_status_bar_names_the_model_as_the_picker_does(qtbot, make_window, fake_model):
-    from explorer.core.models import ModelEntry
+    from explorer.core.models.discovery import ModelEntry
 
     window = make_window(discover=lambda: [ModelEntry(fake_model, "SmolLM2 (as listed)", "models/")])
     qtbot.waitUntil(lambda: window.controls.model_combo.count() == 1, timeout=5000)
@@ -107,7 +107,7 @@ def test_empty_views_say_what_to_do_until_there_are_rollouts(qtbot, window, fake
 
 
 def test_help_explains_every_mouse_action_as_well_as_the_keys():
-    from explorer.gui.actions import shortcuts_html
+    from explorer.gui.window.actions import shortcuts_html
 
     text = shortcuts_html()
     for words in ("Ctrl+Enter", "Hover a token", "Right-click or double-click", "ghosts", "Ctrl+wheel", "boxes",

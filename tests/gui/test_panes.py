@@ -16,7 +16,7 @@ from explorer.core.types import (
     Timings,
     TokenInfo,
 )
-from explorer.gui.panes import RolloutPanes
+from explorer.gui.panes.panes import RolloutPanes
 from gui_kit import show
 from kit import rollout_finished, run_started, sampled_tok, token_batch
 

@@ -16,11 +16,11 @@ from PySide6.QtWidgets import QToolTip
 from explorer.core.session import Session
 from explorer.core.types import (ModelInfo, QueryGroup, ReferenceInfo, RolloutSet, RunFinished, SamplingParams, Score,
                                  Timings, TopLogprob)
-from explorer.gui.rollout_table import COLUMNS, RolloutTable
-from explorer.gui.scoring import COLUMNS as SCORE_COLUMNS, ScoringPanel
-from explorer.gui.style import LOG_RATIO_FULL_SCALE, SHADE_LEVELS, shade_colour, shade_level
-from explorer.gui.tokens import token_tooltip_html
-from explorer.gui.views import ViewsPanel
+from explorer.gui.views.rollout_table import COLUMNS, RolloutTable
+from explorer.gui.views.scoring import COLUMNS as SCORE_COLUMNS, ScoringPanel
+from explorer.gui.widgets.style import LOG_RATIO_FULL_SCALE, SHADE_LEVELS, shade_colour, shade_level
+from explorer.gui.widgets.tokens import token_tooltip_html
+from explorer.gui.views.panel import ViewsPanel
 from gui_kit import show
 from kit import rollout_finished, run_started, sampled_tok, tok
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from tiny_gguf import write_q8_copy, write_scaled_row_copy, write_tiny_gguf
 
-from explorer.core.exact_copy import DATA_DIR_ENV
-from explorer.gui.worker import default_engine_factory
+from explorer.core.reference.exact_copy import DATA_DIR_ENV
+from explorer.gui.run.worker import default_engine_factory
 from gui_kit import load, run_to_end
 
 

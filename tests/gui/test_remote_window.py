@@ -9,8 +9,8 @@ import socket
 
 import pytest
 
-from explorer.gui.main_window import SERVER_URL_KEY, MainWindow
-from explorer.gui.worker import default_engine_factory
+from explorer.gui.window.main_window import SERVER_URL_KEY, MainWindow
+from explorer.gui.run.worker import default_engine_factory
 from gui_kit import pane_texts, run_to_end
 from servers import ScriptedVllm, stream_abc
 

@@ -10,12 +10,12 @@ import statistics
 import pytest
 from PySide6.QtWidgets import QStyleOptionViewItem
 
-from explorer.core import export
-from explorer.core.rewards import normalize_text
-from explorer.core.stats import STAT_DESCRIPTIONS
-from explorer.gui.main_window import MainWindow
+from explorer.core.files import export
+from explorer.core.rl.rewards import normalize_text
+from explorer.core.rl.stats import STAT_DESCRIPTIONS
+from explorer.gui.window.main_window import MainWindow
 import gui_kit
-from explorer.gui.reward_box import PICK
+from explorer.gui.side_panel.reward_box import PICK
 
 OCEAN = "Which is the largest ocean?"
 CODE = "Can you give me some python code?"

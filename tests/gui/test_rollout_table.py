@@ -8,7 +8,7 @@ import pytest
 from PySide6.QtCore import Qt
 
 from explorer.core.types import Rollout, TokenInfo
-from explorer.gui.rollout_table import COLUMNS, RolloutTable
+from explorer.gui.views.rollout_table import COLUMNS, RolloutTable
 from gui_kit import show
 
 

@@ -8,8 +8,8 @@ from PySide6.QtCore import Qt
 from explorer.core.types import Score, TokenInfo
 from gui_kit import show
 from kit import tok
-from explorer.gui.scoring import OCEAN_QUERY, ScoringPanel, candidate_lines, shares
-from explorer.gui.tokens import TokenTextView
+from explorer.gui.views.scoring import OCEAN_QUERY, ScoringPanel, candidate_lines, shares
+from explorer.gui.widgets.tokens import TokenTextView
 
 
 @pytest.fixture

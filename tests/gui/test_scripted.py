@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import types
 
-from explorer.core import export
+from explorer.core.files import export
 from explorer.gui.app import run_gui
 
 OCEAN = "Which is the largest ocean?"
@@ -44,7 +44,7 @@ def test_scripted_tree_screenshot_at_a_readable_size(fake_factory, fake_model, g
 
 
 def test_scripted_reference_evaluates_the_run_and_the_scores_before_the_export(tiny_gguf, gui_settings, tmp_path):
-    from explorer.gui.worker import default_engine_factory
+    from explorer.gui.run.worker import default_engine_factory
 
     args = _args(tiny_gguf, tmp_path, reference="temperature:0.5", beta=0.2, score=["Atlantic Ocean"])
     assert run_gui(args, default_engine_factory, gui_settings) == 0
@@ -56,7 +56,7 @@ def test_scripted_reference_evaluates_the_run_and_the_scores_before_the_export(t
 
 
 def test_scripted_reference_that_cannot_be_used_fails_with_why(tiny_gguf, gui_settings, tmp_path, capsys):
-    from explorer.gui.worker import default_engine_factory
+    from explorer.gui.run.worker import default_engine_factory
 
     args = _args(tiny_gguf, tmp_path, reference=str(tmp_path / "missing.gguf"))
     assert run_gui(args, default_engine_factory, gui_settings) == 1
@@ -69,8 +69,8 @@ def test_scripted_reference_that_cannot_be_used_fails_with_why(tiny_gguf, gui_se
 
 def test_the_gui_shading_and_tree_colour_options_offer_every_mode_of_the_window():
     from explorer.cli import build_parser
-    from explorer.gui.style import SHADING_MODES
-    from explorer.gui.tree_view import COLOUR_BY
+    from explorer.gui.widgets.style import SHADING_MODES
+    from explorer.gui.tree.tree_view import COLOUR_BY
 
     gui = next(a for a in build_parser()._subparsers._group_actions[0].choices.values() if a.prog.endswith("gui"))
     choices = {a.dest: tuple(a.choices) for a in gui._actions if a.choices}

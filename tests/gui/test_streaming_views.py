@@ -11,13 +11,13 @@ from PySide6.QtWidgets import QApplication
 from explorer.core.session import Session
 from gui_kit import show
 from kit import run_started, sampled_tok
-from explorer.core.tree import TokenTree
+from explorer.core.tree.token_tree import TokenTree
 from explorer.core.types import TokenBatch, TokenEvent, TokenInfo
-from explorer.gui.main_window import MainWindow
-from explorer.gui.panes import RolloutPanes
-from explorer.gui.side_plot import SidePlot
-from explorer.gui.tree_items import stepped_end
-from explorer.gui.tree_view import TokenTreeView
+from explorer.gui.window.main_window import MainWindow
+from explorer.gui.panes.panes import RolloutPanes
+from explorer.gui.views.side_plot import SidePlot
+from explorer.gui.tree.tree_items import stepped_end
+from explorer.gui.tree.tree_view import TokenTreeView
 
 
 def tok(tid: int) -> TokenInfo:

@@ -8,10 +8,10 @@ from PySide6.QtGui import QColor, QHelpEvent, QPalette, QTextCursor
 from PySide6.QtWidgets import QToolTip
 
 from explorer.core.types import TokenInfo, TopLogprob
-from explorer.gui.style import SHADE_LEVELS, shade_colour, shade_level
+from explorer.gui.widgets.style import SHADE_LEVELS, shade_colour, shade_level
 from explorer.core.token_text import decode_pieces, fit_pieces
 from kit import tok
-from explorer.gui.tokens import (
+from explorer.gui.widgets.tokens import (
     TokenTextView,
     format_percent,
     format_probability,
@@ -165,7 +165,7 @@ def test_view_rejects_mismatched_pieces(qtbot):
 
 def test_tooltip_gives_the_mass_outside_the_top_n():
     top = (TopLogprob(1, "a", b"a", math.log(0.5)), TopLogprob(2, "b", b"b", math.log(0.3)))
-    from explorer.gui.tokens import mass_outside_top
+    from explorer.gui.widgets.tokens import mass_outside_top
 
     inside = tok(1, "a", 0.5, top=top)
     assert mass_outside_top(inside) == pytest.approx(0.2)

@@ -12,10 +12,10 @@ from PySide6.QtCore import QEvent, QPoint, QPointF, Qt
 from PySide6.QtGui import QColor, QPalette, QWheelEvent
 from PySide6.QtWidgets import QApplication
 
-from explorer.core.tree import ROOT, TokenTree
+from explorer.core.tree.token_tree import ROOT, TokenTree
 from explorer.core.types import Rollout, TokenInfo, TopLogprob
-from explorer.gui.side_plot import SidePlot
-from explorer.gui.tree_view import (COLOUR_BY, KL_FULL_SCALE, LOG_RATIO_FULL_SCALE, N_DIVERGING_LEVELS, N_LEVELS,
+from explorer.gui.views.side_plot import SidePlot
+from explorer.gui.tree.tree_view import (COLOUR_BY, KL_FULL_SCALE, LOG_RATIO_FULL_SCALE, N_DIVERGING_LEVELS, N_LEVELS,
                                     TokenTreeView)
 
 WORDS = {1: " The", 2: " sea", 3: " ocean", 4: " is", 5: " blue", 6: " deep", 7: " vast", 8: "."}
@@ -361,7 +361,7 @@ def annotate(session) -> None:
 @pytest.fixture
 def panel(qtbot):
     """The views of a streamed session, as the window shows them (tree, side plot), before the reference ran."""
-    from explorer.gui.views import ViewsPanel
+    from explorer.gui.views.panel import ViewsPanel
 
     views = ViewsPanel(lambda: False)
     qtbot.addWidget(views)

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from explorer.gui.main_window import MainWindow
-from explorer.gui.view_links import DEFAULT_PANES
+from explorer.gui.window.main_window import MainWindow
+from explorer.gui.views.links import DEFAULT_PANES
 from gui_kit import load, run_to_end
 
 

@@ -12,10 +12,10 @@ from pathlib import Path
 from PySide6.QtCore import QMimeData, QPointF, Qt, QUrl
 from PySide6.QtGui import QDropEvent
 
-from explorer.core import export
+from explorer.core.files import export
 from explorer.core.session import Session
-from explorer.gui.main_window import MainWindow
-from explorer.gui.recovery import RecoveryStore
+from explorer.gui.window.main_window import MainWindow
+from explorer.gui.window.recovery import RecoveryStore
 from gui_kit import load, pane_texts, run_to_end
 
 OCEAN = "Which is the largest ocean?"
@@ -26,7 +26,7 @@ def test_first_start_prefills_the_seed_queries(window):
 
 
 def test_discovered_models_fill_the_picker_and_load_on_pick(qtbot, make_window, fake_model, main_thread_id):
-    from explorer.core.models import ModelEntry
+    from explorer.core.models.discovery import ModelEntry
 
     seen = []
 
@@ -123,7 +123,7 @@ def test_close_mid_run_in_a_process_prints_no_qt_warning(tmp_path):
         from PySide6.QtCore import QSettings, QTimer
         from PySide6.QtWidgets import QApplication
         from fake_engine import FakeEngine
-        from explorer.gui.main_window import MainWindow
+        from explorer.gui.window.main_window import MainWindow
 
         app = QApplication([])
         engines = []
@@ -360,7 +360,7 @@ def test_scripted_mode_fails_with_a_message_on_a_bad_model(fake_factory, bad_mod
 
 def test_tiny_gguf_run_streams_into_k_panes(qtbot, make_window, tiny_gguf, main_thread_id):
     """The real engine (llama.cpp) on a tiny GGUF written by the tests, through the worker thread."""
-    from explorer.gui.worker import default_engine_factory
+    from explorer.gui.run.worker import default_engine_factory
 
     window = make_window(factory=default_engine_factory)
     load(qtbot, window, tiny_gguf)

@@ -9,7 +9,7 @@ import pytest
 from explorer.core.session import Session
 from explorer.core.errors import EngineError
 from explorer.core.types import RunFinished, RunStarted, SamplingParams, TokenBatch
-from explorer.gui.worker import EngineHost
+from explorer.gui.run.worker import EngineHost
 
 
 class Recorder:

@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from synthetic import synthetic_set  # noqa: E402
 
-from explorer.core import export  # noqa: E402
+from explorer.core.files import export  # noqa: E402
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from explorer.core import export
+from explorer.core.files import export
 
 
 def run(*args: str, timeout: float = 240, cwd=None) -> subprocess.CompletedProcess:

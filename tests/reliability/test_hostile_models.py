@@ -15,7 +15,7 @@ from as_nobody import outcome_as_nobody
 from gguf import GGUFReader
 
 from explorer.core.errors import ModelError
-from explorer.core.models import read_gguf
+from explorer.core.models.discovery import read_gguf
 
 
 def _header_boundaries(path) -> list[int]:

@@ -15,7 +15,8 @@ import pytest
 from as_nobody import outcome_as_nobody
 from synthetic import synthetic_set
 
-from explorer.core import export, set_text
+from explorer.core.files import export
+from explorer.core.files import set_text
 from explorer.core.errors import LoadCancelled, RolloutFileError
 
 

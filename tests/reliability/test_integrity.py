@@ -8,8 +8,9 @@ from dataclasses import replace
 
 import pytest
 
-from explorer.core import export, integrity
-from explorer.core.engine import Engine
+from explorer.core.files import export
+from explorer.core.files import integrity
+from explorer.core.engine.local import Engine
 from explorer.core.types import Query, SamplingParams, TokenBatch
 
 

@@ -7,10 +7,10 @@ import threading
 
 import pytest
 
-from explorer.core import export
-from explorer.core.engine import Engine
+from explorer.core.files import export
+from explorer.core.engine.local import Engine
 from explorer.core.errors import RolloutFileError
-from explorer.core.journal import JournalWriter, read_journal
+from explorer.core.files.journal import JournalWriter, read_journal
 from explorer.core.types import (
     Query, QueryGroup, RolloutFinished, RolloutSet, RunStarted, SamplingParams, TokenBatch,
 )

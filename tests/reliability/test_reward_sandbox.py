@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from explorer.core import reward_sandbox
+from explorer.core.rl import sandbox as reward_sandbox
 from explorer.core.errors import RewardError
-from explorer.core.rewards import compute_reward, load_reward
+from explorer.core.rl.rewards import compute_reward, load_reward
 
 
 def write(tmp_path, body: str, name: str = "reward.py"):

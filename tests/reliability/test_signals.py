@@ -13,7 +13,7 @@ import pytest
 
 from window_process import journal_tokens, start_streaming_window
 
-from explorer.core.journal import read_journal
+from explorer.core.files.journal import read_journal
 
 pytestmark = pytest.mark.slow
 
@@ -55,7 +55,7 @@ def test_kill_9_leaves_a_readable_journal_with_what_was_flushed(tmp_path, tiny_g
     assert after > before
     assert all(r.finish_reason in ("cancelled", "stop", "length") for g in rs.groups for r in g.rollouts)
     # what a kill loses is what came after the last flush: the journal was written within the autosave interval
-    from explorer.gui.recovery import AUTOSAVE_INTERVAL_MS
+    from explorer.gui.window.recovery import AUTOSAVE_INTERVAL_MS
 
     assert killed_at - journal.stat().st_mtime <= AUTOSAVE_INTERVAL_MS / 1000 + 1.0
 
@@ -67,8 +67,8 @@ def test_the_next_start_offers_the_interrupted_run_back(tmp_path, tiny_gguf, qtb
 
     from PySide6.QtCore import QSettings
 
-    from explorer.gui.main_window import MainWindow
-    from explorer.gui.worker import default_engine_factory
+    from explorer.gui.window.main_window import MainWindow
+    from explorer.gui.run.worker import default_engine_factory
 
     questions = []
     window = MainWindow(default_engine_factory, settings=QSettings(str(tmp_path / "s.ini"),

@@ -10,9 +10,9 @@ import threading
 import pytest
 from synthetic import synthetic_set
 
-from explorer.core import export
-from explorer.gui.set_loader import SetLoader
-from explorer.gui.signals import SignalBridge, exit_status
+from explorer.core.files import export
+from explorer.gui.window.set_loader import SetLoader
+from explorer.gui.window.signals import SignalBridge, exit_status
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Optional
 
 from explorer.core.errors import RolloutFileError
-from explorer.core.journal import read_journal
+from explorer.core.files.journal import read_journal
 
 ROOT = Path(__file__).resolve().parents[2]
 

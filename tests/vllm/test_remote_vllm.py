@@ -14,7 +14,7 @@ import time
 import httpx
 import pytest
 
-from explorer.core import export
+from explorer.core.files import export
 from explorer.core.session import Session
 from explorer.core.types import RolloutFinished, SamplingParams
 
@@ -64,7 +64,7 @@ def vllm_url():
 
 @pytest.fixture(scope="module")
 def remote(vllm_url):
-    from explorer.core.remote import RemoteEngine
+    from explorer.core.remote.remote_engine import RemoteEngine
 
     eng = RemoteEngine(vllm_url)
     yield eng

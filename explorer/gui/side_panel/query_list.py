@@ -1,0 +1,212 @@
+"""The query set editor: add, remove, reorder, edit; load and save query lists in the CLI's --queries formats
+(explorer.core.files.queries)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable, Optional
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QFileDialog,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QListWidget,
+    QListWidgetItem,
+    QStyledItemDelegate,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from explorer.core.files.queries import QueryFileError, read_query_file, write_query_file
+from explorer.core.types import Query
+
+_REFERENCE_ROLE = Qt.ItemDataRole.UserRole + 1
+
+
+class _ReferenceDelegate(QStyledItemDelegate):
+    """Shows a query's reference after it ("query  ⇒ reference"); editing still edits the query text only."""
+
+    def initStyleOption(self, option, index) -> None:  # noqa: N802 (Qt override)
+        super().initStyleOption(option, index)
+        reference = index.data(_REFERENCE_ROLE)
+        if reference:
+            option.text = f"{option.text}  ⇒ {reference}"
+
+
+class QueryListEditor(QWidget):
+    """A reorderable, editable list of queries with a small tool row. Emits `changed` after any edit."""
+
+    changed = Signal()
+    reference_changed = Signal(str, object)  # query text, its reference (None: none), as the user edits it
+    error = Signal(str, str)  # title, message: the window shows it
+
+    def __init__(self, parent: Optional[QWidget] = None):
+        super().__init__(parent)
+        self.list = QListWidget()
+        self.list.setDragDropMode(QAbstractItemView.DragDropMode.InternalMove)
+        self.list.setDefaultDropAction(Qt.DropAction.MoveAction)
+        self.list.setEditTriggers(QAbstractItemView.EditTrigger.DoubleClicked
+                                  | QAbstractItemView.EditTrigger.EditKeyPressed)
+        self.list.setWordWrap(True)
+        self.list.setAlternatingRowColors(True)
+        self.list.setItemDelegate(_ReferenceDelegate(self.list))
+        self.list.setToolTip("Double-click (or F2) to edit a query; drag to reorder.")
+        self.list.model().rowsMoved.connect(lambda *_: self.changed.emit())
+        self.list.itemChanged.connect(lambda *_: self.changed.emit())
+
+        row = QHBoxLayout()
+        row.setContentsMargins(0, 0, 0, 0)
+        row.setSpacing(2)
+        self.buttons = {}
+        for name, text, tip, slot in (
+            ("add", "+", "Add a query", self.add_new),
+            ("remove", "−", "Remove the selected query", self.remove_selected),
+            ("up", "↑", "Move up", lambda: self.move_selected(-1)),
+            ("down", "↓", "Move down", lambda: self.move_selected(1)),
+            ("load", "Load…", "Load a query list (text: one per line; JSON: strings or {query, reference})",
+             self.load_dialog),
+            ("save", "Save…", "Save the query list", self.save_dialog),
+        ):
+            button = QToolButton()
+            button.setText(text)
+            button.setToolTip(tip)
+            button.clicked.connect(slot)
+            row.addWidget(button)
+            self.buttons[name] = button
+        row.addStretch(1)
+
+        # The selected query's reference answer: what the exact / contains / regex rewards compare against.
+        self.reference_edit = QLineEdit()
+        self.reference_edit.setPlaceholderText("Reference answer (optional, for rewards)")
+        self.reference_edit.setToolTip("The selected query's expected answer: the exact, contains and regex rewards "
+                                       "compare each rollout with it (regex: it is the pattern)")
+        self.reference_edit.setClearButtonEnabled(True)
+        self.reference_edit.textEdited.connect(self._reference_edited)
+        self.list.currentItemChanged.connect(lambda item, _prev: self._show_reference(item))
+
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.list, 1)
+        reference_row = QHBoxLayout()
+        reference_row.setContentsMargins(0, 0, 0, 0)
+        label = QLabel("Reference")
+        label.setBuddy(self.reference_edit)
+        label.setToolTip(self.reference_edit.toolTip())
+        reference_row.addWidget(label)
+        reference_row.addWidget(self.reference_edit, 1)
+        layout.addLayout(reference_row)
+        layout.addLayout(row)
+        self._show_reference(None)
+
+    # -- data ------------------------------------------------------------------------------------------------------
+    def queries(self) -> list[Query]:
+        out = []
+        for i in range(self.list.count()):
+            item = self.list.item(i)
+            text = item.text().strip()
+            if text:
+                out.append(Query(text, item.data(_REFERENCE_ROLE)))
+        return out
+
+    def set_queries(self, queries: Iterable[Query | str]) -> None:
+        self.list.blockSignals(True)
+        self.list.clear()
+        for q in queries:
+            self._append(q if isinstance(q, Query) else Query(str(q)))
+        self.list.blockSignals(False)
+        if self.list.count():
+            self.list.setCurrentRow(0)  # the reference field shows the first query's reference
+        self._show_reference(self.list.currentItem())
+        self.changed.emit()
+
+    def _append(self, query: Query) -> QListWidgetItem:
+        item = QListWidgetItem(query.text)
+        item.setFlags(item.flags() | Qt.ItemFlag.ItemIsEditable)
+        self._set_reference(item, query.reference)
+        self.list.addItem(item)
+        return item
+
+    @staticmethod
+    def _set_reference(item: QListWidgetItem, reference: Optional[str]) -> None:
+        item.setData(_REFERENCE_ROLE, reference)
+        item.setToolTip(f"reference: {reference}" if reference is not None else "")
+
+    def set_reference(self, row: int, reference: Optional[str]) -> None:
+        """Set (None or '': clear) the reference answer of the query at `row`."""
+        item = self.list.item(row)
+        if item is None:
+            raise IndexError(f"no query at row {row}")
+        self._set_reference(item, reference or None)
+        if item is self.list.currentItem():
+            self._show_reference(item)
+        self.changed.emit()
+
+    def _show_reference(self, item: Optional[QListWidgetItem]) -> None:
+        self.reference_edit.setEnabled(item is not None)
+        self.reference_edit.setPlaceholderText("Reference answer (optional, for rewards)" if item is not None
+                                               else "Select a query to give it a reference answer")
+        reference = item.data(_REFERENCE_ROLE) if item is not None else None
+        if self.reference_edit.text() != (reference or ""):
+            self.reference_edit.setText(reference or "")
+
+    def _reference_edited(self, text: str) -> None:
+        item = self.list.currentItem()
+        if item is not None:
+            reference = text if text.strip() else None
+            self._set_reference(item, reference)
+            self.changed.emit()
+            self.reference_changed.emit(item.text().strip(), reference)
+
+    # -- actions ---------------------------------------------------------------------------------------------------
+    def add_new(self) -> None:
+        item = self._append(Query("New query"))
+        self.list.setCurrentItem(item)
+        self.list.editItem(item)
+        self.changed.emit()
+
+    def remove_selected(self) -> None:
+        row = self.list.currentRow()
+        if row >= 0:
+            self.list.takeItem(row)
+            self.changed.emit()
+
+    def move_selected(self, delta: int) -> None:
+        row = self.list.currentRow()
+        target = row + delta
+        if row < 0 or not 0 <= target < self.list.count():
+            return
+        item = self.list.takeItem(row)
+        self.list.insertItem(target, item)
+        self.list.setCurrentRow(target)
+        self.changed.emit()
+
+    def load_file(self, path: str | Path) -> bool:
+        try:
+            self.set_queries(read_query_file(path))
+        except QueryFileError as exc:
+            self.error.emit("Cannot load the query list", str(exc))
+            return False
+        return True
+
+    def save_file(self, path: str | Path) -> bool:
+        try:
+            write_query_file(path, self.queries())
+        except QueryFileError as exc:
+            self.error.emit("Cannot save the query list", str(exc))
+            return False
+        return True
+
+    def load_dialog(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Load queries", "", "Query lists (*.txt *.json);;All files (*)")
+        if path:
+            self.load_file(path)
+
+    def save_dialog(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Save queries", "queries.txt",
+                                              "Text, one per line (*.txt);;JSON (*.json)")
+        if path:
+            self.save_file(path)

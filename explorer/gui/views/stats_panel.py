@@ -1,0 +1,154 @@
+"""A small panel of the selected query's group statistics (explorer.core.rl.stats): diversity, rewards when there are
+any, and the KL to a reference policy when the rollouts were evaluated under one. The window hands it the group
+whenever the tab changes or the group's statistics are recomputed."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import QFrame, QGridLayout, QLabel, QVBoxLayout, QWidget
+
+from explorer.core.rl.stats import STAT_DESCRIPTIONS, in_baseline
+from explorer.core.types import QueryGroup
+from explorer.gui.widgets.tokens import format_kl
+
+# (stat name, label) in the order shown; two columns of label/value pairs
+ROWS = (
+    ("distinct_responses", "Distinct responses"),
+    ("distinct_1", "Distinct-1"),
+    ("distinct_2", "Distinct-2"),
+    ("mean_first_divergence", "First divergence"),
+    ("branch_mass_coverage", "Branch mass coverage"),
+    ("mean_reward", "Mean reward"),
+    ("reward_std", "Reward std"),
+)
+# against the reference policy: a block of their own under the others, shown only when the group has them
+REFERENCE_ROWS = (
+    ("mean_kl", "Mean KL"),
+    ("kl_p99", "KL p99"),
+    ("same_top_share", "Same top token"),
+    ("top_disagreement_share", "Top disagreement"),
+)
+_EMPTY = "—"
+
+
+def format_stat(name: str, value: Optional[float], n_rollouts: Optional[int] = None) -> str:
+    """How one statistic reads in the panel; None (undefined for this group) is a dash."""
+    if value is None:
+        return _EMPTY
+    if name == "distinct_responses":
+        return f"{int(value)} of {n_rollouts}" if n_rollouts is not None else f"{int(value)}"
+    if name in ("distinct_1", "distinct_2"):
+        return f"{value:.2f}"
+    if name == "mean_first_divergence":
+        return f"{value:.1f} tokens"
+    if name == "branch_mass_coverage":
+        return f"{100 * value:.0f}%"
+    if name in ("mean_kl", "kl_p99"):
+        return f"{format_kl(value)} nats"
+    if name in ("same_top_share", "top_disagreement_share"):
+        return f"{100 * value:.1f}%"
+    return f"{value:.3g}"
+
+
+class StatsPanel(QFrame):
+    def __init__(self, parent: Optional[QWidget] = None):
+        super().__init__(parent)
+        self.setFrameShape(QFrame.Shape.StyledPanel)
+        self._group_id: Optional[str] = None
+        self._values: dict[str, Optional[float]] = {}
+        self.title = QLabel()
+        self.title.setTextFormat(Qt.TextFormat.RichText)
+        self.note = QLabel()
+        self.note.setWordWrap(True)
+        self.note.setStyleSheet("color: palette(mid);")
+        grid = QGridLayout()
+        grid.setContentsMargins(0, 0, 0, 0)
+        grid.setHorizontalSpacing(10)
+        grid.setVerticalSpacing(1)
+        self.labels: dict[str, QLabel] = {}
+        self.values: dict[str, QLabel] = {}
+        first_reference_row = (len(ROWS) + 1) // 2
+        places = [divmod(i, 2) for i in range(len(ROWS))] + [
+            (first_reference_row + i // 2, i % 2) for i in range(len(REFERENCE_ROWS))]
+        for (name, text), (row, col) in zip(ROWS + REFERENCE_ROWS, places):
+            label, value = QLabel(text + ":"), QLabel(_EMPTY)
+            value.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+            value.setAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+            for w in (label, value):
+                w.setToolTip(STAT_DESCRIPTIONS[name])
+            grid.addWidget(label, row, 2 * col)
+            grid.addWidget(value, row, 2 * col + 1)
+            self.labels[name], self.values[name] = label, value
+        grid.setColumnStretch(1, 1)
+        grid.setColumnStretch(3, 1)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(6, 4, 6, 4)
+        layout.setSpacing(2)
+        # what pi_ref is, under the numbers measured against it
+        self.reference = QLabel()
+        self.reference.setWordWrap(True)
+        self.reference.setTextFormat(Qt.TextFormat.PlainText)
+        self.reference.setStyleSheet("color: palette(mid);")
+        layout.addWidget(self.title)
+        layout.addLayout(grid)
+        layout.addWidget(self.reference)
+        layout.addWidget(self.note)
+        self.show_group(None)
+
+    @property
+    def group_id(self) -> Optional[str]:
+        return self._group_id
+
+    def value(self, name: str) -> Optional[float]:
+        """The statistic shown, as a number (None when undefined or not computed yet)."""
+        return self._values.get(name)
+
+    def text(self, name: str) -> str:
+        return self.values[name].text()
+
+    def show_group(self, group: Optional[QueryGroup], reference: Optional[str] = None) -> None:
+        """Show a group's statistics; reference: what the session's reference policy is (its description), None
+        when it has none. The reference rows show only when the group has their numbers."""
+        self._group_id = group.id if group is not None else None
+        stats = dict(group.stats) if group is not None and group.stats is not None else {}
+        self._values = stats
+        n = len(group.rollouts) if group is not None else None
+        self.title.setText("<b>Query statistics</b>" + (f" · {n} rollouts" if group is not None else ""))
+        has_reward = "mean_reward" in stats
+        for name, _ in ROWS:
+            self.values[name].setText(format_stat(name, stats.get(name), n))
+            reward_row = name in ("mean_reward", "reward_std")
+            for w in (self.labels[name], self.values[name]):
+                w.setEnabled(has_reward or not reward_row)
+        has_reference = "mean_kl" in stats
+        for name, _ in REFERENCE_ROWS:
+            self.values[name].setText(format_stat(name, stats.get(name), n))
+            for w in (self.labels[name], self.values[name]):
+                w.setVisible(has_reference)
+        if reference is None or group is None:
+            self.reference.setText("")
+        elif has_reference:
+            self.reference.setText(f"KL against the reference π_ref: {reference}")
+        else:
+            self.reference.setText(f"Reference π_ref: {reference}; this query's rollouts are not evaluated under it "
+                                   "yet.")
+        self.reference.setVisible(bool(self.reference.text()))
+        if group is None:
+            self.note.setText("Statistics of the selected query's rollouts appear here.")
+        elif group.stats is None:
+            self.note.setText("Computed when this query's rollouts have finished.")
+        else:
+            failed = sum(1 for r in group.rollouts if r.reward_error)
+            outside = sum(1 for r in group.rollouts if not in_baseline(r))
+            notes = []
+            if failed:
+                notes.append(f"{failed} of {n} rewards failed (hover a pane's header for why).")
+            elif not has_reward:
+                notes.append("No rewards: pick a reward in the side panel.")
+            if outside and has_reward:
+                notes.append(f"Reward mean/std and advantages over the {n - outside} i.i.d. rollouts; {outside} "
+                             "branched or cancelled kept out (their rewards are shown, without an advantage).")
+            self.note.setText(" ".join(notes))
+        self.note.setVisible(bool(self.note.text()))
