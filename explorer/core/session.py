@@ -294,7 +294,7 @@ class Session:
     def add_group(self, group: QueryGroup) -> None:
         """Take a finished group as it is (an opened file, a scoring-only group)."""
         self._headers[group.id] = GroupHeader(group.id, group.query, group.chat, group.prompt,
-                                              group.prompt_token_ids, group.reference)
+                                              group.prompt_token_ids, group.reference_answer)
         self._rollouts[group.id] = []
         for r in group.rollouts:
             live = self._start_rollout(group.id, r.id, r.index, r.seed, r.parent_id, r.branch_position, r.sampling,
@@ -325,13 +325,13 @@ class Session:
     def set_scores(self, group_id: str, scores: Iterable[Score]) -> None:
         self._scores[group_id] = tuple(scores)
 
-    def set_reference(self, query: str, reference: Optional[str]) -> list[str]:
+    def set_reference_answer(self, query: str, answer: Optional[str]) -> list[str]:
         """The reference answer of every group asking `query`, typed after the fact (after a run, for an opened set).
         With a reward chosen, those groups are rewarded again by reward_after_run(). Returns the groups changed."""
         changed = []
         for gid, header in self._headers.items():
-            if header.query == query and header.reference != reference:
-                self._headers[gid] = replace(header, reference=reference)
+            if header.query == query and header.reference_answer != answer:
+                self._headers[gid] = replace(header, reference_answer=answer)
                 if self._reward_fn is not None:
                     self._reward_done.pop(gid, None)
                 changed.append(gid)
@@ -345,7 +345,7 @@ class Session:
         meanwhile are left alone). A reference other than the one the session has clears the old facts first: one
         set never mixes two references. Returns the rollout ids annotated."""
         if self.reference_policy is not None and self.reference_policy != reference:
-            self.clear_reference()
+            self.clear_reference_policy()
         self.reference_policy = reference
         done = []
         for r in group.rollouts:
@@ -359,7 +359,7 @@ class Session:
         self._refresh_reference(group.id)
         return done
 
-    def clear_reference(self) -> None:
+    def clear_reference_policy(self) -> None:
         """No reference policy any more: every token loses its reference facts."""
         self.reference_policy = None
         for live in self._by_id.values():
@@ -508,7 +508,7 @@ class Session:
         return QueryGroup(
             id=h.id, query=h.query, chat=h.chat, prompt=h.prompt, prompt_token_ids=h.prompt_token_ids,
             rollouts=tuple(live.snapshot(unfinished_reason) for live in self._rollouts[group_id]),
-            scores=self._scores.get(group_id, ()), reference=h.reference, stats=self._stats.get(group_id),
+            scores=self._scores.get(group_id, ()), reference_answer=h.reference_answer, stats=self._stats.get(group_id),
         )
 
     def groups(self, unfinished_reason: Optional[str] = None) -> tuple[QueryGroup, ...]:

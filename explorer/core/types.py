@@ -184,10 +184,10 @@ class Score(_TokenSequence):
 
 @dataclass(frozen=True)
 class Query:
-    """A query as the user gave it; reference is the expected answer (for rewards), if any."""
+    """A query as the user gave it; reference_answer is the expected answer (for rewards), if any."""
 
     text: str
-    reference: Optional[str] = None
+    reference_answer: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -199,7 +199,7 @@ class QueryGroup:
     prompt_token_ids: tuple[int, ...]
     rollouts: tuple[Rollout, ...] = ()
     scores: tuple[Score, ...] = ()
-    reference: Optional[str] = None
+    reference_answer: Optional[str] = None  # the expected answer (JSON 'reference')
     stats: Optional[tuple[tuple[str, Optional[float]], ...]] = None  # (name, value) pairs, RL issue
 
 
@@ -288,7 +288,7 @@ class GroupHeader:
     chat: bool
     prompt: str
     prompt_token_ids: tuple[int, ...]
-    reference: Optional[str] = None
+    reference_answer: Optional[str] = None
 
 
 @dataclass(frozen=True)

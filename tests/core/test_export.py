@@ -38,7 +38,7 @@ def make_set(created_at: str = "2026-01-02T03:04:05Z") -> RolloutSet:
                  parent_id="q0.r0", branch_position=1)
     score = Score("Atlantic Ocean", (tok(6, -1.5, sampling=None), tok(7, -0.3, sampling=None)))
     g0 = QueryGroup(id="q0", query="Which is the largest ocean?", chat=True, prompt="<|user|>Which...", 
-                    prompt_token_ids=(1, 2, 3), rollouts=(r0, r1, r2), scores=(score,), reference="Pacific Ocean",
+                    prompt_token_ids=(1, 2, 3), rollouts=(r0, r1, r2), scores=(score,), reference_answer="Pacific Ocean",
                     stats=(("n_rollouts", 3.0), ("branch_mass_coverage", None)))
     g1 = QueryGroup(id="q1", query="raw", chat=False, prompt="raw", prompt_token_ids=(4,))
     sampling = SamplingParams(temperature=0.7, top_k=0, top_p=1.0, min_p=0.0, seed=7, stop=("\n\n",))
@@ -184,7 +184,7 @@ def test_fields_of_an_older_v1_file_and_unknown_extras_are_tolerated(tmp_path):
     path = tmp_path / "old.json"
     path.write_text(json.dumps(d))
     back = export.load(path)
-    assert back.groups[0].reference is None and back.groups[0].stats is None
+    assert back.groups[0].reference_answer is None and back.groups[0].stats is None
     assert all(r.reward is None and r.advantage is None for r in back.groups[0].rollouts)
     assert back.model == make_set().model
 

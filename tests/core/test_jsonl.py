@@ -19,7 +19,7 @@ def make_set() -> RolloutSet:
                       file_size=1, fingerprint="f", chat_template=True)
     g0 = QueryGroup(
         id="q0", query="Which is the largest ocean?", chat=True, prompt="<user>Which...", prompt_token_ids=(1, 2),
-        reference="Pacific Ocean",
+        reference_answer="Pacific Ocean",
         rollouts=(
             Rollout("q0.r0", 0, 10, "Pacific", (tok(7, -0.5, -0.25), tok(8, -1.5, -1.0)), "stop",
                     reward=1.0, advantage=1.0),

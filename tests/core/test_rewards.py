@@ -21,7 +21,7 @@ def rollout(i: int, text: str, finish_reason: str | None = "stop") -> Rollout:
 
 def group(texts, reference: str | None = "Pacific Ocean") -> QueryGroup:
     return QueryGroup(id="q0", query="Which is the largest ocean?", chat=True, prompt="p", prompt_token_ids=(1,),
-                      rollouts=tuple(rollout(i, t) for i, t in enumerate(texts)), reference=reference)
+                      rollouts=tuple(rollout(i, t) for i, t in enumerate(texts)), reference_answer=reference)
 
 
 def user_reward(tmp_path, body: str, name: str = "my_reward.py"):

@@ -155,7 +155,7 @@ def test_another_reference_clears_the_old_facts_and_clear_reference_removes_them
     assert all(r.mean_kl is None for r in session.group("q1").rollouts)
     assert [r.id for r in session.unreferenced("q1").rollouts] == ["q1.r0", "q1.r1"]
     assert "mean_kl" not in dict(session.group("q1").stats)
-    session.clear_reference()
+    session.clear_reference_policy()
     assert session.reference_policy is None
     assert all(t.kl is None and t.ref_top == () for g in session.groups() for r in g.rollouts for t in r.tokens)
     assert "mean_kl" not in dict(session.group("q0").stats)

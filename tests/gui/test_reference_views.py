@@ -201,7 +201,7 @@ def test_show_reference_shades_by_sign_fills_headers_table_and_stats_and_clearin
     views.beta_box.setValue(0.25)  # the box beside the table: the views take its beta
     assert views.beta == 0.25 and table.proxy.index(0, COLUMNS.index("implicit R")).data() == "+0.75"
 
-    session.clear_reference()
+    session.clear_reference_policy()
     views.show_reference()
     pane = views.panes.panes()[0]
     assert all(background(pane.view, n) is None for n in range(len(WORDS)))

@@ -199,16 +199,16 @@ def test_branch_joins_the_group_and_is_rewarded(qtbot, window, fake_model):
     assert "over the 2 i.i.d. rollouts; 2 branched or cancelled kept out" in window.views.stats_panel.note.text()
 
 
-def test_reference_edit_and_reapply_on_an_opened_set(qtbot, make_window, fake_model, tmp_path, dialogs):
+def test_reference_answer_edit_and_reapply_on_an_opened_set(qtbot, make_window, fake_model, tmp_path, dialogs):
     window = make_window()
     window.controls.reward_box.set_spec("length")
     run_to_end(qtbot, window, fake_model)
     # the reference is typed for the selected query in the editor; runs carry it into the groups
     editor = window.controls.query_editor
     editor.list.setCurrentRow(0)
-    editor.reference_edit.setText("")
-    qtbot.keyClicks(editor.reference_edit, "the")
-    assert editor.queries()[0].reference == "the" and editor.queries()[1].reference is None
+    editor.answer_edit.setText("")
+    qtbot.keyClicks(editor.answer_edit, "the")
+    assert editor.queries()[0].reference_answer == "the" and editor.queries()[1].reference_answer is None
     option = QStyleOptionViewItem()
     editor.list.itemDelegate().initStyleOption(option, editor.list.model().index(0, 0))
     assert option.text == f"{OCEAN}  ⇒ the"  # the list shows it too
@@ -225,7 +225,7 @@ def test_reference_edit_and_reapply_on_an_opened_set(qtbot, make_window, fake_mo
     assert viewer.session.groups() == saved.groups  # a set with rewards keeps them, whatever the choice
     pick(box, "contains")  # picking the reward again re-scores the opened set
     ocean = rollouts_of(viewer, "q0")
-    assert viewer.session.group("q0").reference == "the"
+    assert viewer.session.group("q0").reference_answer == "the"
     assert [r.reward for r in ocean] == [float("the" in normalize_text(r.text)) for r in ocean]
     code = rollouts_of(viewer, "q1")  # no reference: null rewards, said so
     assert all(r.reward is None and "needs a reference" in r.reward_error for r in code)
@@ -284,7 +284,7 @@ def test_scripted_gui_with_a_reward_and_a_query_file(fake_factory, fake_model, g
                                  export=str(tmp_path / "set.json"), quit=True)
     assert run_gui(args, fake_factory, gui_settings) == 0
     groups = export.load(tmp_path / "set.json").groups
-    assert [(g.query, g.reference) for g in groups] == [(CODE, None), (OCEAN, "ocean")]
+    assert [(g.query, g.reference_answer) for g in groups] == [(CODE, None), (OCEAN, "ocean")]
     ocean = groups[1].rollouts
     rewards = [float("ocean" in normalize_text(r.text)) for r in ocean]
     assert [r.reward for r in ocean] == rewards
@@ -302,9 +302,9 @@ def test_a_reference_typed_after_the_run_applies_to_the_rollouts_shown(qtbot, wi
     assert all(r.reward is None and "needs a reference" in r.reward_error for r in rollouts_of(window, "q0"))
     editor = window.controls.query_editor
     editor.list.setCurrentRow(0)
-    qtbot.keyClicks(editor.reference_edit, "the")
+    qtbot.keyClicks(editor.answer_edit, "the")
     qtbot.waitUntil(lambda: all(r.reward is not None for r in rollouts_of(window, "q0")), timeout=3000)
     ocean = rollouts_of(window, "q0")
-    assert window.session.group("q0").reference == "the"
+    assert window.session.group("q0").reference_answer == "the"
     assert [r.reward for r in ocean] == [float("the" in normalize_text(r.text)) for r in ocean]
     assert all(r.reward is None for r in rollouts_of(window, "q1"))  # the other query still has none

@@ -398,7 +398,7 @@ def test_reference_colourings_wait_for_reference_facts(panel):
     assert view.colorbar.levels() == (-LOG_RATIO_FULL_SCALE, LOG_RATIO_FULL_SCALE)
     assert "π_ref" in view.colorbar.getAxis("left").labelText
     # the reference cleared: the choice stays, π is drawn again and the marks go
-    panel.session.clear_reference()
+    panel.session.clear_reference_policy()
     panel.show_reference()
     assert not item.isEnabled() and view.shown_colour == "prob" and view.colour_by == "log_ratio"
     assert len(view.icicle.marks) == 0 and view.colorbar.levels() == (0, 1)
@@ -494,7 +494,7 @@ def test_side_plot_shows_kl_per_position_only_with_reference_facts(panel):
     labels = [label for label, _ in side.key_entries()]
     assert labels == ["group mean", "q0.r3", "KL(π ‖ π_ref) of q0.r3"] and "KL(π ‖ π_ref)" in side.key.text()
     assert "KL" in side.key.toolTip()
-    panel.session.clear_reference()
+    panel.session.clear_reference_policy()
     panel.show_reference()
     assert not side.kl_shown and len(side.key_entries()) == 2
 

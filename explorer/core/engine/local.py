@@ -251,7 +251,7 @@ class Engine:
             prefix.append(forced_token)
         first = max((r.index for r in group.rollouts), default=-1) + 1
         group_header = GroupHeader(group.id, group.query, group.chat, group.prompt, group.prompt_token_ids,
-                                   group.reference)
+                                   group.reference_answer)
         unit = _PrefixGroup(group.id, prefix, header=group_header)
         for j in range(k):
             idx = first + j

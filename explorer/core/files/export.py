@@ -147,7 +147,7 @@ def _group_dict(g: QueryGroup) -> dict:
         "prompt_token_ids": [int(i) for i in g.prompt_token_ids],
         "rollouts": [_rollout_dict(r) for r in g.rollouts],
         "scores": [_score_dict(s) for s in g.scores],
-        "reference": g.reference,
+        "reference": g.reference_answer,
         "stats": None if g.stats is None else {name: json_number(value) for name, value in g.stats},
     }
 
@@ -341,7 +341,7 @@ def _group_from(d: dict, where: str, pieces: dict, rollouts: Optional[list] = No
         prompt_token_ids=tuple(int(i) for i in d["prompt_token_ids"]),
         rollouts=tuple(rollouts),
         scores=tuple(scores),
-        reference=d.get("reference"),
+        reference_answer=d.get("reference"),
         stats=None if stats is None else tuple((k, _opt_float(v)) for k, v in stats.items()),
     )
 

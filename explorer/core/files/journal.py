@@ -48,7 +48,7 @@ def event_records(events: Iterable[Event]) -> Iterator[dict]:
                 # a branch's rollouts carry the parameters that drew them (the set's are the first generate's)
                 "sampling": export.sampling_to_json(event.sampling) if event.is_branch else None,
                 "groups": [{"id": g.id, "query": g.query, "chat": g.chat, "prompt": g.prompt,
-                            "prompt_token_ids": list(g.prompt_token_ids), "reference": g.reference}
+                            "prompt_token_ids": list(g.prompt_token_ids), "reference": g.reference_answer}
                            for g in event.groups],
                 "rollouts": [{"group_id": h.group_id, "id": h.rollout_id, "index": h.index, "seed": h.seed,
                               "parent_id": h.parent_id, "branch_position": h.branch_position,
@@ -113,7 +113,7 @@ class _Replay:
             for g in run["groups"]:
                 if g["id"] not in self.groups:
                     self.groups[g["id"]] = QueryGroup(g["id"], g["query"], g["chat"], g["prompt"],
-                                                      tuple(g["prompt_token_ids"]), reference=g.get("reference"))
+                                                      tuple(g["prompt_token_ids"]), reference_answer=g.get("reference"))
                     self.order.append(g["id"])
                     self.rollouts[g["id"]] = {}
             sampling = None if run.get("sampling") is None else export.sampling_from_json(run["sampling"],

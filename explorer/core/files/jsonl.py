@@ -35,7 +35,7 @@ def group_records(g: QueryGroup) -> Iterator[dict]:
             "index": int(r.index),
             "seed": int(r.seed),
             "query": g.query,
-            "reference": g.reference,
+            "reference": g.reference_answer,
             "prompt": g.prompt,
             "completion": r.text,
             "prompt_token_ids": prompt_ids,

@@ -67,8 +67,8 @@ def parse_queries(text: str, source: str = "<text>", as_json: Optional[bool] = N
     queries = [q for q in queries if q.text.strip()]
     for i, q in enumerate(queries):
         check_text(q.text, f"{source}: query {i + 1}")
-        if q.reference is not None:
-            check_text(q.reference, f"{source}: the reference of query {i + 1}")
+        if q.reference_answer is not None:
+            check_text(q.reference_answer, f"{source}: the reference answer of query {i + 1}")
     if not queries:
         raise QueryFileError(f"{source}: no queries in the file")
     return queries
@@ -87,8 +87,8 @@ def read_query_file(path: str | Path) -> list[Query]:
 
 def format_queries(queries: Iterable[Query], as_json: bool) -> str:
     queries = list(queries)
-    if as_json or any(q.reference is not None or "\n" in q.text for q in queries):
-        items = [q.text if q.reference is None else {"query": q.text, "reference": q.reference} for q in queries]
+    if as_json or any(q.reference_answer is not None or "\n" in q.text for q in queries):
+        items = [q.text if q.reference_answer is None else {"query": q.text, "reference": q.reference_answer} for q in queries]
         return json.dumps(items, indent=2, ensure_ascii=False) + "\n"
     return "".join(q.text + "\n" for q in queries)
 

@@ -172,7 +172,7 @@ def apply_rewards(group: QueryGroup, fn: Callable, normalize_std: bool = True) -
         if r.finish_reason is None:
             rollouts.append(replace(r, reward=None, advantage=None, reward_error=None))
             continue
-        reward, error = compute_reward(fn, group.query, r.text, group.reference)
+        reward, error = compute_reward(fn, group.query, r.text, group.reference_answer)
         rollouts.append(replace(r, reward=reward, reward_error=error))
     advantages = group_advantages([r.reward if in_baseline(r) else None for r in rollouts], normalize_std)
     rollouts = [replace(r, advantage=a) for r, a in zip(rollouts, advantages)]

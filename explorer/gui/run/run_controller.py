@@ -171,7 +171,7 @@ class RunController(QObject):
         if session.reference_policy not in (None, reference):
             if not again:
                 return None
-            session.clear_reference()
+            session.clear_reference_policy()
         groups = [g for g in (session.unreferenced(gid) for gid in session.group_ids) if g is not None]
         if not groups:
             return None
@@ -184,7 +184,7 @@ class RunController(QObject):
         self.reference_pending = False
         self.reference = info
         if info is None and self.session is not None and self.session.reference_policy is not None:
-            self.session.clear_reference()  # the user said no reference: its facts go with it
+            self.session.clear_reference_policy()  # the user said no reference: its facts go with it
             for gid in self.session.group_ids:
                 self.referenced.emit(gid)
         self.reference_changed.emit()

@@ -483,7 +483,7 @@ class ControlPanel(QWidget):
             "sampling": {"temperature": p.temperature, "top_k": p.top_k, "top_p": p.top_p, "min_p": p.min_p,
                          "repeat_penalty": p.repeat_penalty, "max_tokens": p.max_tokens, "seed": p.seed,
                          "top_n": p.top_n, "stop": list(p.stop)},
-            "queries": [{"query": q.text, "reference": q.reference} for q in self.queries()],
+            "queries": [{"query": q.text, "reference": q.reference_answer} for q in self.queries()],
             "reward": self.reward_box.state(),
             "reference": self.reference_box.state(),
         }

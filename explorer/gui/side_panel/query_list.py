@@ -24,7 +24,7 @@ from PySide6.QtWidgets import (
 from explorer.core.files.queries import QueryFileError, read_query_file, write_query_file
 from explorer.core.types import Query
 
-_REFERENCE_ROLE = Qt.ItemDataRole.UserRole + 1
+_ANSWER_ROLE = Qt.ItemDataRole.UserRole + 1
 
 
 class _ReferenceDelegate(QStyledItemDelegate):
@@ -32,7 +32,7 @@ class _ReferenceDelegate(QStyledItemDelegate):
 
     def initStyleOption(self, option, index) -> None:  # noqa: N802 (Qt override)
         super().initStyleOption(option, index)
-        reference = index.data(_REFERENCE_ROLE)
+        reference = index.data(_ANSWER_ROLE)
         if reference:
             option.text = f"{option.text}  ⇒ {reference}"
 
@@ -41,7 +41,7 @@ class QueryListEditor(QWidget):
     """A reorderable, editable list of queries with a small tool row. Emits `changed` after any edit."""
 
     changed = Signal()
-    reference_changed = Signal(str, object)  # query text, its reference (None: none), as the user edits it
+    reference_answer_changed = Signal(str, object)  # query text, its reference answer (None: none), as the user edits it
     error = Signal(str, str)  # title, message: the window shows it
 
     def __init__(self, parent: Optional[QWidget] = None):
@@ -80,13 +80,13 @@ class QueryListEditor(QWidget):
         row.addStretch(1)
 
         # The selected query's reference answer: what the exact / contains / regex rewards compare against.
-        self.reference_edit = QLineEdit()
-        self.reference_edit.setPlaceholderText("Reference answer (optional, for rewards)")
-        self.reference_edit.setToolTip("The selected query's expected answer: the exact, contains and regex rewards "
+        self.answer_edit = QLineEdit()
+        self.answer_edit.setPlaceholderText("Reference answer (optional, for rewards)")
+        self.answer_edit.setToolTip("The selected query's expected answer: the exact, contains and regex rewards "
                                        "compare each rollout with it (regex: it is the pattern)")
-        self.reference_edit.setClearButtonEnabled(True)
-        self.reference_edit.textEdited.connect(self._reference_edited)
-        self.list.currentItemChanged.connect(lambda item, _prev: self._show_reference(item))
+        self.answer_edit.setClearButtonEnabled(True)
+        self.answer_edit.textEdited.connect(self._answer_edited)
+        self.list.currentItemChanged.connect(lambda item, _prev: self._show_answer(item))
 
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
@@ -94,13 +94,13 @@ class QueryListEditor(QWidget):
         reference_row = QHBoxLayout()
         reference_row.setContentsMargins(0, 0, 0, 0)
         label = QLabel("Reference")
-        label.setBuddy(self.reference_edit)
-        label.setToolTip(self.reference_edit.toolTip())
+        label.setBuddy(self.answer_edit)
+        label.setToolTip(self.answer_edit.toolTip())
         reference_row.addWidget(label)
-        reference_row.addWidget(self.reference_edit, 1)
+        reference_row.addWidget(self.answer_edit, 1)
         layout.addLayout(reference_row)
         layout.addLayout(row)
-        self._show_reference(None)
+        self._show_answer(None)
 
     # -- data ------------------------------------------------------------------------------------------------------
     def queries(self) -> list[Query]:
@@ -109,7 +109,7 @@ class QueryListEditor(QWidget):
             item = self.list.item(i)
             text = item.text().strip()
             if text:
-                out.append(Query(text, item.data(_REFERENCE_ROLE)))
+                out.append(Query(text, item.data(_ANSWER_ROLE)))
         return out
 
     def set_queries(self, queries: Iterable[Query | str]) -> None:
@@ -120,46 +120,46 @@ class QueryListEditor(QWidget):
         self.list.blockSignals(False)
         if self.list.count():
             self.list.setCurrentRow(0)  # the reference field shows the first query's reference
-        self._show_reference(self.list.currentItem())
+        self._show_answer(self.list.currentItem())
         self.changed.emit()
 
     def _append(self, query: Query) -> QListWidgetItem:
         item = QListWidgetItem(query.text)
         item.setFlags(item.flags() | Qt.ItemFlag.ItemIsEditable)
-        self._set_reference(item, query.reference)
+        self._set_answer(item, query.reference_answer)
         self.list.addItem(item)
         return item
 
     @staticmethod
-    def _set_reference(item: QListWidgetItem, reference: Optional[str]) -> None:
-        item.setData(_REFERENCE_ROLE, reference)
+    def _set_answer(item: QListWidgetItem, reference: Optional[str]) -> None:
+        item.setData(_ANSWER_ROLE, reference)
         item.setToolTip(f"reference: {reference}" if reference is not None else "")
 
-    def set_reference(self, row: int, reference: Optional[str]) -> None:
+    def set_reference_answer(self, row: int, reference: Optional[str]) -> None:
         """Set (None or '': clear) the reference answer of the query at `row`."""
         item = self.list.item(row)
         if item is None:
             raise IndexError(f"no query at row {row}")
-        self._set_reference(item, reference or None)
+        self._set_answer(item, reference or None)
         if item is self.list.currentItem():
-            self._show_reference(item)
+            self._show_answer(item)
         self.changed.emit()
 
-    def _show_reference(self, item: Optional[QListWidgetItem]) -> None:
-        self.reference_edit.setEnabled(item is not None)
-        self.reference_edit.setPlaceholderText("Reference answer (optional, for rewards)" if item is not None
+    def _show_answer(self, item: Optional[QListWidgetItem]) -> None:
+        self.answer_edit.setEnabled(item is not None)
+        self.answer_edit.setPlaceholderText("Reference answer (optional, for rewards)" if item is not None
                                                else "Select a query to give it a reference answer")
-        reference = item.data(_REFERENCE_ROLE) if item is not None else None
-        if self.reference_edit.text() != (reference or ""):
-            self.reference_edit.setText(reference or "")
+        reference = item.data(_ANSWER_ROLE) if item is not None else None
+        if self.answer_edit.text() != (reference or ""):
+            self.answer_edit.setText(reference or "")
 
-    def _reference_edited(self, text: str) -> None:
+    def _answer_edited(self, text: str) -> None:
         item = self.list.currentItem()
         if item is not None:
             reference = text if text.strip() else None
-            self._set_reference(item, reference)
+            self._set_answer(item, reference)
             self.changed.emit()
-            self.reference_changed.emit(item.text().strip(), reference)
+            self.reference_answer_changed.emit(item.text().strip(), reference)
 
     # -- actions ---------------------------------------------------------------------------------------------------
     def add_new(self) -> None:

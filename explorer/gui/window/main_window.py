@@ -110,9 +110,9 @@ class MainWindow(QMainWindow):
         self._sized = False
         self._status_shown_at = 0.0
         self._reference_chosen = False  # the user has just chosen the reference: the set shown is evaluated again
-        self._reference_timer = QTimer(self)  # typing a reference rewards once the typing pauses
-        self._reference_timer.setSingleShot(True)
-        self._reference_timer.setInterval(REFERENCE_DELAY_MS)
+        self._answer_timer = QTimer(self)  # typing a reference rewards once the typing pauses
+        self._answer_timer.setSingleShot(True)
+        self._answer_timer.setInterval(REFERENCE_DELAY_MS)
 
         self.runs = RunController(engine_factory, self)
         self.files = FileActions(self, recovery_dir, persist)
@@ -171,14 +171,14 @@ class MainWindow(QMainWindow):
         self.controls.server_requested.connect(self.connect_server)
         self.controls.error.connect(self.show_error)
         self.controls.reward_box.changed.connect(self.reapply_rewards)
-        self.controls.query_editor.reference_changed.connect(self._on_reference_changed)
+        self.controls.query_editor.reference_answer_changed.connect(self._on_reference_answer_changed)
         self.controls.reference_box.chosen.connect(self.choose_reference_policy)
         host.reference_progress.connect(self.controls.reference_box.show_progress)
         self.runs.reference_changed.connect(self._on_reference_policy_changed)
         self.runs.reference_failed.connect(self._on_reference_policy_failed)
         self.runs.referenced.connect(self._on_referenced)
         self.runs.evaluation_done.connect(self._on_evaluation_done)
-        self._reference_timer.timeout.connect(self._reward_new_references)
+        self._answer_timer.timeout.connect(self._reward_new_answers)
         self.controls.k_spin.valueChanged.connect(self.views.tree_view.set_branch_k)
         self.views.tree_view.set_branch_k(self.controls.k())
         self.views.tree_view.branch_requested.connect(self.request_branch)
@@ -574,13 +574,13 @@ class MainWindow(QMainWindow):
         if gids and not errors:
             self.status.message(f"Rewards: {name} on {len(gids)} queries" if name else "Rewards cleared")
 
-    def _on_reference_changed(self, query: str, reference) -> None:
+    def _on_reference_answer_changed(self, query: str, answer) -> None:
         """A reference typed after a run (or for an opened set) applies to the rollouts shown."""
         session = self.session
-        if session is not None and session.set_reference(query, reference) and not self.is_running():
-            self._reference_timer.start()
+        if session is not None and session.set_reference_answer(query, answer) and not self.is_running():
+            self._answer_timer.start()
 
-    def _reward_new_references(self) -> None:
+    def _reward_new_answers(self) -> None:
         session = self.session
         if session is None or self.is_running():
             return  # a run rewards its groups as they finish
