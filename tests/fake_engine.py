@@ -213,7 +213,7 @@ class FakeEngine:
                     f"query {qi + 1}: {k} rollouts x ({len(ids)} prompt + {params.max_tokens} new tokens) do not fit "
                     f"the context of {self._info.n_ctx} tokens")
             gid = f"q{qi}"
-            groups.append(GroupHeader(gid, query.text, chat, prompt, ids, query.reference_answer))
+            groups.append(GroupHeader(gid, query.text, chat, prompt, ids, query.reference_answer, query.columns))
             for i in range(k):
                 header = RolloutHeader(gid, f"{gid}.r{i}", i, params.seed + i)
                 lives.append(_Live(header, list(ids), random.Random(params.seed + i)))
@@ -244,7 +244,7 @@ class FakeEngine:
             header = RolloutHeader(group.id, f"{group.id}.r{i}", i, params.seed + i, rollout_id, position,
                                    tuple(prefix), prefix_text)
             lives.append(_Live(header, list(context), random.Random(params.seed + i)))
-        gh = GroupHeader(group.id, group.query, group.chat, group.prompt, group.prompt_token_ids, group.reference_answer)
+        gh = GroupHeader.of(group)
         yield RunStarted((gh,), tuple(lv.header for lv in lives), params, k * params.max_tokens, is_branch=True)
         yield from self._decode(lives, params, cancel)
 

@@ -293,8 +293,7 @@ class Session:
 
     def add_group(self, group: QueryGroup) -> None:
         """Take a finished group as it is (an opened file, a scoring-only group)."""
-        self._headers[group.id] = GroupHeader(group.id, group.query, group.chat, group.prompt,
-                                              group.prompt_token_ids, group.reference_answer)
+        self._headers[group.id] = GroupHeader.of(group)
         self._rollouts[group.id] = []
         for r in group.rollouts:
             live = self._start_rollout(group.id, r.id, r.index, r.seed, r.parent_id, r.branch_position, r.sampling,
@@ -509,6 +508,7 @@ class Session:
             id=h.id, query=h.query, chat=h.chat, prompt=h.prompt, prompt_token_ids=h.prompt_token_ids,
             rollouts=tuple(live.snapshot(unfinished_reason) for live in self._rollouts[group_id]),
             scores=self._scores.get(group_id, ()), reference_answer=h.reference_answer, stats=self._stats.get(group_id),
+            columns=h.columns,
         )
 
     def groups(self, unfinished_reason: Optional[str] = None) -> tuple[QueryGroup, ...]:

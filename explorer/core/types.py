@@ -188,6 +188,8 @@ class Query:
 
     text: str
     reference_answer: Optional[str] = None
+    # a dataset row's other columns, (name, JSON value) pairs: a TRL-style reward gets them as keyword arguments
+    columns: tuple[tuple[str, object], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -200,7 +202,8 @@ class QueryGroup:
     rollouts: tuple[Rollout, ...] = ()
     scores: tuple[Score, ...] = ()
     reference_answer: Optional[str] = None  # the expected answer (JSON 'reference')
-    stats: Optional[tuple[tuple[str, Optional[float]], ...]] = None  # (name, value) pairs, RL issue
+    stats: Optional[tuple[tuple[str, Optional[float]], ...]] = None  # (name, value) pairs
+    columns: tuple[tuple[str, object], ...] = ()  # the dataset row's other columns (Query.columns)
 
 
 @dataclass(frozen=True)
@@ -289,6 +292,13 @@ class GroupHeader:
     prompt: str
     prompt_token_ids: tuple[int, ...]
     reference_answer: Optional[str] = None
+    columns: tuple[tuple[str, object], ...] = ()  # the dataset row's other columns (Query.columns)
+
+    @classmethod
+    def of(cls, group: "QueryGroup") -> "GroupHeader":
+        """The header of a group that exists (a branch of it, a group taken whole)."""
+        return cls(group.id, group.query, group.chat, group.prompt, group.prompt_token_ids, group.reference_answer,
+                   group.columns)
 
 
 @dataclass(frozen=True)

@@ -250,8 +250,7 @@ class Engine:
             kept = kept + forced
             prefix.append(forced_token)
         first = max((r.index for r in group.rollouts), default=-1) + 1
-        group_header = GroupHeader(group.id, group.query, group.chat, group.prompt, group.prompt_token_ids,
-                                   group.reference_answer)
+        group_header = GroupHeader.of(group)
         unit = _PrefixGroup(group.id, prefix, header=group_header)
         for j in range(k):
             idx = first + j

@@ -28,7 +28,7 @@ def plan_generate(queries: Sequence[Union[Query, str]], k: int, params: Sampling
         prompt, ids = format_prompt(q.text, chat, system)
         check_fits(len(ids), params.max_tokens, f"query {qi + 1}'s prompt")
         gid = f"q{qi}"
-        plan.append((GroupHeader(gid, q.text, chat, prompt, ids, q.reference_answer),
+        plan.append((GroupHeader(gid, q.text, chat, prompt, ids, q.reference_answer, q.columns),
                      [RolloutHeader(gid, f"{gid}.r{i}", i, params.seed + i) for i in range(k)]))
     return plan
 

@@ -175,7 +175,7 @@ class RemoteEngine:
             header = RolloutHeader(group.id, f"{group.id}.r{idx}", idx, params.seed + idx, parent_id=rollout_id,
                                    branch_position=position, prefix=kept, prefix_text=kept_text)
             jobs.append(_Job(header, prefix, prefix_text))
-        gh = GroupHeader(group.id, group.query, group.chat, group.prompt, group.prompt_token_ids, group.reference_answer)
+        gh = GroupHeader.of(group)
         yield RunStarted((gh,), tuple(j.header for j in jobs), params, total_tokens=k * params.max_tokens,
                          is_branch=True)
         yield from self._run(jobs, params, cancel)
