@@ -10,12 +10,14 @@ wherever it is seen.
 
 from __future__ import annotations
 
+import math
 import sys
 from dataclasses import dataclass, field, replace
 from typing import Callable, Iterable, Optional
 
 from explorer.core.rl.rewards import apply_rewards
-from explorer.core.rl.stats import REFERENCE_STATS, group_stats, reference_stats
+from explorer.core.errors import ExplorerError
+from explorer.core.rl.stats import DEFAULT_TIS_CAP, REFERENCE_STATS, group_stats, mismatch_stats, reference_stats
 from explorer.core.token_text import decode_pieces, fit_pieces
 from explorer.core.tree.token_tree import TokenTree, feed_trees
 from explorer.core.types import (
@@ -120,7 +122,7 @@ def _without_rewards(group: QueryGroup) -> QueryGroup:
 
 
 def _without_reference(tokens) -> tuple[TokenInfo, ...]:
-    return tuple(replace(t, ref_logprob=None, kl=None, ref_top_id=None, ref_top=()) if t.kl is not None else t
+    return tuple(replace(t, ref_logprob=None, kl=None, ref_top_id=None, ref_top=()) if t.has_reference else t
                  for t in tokens)
 
 
@@ -154,7 +156,9 @@ class Session:
         self._divide_by_std = True
         self._reward_serial = 0  # bumped by every set_reward()
         self._reward_done: dict[str, tuple[int, int]] = {}  # group id -> (finished rollouts, serial) rewarded
-        self.reference_policy: Optional[ReferenceInfo] = None  # what pi_ref is, once rollouts are evaluated under it
+        # what pi_ref is: the reference the tokens' facts are under (use_reference_policy is its only writer)
+        self._reference_policy: Optional[ReferenceInfo] = None
+        self._tis_cap = DEFAULT_TIS_CAP
 
     # -- runs ------------------------------------------------------------------------------------------------------
     def accept(self, run_id: int) -> None:
@@ -337,15 +341,38 @@ class Session:
         return changed
 
     # -- a reference policy ----------------------------------------------------------------------------------------
+    @property
+    def reference_policy(self) -> Optional[ReferenceInfo]:
+        """The reference policy the tokens' facts are under (None: none); a run that follows it records it here
+        before its first token."""
+        return self._reference_policy
+
+    def use_reference_policy(self, reference: Optional[ReferenceInfo]) -> bool:
+        """From now on the tokens' reference facts are under `reference` (None: no reference policy). The facts of
+        another one go first: one set never mixes two references. True when the reference changed."""
+        if reference == self._reference_policy:
+            return False
+        self._reference_policy = reference
+        for live in self._by_id.values():
+            if live.final is not None and any(t.has_reference for t in live.final.tokens):
+                live.finish(replace(live.final, tokens=_without_reference(live.final.tokens)))
+        for gid, scores in self._scores.items():
+            self._scores[gid] = tuple(replace(s, tokens=_without_reference(s.tokens)) for s in scores)
+        for gid in self._headers:
+            self._refresh_reference(gid)
+        return True
+
+    def clear_reference_policy(self) -> None:
+        """No reference policy any more: every token loses its reference facts."""
+        self.use_reference_policy(None)
+
     def annotate(self, group: QueryGroup, reference: ReferenceInfo) -> list[str]:
         """Take a group evaluated under a reference policy (ReferencePolicy.annotate_group): the tokens of its
         rollouts and scores now carry ref_logprob / kl / ref_top, and the set says what pi_ref is. Only the tokens are
         taken (rewards given meanwhile stay), and only where the ids are still the ones evaluated (scores typed again
-        meanwhile are left alone). A reference other than the one the session has clears the old facts first: one
-        set never mixes two references. Returns the rollout ids annotated."""
-        if self.reference_policy is not None and self.reference_policy != reference:
-            self.clear_reference_policy()
-        self.reference_policy = reference
+        meanwhile are left alone). A reference other than the session's replaces it (use_reference_policy). Returns
+        the rollout ids annotated."""
+        self.use_reference_policy(reference)
         done = []
         for r in group.rollouts:
             live = self._by_id.get(r.id)
@@ -358,28 +385,40 @@ class Session:
         self._refresh_reference(group.id)
         return done
 
-    def clear_reference_policy(self) -> None:
-        """No reference policy any more: every token loses its reference facts."""
-        self.reference_policy = None
-        for live in self._by_id.values():
-            if live.final is not None and any(t.kl is not None for t in live.final.tokens):
-                live.finish(replace(live.final, tokens=_without_reference(live.final.tokens)))
-        for gid, scores in self._scores.items():
-            self._scores[gid] = tuple(replace(s, tokens=_without_reference(s.tokens)) for s in scores)
-        for gid in self._headers:
-            self._refresh_reference(gid)
-
     def unreferenced(self, group_id: str) -> Optional[QueryGroup]:
         """What of a group the reference has still to evaluate: its finished rollouts without reference facts, and its
         scores (all of them: they are few and short). None when there is nothing to evaluate."""
         group = self.group(group_id)
         # any token without facts: a branch's forced token, or a prefix copied from a rollout not evaluated yet
         rollouts = tuple(r for r in group.rollouts
-                         if r.finish_reason is not None and any(t.kl is None for t in r.tokens))
+                         if r.finish_reason is not None and any(not t.has_reference for t in r.tokens))
         scores = tuple(group.scores)
-        if not rollouts and all(t.kl is not None for s in scores for t in s.tokens):
+        if not rollouts and all(t.has_reference for s in scores for t in s.tokens):
             return None
         return replace(group, rollouts=rollouts)
+
+    @property
+    def tis_cap(self) -> float:
+        """C of the truncated importance weights min(pi_ref / pi, C) in the mismatch statistics."""
+        return self._tis_cap
+
+    def set_tis_cap(self, cap: float) -> list[str]:
+        """Another C: the groups' mismatch statistics are computed again; returns the groups whose changed."""
+        if not (cap > 0 and math.isfinite(cap)):
+            raise ExplorerError(f"the importance weight cap C must be a positive number (got {cap})")
+        if cap == self._tis_cap:
+            return []
+        self._tis_cap = float(cap)
+        changed = [gid for gid in self._headers if gid in self._stats]
+        for gid in changed:
+            self._restate_reference(gid, [live.snapshot(None) for live in self._rollouts[gid]])
+        return changed
+
+    def set_mismatch(self) -> Optional[dict]:
+        """The mismatch statistics (mismatch.NAME) over every finished rollout of the set, None without reference
+        facts."""
+        rollouts = [live.final for lives in self._rollouts.values() for live in lives if live.final is not None]
+        return mismatch_stats(rollouts, self._tis_cap)
 
     def _refresh_reference(self, gid: str) -> None:
         """The group's reference facts changed: its statistics and its token tree take them."""
@@ -387,11 +426,15 @@ class Session:
         tree = self.trees.get(gid)
         if tree is not None:
             tree.take_reference(rollouts)
+        self._restate_reference(gid, rollouts)
+
+    def _restate_reference(self, gid: str, rollouts: list[Rollout]) -> None:
+        """The group's statistics against the reference, from its finished rollouts, with the session's cap."""
         stats = self._stats.get(gid)
         if stats is None:
             return
         kept = tuple((k, v) for k, v in stats if k not in REFERENCE_STATS)
-        reference = reference_stats([r for r in rollouts if r.finish_reason is not None])
+        reference = reference_stats([r for r in rollouts if r.finish_reason is not None], self._tis_cap)
         self._stats[gid] = kept + (tuple(reference.items()) if reference else ())
 
     # -- rewards ---------------------------------------------------------------------------------------------------
@@ -455,6 +498,8 @@ class Session:
             if live is not None and live.final is not None:
                 live.final = r
         self._stats[gid] = group.stats
+        if self._tis_cap != DEFAULT_TIS_CAP and self._reference_policy is not None:
+            self._restate_reference(gid, list(group.rollouts))  # the statistics were made with the default C
         self._reward_done[gid] = (self.finished_count(gid), self._reward_serial)
 
     def reward_errors(self, gids: Optional[Iterable[str]] = None) -> list[tuple[str, str]]:
@@ -525,7 +570,7 @@ class Session:
     def from_set(cls, rollout_set: RolloutSet, source: Optional[str] = None) -> "Session":
         session = cls(rollout_set.model, rollout_set.sampling, source)
         session._opened_timings = rollout_set.timings
-        session.reference_policy = rollout_set.reference_policy
+        session.use_reference_policy(rollout_set.reference_policy)  # before the groups: their facts are under it
         for g in rollout_set.groups:
             session.add_group(g)
         return session

@@ -83,9 +83,10 @@ class TokenInfo:
     top: tuple[TopLogprob, ...] = ()  # top-N raw alternatives, most probable first
     # Set when the id was recovered from a server that sends no ids and re-tokenizing its text disagrees here
     id_flag: Optional[str] = None
-    # With a reference policy (core/reference): log pi_ref(token | prefix), KL(pi || pi_ref) at this position over the
-    # whole vocabulary (nats; inf where pi_ref gives 0 to a token pi does not), pi_ref's most probable token and its
-    # top-N alternatives
+    # With a reference policy (core/reference): log pi_ref(token | prefix) (set on every token it evaluated),
+    # KL(pi || pi_ref) at this position over the whole vocabulary (nats; inf where pi_ref gives 0 to a token pi does
+    # not; None where it cannot be known: a policy on a server sends no full rows), pi_ref's most probable token and
+    # its top-N alternatives
     ref_logprob: Optional[float] = None
     kl: Optional[float] = None
     ref_top_id: Optional[int] = None
@@ -94,6 +95,11 @@ class TokenInfo:
     @property
     def prob(self) -> float:
         return math.exp(self.logprob) if self.logprob is not None and math.isfinite(self.logprob) else 0.0
+
+    @property
+    def has_reference(self) -> bool:
+        """Whether a reference policy evaluated this token (its KL may still be unknown)."""
+        return self.ref_logprob is not None
 
     @property
     def log_ratio(self) -> Optional[float]:
@@ -131,9 +137,11 @@ class _TokenSequence:
 
     @cached_property
     def _reference(self) -> tuple[Optional[float], Optional[float]]:
-        if not self.tokens or any(t.ref_logprob is None or t.kl is None for t in self.tokens):
+        if not self.tokens or any(t.ref_logprob is None for t in self.tokens):
             return None, None
-        return math.fsum(t.ref_logprob for t in self.tokens), math.fsum(t.kl for t in self.tokens) / len(self.tokens)
+        mean_kl = (None if any(t.kl is None for t in self.tokens)
+                   else math.fsum(t.kl for t in self.tokens) / len(self.tokens))
+        return math.fsum(t.ref_logprob for t in self.tokens), mean_kl
 
     @property
     def ref_logprob(self) -> Optional[float]:
@@ -148,7 +156,7 @@ class _TokenSequence:
 
     @property
     def mean_kl(self) -> Optional[float]:
-        """KL(pi || pi_ref) per token, averaged over the sequence's positions"""
+        """KL(pi || pi_ref) per token, averaged over the sequence's positions (None where the KL is unknown)"""
         return self._reference[1]
 
     def implicit_reward(self, beta: float) -> Optional[float]:
@@ -253,6 +261,13 @@ class ReferenceInfo:
     system: Optional[str] = None
     temperature: Optional[float] = None
     top_p: Optional[float] = None
+    # "exact": KL(pi || pi_ref) over the whole vocabulary at every position; "unavailable": the policy is on a server,
+    # which sends no full rows, so only the sampled tokens' log-ratios (and what needs only them) are known
+    kl_kind: str = "exact"
+
+    @property
+    def has_kl(self) -> bool:
+        return self.kl_kind == "exact"
 
 
 @dataclass(frozen=True)

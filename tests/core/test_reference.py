@@ -64,7 +64,12 @@ def test_a_policy_against_itself_has_zero_log_ratio_and_kl_exactly(policy, untie
         assert r.tokens and all(t.kl == 0.0 and t.ref_logprob == t.logprob for t in r.tokens)
         assert r.log_ratio == 0.0 and r.mean_kl == 0.0 and r.implicit_reward(0.1) == 0.0
     stats = reference_stats(out.groups[0].rollouts)
-    assert stats == {"mean_kl": 0.0, "kl_p99": 0.0, "same_top_share": 1.0, "top_disagreement_share": 0.0}
+    n = sum(len(r.tokens) for r in out.groups[0].rollouts)
+    assert stats.pop("mismatch.prob_pearson") == pytest.approx(1.0)
+    assert stats == {"mean_kl": 0.0, "kl_p99": 0.0, "same_top_share": 1.0, "top_disagreement_share": 0.0,
+                     "mismatch.prob_diff_max": 0.0, "mismatch.prob_diff_mean": 0.0, "mismatch.prob_diff_std": 0.0,
+                     "mismatch.tis_cap": 2.0, "mismatch.tis_clip_fraction": 0.0, "mismatch.ess": n,
+                     "mismatch.kl_k1": 0.0, "mismatch.kl_k2": 0.0, "mismatch.kl_k3": 0.0, "mismatch.kl_exact": 0.0}
 
 
 def test_kl_to_a_model_with_one_changed_output_row_matches_numpy(policy, untied):

@@ -28,6 +28,7 @@ from typing import Any, Callable, Generator, Iterable, Iterator, Optional, Union
 
 from explorer.core.errors import RolloutFileError, SamplingParamsError
 from explorer.core.numbers import json_number
+from explorer.core.rl.stats import flat_stats, nested_stats
 from explorer.core.files.set_text import FileReader, SlidingText, open_regular, string_reader
 from explorer.core.types import (
     FINISH_REASONS,
@@ -78,18 +79,20 @@ def _token_dict(t: TokenInfo) -> dict:
     }
     if t.id_flag is not None:  # only tokens from a server without ids can carry one
         d["id_flag"] = t.id_flag
-    if t.kl is not None:  # only with a reference policy; an infinite KL is null like any non-finite number
-        d["ref_logprob"] = json_number(t.ref_logprob)
-        d["kl"] = json_number(t.kl)
+    if t.has_reference:  # only with a reference policy; an infinite KL is null like any non-finite number, an
+        d["ref_logprob"] = json_number(t.ref_logprob)  # unknown one (a policy on a server) is left out
+        if t.kl is not None:
+            d["kl"] = json_number(t.kl)
         d["ref_top_id"] = t.ref_top_id
         d["ref_top_logprobs"] = _top_list(t.ref_top)
     return d
 
 
 def _reference_fields(d: dict, seq: Union[Rollout, Score]) -> dict:
-    if seq.mean_kl is not None or any(t.kl is not None for t in seq.tokens):
-        d.update(ref_logprob=json_number(seq.ref_logprob), log_ratio=json_number(seq.log_ratio),
-                 mean_kl=json_number(seq.mean_kl))
+    if any(t.has_reference for t in seq.tokens):
+        d.update(ref_logprob=json_number(seq.ref_logprob), log_ratio=json_number(seq.log_ratio))
+        if all(t.kl is not None for t in seq.tokens):
+            d["mean_kl"] = json_number(seq.mean_kl)
     return d
 
 
@@ -148,7 +151,7 @@ def _group_dict(g: QueryGroup) -> dict:
         "rollouts": [_rollout_dict(r) for r in g.rollouts],
         "scores": [_score_dict(s) for s in g.scores],
         "reference": g.reference_answer,
-        "stats": None if g.stats is None else {name: json_number(value) for name, value in g.stats},
+        "stats": None if g.stats is None else nested_stats((name, json_number(value)) for name, value in g.stats),
     }
 
 
@@ -268,8 +271,10 @@ def _token_from(d: dict, pieces: dict) -> TokenInfo:
         rank=int(d["rank"]),
         top=_top_from(d["top_logprobs"], pieces),
         id_flag=d.get("id_flag"),
-        **({} if "kl" not in d else {  # null: -inf for the logprob, +inf for the KL (JSON has no infinities)
-            "ref_logprob": _lp(d.get("ref_logprob")), "kl": math.inf if d["kl"] is None else float(d["kl"]),
+        # null: -inf for the logprob, +inf for the KL (JSON has no infinities); no "kl": unknown (a server's policy)
+        **({} if "ref_logprob" not in d and "kl" not in d else {
+            "ref_logprob": _lp(d.get("ref_logprob")),
+            "kl": None if "kl" not in d else math.inf if d["kl"] is None else float(d["kl"]),
             "ref_top_id": None if d.get("ref_top_id") is None else int(d["ref_top_id"]),
             "ref_top": _top_from(d.get("ref_top_logprobs") or (), pieces)}),
     )
@@ -342,7 +347,7 @@ def _group_from(d: dict, where: str, pieces: dict, rollouts: Optional[list] = No
         rollouts=tuple(rollouts),
         scores=tuple(scores),
         reference_answer=d.get("reference"),
-        stats=None if stats is None else tuple((k, _opt_float(v)) for k, v in stats.items()),
+        stats=None if stats is None else tuple((k, _opt_float(v)) for k, v in flat_stats(stats)),
     )
 
 
@@ -560,7 +565,7 @@ def _group_ok(d: dict) -> bool:
     return (_GROUP_REQUIRED <= d.keys() and type(d["id"]) is str and d["id"] != "" and type(d["query"]) is str
             and type(d["chat"]) is bool and type(d["prompt"]) is str and type(d["rollouts"]) is list
             and type(d["scores"]) is list and _text_or_none(d.get("reference"))
-            and (stats is None or (type(stats) is dict and all(_num_ok(v) for v in stats.values()))))
+            and (stats is None or (type(stats) is dict and all(_num_ok(v) for _k, v in flat_stats(stats)))))
 
 
 _SCREENS = {"rollout": _rollout_ok, "score": _score_ok, "group": _group_ok, "sampling": lambda d: False}

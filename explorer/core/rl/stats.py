@@ -30,6 +30,24 @@ STAT_DESCRIPTIONS = {
     "kl_p99": "99th percentile of the per-position KL(pi || pi_ref)",
     "same_top_share": "share of positions where pi and pi_ref have the same most probable token",
     "top_disagreement_share": "share of positions where pi and pi_ref prefer different tokens",
+    # the sampler-versus-trainer gap over the tokens the sampler drew (see sampled_tokens), pi the policy that
+    # sampled and pi_ref the reference (the trainer's weights, say), r = pi_ref / pi of each sampled token
+    "mismatch.prob_diff_max": "largest |pi - pi_ref| of a sampled token (verl's rollout_probs_diff_max)",
+    "mismatch.prob_diff_mean": "mean |pi - pi_ref| of the sampled tokens (verl's rollout_probs_diff_mean)",
+    "mismatch.prob_diff_std": "standard deviation (N - 1) of |pi - pi_ref| (verl's rollout_probs_diff_std)",
+    "mismatch.prob_pearson": "Pearson correlation of pi and pi_ref over the sampled tokens (verl's "
+                             "rollout_actor_probs_pearson_corr)",
+    "mismatch.tis_cap": "C of the truncated importance weights w = min(pi_ref / pi, C) (TRL's "
+                        "vllm_importance_sampling_cap)",
+    "mismatch.tis_clip_fraction": "share of sampled tokens whose pi_ref / pi exceeds C (their weight is cut to C)",
+    "mismatch.ess": "effective sample size of the truncated weights, (sum w)^2 / sum w^2, in tokens (verl logs it "
+                    "divided by the number of tokens)",
+    "mismatch.kl_k1": "Schulman's k1 = -log r, mean per sampled token (unbiased for KL(pi || pi_ref), high variance)",
+    "mismatch.kl_k2": "Schulman's k2 = (log r)^2 / 2, mean per sampled token (biased, low variance)",
+    "mismatch.kl_k3": "Schulman's k3 = (r - 1) - log r, mean per sampled token (unbiased, low variance; verl's "
+                      "low_var_kl)",
+    "mismatch.kl_exact": "the exact KL(pi || pi_ref) over the whole vocabulary, mean over the same positions (null "
+                         "where the policy's full rows are unknown: a server)",
 }
 
 
@@ -95,8 +113,19 @@ def reward_stats(rollouts: Sequence[Rollout]) -> Optional[tuple[float, float]]:
     return mean_std(rewards)
 
 
-def group_stats(group: QueryGroup) -> Stats:
-    """The group's statistics as (name, value) pairs in STAT_DESCRIPTIONS order; reward ones only when rewarded."""
+# TRL's vllm_importance_sampling_cap was 2.0 (3.0 since its vllm_importance_sampling_mode came): where a trainer cuts
+# the weight pi_train / pi_sampler of a token
+DEFAULT_TIS_CAP = 2.0
+MISMATCH = "mismatch"  # the group's stats hold the mismatch numbers as "mismatch.NAME"; a file nests them
+MISMATCH_STATS = tuple(f"{MISMATCH}.{name}" for name in (
+    "prob_diff_max", "prob_diff_mean", "prob_diff_std", "prob_pearson", "tis_cap", "tis_clip_fraction", "ess",
+    "kl_k1", "kl_k2", "kl_k3", "kl_exact"))
+REFERENCE_STATS = ("mean_kl", "kl_p99", "same_top_share", "top_disagreement_share") + MISMATCH_STATS
+
+
+def group_stats(group: QueryGroup, tis_cap: float = DEFAULT_TIS_CAP) -> Stats:
+    """The group's statistics as (name, value) pairs in STAT_DESCRIPTIONS order; reward ones only when rewarded,
+    reference ones only with reference facts (tis_cap: C of the truncated importance weights)."""
     rollouts = group.rollouts
     stats: list[tuple[str, Optional[float]]] = [
         ("n_rollouts", float(len(rollouts))),
@@ -109,27 +138,109 @@ def group_stats(group: QueryGroup) -> Stats:
     rewards = reward_stats(rollouts)
     if rewards is not None:
         stats += [("mean_reward", rewards[0]), ("reward_std", rewards[1])]
-    reference = reference_stats(rollouts)
+    reference = reference_stats(rollouts, tis_cap)
     if reference is not None:
         stats += list(reference.items())
     return tuple(stats)
 
 
-REFERENCE_STATS = ("mean_kl", "kl_p99", "same_top_share", "top_disagreement_share")
-
-
-def reference_stats(rollouts: Sequence[Rollout]) -> Optional[dict[str, Optional[float]]]:
+def reference_stats(rollouts: Sequence[Rollout], tis_cap: float = DEFAULT_TIS_CAP
+                    ) -> Optional[dict[str, Optional[float]]]:
     """KL and top-token agreement with the reference policy over every token of the rollouts (llama.cpp's KLD
-    statistics); None when the tokens carry no reference facts."""
-    tokens = [t for r in rollouts for t in r.tokens if t.kl is not None]
+    statistics), and the mismatch numbers over the sampled ones (mismatch_stats); None when the tokens carry no
+    reference facts. The KL ones are None where the KL is unknown (a policy on a server)."""
+    tokens = [t for r in rollouts for t in r.tokens if t.has_reference]
     if not tokens:
         return None
-    kl = np.array([t.kl for t in tokens], dtype=np.float64)
-    with np.errstate(invalid="ignore"):
-        mean = float(kl.mean())
+    known = [t.kl for t in tokens if t.kl is not None]
+    mean = p99 = None
+    if known:
+        kl = np.array(known, dtype=np.float64)
+        with np.errstate(invalid="ignore"):
+            mean = float(kl.mean())
+        # an infinite KL (a sampler reference that excludes tokens) would turn interpolation into inf - inf
+        p99 = float(np.percentile(kl, 99, method="linear" if np.isfinite(kl).all() else "higher"))
     compared = [t for t in tokens if t.top and t.ref_top_id is not None]
     same = sum(t.top[0].id == t.ref_top_id for t in compared) / len(compared) if compared else None
-    # an infinite KL (a sampler reference that excludes tokens) would turn interpolation into inf - inf
-    p99 = float(np.percentile(kl, 99, method="linear" if np.isfinite(kl).all() else "higher"))
-    return {"mean_kl": mean, "kl_p99": p99, "same_top_share": same,
-            "top_disagreement_share": None if same is None else 1.0 - same}
+    out = {"mean_kl": mean, "kl_p99": p99, "same_top_share": same,
+           "top_disagreement_share": None if same is None else 1.0 - same}
+    out.update(mismatch_stats(rollouts, tis_cap) or {})
+    return out
+
+
+def sampled_tokens(rollout: Rollout):
+    """The tokens of a rollout that its sampler drew: a branch's copied prefix belongs to the rollout it came from,
+    and a forced token was chosen, not drawn (a local engine records no sampling logprob for it; a server records
+    none for any token, so there only the copied prefix is left out)."""
+    tokens = rollout.tokens[rollout.branch_position or 0:] if rollout.parent_id is not None else rollout.tokens
+    if any(t.sampling_logprob is not None for t in tokens):
+        return [t for t in tokens if t.sampling_logprob is not None]
+    return list(tokens)
+
+
+def mismatch_stats(rollouts: Sequence[Rollout], tis_cap: float = DEFAULT_TIS_CAP
+                   ) -> Optional[dict[str, Optional[float]]]:
+    """The numbers trainers log for the sampler-versus-trainer gap, over the sampled tokens the reference
+    evaluated, pooled (a mean per token, as a trainer's masked mean over its batch), as "mismatch.NAME" keys; None
+    without any. pi is the policy that sampled (its raw log-probability), pi_ref the reference, r = pi_ref / pi:
+
+    - |pi - pi_ref|: max, mean, std (N - 1, as torch.std), and the Pearson correlation of pi and pi_ref (verl);
+    - truncated importance weights w = min(r, C) (TRL, Yao et al. 2025): the share clipped, the effective sample
+      size (sum w)^2 / sum w^2;
+    - Schulman's KL estimators on the sampled tokens, k1 = -log r, k2 = (log r)^2 / 2, k3 = (r - 1) - log r, each a
+      mean per token, beside the exact KL over the whole vocabulary at the same positions (None where unknown).
+    k1 and k3 are unbiased only for tokens drawn from pi itself: a sampler with temperature, top-k, top-p or min-p
+    draws from another distribution, and the exact KL shows by how much that moves them."""
+    tokens = [t for r in rollouts for t in sampled_tokens(r) if t.has_reference]
+    if not tokens:
+        return None
+    lp = np.array([t.logprob for t in tokens], dtype=np.float64)
+    lq = np.array([t.ref_logprob for t in tokens], dtype=np.float64)
+    n = len(tokens)
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        p, q = np.exp(lp), np.exp(lq)
+        diff = np.abs(p - q)
+        log_r = lq - lp  # -inf where pi_ref gives the token 0
+        r = np.exp(log_r)
+        w = np.minimum(r, tis_cap)
+        w_sq = float(np.sum(w * w))
+        k3 = np.expm1(log_r) - log_r  # expm1: r - 1 without cancelling where r is close to 1
+        pearson = float(np.corrcoef(p, q)[0, 1]) if n > 1 and p.std() > 0 and q.std() > 0 else None
+        stats = {
+            "prob_diff_max": float(diff.max()),
+            "prob_diff_mean": float(diff.mean()),
+            "prob_diff_std": float(diff.std(ddof=1)) if n > 1 else None,
+            "prob_pearson": pearson,
+            "tis_cap": float(tis_cap),
+            "tis_clip_fraction": float(np.count_nonzero(r > tis_cap)) / n,
+            "ess": float(np.sum(w)) ** 2 / w_sq if w_sq > 0 else None,
+            "kl_k1": float(np.mean(-log_r)),
+            "kl_k2": float(np.mean(log_r * log_r)) / 2,
+            "kl_k3": float(np.mean(k3)),
+            "kl_exact": (None if any(t.kl is None for t in tokens)
+                         else float(np.mean(np.array([t.kl for t in tokens], dtype=np.float64)))),
+        }
+    return {f"{MISMATCH}.{name}": value for name, value in stats.items()}
+
+
+def nested_stats(stats) -> dict:
+    """A group's stats as a file holds them: the mismatch numbers in an object of their own, "mismatch"."""
+    out: dict = {}
+    for name, value in stats:
+        head, dot, rest = name.partition(".")
+        if dot and head == MISMATCH:
+            out.setdefault(MISMATCH, {})[rest] = value
+        else:
+            out[name] = value
+    return out
+
+
+def flat_stats(stats: dict) -> tuple:
+    """The other way (nested_stats of a file's group stats): (name, value) pairs."""
+    out = []
+    for name, value in stats.items():
+        if name == MISMATCH and isinstance(value, dict):
+            out += [(f"{MISMATCH}.{k}", v) for k, v in value.items()]
+        else:
+            out.append((name, value))
+    return tuple(out)
