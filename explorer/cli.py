@@ -57,17 +57,24 @@ def _add_prompt_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_reference_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--reference", default=None, metavar="PATH|exact|system:TEXT|temperature:T|top_p:P",
+    p.add_argument("--reference", default=None,
+                   metavar="PATH|exact|exact:PATH|system:TEXT|temperature:T|top_p:P",
                    help="a reference policy pi_ref: per token log pi_ref, log-ratio and KL(pi||pi_ref) are recorded "
                         "(PATH: a GGUF with the same vocabulary; exact: a float32 copy of the quantized model, "
-                        "written once into the app's data folder)")
+                        "written once into the app's data folder; exact:PATH: that of another GGUF). With --server, "
+                        "PATH or exact:PATH, a local GGUF of the served weights (the KL is then unavailable)")
     p.add_argument("--beta", type=float, default=0.1, help="beta of the implicit reward beta * log(pi/pi_ref)")
+    p.add_argument("--tis-cap", type=float, default=2.0, metavar="C",
+                   help="C of the truncated importance weights min(pi_ref/pi, C) in the mismatch numbers (TRL's "
+                        "vllm_importance_sampling_cap)")
 
 
 def _reference_spec(args):
-    """--reference parsed (before any model is loaded: a typo costs nothing), or None."""
+    """--reference parsed (before any model is loaded: a typo costs nothing), or None; --tis-cap checked."""
     from explorer.core.reference.policy import ReferenceSpec
 
+    if not (args.tis_cap > 0 and math.isfinite(args.tis_cap)):
+        raise _UsageError(f"--tis-cap must be a positive number (got {args.tis_cap})")
     return ReferenceSpec.parse(args.reference) if args.reference else None
 
 
@@ -76,26 +83,43 @@ def _open_reference(spec, args, engine):
     if spec is None:
         return None
     from explorer.core.engine.local import Engine
-    from explorer.core.errors import ExplorerError
     from explorer.core.reference.exact_copy import cached_exact_copy
     from explorer.core.reference.policy import ReferencePolicy
-
-    if not hasattr(engine, "teacher_force"):
-        raise ExplorerError("--reference needs a local model: a server gives no full logits rows for the KL")
-
-    def exact_path(path, progress):
-        return cached_exact_copy(path, engine.info.fingerprint, progress)
 
     def progress(done, total):
         sys.stderr.write(f"\rwriting the exact copy: {done}/{total} tensors" + ("\n" if done == total else ""))
 
-    return ReferencePolicy(spec, engine, lambda path: Engine(path, n_ctx=args.n_ctx), exact_path, progress)
+    return ReferencePolicy(spec, engine, lambda path: Engine(path, n_ctx=args.n_ctx), cached_exact_copy, progress)
+
+
+def _format_stat(value, digits: int = 4) -> str:
+    return "-" if value is None else f"{value:.{digits}g}"
+
+
+def _mismatch_line(label: str, mismatch: Optional[dict]) -> str:
+    """One line of the mismatch numbers (mismatch.NAME), with each estimator's bias against the exact KL."""
+    if not mismatch:
+        return f"{label}: no sampled tokens evaluated"
+    m = {k.partition(".")[2]: v for k, v in mismatch.items()}
+    exact = m["kl_exact"]
+    estimators = []
+    for name in ("kl_k1", "kl_k2", "kl_k3"):
+        value = m[name]
+        bias = "" if exact is None or value is None else f" (bias {value - exact:+.3g})"
+        estimators.append(f"{name[3:]} {_format_stat(value)}{bias}")
+    ess = m["ess"]
+    return (f"{label}: |pi - pi_ref| max {_format_stat(m['prob_diff_max'])} mean {_format_stat(m['prob_diff_mean'])}"
+            f" std {_format_stat(m['prob_diff_std'])}, pearson {_format_stat(m['prob_pearson'], 6)}; "
+            f"weights min(pi_ref/pi, {m['tis_cap']:g}): clipped {100 * m['tis_clip_fraction']:.2f}%, "
+            f"ESS {_format_stat(ess, 5)} of {m['n_tokens']:g} tokens; KL estimators per token " + ", ".join(estimators)
+            + f", exact {_format_stat(exact) if exact is not None else 'unavailable (a server sends no full rows)'}")
 
 
 def _report_reference(reference, session, beta: float) -> None:
-    """Evaluate what the run left without reference facts (nothing, when the reference followed it), then one line
-    per group on stderr."""
-    from explorer.core.rl.stats import reference_stats
+    """Evaluate what the run left without reference facts (nothing, when the reference followed it), then lines per
+    group on stderr: the KL statistics, the implicit reward and the mismatch numbers, and the mismatch numbers of the
+    whole set."""
+    from explorer.core.rl.stats import mismatch_stats, reference_stats
 
     for gid in session.group_ids:
         pending = session.unreferenced(gid)
@@ -105,10 +129,16 @@ def _report_reference(reference, session, beta: float) -> None:
         stats = reference_stats(group.rollouts + group.scores) or {}
         rewards = [r.implicit_reward(beta) for r in group.rollouts if r.log_ratio is not None]
         mean_reward = f"{sum(rewards) / len(rewards):.4f}" if rewards else "-"
-        sys.stderr.write(f"{gid} vs {reference.info.description}: mean KL {stats.get('mean_kl', math.nan):.4g}"
-                         f" nats/token, p99 {stats.get('kl_p99', math.nan):.4g}, same top token "
+        kl = (f"mean KL {stats.get('mean_kl', math.nan):.4g} nats/token, p99 {stats.get('kl_p99', math.nan):.4g}"
+              if reference.info.has_kl else "KL unavailable (a server sends no full rows)")
+        sys.stderr.write(f"{gid} vs {reference.info.description}: {kl}, same top token "
                          f"{100 * (stats.get('same_top_share') or 0):.1f}%, mean implicit reward (beta {beta:g}) "
                          f"{mean_reward}\n")
+        if group.rollouts:
+            sys.stderr.write(_mismatch_line(f"{gid} mismatch", mismatch_stats(group.rollouts, session.tis_cap))
+                             + "\n")
+    if len(session.group_ids) > 1:
+        sys.stderr.write(_mismatch_line("all groups mismatch", session.set_mismatch()) + "\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -265,6 +295,7 @@ def cmd_generate(args) -> int:
         raise
     info = engine.info
     session = Session(info, params)
+    session.set_tis_cap(args.tis_cap)
     progress = _Progress(len(queries) * args.k * args.max_tokens)
     cancel = threading.Event()
     interrupted = False
@@ -283,9 +314,11 @@ def cmd_generate(args) -> int:
     run_error = None
     try:
         # the reference follows the run: the policy's rows are at hand while sampling, so only pi_ref decodes again
-        follow = {"follower": reference.lockstep(params.top_n)} if reference is not None else {}
+        # (a server's rows are not: its rollouts are evaluated after the run)
+        follow = ({"follower": reference.lockstep(params.top_n)} if reference is not None and reference.follows_runs
+                  else {})
         if reference is not None:
-            session.reference_policy = reference.info
+            session.use_reference_policy(reference.info)
         try:
             for event in engine.generate(queries, args.k, params, cancel=cancel, chat=not args.raw,
                                          system=args.system, **follow):
@@ -325,6 +358,7 @@ def cmd_generate(args) -> int:
 def cmd_score(args) -> int:
     from explorer.core.files import export
     from explorer.core.numbers import format_probability
+    from explorer.core.rl.stats import token_mismatch
     from explorer.core.files.queries import check_text
     from explorer.core.session import Session
     from explorer.core.types import QueryGroup, SamplingParams
@@ -366,8 +400,11 @@ def cmd_score(args) -> int:
             cells = [f"{x:.4f}" if x is not None else "-" for x in (s.ref_logprob, s.log_ratio, s.mean_kl,
                                                                    s.implicit_reward(args.beta))]
             print(f"{resp:<{width}}  {cells[0]:>12}  {cells[1]:>11}  {cells[2]:>10}  {cells[3]}", file=out)
+        print(_mismatch_line("mismatch over the scored tokens",
+                             token_mismatch([t for s in scores for t in s.tokens], args.tis_cap)), file=out)
     if args.output:
         session = Session(info, SamplingParams(top_n=args.top_n))
+        session.set_tis_cap(args.tis_cap)
         group = QueryGroup(id="q0", query=args.query, chat=chat, prompt=prompt, prompt_token_ids=prompt_ids,
                            scores=scores)
         session.add_group(group)

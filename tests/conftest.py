@@ -39,3 +39,19 @@ def local_engine(default_model_path):
     eng = Engine(default_model_path)
     yield eng
     eng.close()
+
+
+@pytest.fixture(scope="session")
+def tiny_served(tmp_path_factory):
+    """A real llama_cpp.server on 127.0.0.1 serving a tiny Q8_0 GGUF, with what a reference of it needs: its URL, the
+    quantized file (the served weights, here too) and its float source. One per session: it starts in seconds."""
+    from servers import LlamaCppServer
+    from tiny_gguf import write_q8_copy
+
+    folder = tmp_path_factory.mktemp("served")
+    source = write_tiny_gguf(folder / "source.gguf", tie_embeddings=False, seed=3)
+    q8 = write_q8_copy(source, folder / "served-q8.gguf")
+    other = write_tiny_gguf(folder / "other.gguf", extra_tokens=["zebra"], tie_embeddings=False, seed=3)
+    server = LlamaCppServer(q8, extra=("--n_ctx", "1024"))
+    yield {"url": server.url, "q8": q8, "source": source, "other": other}
+    server.stop()

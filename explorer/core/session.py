@@ -159,6 +159,8 @@ class Session:
         # what pi_ref is: the reference the tokens' facts are under (use_reference_policy is its only writer)
         self._reference_policy: Optional[ReferenceInfo] = None
         self._tis_cap = DEFAULT_TIS_CAP
+        self._reference_serial = 0  # bumped whenever tokens gain or lose reference facts
+        self._set_mismatch: tuple = (None, None)  # (what it was computed from, set_mismatch())
 
     # -- runs ------------------------------------------------------------------------------------------------------
     def accept(self, run_id: int) -> None:
@@ -353,6 +355,7 @@ class Session:
         if reference == self._reference_policy:
             return False
         self._reference_policy = reference
+        self._reference_serial += 1
         for live in self._by_id.values():
             if live.final is not None and any(t.has_reference for t in live.final.tokens):
                 live.finish(replace(live.final, tokens=_without_reference(live.final.tokens)))
@@ -373,6 +376,7 @@ class Session:
         meanwhile are left alone). A reference other than the session's replaces it (use_reference_policy). Returns
         the rollout ids annotated."""
         self.use_reference_policy(reference)
+        self._reference_serial += 1
         done = []
         for r in group.rollouts:
             live = self._by_id.get(r.id)
@@ -416,9 +420,14 @@ class Session:
 
     def set_mismatch(self) -> Optional[dict]:
         """The mismatch statistics (mismatch.NAME) over every finished rollout of the set, None without reference
-        facts."""
+        facts (kept until the facts, the cap or the rollouts change: the statistics panel asks often)."""
+        if self._reference_policy is None:
+            return None
         rollouts = [live.final for lives in self._rollouts.values() for live in lives if live.final is not None]
-        return mismatch_stats(rollouts, self._tis_cap)
+        key = (self._reference_serial, self._tis_cap, len(rollouts))
+        if self._set_mismatch[0] != key:
+            self._set_mismatch = (key, mismatch_stats(rollouts, self._tis_cap))
+        return self._set_mismatch[1]
 
     def _refresh_reference(self, gid: str) -> None:
         """The group's reference facts changed: its statistics and its token tree take them."""

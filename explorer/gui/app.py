@@ -69,6 +69,8 @@ def _apply_args(window, args) -> None:
         c.reward_box.std_check.setChecked(False)
     if _arg(args, "reference"):
         c.reference_box.set_spec(_arg(args, "reference"))  # shown as the draft; the script uses it once loaded
+    if _arg(args, "tis_cap") is not None:
+        c.reference_box.cap_spin.setValue(float(_arg(args, "tis_cap")))
     if _arg(args, "beta") is not None:
         window.views.set_beta(float(_arg(args, "beta")))
 
@@ -102,7 +104,7 @@ class ScriptedSession:
         self._reference_asked = False
         self._waiting: Optional[Callable[[], None]] = None  # what to do once the reference work has settled
         window.reference_evaluated.connect(self._check_settled)
-        window.runs.reference_changed.connect(self._check_settled)
+        window.runs.reference_policy.changed.connect(self._check_settled)
         window.runs.host.finished.connect(self._on_request_finished)
         window.runs.host.failed.connect(self._on_failed)
 
@@ -130,8 +132,8 @@ class ScriptedSession:
         self._check_settled()
 
     def _check_settled(self) -> None:
-        runs = self.window.runs
-        if self._waiting is None or runs.reference_pending or runs.is_evaluating():
+        reference = self.window.runs.reference_policy
+        if self._waiting is None or reference.pending or reference.is_evaluating():
             return
         then, self._waiting = self._waiting, None
         QTimer.singleShot(0, then)
@@ -152,7 +154,7 @@ class ScriptedSession:
     def _after_reference(self) -> None:
         if self.failed:
             return
-        if _arg(self.args, "reference") and self.window.runs.reference is None:
+        if _arg(self.args, "reference") and self.window.runs.reference_policy.in_use is None:
             self._fail()  # the window said why
             return
         if _arg(self.args, "run", False):

@@ -67,7 +67,7 @@ def test_a_policy_against_itself_has_zero_log_ratio_and_kl_exactly(policy, untie
     n = sum(len(r.tokens) for r in out.groups[0].rollouts)
     assert stats.pop("mismatch.prob_pearson") == pytest.approx(1.0)
     assert stats == {"mean_kl": 0.0, "kl_p99": 0.0, "same_top_share": 1.0, "top_disagreement_share": 0.0,
-                     "mismatch.prob_diff_max": 0.0, "mismatch.prob_diff_mean": 0.0, "mismatch.prob_diff_std": 0.0,
+                     "mismatch.n_tokens": n, "mismatch.prob_diff_max": 0.0, "mismatch.prob_diff_mean": 0.0, "mismatch.prob_diff_std": 0.0,
                      "mismatch.tis_cap": 2.0, "mismatch.tis_clip_fraction": 0.0, "mismatch.ess": n,
                      "mismatch.kl_k1": 0.0, "mismatch.kl_k2": 0.0, "mismatch.kl_k3": 0.0, "mismatch.kl_exact": 0.0}
 
@@ -268,8 +268,8 @@ def test_the_exact_copy_round_trips_a_quantized_gguf(untied, tmp_path):
     with closing(_open(q8)) as policy:
         rs = _rollout_set(policy, k=1, max_tokens=8)
         ref = ReferencePolicy(ReferenceSpec("exact"), policy, _open,
-                              exact_path=lambda path, progress: cached_exact_copy(path, policy.info.fingerprint,
-                                                                                   directory=tmp_path / "data"))
+                              exact_path=lambda path, fingerprint, progress: cached_exact_copy(
+                                  path, fingerprint, directory=tmp_path / "data"))
         with closing(ref):
             out = ref.annotate_set(rs).groups[0].rollouts[0]
             assert ref.info.kind == "exact" and "exact float copy" in ref.info.description

@@ -23,8 +23,8 @@ def test_exact_reference_of_the_default_model(default_model_path, tmp_path):
         session.extend(policy.generate(["Which is the largest ocean?"], 4, SamplingParams(max_tokens=24, seed=2)))
         group = session.group("q0")
 
-        def exact_path(path, progress):
-            return cached_exact_copy(path, policy.info.fingerprint, progress, directory=tmp_path)
+        def exact_path(path, fingerprint, progress):
+            return cached_exact_copy(path, fingerprint, progress, directory=tmp_path)
 
         with closing(ReferencePolicy(ReferenceSpec("exact"), policy, lambda p: Engine(p, n_threads=1),
                                      exact_path)) as ref:

@@ -96,6 +96,24 @@ def test_generated_logprobs_match_local_teacher_forcing(local_engine, four):
                                                                                    max(diffs))
 
 
+def test_the_served_gguf_run_here_is_the_server_s_reference_within_llama_cpp_s_band(remote, four, default_model_path):
+    """The real case in small: the sampler is a server, pi_ref the same weights run here (the trainer's side)."""
+    from contextlib import closing
+
+    from explorer.core.engine.local import Engine
+    from explorer.core.reference.policy import ReferencePolicy, ReferenceSpec
+    from explorer.core.rl.stats import group_stats
+
+    with closing(ReferencePolicy(ReferenceSpec.parse(str(default_model_path)), remote, Engine)) as ref:
+        out = ref.annotate_group(four)
+    ratios = [abs(t.log_ratio) for r in out.rollouts for t in r.tokens]
+    assert statistics.median(ratios) <= MEDIAN_BAND and max(ratios) <= WORST_BAND
+    stats = dict(group_stats(out))
+    assert stats["mean_kl"] is None and stats["mismatch.kl_exact"] is None
+    assert stats["mismatch.prob_pearson"] > 0.99 and stats["mismatch.tis_clip_fraction"] == 0  # no ratio near 2
+    assert stats["same_top_share"] > 0.8 and abs(stats["mismatch.kl_k1"]) < MEDIAN_BAND
+
+
 def test_same_seed_same_rollout(remote, four):
     again = run(remote, remote.generate([QUERY], 1, SamplingParams(max_tokens=16, seed=11), chat=False))
     assert again.groups()[0].rollouts[0].token_ids == four.rollouts[0].token_ids

@@ -108,6 +108,7 @@ def by_hand(pairs, cap, kls=None):
     ratios = [q / p for p, q in pairs]
     w = [min(r, cap) for r in ratios]
     return {
+        "mismatch.n_tokens": n,
         "mismatch.prob_diff_max": max(diffs),
         "mismatch.prob_diff_mean": mean,
         "mismatch.prob_diff_std": math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1)),

@@ -341,3 +341,49 @@ def test_the_view_menu_offers_log_ratio_shading_and_says_what_it_shades_against(
     assert REFERENCE.description in action.toolTip() and REFERENCE.description in action.statusTip()
     window.views.set_shading("prob")
     assert window.menu_actions["shade_prob"].isChecked()
+
+
+def test_the_statistics_panel_shows_the_mismatch_numbers_of_the_query_and_of_the_set(views):
+    session = finished_session(2)
+    session.add(run_started(1, group="q1", query="Another?"))
+    session.add(rollout_finished(0, "Yes", [sampled_tok(7, "Yes", 0.9)], group="q1"))
+    annotate(session, lambda i, n: 0.5 if n % 2 else -0.25)
+    annotate(session, lambda i, n: 1.0, kl=0.3, group_id="q1")
+    session.set_reward(None)
+    views.show_session(session)
+    views.select_group("q0")
+    panel = views.stats_panel
+    assert not panel.mismatch_grid.isHidden()
+    # k1 = -log r = log pi - log pi_ref, a mean per token: this query's (6 tokens x 2 rollouts), and the set's
+    k1_query = (3 * 0.5 - 3 * 0.25) / 6
+    k1_set = (12 * k1_query + 1.0) / 13
+    assert panel.mismatch_text("kl_k1", 0) == f"{k1_query:.3g} ({k1_query - 0.05:+.2g})"
+    exact_set = (12 * 0.05 + 0.3) / 13
+    assert panel.mismatch_text("kl_k1", 1) == f"{k1_set:.3g} ({k1_set - exact_set:+.2g})"
+    w = [math.exp(-0.5)] * 6 + [math.exp(0.25)] * 6
+    ess = sum(w) ** 2 / sum(x * x for x in w)
+    assert panel.mismatch_text("kl_exact", 0) == "0.05"
+    assert panel.mismatch_text("ess", 0) == f"{ess:.1f} of 12 ({100 * ess / 12:.0f}%)"
+    assert panel.mismatch_text("tis_clip_fraction", 0) == "0.0% (C = 2)"
+    # another cap: r = pi_ref / pi = e^0.25 = 1.28 (q0's tokens of log-ratio -0.25) is clipped at C = 1.2
+    session.set_tis_cap(1.2)
+    views.select_group("q1")
+    assert panel.mismatch_text("tis_clip_fraction", 0) == "0.0% (C = 1.2)"  # r = pi_ref / pi = e^-1: not clipped
+    assert panel.mismatch_text("tis_clip_fraction", 1) == f"{100 * 6 / 13:.1f}% (C = 1.2)"  # e^0.25 of q0's
+
+
+def test_a_server_s_reference_shows_the_kl_unavailable_never_zero(views):
+    server_reference = replace(REFERENCE, kind="model", description="served.gguf here", kl_kind="unavailable")
+    session = finished_session(2)
+    group = session.group("q0")
+    rollouts = tuple(replace(r, tokens=tuple(replace(referenced(t, 0.1, 0.0), kl=None) for t in r.tokens))
+                     for r in group.rollouts)
+    session.annotate(replace(group, rollouts=rollouts), server_reference)
+    session.set_reward(None)
+    views.show_session(session)
+    panel = views.stats_panel
+    assert panel.text("mean_kl") == "unavailable" and panel.text("kl_p99") == "unavailable"
+    assert panel.mismatch_text("kl_exact", 0) == "unavailable" and "(" not in panel.mismatch_text("kl_k1", 0)
+    assert panel.mismatch_text("kl_k1", 0) == "0.1"
+    assert "exact KL is unavailable" in panel.reference.text()
+    assert all(r.mean_kl is None and r.log_ratio is not None for r in session.group("q0").rollouts)

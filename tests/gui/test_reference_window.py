@@ -38,9 +38,9 @@ def use_reference(qtbot, window, kind: str, value: str = "") -> None:
     """Press Use in the side panel and wait until the reference is in use and the set shown is evaluated."""
     box = window.controls.reference_box
     box.set_choice(kind, value)
-    with qtbot.waitSignal(window.runs.reference_changed, timeout=10000):
+    with qtbot.waitSignal(window.runs.reference_policy.changed, timeout=10000):
         assert box.use()
-    qtbot.waitUntil(lambda: not window.runs.is_evaluating(), timeout=10000)
+    qtbot.waitUntil(lambda: not window.runs.reference_policy.is_evaluating(), timeout=10000)
 
 
 def all_tokens(window):
@@ -52,7 +52,7 @@ def test_a_reference_chosen_after_a_run_evaluates_the_rollouts_shown(qtbot, real
     run_to_end(qtbot, window, k=3, max_tokens=8)
     assert all(t.kl is None for t in all_tokens(window))
     use_reference(qtbot, window, "model", str(models["changed"]))
-    info = window.runs.reference
+    info = window.runs.reference_policy.in_use
     assert info.kind == "model" and "changed" in info.description
     assert window.session.reference_policy == info
     tokens = all_tokens(window)
@@ -70,10 +70,10 @@ def test_a_reference_chosen_after_a_run_evaluates_the_rollouts_shown(qtbot, real
 def test_a_reference_in_use_evaluates_each_run_and_each_scored_response(qtbot, real_window):
     window = real_window
     use_reference(qtbot, window, "temperature", "0.5")
-    assert window.runs.reference.temperature == 0.5
+    assert window.runs.reference_policy.in_use.temperature == 0.5
     run_to_end(qtbot, window, k=2, max_tokens=6)
     # followed while sampling: the facts came with the tokens, nothing is left to evaluate after the run
-    assert all(t.kl is not None for t in all_tokens(window)) and not window.runs.is_evaluating()
+    assert all(t.kl is not None for t in all_tokens(window)) and not window.runs.reference_policy.is_evaluating()
     with qtbot.waitSignal(window.reference_evaluated, timeout=10000):
         assert window.request_score("q0", ["Atlantic"]) is not None
     scores = window.session.scores("q0")
@@ -92,15 +92,15 @@ def test_no_reference_clears_the_facts_and_a_bad_one_is_refused_keeping_the_roll
     assert all(t.kl is not None for t in all_tokens(window))
     texts = [r.text for r in window.session.group("q0").rollouts]
     use_reference(qtbot, window, "none")
-    assert window.runs.reference is None and window.session.reference_policy is None
+    assert window.runs.reference_policy.in_use is None and window.session.reference_policy is None
     assert all(t.kl is None for t in all_tokens(window))
     # another vocabulary: refused with the first token that differs; the rollouts stay as they were
     box = window.controls.reference_box
     box.set_choice("model", str(models["other"]))
-    with qtbot.waitSignal(window.runs.reference_failed, timeout=10000):
+    with qtbot.waitSignal(window.runs.reference_policy.failed, timeout=10000):
         box.use()
     assert errors and "another vocabulary: token" in errors[-1][1]
-    assert window.runs.reference is None and "None in use" in box.state_label.text()
+    assert window.runs.reference_policy.in_use is None and "None in use" in box.state_label.text()
     assert [r.text for r in window.session.group("q0").rollouts] == texts
     # bad input in the side panel never reaches the worker
     box.set_choice("temperature", "warm")
@@ -118,19 +118,19 @@ def test_the_exact_reference_writes_its_float_copy_once_with_progress(qtbot, mak
     window.controls.set_queries(["Which is the largest ocean?"])
     run_to_end(qtbot, window, k=2, max_tokens=6)
     progress = []
-    window.runs.host.reference_progress.connect(lambda what, done, total: progress.append((what, done, total)))
+    window.runs.host.reference_policy_progress.connect(lambda what, done, total: progress.append((what, done, total)))
     use_reference(qtbot, window, "exact")
     copies = list((tmp_path / "data" / "exact-references").glob("*.gguf"))
-    assert len(copies) == 1 and window.runs.reference.kind == "exact"
+    assert len(copies) == 1 and window.runs.reference_policy.in_use.kind == "exact"
     writes = [p for p in progress if p[0].startswith("Writing")]
     assert writes and writes[-1][1] == writes[-1][2]  # it reached the end
     kl = np.array([t.kl for t in all_tokens(window)])
     assert (kl > 0).all() and kl.max() < 0.1  # Q8_0 is close to its float copy, and not equal
     # a reload of the same model builds the same reference again, from the cached copy
     mtime = copies[0].stat().st_mtime_ns
-    with qtbot.waitSignal(window.runs.reference_changed, timeout=10000):
+    with qtbot.waitSignal(window.runs.reference_policy.changed, timeout=10000):
         window.reload_model()
-    assert window.runs.reference.kind == "exact" and copies[0].stat().st_mtime_ns == mtime
+    assert window.runs.reference_policy.in_use.kind == "exact" and copies[0].stat().st_mtime_ns == mtime
 
 
 def test_a_policy_without_logits_rows_is_told_why_it_cannot_have_a_reference(qtbot, window, fake_model):
@@ -140,7 +140,7 @@ def test_a_policy_without_logits_rows_is_told_why_it_cannot_have_a_reference(qtb
     load(qtbot, window, fake_model)
     box = window.controls.reference_box
     box.set_choice("temperature", "0.5")
-    with qtbot.waitSignal(window.runs.reference_failed, timeout=5000):
+    with qtbot.waitSignal(window.runs.reference_policy.failed, timeout=5000):
         box.use()
     assert "needs a local GGUF model" in errors[-1]
 
@@ -152,7 +152,7 @@ def test_choosing_a_reference_without_a_model_says_so(qtbot, make_window):
     box = window.controls.reference_box
     box.set_choice("temperature", "0.5")
     box.use()
-    assert "Load the policy's model first" in errors[-1] and window.runs.reference is None
+    assert "Load the policy's model first" in errors[-1] and window.runs.reference_policy.in_use is None
 
 
 def test_a_branch_is_followed_too_and_a_forced_token_is_evaluated_after(qtbot, real_window, models):
@@ -163,12 +163,12 @@ def test_a_branch_is_followed_too_and_a_forced_token_is_evaluated_after(qtbot, r
         assert window.request_branch("q0", "q0.r0", 2, None) is not None
     branched = [r for r in window.session.group("q0").rollouts if r.parent_id == "q0.r0"]
     assert branched and all(t.kl is not None for r in branched for t in r.tokens)
-    assert not window.runs.is_evaluating()
+    assert not window.runs.reference_policy.is_evaluating()
     # a forced token is scored, not sampled: the follower does not see it, the evaluation after the run does
     forced = window.session.group("q0").rollouts[1].tokens[1].top[-1].id
     with qtbot.waitSignal(window.run_done, timeout=10000):
         assert window.request_branch("q0", "q0.r1", 1, forced) is not None
-    qtbot.waitUntil(lambda: not window.runs.is_evaluating(), timeout=10000)
+    qtbot.waitUntil(lambda: not window.runs.reference_policy.is_evaluating(), timeout=10000)
     rollouts = window.session.group("q0").rollouts
     assert all(t.kl is not None for r in rollouts for t in r.tokens)
     assert any(r.parent_id == "q0.r1" and r.tokens[1].id == forced for r in rollouts)
@@ -182,19 +182,19 @@ def test_a_chosen_reference_replaces_the_one_the_set_shown_carries(qtbot, real_w
     # another reference is chosen, and other work asks for an evaluation before the worker has answered
     box = window.controls.reference_box
     box.set_choice("temperature", "1")
-    with qtbot.waitSignal(window.runs.reference_changed, timeout=10000):
+    with qtbot.waitSignal(window.runs.reference_policy.changed, timeout=10000):
         assert box.use()
         assert window.evaluate_reference() is None  # it waits for the reference on its way
-    qtbot.waitUntil(lambda: not window.runs.is_evaluating(), timeout=10000)
+    qtbot.waitUntil(lambda: not window.runs.reference_policy.is_evaluating(), timeout=10000)
     assert window.session.reference_policy.temperature == 1.0
     assert all(t.kl == 0.0 for t in all_tokens(window))
     # an opened set compared with another reference keeps its facts until the user chooses this one for it
     window.files.open_path(str(tmp_path / "half.json"))
     qtbot.waitUntil(lambda: window.session is not None and window.session.source is not None, timeout=10000)
-    assert window.session.reference_policy.temperature == 0.5 and not window.runs.is_evaluating()
+    assert window.session.reference_policy.temperature == 0.5 and not window.runs.reference_policy.is_evaluating()
     assert all(t.kl > 0 for t in all_tokens(window))
-    with qtbot.waitSignal(window.runs.reference_changed, timeout=10000):
+    with qtbot.waitSignal(window.runs.reference_policy.changed, timeout=10000):
         assert box.use()
-    qtbot.waitUntil(lambda: not window.runs.is_evaluating(), timeout=10000)
+    qtbot.waitUntil(lambda: not window.runs.reference_policy.is_evaluating(), timeout=10000)
     assert window.session.reference_policy.temperature == 1.0
     assert all(t.kl == 0.0 for t in all_tokens(window))

@@ -278,7 +278,7 @@ def test_settings_persist_to_the_given_location(qtbot, make_window, fake_model, 
     first.close()
     second = make_window()
     c2 = second.controls
-    assert c2.reference_box.spec() == "system:Answer in French." and second.runs.reference is None
+    assert c2.reference_box.spec() == "system:Answer in French." and second.runs.reference_policy.in_use is None
     assert second.views.shading() == "log_ratio" and second.views.beta == 0.25
     assert [q.text for q in c2.queries()] == ["alpha", "beta", "gamma"]
     assert c2.k() == 7 and c2.system_prompt() == "Be brief."

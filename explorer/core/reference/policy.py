@@ -1,8 +1,14 @@
 """A reference policy pi_ref beside the policy pi that samples: per-token log-ratios and exact KL(pi || pi_ref).
 
 A reference is another GGUF with the same vocabulary (`PATH`), the exact float copy of the loaded quantized GGUF
-(`exact`, see exact_copy.py), the same model under another system prompt (`system:TEXT`), or the same model under
-another sampler (`temperature:T`, `top_p:P`: the sampler is itself a transformation of the policy).
+(`exact`) or of another GGUF (`exact:PATH`, see exact_copy.py), the same model under another system prompt
+(`system:TEXT`), or the same model under another sampler (`temperature:T`, `top_p:P`: the sampler is itself a
+transformation of the policy).
+
+A policy on a server sends no full logits rows, only its sampled tokens' logprobs (and a top N). Against it the
+reference is a local GGUF of the same weights (`PATH`, or `exact:PATH` for the float copy of one): pi_ref is
+teacher-forced on the tokens the server sampled, which gives every token log pi_ref and its log-ratio (and all that
+needs only them: importance weights, Schulman's k1..k3), while the KL over the whole vocabulary is unknown (None).
 
 Both policies are evaluated by teacher forcing on the tokens the policy sampled (the rows are those sampling saw: see
 llama_backend.N_UBATCH); nothing here changes what is sampled. For every token: log pi_ref(token | prefix), and the
@@ -23,6 +29,7 @@ import numpy as np
 from explorer.core.errors import ExplorerError
 from explorer.core.engine.kv_cache import Prefix
 from explorer.core.engine.sampling import top_indices
+from explorer.core.models.discovery import fingerprint, resolve_model
 from explorer.core.types import QueryGroup, ReferenceInfo, RolloutSet, Score, TokenInfo, TopLogprob
 
 ROW_BUDGET = 256  # logits rows per side held at once (256 x 49k vocabulary x 4 bytes = 50 MB)
@@ -41,6 +48,10 @@ class ReferenceSpec:
         if text == "exact":
             return cls("exact")
         head, sep, rest = text.partition(":")
+        if sep and head == "exact":
+            if not rest.strip():
+                raise ExplorerError("The reference exact:PATH needs the GGUF whose float copy is the reference")
+            return cls("exact", rest.strip())
         if sep and head == "system":
             if not rest.strip():
                 raise ExplorerError("The reference system:TEXT needs a system prompt after 'system:'")
@@ -57,16 +68,25 @@ class ReferenceSpec:
                 raise ExplorerError(f"The reference top_p:{rest}: top-p must be in (0, 1]")
             return cls(head, repr(number))
         if not text:
-            raise ExplorerError("A reference needs a GGUF path, 'exact', system:TEXT, temperature:T or top_p:P")
+            raise ExplorerError("A reference needs a GGUF path, 'exact' (or exact:PATH), system:TEXT, temperature:T or "
+                                "top_p:P")
         return cls("model", text)
+
+    def text(self) -> str:
+        """The spec as parse() reads it."""
+        if self.kind == "model":
+            return self.value
+        return self.kind if not self.value else f"{self.kind}:{self.value}"
 
 
 class TokenComparison(NamedTuple):
-    log_ratio: float  # log pi(token) - log pi_ref(token), both from the teacher-forced rows
-    kl: float  # KL(pi || pi_ref) at this position, nats, over the whole vocabulary; inf where pi_ref excludes pi's
+    # log pi(token) - log pi_ref(token), both from the teacher-forced rows; None without the policy's rows (a server)
+    log_ratio: Optional[float]
+    kl: Optional[float]  # KL(pi || pi_ref) here, nats, over the whole vocabulary; inf where pi_ref excludes pi's
     ref_top_id: int  # pi_ref's most probable token here
-    policy_top_id: int
+    policy_top_id: int  # -1 without the policy's rows
     ref_top: tuple[tuple[int, float], ...] = ()  # pi_ref's top-N (id, logprob) here, most probable first
+    ref_logprob: Optional[float] = None  # log pi_ref(token), given where log_ratio is not
 
 
 def log_softmax64(rows: np.ndarray) -> np.ndarray:
@@ -155,6 +175,35 @@ def compare_rows(policy_rows: np.ndarray, ref_rows: Optional[np.ndarray], target
     return facts
 
 
+def reference_facts(ref_rows: np.ndarray, targets: np.ndarray, top_n: int) -> list[TokenComparison]:
+    """Per row of pi_ref's logits alone (the policy's rows are unknown: a server's): log pi_ref of the target token,
+    pi_ref's top token and its top_n; no log-ratio and no KL here (the caller has the policy's logprob of the
+    token)."""
+    facts: list[TokenComparison] = []
+    for a in range(0, len(targets), KL_BLOCK):
+        block = ref_rows[a: a + KL_BLOCK]
+        lq = _log_probs(block)[0]
+        tg = targets[a: a + KL_BLOCK]
+        picked = lq[np.arange(len(tg)), tg]
+        if top_n > 0:
+            ids = top_indices(block, top_n)
+            values = np.take_along_axis(lq, ids, axis=1)
+            tops = [tuple(zip(r_ids.tolist(), r_vals.tolist())) for r_ids, r_vals in zip(ids, values)]
+            top_ids = ids[:, 0]
+        else:
+            tops, top_ids = [()] * len(tg), block.argmax(axis=1)
+        facts.extend(TokenComparison(None, None, int(rt), -1, top, float(lq_t))
+                     for lq_t, rt, top in zip(picked, top_ids, tops))
+    return facts
+
+
+# A text that touches many kinds of token (words, numbers, punctuation, whitespace, accents, other scripts, an emoji,
+# code): a server's tokenizer and a local GGUF's that split it alike share the vocabulary as far as it can be told
+# without the server's list of tokens
+VOCABULARY_PROBE = ("The quick brown fox jumps over 13 lazy dogs; naïve café, Ünïcödé — 東京 🙂\n"
+                    "\tdef f(x):\n\t\treturn x ** 2  # 3.14159, [a-z]+ 'quoted' \"double\" <html> &amp;")
+
+
 def vocabulary(model) -> list[bytes]:
     """A llama model's token pieces by id (special tokens included)."""
     return [model.piece(i, special=True) for i in range(model.n_vocab)]
@@ -201,8 +250,8 @@ def plan_windows(lengths: Sequence[int], budget: int) -> list[list[_Window]]:
 class ReferencePolicy:
     """pi_ref for one policy engine. `compare` gives per-token facts; `close` frees a reference engine of its own.
 
-    engine_factory(path) opens a reference GGUF (the Engine class); exact_path(policy_path, progress) returns the
-    exact copy's path (exact_copy.cached_exact_copy)."""
+    engine_factory(path) opens a reference GGUF (the Engine class); exact_path(gguf_path, fingerprint, progress)
+    returns the path of the exact copy of a GGUF (exact_copy.cached_exact_copy)."""
 
     def __init__(self, spec: ReferenceSpec, policy, engine_factory: Callable, exact_path: Optional[Callable] = None,
                  progress: Optional[Callable[[int, int], None]] = None):
@@ -210,32 +259,36 @@ class ReferencePolicy:
         self.policy = policy
         self.engine = None  # a second engine, for model and exact references
         info = policy.info
+        # a policy on a server: only its sampled tokens' logprobs are known (no rows, no teacher forcing of its own)
+        self.remote = info.server_url is not None
+        if self.remote and (spec.kind not in ("model", "exact") or (spec.kind == "exact" and not spec.value)):
+            raise ExplorerError(
+                f"{info.name} runs on a server, which sends no full rows of logits: its reference is a local GGUF of "
+                "the same weights, PATH or exact:PATH (the float copy of that GGUF)"
+                + (", not 'exact' alone (the server's file is not here)" if spec.kind == "exact" else ""))
         if spec.kind in ("model", "exact"):
-            if spec.kind == "exact":
-                if exact_path is None:
-                    raise ExplorerError("no place to write the exact copy of the model")
-                path = str(exact_path(info.path, progress))
-            else:
-                path = spec.value
-                if not Path(path).is_file():
-                    raise ExplorerError(f"The reference {path}: no such GGUF file")
-            if Path(path).resolve() == Path(info.path).resolve():
+            path = self._reference_path(spec, info, exact_path, progress)
+            if not self.remote and Path(path).resolve() == Path(info.path).resolve():
                 ref = info  # the policy's own file: its own engine is the reference (log-ratios and KL are 0)
             else:
                 self.engine = engine_factory(path)
                 try:
-                    problem = vocabulary_problem(vocabulary(policy.model), vocabulary(self.engine.model),
-                                                 f"the reference {Path(path).name}")
+                    problem = (self._server_vocabulary_problem(Path(path).name) if self.remote else
+                               vocabulary_problem(vocabulary(policy.model), vocabulary(self.engine.model),
+                                                  f"the reference {Path(path).name}"))
                     if problem:
                         raise ExplorerError(problem)
                 except BaseException:
                     self.engine.close()
                     raise
                 ref = self.engine.info
-            what = (f"exact float copy of {info.name} ({ref.quantization})" if spec.kind == "exact"
-                    else f"{Path(path).name} ({ref.name}, {ref.quantization or 'unknown type'})")  # the file: two
-            # quantizations of one model carry the same name
-            self.info = ReferenceInfo(spec.kind, what, ref.fingerprint, path=path)
+            if spec.kind == "exact":
+                of = info.name if not spec.value else Path(spec.value).name
+                what = f"exact float copy of {of}" + (f" ({ref.quantization})" if not spec.value else "")
+            else:  # the file: two quantizations of one model carry the same name
+                what = f"{Path(path).name} ({ref.name}, {ref.quantization or 'unknown type'})"
+            self.info = ReferenceInfo(spec.kind, what, ref.fingerprint, path=path,
+                                      kl_kind="unavailable" if self.remote else "exact")
         elif spec.kind == "system":
             self.info = ReferenceInfo("system", f"{info.name} with system prompt {spec.value!r}", info.fingerprint,
                                       system=spec.value)
@@ -249,6 +302,38 @@ class ReferencePolicy:
         else:
             raise ExplorerError(f"unknown reference kind {spec.kind!r}")
 
+    @staticmethod
+    def _reference_path(spec: ReferenceSpec, info, exact_path, progress) -> str:
+        """The GGUF pi_ref runs: the file named, or the exact copy of the file named (or of the policy's own)."""
+        if spec.kind == "exact":
+            if exact_path is None:
+                raise ExplorerError("no place to write the exact copy of the model")
+            if not spec.value:
+                return str(exact_path(info.path, info.fingerprint, progress))
+        named = resolve_model(spec.value) if spec.value == "default" else Path(spec.value).expanduser()
+        if not named.is_file():
+            raise ExplorerError(f"The reference {spec.value}: no such GGUF file")
+        if spec.kind == "exact":
+            return str(exact_path(str(named), fingerprint(named, named.stat().st_size), progress))
+        return str(named)
+
+    def _server_vocabulary_problem(self, name: str) -> Optional[str]:
+        """Whether the server's tokenizer splits a probe text as the reference GGUF does (the server lists no
+        vocabulary to compare)."""
+        server = list(self.policy.format_prompt(VOCABULARY_PROBE, chat=False)[1])
+        local = list(self.engine.format_prompt(VOCABULARY_PROBE, chat=False)[1])
+        if server == local:
+            return None
+        at = next((i for i, (a, b) in enumerate(zip(server, local)) if a != b), min(len(server), len(local)))
+        return (f"the reference {name} tokenizes text differently from the server's model (from token {at} of a test "
+                f"text on: {server[at:at + 3]} there, {local[at:at + 3]} here): log-ratios need the same tokens")
+
+    @property
+    def follows_runs(self) -> bool:
+        """Whether it can follow a run as it samples (lockstep): not a server's, whose rows never reach us; its
+        rollouts are evaluated after they finish."""
+        return not self.remote
+
     def close(self) -> None:
         if self.engine is not None:
             self.engine.close()
@@ -256,7 +341,9 @@ class ReferencePolicy:
 
     def lockstep(self, top_n: int) -> "LockstepReference":
         """A follower for one run of the policy (Engine.generate / branch follower=): evaluates this reference on
-        each step's tokens as they are sampled. Close it after the run."""
+        each step's tokens as they are sampled. Close it after the run. Only where follows_runs."""
+        if not self.follows_runs:
+            raise RuntimeError("a reference of a server's policy cannot follow its runs")
         return LockstepReference(self, top_n)
 
     # -- evaluation ----------------------------------------------------------------------------------------------
@@ -292,8 +379,21 @@ class ReferencePolicy:
         windows = [list(id_lists[w.list_index][w.start: w.end]) for w in job]
         offsets = np.cumsum([0] + [len(w) for w in windows])
         n_rows = int(offsets[-1])
-        policy_rows = np.empty((n_rows, self.policy.info.n_vocab), dtype=np.float32)
         targets = np.empty(n_rows, dtype=np.int64)
+        if self.remote:  # pi_ref's rows alone: the server's logprobs of its tokens are in the tokens already
+            ref_only = np.empty((n_rows, self.engine.info.n_vocab), dtype=np.float32)
+
+            def keep_ref_only(seqs, positions, target_ids, rows):
+                at = offsets[seqs] + positions
+                ref_only[at] = rows
+                targets[at] = target_ids
+
+            self.engine.teacher_force(list(ref_prefix) + extra, windows, keep_ref_only)
+            facts = reference_facts(ref_only, targets, top_n)
+            for j, w in enumerate(job):
+                out[w.list_index][w.start: w.end] = facts[offsets[j]: offsets[j + 1]]
+            return
+        policy_rows = np.empty((n_rows, self.policy.info.n_vocab), dtype=np.float32)
 
         def keep_policy(seqs, positions, target_ids, rows):
             at = offsets[seqs] + positions
@@ -354,7 +454,7 @@ class ReferencePolicy:
         # log pi_ref = the recorded log pi minus the teacher-forced log-ratio: the two log pi are the same rows'
         # (sampling and teacher forcing agree exactly), and a reference identical to the policy gives a log-ratio of
         # exactly 0
-        model = self.policy.model
+        model = (self.engine or self.policy).model  # the same vocabulary (a server's policy has no model here)
         pieces: dict[int, tuple[str, bytes]] = {}
 
         def alternative(i: int, lp: float) -> TopLogprob:
@@ -363,8 +463,8 @@ class ReferencePolicy:
                 piece = pieces[i] = (model.token_text(i), model.piece(i))
             return TopLogprob(i, piece[0], piece[1], lp)
 
-        return tuple(replace(t, ref_logprob=t.logprob - f.log_ratio, kl=f.kl, ref_top_id=f.ref_top_id,
-                             ref_top=tuple(alternative(i, lp) for i, lp in f.ref_top))
+        return tuple(replace(t, ref_logprob=t.logprob - f.log_ratio if f.log_ratio is not None else f.ref_logprob,
+                             kl=f.kl, ref_top_id=f.ref_top_id, ref_top=tuple(alternative(i, lp) for i, lp in f.ref_top))
                      for t, f in zip(tokens, facts))
 
 

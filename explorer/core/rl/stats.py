@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from explorer.core.numbers import common_prefix, mean_std
-from explorer.core.types import QueryGroup, Rollout
+from explorer.core.types import QueryGroup, Rollout, TokenInfo
 
 Stats = tuple[tuple[str, Optional[float]], ...]
 
@@ -32,6 +32,7 @@ STAT_DESCRIPTIONS = {
     "top_disagreement_share": "share of positions where pi and pi_ref prefer different tokens",
     # the sampler-versus-trainer gap over the tokens the sampler drew (see sampled_tokens), pi the policy that
     # sampled and pi_ref the reference (the trainer's weights, say), r = pi_ref / pi of each sampled token
+    "mismatch.n_tokens": "number of sampled tokens the mismatch numbers are over",
     "mismatch.prob_diff_max": "largest |pi - pi_ref| of a sampled token (verl's rollout_probs_diff_max)",
     "mismatch.prob_diff_mean": "mean |pi - pi_ref| of the sampled tokens (verl's rollout_probs_diff_mean)",
     "mismatch.prob_diff_std": "standard deviation (N - 1) of |pi - pi_ref| (verl's rollout_probs_diff_std)",
@@ -118,7 +119,7 @@ def reward_stats(rollouts: Sequence[Rollout]) -> Optional[tuple[float, float]]:
 DEFAULT_TIS_CAP = 2.0
 MISMATCH = "mismatch"  # the group's stats hold the mismatch numbers as "mismatch.NAME"; a file nests them
 MISMATCH_STATS = tuple(f"{MISMATCH}.{name}" for name in (
-    "prob_diff_max", "prob_diff_mean", "prob_diff_std", "prob_pearson", "tis_cap", "tis_clip_fraction", "ess",
+    "n_tokens", "prob_diff_max", "prob_diff_mean", "prob_diff_std", "prob_pearson", "tis_cap", "tis_clip_fraction", "ess",
     "kl_k1", "kl_k2", "kl_k3", "kl_exact"))
 REFERENCE_STATS = ("mean_kl", "kl_p99", "same_top_share", "top_disagreement_share") + MISMATCH_STATS
 
@@ -191,7 +192,14 @@ def mismatch_stats(rollouts: Sequence[Rollout], tis_cap: float = DEFAULT_TIS_CAP
       mean per token, beside the exact KL over the whole vocabulary at the same positions (None where unknown).
     k1 and k3 are unbiased only for tokens drawn from pi itself: a sampler with temperature, top-k, top-p or min-p
     draws from another distribution, and the exact KL shows by how much that moves them."""
-    tokens = [t for r in rollouts for t in sampled_tokens(r) if t.has_reference]
+    return token_mismatch([t for r in rollouts for t in sampled_tokens(r)], tis_cap)
+
+
+def token_mismatch(tokens: Sequence[TokenInfo], tis_cap: float = DEFAULT_TIS_CAP
+                   ) -> Optional[dict[str, Optional[float]]]:
+    """mismatch_stats over these tokens, whatever chose them (a scored response's too); None without reference
+    facts."""
+    tokens = [t for t in tokens if t.has_reference]
     if not tokens:
         return None
     lp = np.array([t.logprob for t in tokens], dtype=np.float64)
@@ -207,6 +215,7 @@ def mismatch_stats(rollouts: Sequence[Rollout], tis_cap: float = DEFAULT_TIS_CAP
         k3 = np.expm1(log_r) - log_r  # expm1: r - 1 without cancelling where r is close to 1
         pearson = float(np.corrcoef(p, q)[0, 1]) if n > 1 and p.std() > 0 and q.std() > 0 else None
         stats = {
+            "n_tokens": float(n),
             "prob_diff_max": float(diff.max()),
             "prob_diff_mean": float(diff.mean()),
             "prob_diff_std": float(diff.std(ddof=1)) if n > 1 else None,

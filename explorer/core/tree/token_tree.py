@@ -256,7 +256,7 @@ class TokenTree:
         elif ordinal < c["owner"][node]:
             c["owner"][node] = ordinal
         c["count"][node] += 1
-        if token.kl is not None or token.ref_logprob is not None:  # the reference follows the run
+        if token.has_reference:  # the reference follows the run
             self._take_token_facts(node, token)
             self._ref_source.setdefault(ordinal, _STREAMED)
         if token.top and not c["ghosts_done"][parent]:
@@ -323,7 +323,7 @@ class TokenTree:
             ordinal = self._ordinal.get(r.id)
             if ordinal is None:
                 continue
-            evaluated = bool(r.tokens) and r.tokens[-1].kl is not None
+            evaluated = bool(r.tokens) and r.tokens[-1].has_reference
             taken = self._ref_source.get(ordinal)
             if evaluated and taken is not r.tokens and not (taken is _STREAMED and r.finish_reason is None):
                 fresh.append((ordinal, r.tokens))  # (a streaming rollout's snapshot is a new tuple every time)
@@ -335,7 +335,7 @@ class TokenTree:
             self._ref_source.clear()
             self._ref_tokens.clear()
             fresh = [(self._ordinal[r.id], r.tokens) for r in rollouts
-                     if r.id in self._ordinal and r.tokens and r.tokens[-1].kl is not None]
+                     if r.id in self._ordinal and r.tokens and r.tokens[-1].has_reference]
         for ordinal, tokens in fresh:
             self._take_facts(ordinal, tokens)
         if fresh or lost:

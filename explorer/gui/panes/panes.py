@@ -319,7 +319,7 @@ class RolloutPanes(QWidget):
             self.shading_box.addItem(text, mode)
         self.shading_box.setToolTip("Colour tokens by their raw probability, by the entropy at that step, or by how "
                                     "much likelier the policy finds them than a reference policy")
-        self.set_reference(None)
+        self.set_reference_policy(None)
         self.shading_box.currentIndexChanged.connect(lambda _: self.set_shading(self.shading_box.currentData()))
         self.sort_box = QComboBox()
         for label, key in (("Order: index", "index"), ("Order: log π (best first)", "logprob"),
@@ -415,11 +415,11 @@ class RolloutPanes(QWidget):
             pane.view.set_shading(mode)
         self.shading_changed.emit(mode)
 
-    def set_reference(self, description: Optional[str]) -> None:
+    def set_reference_policy(self, description: Optional[str]) -> None:
         """What the session's reference policy is (None: it has none): the legend and the shading choice say it. The
         log-ratio shading stays on offer without one (a run may be about to be evaluated); it says why nothing is
         shaded then."""
-        self.legend.set_reference(description)
+        self.legend.set_reference_policy(description)
         tip = reference_shading_tip(description)
         self.shading_box.setItemData(SHADING_MODES.index("log_ratio"), tip, Qt.ItemDataRole.ToolTipRole)
 

@@ -12,7 +12,8 @@ from typing import Optional
 from PySide6.QtCore import QObject, QTimer, Signal, Slot
 
 from explorer.core.session import Changes, Session
-from explorer.core.types import ModelInfo, QueryGroup, ReferenceInfo, SamplingParams
+from explorer.core.types import ModelInfo, QueryGroup, SamplingParams
+from explorer.gui.run.reference_policy import ReferencePolicyController
 from explorer.gui.run.worker import EngineHost, Failure, default_engine_factory
 
 REFRESH_INTERVAL_MS = 33
@@ -30,10 +31,6 @@ class RunController(QObject):
     group_added = Signal(str)  # a group made by scoring a query without a run
     score_failed = Signal(object)  # Failure
     score_done = Signal()  # a score request ended (with scores or not)
-    reference_changed = Signal()  # the reference in use changed (self.reference), or could not be used
-    reference_failed = Signal(object)  # Failure: choosing the reference, or evaluating under it, failed
-    referenced = Signal(str)  # group id whose tokens now carry the reference's facts
-    evaluation_done = Signal()  # an evaluation under the reference ended (done, cancelled or failed)
 
     def __init__(self, engine_factory=default_engine_factory, parent: Optional[QObject] = None):
         super().__init__(parent)
@@ -43,9 +40,6 @@ class RunController(QObject):
         self.host.prompt_formatted.connect(self._on_prompt)
         self.host.failed.connect(self._on_failed)
         self.host.finished.connect(self._on_finished)
-        self.host.reference_ready.connect(self._on_reference_ready)
-        self.host.reference_failed.connect(self._on_reference_failed)
-        self.host.annotated.connect(self._on_annotated)
         self.session: Optional[Session] = None
         # a generate's new Session waits here until its run sends its first events: a run refused at the start
         # (a context too small, a server that says no) leaves the session shown as it was
@@ -59,12 +53,8 @@ class RunController(QObject):
         self._prompts: dict[int, tuple] = {}  # request -> (chat, prompt, prompt ids) of an unrun query
         self._scoring: set[int] = set()  # score requests not finished yet, of both kinds
         self._pending: list[tuple[int, tuple]] = []
-        # The reference policy the worker has in use (None: none), and the evaluations asked of it: request -> the
-        # session whose groups it evaluates (a session no longer shown takes nothing)
-        self.reference: Optional[ReferenceInfo] = None
-        self.reference_pending = False  # a reference was asked for and the worker has not answered yet
-        self._evaluations: dict[int, tuple[Session, Optional[ModelInfo]]] = {}  # request -> (session, model)
-        self._evaluate_after = False  # asked while an evaluation went on: evaluate what is left when it ends
+        # the reference policy in use, pending, and the evaluations under it, for the session shown
+        self.reference_policy = ReferencePolicyController(self.host, lambda: self.session, self.is_running, self)
         self.timer = QTimer(self)
         self.timer.setInterval(REFRESH_INTERVAL_MS)
         self.timer.timeout.connect(self.ticked)
@@ -81,8 +71,8 @@ class RunController(QObject):
         self._starting = Session(model, params)
         self._starting.choose_reward(reward_fn, divide_by_std)
         # the reference in use follows the run (its facts come with the tokens); the session says so from the start
-        self._starting.reference_policy = self.reference
-        self.run_id = self.host.generate(queries, k, params, chat, system, self.reference)
+        follow = self.reference_policy.follow(self._starting)
+        self.run_id = self.host.generate(queries, k, params, chat, system, follow)
         self._starting.accept(self.run_id)
         self._begin()
         return self.run_id
@@ -92,11 +82,7 @@ class RunController(QObject):
         """k new rollouts of the shown session continuing `rollout_id` from `position`."""
         self.drain()
         group: QueryGroup = self.session.group(group_id, unfinished_reason="cancelled")
-        # a set compared with another reference (an opened file) keeps its own: the branch is not followed
-        follow = self.reference if self.reference is not None and self.session.reference_policy in (
-            None, self.reference) else None
-        if follow is not None:
-            self.session.reference_policy = follow
+        follow = self.reference_policy.follow(self.session)
         self.run_id = self.host.branch(group, rollout_id, position, forced_token, k, params, follow)
         self.session.accept(self.run_id)
         self._begin()
@@ -149,60 +135,6 @@ class RunController(QObject):
         self.run_id = None
         self.timer.stop()
 
-    # -- the reference policy --------------------------------------------------------------------------------------
-    def set_reference(self, spec: Optional[str]) -> None:
-        """Ask the worker for this reference (ReferenceSpec text; None: none); reference_changed follows."""
-        self.reference_pending = True
-        self.host.set_reference(spec)
-
-    def is_evaluating(self) -> bool:
-        return bool(self._evaluations)
-
-    def evaluate_reference(self, model: Optional[ModelInfo], again: bool = False) -> Optional[int]:
-        """Evaluate what the shown session's reference facts lack (finished rollouts, scores) under the reference in
-        use. A session that carries another reference's facts (an opened set) keeps them unless `again` (the user
-        chose this reference for it). Nothing while a run streams: its rollouts are evaluated when it ends."""
-        session, reference = self.session, self.reference
-        if session is None or reference is None or self.is_running() or not session.same_model(model):
-            return None
-        if self._evaluations and not again:
-            self._evaluate_after = True  # one evaluation at a time: what is left then is evaluated after it
-            return None
-        if session.reference_policy not in (None, reference):
-            if not again:
-                return None
-            session.clear_reference_policy()
-        groups = [g for g in (session.unreferenced(gid) for gid in session.group_ids) if g is not None]
-        if not groups:
-            return None
-        request = self.host.annotate(groups)
-        self._evaluations[request] = (session, model)
-        return request
-
-    @Slot(object)
-    def _on_reference_ready(self, info: Optional[ReferenceInfo]) -> None:
-        self.reference_pending = False
-        self.reference = info
-        if info is None and self.session is not None and self.session.reference_policy is not None:
-            self.session.clear_reference_policy()  # the user said no reference: its facts go with it
-            for gid in self.session.group_ids:
-                self.referenced.emit(gid)
-        self.reference_changed.emit()
-
-    @Slot(object)
-    def _on_reference_failed(self, failure: Failure) -> None:
-        self.reference_pending = False
-        self.reference = None
-        self.reference_changed.emit()
-        self.reference_failed.emit(failure)
-
-    @Slot(int, object, object)
-    def _on_annotated(self, request: int, group: QueryGroup, info: ReferenceInfo) -> None:
-        session, _model = self._evaluations.get(request, (None, None))
-        if session is not None and session is self.session and info == self.reference:
-            session.annotate(group, info)
-            self.referenced.emit(group.id)
-
     # -- events ----------------------------------------------------------------------------------------------------
     @Slot(int, object)
     def _on_events(self, run_id: int, events: tuple) -> None:
@@ -251,9 +183,7 @@ class RunController(QObject):
 
     @Slot(int, object)
     def _on_failed(self, run_id: int, failure: Failure) -> None:
-        if run_id in self._evaluations:
-            self.reference_failed.emit(failure)
-        elif self._unrun_requests.pop(run_id, None) is not None:
+        if self._unrun_requests.pop(run_id, None) is not None:
             self._prompts.pop(run_id, None)
             self.score_failed.emit(failure)
         elif run_id in self._score_requests:
@@ -264,14 +194,6 @@ class RunController(QObject):
 
     @Slot(int)
     def _on_finished(self, run_id: int) -> None:
-        evaluation = self._evaluations.pop(run_id, None)
-        if evaluation is not None:
-            if self._evaluate_after and not self._evaluations:
-                self._evaluate_after = False
-                self.evaluate_reference(evaluation[1])
-            if not self._evaluations:
-                self.evaluation_done.emit()
-            return
         if run_id in self._scoring:
             self._scoring.discard(run_id)
             self._score_requests.pop(run_id, None)

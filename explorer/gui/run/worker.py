@@ -88,9 +88,11 @@ class EngineWorker(QObject):
     prompt_formatted = Signal(int, object)  # run id, (chat used, prompt, prompt token ids): before scores_ready
     failed = Signal(int, object)  # run id, Failure
     finished = Signal(int)  # run id; always the last signal of a generate / branch / score / annotate request
-    reference_ready = Signal(object)  # ReferenceInfo of the reference now in use, or None: no reference
-    reference_failed = Signal(object)  # Failure: the reference asked for cannot be used (none is in use)
-    reference_progress = Signal(str, int, int)  # what, done, total: writing the exact copy, evaluating
+    # the reference policy now in use: its ReferenceInfo and the ModelInfo of the policy it belongs to (None, None:
+    # no reference)
+    reference_policy_ready = Signal(object, object)
+    reference_policy_failed = Signal(object)  # Failure: the reference asked for cannot be used (none is in use)
+    reference_policy_progress = Signal(str, int, int)  # what, done, total: writing the exact copy, evaluating
     annotated = Signal(int, object, object)  # request id, QueryGroup evaluated under the reference, ReferenceInfo
 
     def __init__(self, engine_factory: EngineFactory = default_engine_factory):
@@ -164,12 +166,12 @@ class EngineWorker(QObject):
         self.finished.emit(run_id)
 
     @Slot(object)
-    def set_reference(self, spec: Optional[str]) -> None:
-        """Use the reference `spec` (ReferenceSpec text) from now on; None: no reference."""
+    def set_reference_policy(self, spec: Optional[str]) -> None:
+        """Use the reference policy `spec` (ReferenceSpec text) from now on; None: no reference."""
         self._close_reference()
         self._reference_spec = spec
         if spec is None:
-            self.reference_ready.emit(None)
+            self.reference_policy_ready.emit(None, None)
         else:
             self._open_reference()
 
@@ -215,29 +217,25 @@ class EngineWorker(QObject):
         try:
             if engine is None:
                 raise ExplorerError("No model is loaded: load the policy before choosing its reference.")
-            if not hasattr(engine, "teacher_force"):
-                raise ExplorerError("A reference policy needs a local GGUF model: a server sends no full rows of "
-                                    "logits, and the KL is computed over the whole vocabulary.")
+            if engine.info.server_url is None and not hasattr(engine, "teacher_force"):
+                raise ExplorerError("A reference policy needs a local GGUF model or a server's: this engine gives "
+                                    "no logits rows, and the KL is computed over the whole vocabulary.")
             spec = ReferenceSpec.parse(self._reference_spec)
             _path, n_gpu_layers, n_ctx = self._loaded_with
-
-            def exact_path(path, progress):
-                return cached_exact_copy(path, engine.info.fingerprint, progress)
-
             self._reference = ReferencePolicy(
-                spec, engine, lambda path: self._factory(path, n_gpu_layers=n_gpu_layers, n_ctx=n_ctx), exact_path,
-                lambda done, total: self._progress("Writing the exact float copy", done, total))
+                spec, engine, lambda path: self._factory(path, n_gpu_layers=n_gpu_layers, n_ctx=n_ctx),
+                cached_exact_copy, lambda done, total: self._progress("Writing the exact float copy", done, total))
         except BaseException as exc:  # noqa: BLE001
             self._reference_spec = None
-            self.reference_failed.emit(Failure.of(exc))
+            self.reference_policy_failed.emit(Failure.of(exc))
             return
-        self.reference_ready.emit(self._reference.info)
+        self.reference_policy_ready.emit(self._reference.info, engine.info)
 
     def _progress(self, what: str, done: int, total: int) -> None:
         now = time.monotonic()
         if done >= total or now - self._progress_at >= PROGRESS_INTERVAL_S:
             self._progress_at = now
-            self.reference_progress.emit(what, done, total)
+            self.reference_policy_progress.emit(what, done, total)
 
     def _close_reference(self) -> None:
         reference, self._reference = self._reference, None
@@ -256,7 +254,8 @@ class EngineWorker(QObject):
             engine = self._require_engine()
             # the reference in use follows the run when it is the one the window expects (it may have been changed
             # since the run was asked for; the window then evaluates the rollouts after the run)
-            if reference is not None and self._reference is not None and self._reference.info == reference:
+            if (reference is not None and self._reference is not None and self._reference.info == reference
+                    and self._reference.follows_runs):
                 follower = self._reference.lockstep(top_n)
             for event in start(engine, {"follower": follower} if follower is not None else {}):
                 pending.append(event)
@@ -296,9 +295,9 @@ class EngineHost(QObject):
     prompt_formatted = Signal(int, object)
     failed = Signal(int, object)
     finished = Signal(int)
-    reference_ready = Signal(object)
-    reference_failed = Signal(object)
-    reference_progress = Signal(str, int, int)
+    reference_policy_ready = Signal(object, object)
+    reference_policy_failed = Signal(object)
+    reference_policy_progress = Signal(str, int, int)
     annotated = Signal(int, object, object)
 
     _load_requested = Signal(str, object, object)
@@ -319,7 +318,7 @@ class EngineHost(QObject):
         self._generate_requested.connect(self.worker.generate)
         self._branch_requested.connect(self.worker.branch)
         self._score_requested.connect(self.worker.score)
-        self._reference_requested.connect(self.worker.set_reference)
+        self._reference_requested.connect(self.worker.set_reference_policy)
         self._annotate_requested.connect(self.worker.annotate)
         self._shutdown_requested.connect(self.worker.shutdown)
         self._thread.finished.connect(self.worker.deleteLater)
@@ -328,9 +327,10 @@ class EngineHost(QObject):
                                (w.model_failed, self.model_failed), (w.events, self.events),
                                (w.scores_ready, self.scores_ready), (w.failed, self.failed),
                                (w.prompt_formatted, self.prompt_formatted),
-                               (w.reference_ready, self.reference_ready),
-                               (w.reference_failed, self.reference_failed),
-                               (w.reference_progress, self.reference_progress), (w.annotated, self.annotated),
+                               (w.reference_policy_ready, self.reference_policy_ready),
+                               (w.reference_policy_failed, self.reference_policy_failed),
+                               (w.reference_policy_progress, self.reference_policy_progress),
+                               (w.annotated, self.annotated),
                                (w.finished, self.finished)):
             source.connect(target)
         self._next_id = 0
@@ -382,7 +382,7 @@ class EngineHost(QObject):
         self._score_requested.emit(run_id, group_id, query, tuple(responses), chat, system, top_n)
         return run_id
 
-    def set_reference(self, spec: Optional[str]) -> None:
+    def set_reference_policy(self, spec: Optional[str]) -> None:
         """The reference policy from now on (ReferenceSpec text; None: none). Evaluations going are cancelled (they
         were for the reference before); a run streaming goes on, and is evaluated when it ends."""
         for run_id in self._annotations:

@@ -13,6 +13,7 @@ from typing import Callable, Optional
 from PySide6.QtCore import QSignalBlocker, Qt, Signal
 from PySide6.QtWidgets import (
     QComboBox,
+    QDoubleSpinBox,
     QFileDialog,
     QGroupBox,
     QHBoxLayout,
@@ -27,17 +28,20 @@ from PySide6.QtWidgets import (
 
 from explorer.core.errors import ExplorerError
 from explorer.core.reference.policy import ReferenceSpec
+from explorer.core.rl.stats import DEFAULT_TIS_CAP
 from explorer.core.types import ReferenceInfo
 
 NONE = "none"
 # (label, kind, what the value field holds, a default value, tooltip)
 KINDS = (
     ("No reference", NONE, "", "", "Show the policy alone"),
-    ("Exact float copy of the model", "exact", "", "",
-     "A float32 copy of the loaded quantized GGUF, written once to the app's data folder: what you see is what "
-     "quantization does to the policy"),
+    ("Exact float copy of the model", "exact", "GGUF to copy (empty: the loaded model; a server's: its GGUF here)", "",
+     "A float32 copy of the loaded quantized GGUF (or of the GGUF named), written once to the app's data folder: "
+     "what you see is what quantization does to the policy. With a policy on a server, name a local GGUF of the "
+     "served weights"),
     ("Another GGUF with the same vocabulary", "model", "path of a .gguf file", "",
-     "A base vs an instruct model, another quantization of the same model: it must have the same tokens"),
+     "A base vs an instruct model, another quantization of the same model: it must have the same tokens. With a "
+     "policy on a server: a local GGUF of the served weights (the KL over the vocabulary is then unavailable)"),
     ("Same model, another system prompt", "system", "the reference's system prompt", "",
      "The policy conditioned on another system prompt (chat template on)"),
     ("Same model at another temperature", "temperature", "temperature, e.g. 0.7", "0.7",
@@ -58,7 +62,7 @@ def spec_text(kind: str, value: str) -> Optional[str]:
     if kind == NONE:
         return None
     if kind == "exact":
-        text = "exact"
+        text = "exact" if not value else f"exact:{Path(value).expanduser()}"
     elif kind == "model":
         if not value:
             raise ExplorerError("Give the path of the reference GGUF (or pick it with …).")
@@ -78,11 +82,14 @@ class ReferenceBox(QGroupBox):
     chosen = Signal(object)
     error = Signal(str, str)  # title, message
     changed = Signal()  # the draft changed (the window saves its settings then)
+    tis_cap_changed = Signal(float)  # C of the truncated importance weights in the mismatch statistics
 
     def __init__(self, parent: Optional[QWidget] = None,
                  pick_file: Callable[[QWidget], Optional[str]] = pick_gguf_file):
         super().__init__("Reference policy", parent)
         self.file_picker = pick_file
+        # each kind keeps its own draft value: a temperature typed is not offered as a GGUF path
+        self._drafts: dict[str, str] = {kind: default for _l, kind, _h, default, _t in KINDS}
         self.combo = QComboBox()
         # the labels are long: the combo must not widen the side panel (it elides; each entry's tooltip says more)
         self.combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
@@ -94,7 +101,7 @@ class ReferenceBox(QGroupBox):
                               "log pi - log pi_ref and the exact KL(pi || pi_ref) over the whole vocabulary")
         self.combo.currentIndexChanged.connect(self._on_kind)
         self.value_edit = QLineEdit()
-        self.value_edit.textChanged.connect(self.changed)
+        self.value_edit.textChanged.connect(self._on_text)
         self.value_edit.returnPressed.connect(self.use)
         self.browse_button = QToolButton()
         self.browse_button.setText("…")
@@ -103,6 +110,15 @@ class ReferenceBox(QGroupBox):
         self.use_button = QPushButton("Use")
         self.use_button.setToolTip("Compare the rollouts shown, and those to come, with this reference")
         self.use_button.clicked.connect(self.use)
+        self.cap_spin = QDoubleSpinBox()
+        self.cap_spin.setRange(1.0, 1000.0)
+        self.cap_spin.setDecimals(2)
+        self.cap_spin.setSingleStep(0.5)
+        self.cap_spin.setValue(DEFAULT_TIS_CAP)
+        self.cap_spin.setToolTip("C of the truncated importance weights min(π_ref / π, C) in the mismatch "
+                                 "statistics (TRL's vllm_importance_sampling_cap; 2 was its default)")
+        self.cap_spin.valueChanged.connect(self.tis_cap_changed)
+        self.cap_spin.valueChanged.connect(self.changed)
         self.state_label = QLabel()
         self.state_label.setWordWrap(True)
         self.state_label.setStyleSheet("color: palette(mid);")
@@ -116,8 +132,14 @@ class ReferenceBox(QGroupBox):
         use_row.addWidget(self.combo, 1)
         use_row.addWidget(self.use_button)
         layout = QVBoxLayout(self)
+        cap_row = QHBoxLayout()
+        cap_label = QLabel("Importance weight cap C")
+        cap_label.setToolTip(self.cap_spin.toolTip())
+        cap_row.addWidget(cap_label, 1)
+        cap_row.addWidget(self.cap_spin)
         layout.addLayout(use_row)
         layout.addLayout(value_row)
+        layout.addLayout(cap_row)
         layout.addWidget(self.progress)
         layout.addWidget(self.state_label)
         self._on_kind()
@@ -134,13 +156,16 @@ class ReferenceBox(QGroupBox):
         self.combo.setCurrentIndex(index)
         self.value_edit.setText(value)
 
+    def tis_cap(self) -> float:
+        return self.cap_spin.value()
+
     def set_spec(self, text: Optional[str]) -> None:
         """Show a ReferenceSpec text (the CLI's --reference) as the draft."""
         if not text:
             self.set_choice(NONE)
             return
         spec = ReferenceSpec.parse(text)
-        self.set_choice(spec.kind, spec.value if spec.kind != "exact" else "")
+        self.set_choice(spec.kind, spec.value)
 
     def spec(self) -> Optional[str]:
         """The draft as ReferenceSpec text; raises ExplorerError when it is not usable."""
@@ -160,19 +185,20 @@ class ReferenceBox(QGroupBox):
     def pick_file(self) -> None:
         path = self.file_picker(self)
         if path:
-            self.set_choice("model", path)
+            self.set_choice(self.kind() if self.kind() in ("model", "exact") else "model", path)
+
+    def _on_text(self, text: str) -> None:
+        self._drafts[self.kind()] = text
+        self.changed.emit()
 
     def _on_kind(self, _index: int = 0) -> None:
         kind = self.kind()
-        _label, _kind, hint, default, _tip = KINDS[self.combo.currentIndex()]
+        _label, _kind, hint, _default, _tip = KINDS[self.combo.currentIndex()]
         with QSignalBlocker(self.value_edit):
-            if kind in ("temperature", "top_p") and not _is_number(self.value_edit.text()):
-                self.value_edit.setText(default)
-            elif kind in (NONE, "exact"):
-                self.value_edit.clear()
+            self.value_edit.setText(self._drafts[kind])  # this kind's own draft, never the last kind's
         self.value_edit.setPlaceholderText(hint)
-        self.value_edit.setVisible(kind not in (NONE, "exact"))
-        self.browse_button.setVisible(kind == "model")
+        self.value_edit.setVisible(kind != NONE)
+        self.browse_button.setVisible(kind in ("model", "exact"))
         self.changed.emit()
 
     # -- what the worker did ---------------------------------------------------------------------------------------
@@ -195,17 +221,18 @@ class ReferenceBox(QGroupBox):
 
     # -- persistence -----------------------------------------------------------------------------------------------
     def state(self) -> dict:
-        return {"kind": self.kind(), "value": self.value_edit.text()}
+        return {"kind": self.kind(), "value": self.value_edit.text(), "values": dict(self._drafts),
+                "tis_cap": self.cap_spin.value()}
 
     def restore_state(self, state) -> None:
         """The draft comes back; nothing is used until the user presses Use (an exact copy costs a write)."""
-        if isinstance(state, dict) and isinstance(state.get("kind"), str) and self.combo.findData(state["kind"]) >= 0:
+        if not isinstance(state, dict):
+            return
+        values = state.get("values")
+        if isinstance(values, dict):
+            self._drafts.update({k: v for k, v in values.items() if k in self._drafts and isinstance(v, str)})
+        cap = state.get("tis_cap")
+        if isinstance(cap, (int, float)) and not isinstance(cap, bool):
+            self.cap_spin.setValue(float(cap))
+        if isinstance(state.get("kind"), str) and self.combo.findData(state["kind"]) >= 0:
             self.set_choice(state["kind"], state.get("value") if isinstance(state.get("value"), str) else "")
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True

@@ -256,7 +256,7 @@ class ViewsPanel(QSplitter):
         session = self._session
         reference = session.reference_policy if session is not None else None
         description = reference.description if reference is not None else None
-        self.panes.set_reference(description)
+        self.panes.set_reference_policy(description)
         self.reference_changed.emit(description)
 
     @property
@@ -289,8 +289,7 @@ class ViewsPanel(QSplitter):
             # a set saved without statistics (older files, a recovered run): computed for the panel only, so the
             # set stays as it was saved
             group = replace(group, stats=group_stats(group))
-        reference = session.reference_policy
-        self.stats_panel.show_group(group, reference.description if reference is not None else None)
+        self.stats_panel.show_group(group, session.reference_policy, session.set_mismatch())
 
     # -- shading and layout ----------------------------------------------------------------------------------------
     def set_shading(self, mode: str) -> None:

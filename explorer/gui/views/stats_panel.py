@@ -1,6 +1,7 @@
 """A small panel of the selected query's group statistics (explorer.core.rl.stats): diversity, rewards when there are
-any, and the KL to a reference policy when the rollouts were evaluated under one. The window hands it the group
-whenever the tab changes or the group's statistics are recomputed."""
+any, and the KL to a reference policy when the rollouts were evaluated under one, with the mismatch numbers trainers
+log (this query's and the whole set's side by side). The window hands it the group whenever the tab changes or the
+group's statistics are recomputed."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QFrame, QGridLayout, QLabel, QVBoxLayout, QWidget
 
 from explorer.core.rl.stats import STAT_DESCRIPTIONS, in_baseline
-from explorer.core.types import QueryGroup
+from explorer.core.types import QueryGroup, ReferenceInfo
 from explorer.gui.widgets.tokens import format_kl
 
 # (stat name, label) in the order shown; two columns of label/value pairs
@@ -30,7 +31,57 @@ REFERENCE_ROWS = (
     ("same_top_share", "Same top token"),
     ("top_disagreement_share", "Top disagreement"),
 )
+# the mismatch numbers (stats "mismatch.NAME"): one row each, this query's and the set's
+MISMATCH_ROWS = (
+    ("prob_diff_max", "|π − π_ref| max"),
+    ("prob_diff_mean", "|π − π_ref| mean ± std"),
+    ("prob_pearson", "Pearson r(π, π_ref)"),
+    ("tis_clip_fraction", "Weights clipped at C"),
+    ("ess", "Effective sample size"),
+    ("kl_k1", "k1 = −log r"),
+    ("kl_k2", "k2 = (log r)²/2"),
+    ("kl_k3", "k3 = r − 1 − log r"),
+    ("kl_exact", "Exact KL"),
+)
+MISMATCH_TIP = ("The sampler-versus-trainer gap over the tokens the sampler drew, r = π_ref / π of each token: what a "
+                "trainer holding π_ref's weights would log (verl's rollout_probs_diff_*, TRL's truncated importance "
+                "weights min(r, C), Schulman's KL estimators, each a mean per token, with its bias against the exact "
+                "KL in brackets)")
+UNAVAILABLE = "unavailable"  # a KL that cannot be known (a server sends no full rows): never shown as 0
 _EMPTY = "—"
+
+
+def format_mismatch(name: str, m: Optional[dict], has_kl: bool = True) -> str:
+    """One mismatch number as the panel shows it (m: NAME -> value, without the "mismatch." prefix)."""
+    if not m:
+        return _EMPTY
+
+    def number(x: Optional[float], digits: int = 3) -> str:
+        return _EMPTY if x is None else "inf" if x == float("inf") else f"{x:.{digits}g}"
+
+    value = m.get(name)
+    if name == "prob_diff_mean":
+        return f"{number(value)} ± {number(m.get('prob_diff_std'))}"
+    if name == "prob_pearson":
+        return number(value, 4)
+    if name == "tis_clip_fraction":
+        return _EMPTY if value is None else f"{100 * value:.1f}% (C = {m.get('tis_cap', 0):g})"
+    if name == "ess":
+        n = m.get("n_tokens")
+        return _EMPTY if value is None or not n else f"{value:.1f} of {n:g} ({100 * value / n:.0f}%)"
+    if name == "kl_exact":
+        return number(value) if value is not None or has_kl else UNAVAILABLE
+    if name in ("kl_k1", "kl_k2", "kl_k3"):
+        exact = m.get("kl_exact")
+        bias = (f" ({value - exact:+.2g})" if value is not None and exact is not None
+                and value != float("inf") and exact != float("inf") else "")
+        return number(value) + bias
+    return number(value)
+
+
+def mismatch_of(stats: Optional[dict]) -> dict:
+    """The mismatch numbers of a stats dict (or of Session.set_mismatch), without their prefix."""
+    return {k.partition(".")[2]: v for k, v in (stats or {}).items() if k.startswith("mismatch.")}
 
 
 def format_stat(name: str, value: Optional[float], n_rollouts: Optional[int] = None) -> str:
@@ -83,6 +134,36 @@ class StatsPanel(QFrame):
             self.labels[name], self.values[name] = label, value
         grid.setColumnStretch(1, 1)
         grid.setColumnStretch(3, 1)
+        self.mismatch_grid = QWidget()
+        mismatch = QGridLayout(self.mismatch_grid)
+        mismatch.setContentsMargins(0, 4, 0, 0)
+        mismatch.setHorizontalSpacing(10)
+        mismatch.setVerticalSpacing(1)
+        self.mismatch_grid.setToolTip(MISMATCH_TIP)
+        heading = QLabel("<b>Sampler vs reference</b>")
+        heading.setToolTip(MISMATCH_TIP)
+        mismatch.addWidget(heading, 0, 0)
+        for col, text in ((1, "this query"), (2, "all queries")):
+            head = QLabel(text)
+            head.setAlignment(Qt.AlignmentFlag.AlignRight)
+            head.setStyleSheet("color: palette(mid);")
+            mismatch.addWidget(head, 0, col)
+        self.mismatch_values: dict[str, tuple[QLabel, QLabel]] = {}
+        for row, (name, text) in enumerate(MISMATCH_ROWS, start=1):
+            label = QLabel(text + ":")
+            label.setToolTip(STAT_DESCRIPTIONS[f"mismatch.{name}"])
+            mismatch.addWidget(label, row, 0)
+            cells = []
+            for col in (1, 2):
+                cell = QLabel(_EMPTY)
+                cell.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+                cell.setAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+                cell.setToolTip(label.toolTip())
+                mismatch.addWidget(cell, row, col)
+                cells.append(cell)
+            self.mismatch_values[name] = (cells[0], cells[1])
+        mismatch.setColumnStretch(1, 1)
+        mismatch.setColumnStretch(2, 1)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(6, 4, 6, 4)
         layout.setSpacing(2)
@@ -93,6 +174,7 @@ class StatsPanel(QFrame):
         self.reference.setStyleSheet("color: palette(mid);")
         layout.addWidget(self.title)
         layout.addLayout(grid)
+        layout.addWidget(self.mismatch_grid)
         layout.addWidget(self.reference)
         layout.addWidget(self.note)
         self.show_group(None)
@@ -108,9 +190,15 @@ class StatsPanel(QFrame):
     def text(self, name: str) -> str:
         return self.values[name].text()
 
-    def show_group(self, group: Optional[QueryGroup], reference: Optional[str] = None) -> None:
-        """Show a group's statistics; reference: what the session's reference policy is (its description), None
-        when it has none. The reference rows show only when the group has their numbers."""
+    def mismatch_text(self, name: str, which: int = 0) -> str:
+        """A mismatch row's text: this query's (which 0) or the set's (1)."""
+        return self.mismatch_values[name][which].text()
+
+    def show_group(self, group: Optional[QueryGroup], reference: Optional[ReferenceInfo] = None,
+                   set_mismatch: Optional[dict] = None) -> None:
+        """Show a group's statistics; reference: the session's reference policy, None when it has none;
+        set_mismatch: the mismatch numbers over the whole set (Session.set_mismatch). The reference rows show only
+        when the group has their numbers."""
         self._group_id = group.id if group is not None else None
         stats = dict(group.stats) if group is not None and group.stats is not None else {}
         self._values = stats
@@ -122,18 +210,28 @@ class StatsPanel(QFrame):
             reward_row = name in ("mean_reward", "reward_std")
             for w in (self.labels[name], self.values[name]):
                 w.setEnabled(has_reward or not reward_row)
-        has_reference = "mean_kl" in stats
+        has_reference = "same_top_share" in stats
+        has_kl = reference is None or reference.has_kl
         for name, _ in REFERENCE_ROWS:
-            self.values[name].setText(format_stat(name, stats.get(name), n))
+            value = stats.get(name)
+            unknown = not has_kl and name in ("mean_kl", "kl_p99")
+            self.values[name].setText(UNAVAILABLE if unknown else format_stat(name, value, n))
             for w in (self.labels[name], self.values[name]):
                 w.setVisible(has_reference)
+        query_mismatch, all_mismatch = mismatch_of(stats), mismatch_of(set_mismatch)
+        for name, (mine, every) in self.mismatch_values.items():
+            mine.setText(format_mismatch(name, query_mismatch, has_kl))
+            every.setText(format_mismatch(name, all_mismatch, has_kl))
+        self.mismatch_grid.setVisible(bool(query_mismatch or all_mismatch))
         if reference is None or group is None:
             self.reference.setText("")
         elif has_reference:
-            self.reference.setText(f"KL against the reference π_ref: {reference}")
+            self.reference.setText(f"Against the reference π_ref: {reference.description}" + (
+                "" if has_kl else " (the policy is on a server, which sends no full rows: the exact KL is "
+                                  "unavailable)"))
         else:
-            self.reference.setText(f"Reference π_ref: {reference}; this query's rollouts are not evaluated under it "
-                                   "yet.")
+            self.reference.setText(f"Reference π_ref: {reference.description}; this query's rollouts are not "
+                                   "evaluated under it yet.")
         self.reference.setVisible(bool(self.reference.text()))
         if group is None:
             self.note.setText("Statistics of the selected query's rollouts appear here.")

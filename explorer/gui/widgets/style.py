@@ -150,7 +150,7 @@ class ShadingLegend(QWidget):
         self._mode = mode
         self._changed()
 
-    def set_reference(self, description: Optional[str]) -> None:
+    def set_reference_policy(self, description: Optional[str]) -> None:
         """The reference policy the log-ratios are against (its description), or None when the session has none."""
         if description != self._reference:
             self._reference = description

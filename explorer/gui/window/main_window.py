@@ -109,8 +109,7 @@ class MainWindow(QMainWindow):
         self._closed = False
         self._sized = False
         self._status_shown_at = 0.0
-        self._reference_chosen = False  # the user has just chosen the reference: the set shown is evaluated again
-        self._answer_timer = QTimer(self)  # typing a reference rewards once the typing pauses
+        self._answer_timer = QTimer(self)  # typing a reference answer rewards once the typing pauses
         self._answer_timer.setSingleShot(True)
         self._answer_timer.setInterval(REFERENCE_DELAY_MS)
 
@@ -155,13 +154,14 @@ class MainWindow(QMainWindow):
         host.model_loading.connect(self._on_model_loading)
         host.model_loaded.connect(self._on_model_loaded)
         host.model_failed.connect(self._on_model_failed)
-        self.runs.session_replaced.connect(lambda: self.views.show_session(self.runs.session))
+        self.runs.session_replaced.connect(self._on_session_replaced)
         self.runs.ticked.connect(lambda: self.drain(spread=True))
         self.runs.run_ended.connect(self._on_run_ended)
         self.runs.fed.connect(self.files.recovery.record)
         self.runs.run_failed.connect(lambda failure: self.report_failure("The run failed", failure))
         self.runs.scores_arrived.connect(self.views.show_scores)
         self.runs.scores_arrived.connect(lambda _gid: self.evaluate_reference())
+        reference = self.runs.reference_policy
         self.runs.score_failed.connect(lambda failure: self.report_failure("Scoring failed", failure))
         self.runs.score_done.connect(lambda: self.views.scoring.set_busy(False))
         self.controls.run_requested.connect(self.run)
@@ -173,11 +173,17 @@ class MainWindow(QMainWindow):
         self.controls.reward_box.changed.connect(self.reapply_rewards)
         self.controls.query_editor.reference_answer_changed.connect(self._on_reference_answer_changed)
         self.controls.reference_box.chosen.connect(self.choose_reference_policy)
-        host.reference_progress.connect(self.controls.reference_box.show_progress)
-        self.runs.reference_changed.connect(self._on_reference_policy_changed)
-        self.runs.reference_failed.connect(self._on_reference_policy_failed)
-        self.runs.referenced.connect(self._on_referenced)
-        self.runs.evaluation_done.connect(self._on_evaluation_done)
+        host.reference_policy_progress.connect(self.controls.reference_box.show_progress)
+        reference.changed.connect(self._on_reference_policy_changed)
+        reference.failed.connect(self._on_reference_policy_failed)
+        reference.evaluation_failed.connect(
+            lambda failure: self.report_failure("Comparing with the reference policy failed", failure))
+        reference.facts_changed.connect(self._on_reference_facts_changed)
+        reference.evaluating.connect(lambda description: self.status.message(f"Comparing with {description}…"))
+        reference.other_model.connect(lambda name: self.status.message(
+            f"This set was made with {name}: load that model to compare it with the reference", MESSAGE_MS))
+        reference.evaluation_done.connect(self._on_evaluation_done)
+        self.controls.reference_box.tis_cap_changed.connect(self._on_tis_cap_changed)
         self._answer_timer.timeout.connect(self._reward_new_answers)
         self.controls.k_spin.valueChanged.connect(self.views.tree_view.set_branch_k)
         self.views.tree_view.set_branch_k(self.controls.k())
@@ -204,6 +210,13 @@ class MainWindow(QMainWindow):
 
     def is_running(self) -> bool:
         return self.runs.is_running()
+
+    def _on_session_replaced(self) -> None:
+        """A new run's session or an opened set: its mismatch statistics use the cap chosen here."""
+        session = self.runs.session
+        if session is not None:
+            session.set_tis_cap(self.controls.reference_box.tis_cap())
+        self.views.show_session(session)
 
     # -- dialogs and errors ----------------------------------------------------------------------------------------
     def show_error(self, title: str, message: str) -> None:
@@ -509,49 +522,32 @@ class MainWindow(QMainWindow):
             self.show_error("No model", "Load the policy's model first: the reference is compared with it.")
             self.controls.reference_box.show_in_use(None)
             return False
-        self._reference_chosen = True
-        self.runs.set_reference(spec)
+        self.runs.reference_policy.choose(spec)
         return True
 
-    def evaluate_reference(self, again: bool = False) -> Optional[int]:
-        """Evaluate what the set shown has not been evaluated on yet under the reference in use (none: nothing);
-        again: the user chose this reference, so a set compared with another one is compared with it instead."""
-        if self.runs.reference_pending:
-            return None  # another reference is on its way: it evaluates the set when it comes
-        had = self.session.reference_policy if self.session is not None else None
-        request = self.runs.evaluate_reference(self.model_info, again=again)
-        if self.session is not None and had is not None and self.session.reference_policy is None:
-            self.views.show_reference()  # the old reference's facts were cleared
-        if request is not None:
-            self.status.message(f"Comparing with {self.runs.reference.description}…")
-        elif self.runs.reference is not None and self.session is not None and not self.is_running() and \
-                not self.session.same_model(self.model_info):
-            self.status.message(f"This set was made with {self.session.model.name}: load that model to compare it "
-                                "with the reference", MESSAGE_MS)
-        return request
+    def evaluate_reference(self) -> Optional[int]:
+        """Evaluate what the set shown has not been evaluated on yet under the reference in use (none: nothing)."""
+        return self.runs.reference_policy.evaluate()
 
     def _on_reference_policy_changed(self) -> None:
-        info = self.runs.reference
-        chosen, self._reference_chosen = self._reference_chosen, False
-        self.controls.reference_box.show_in_use(info)
-        if info is None:
-            self.views.show_reference()  # the facts of the reference before are gone
-            return
-        self.evaluate_reference(again=chosen)
+        self.controls.reference_box.show_in_use(self.runs.reference_policy.in_use)
 
     def _on_reference_policy_failed(self, failure: Failure) -> None:
-        self._reference_chosen = False
         self.controls.reference_box.show_failed(str(failure))
         self.report_failure("Cannot use the reference policy", failure)
 
-    def _on_referenced(self, group_id: str) -> None:
+    def _on_reference_facts_changed(self) -> None:
         self.files.mark_dirty()
         self.views.show_reference()
-        if group_id == self.views.current_group_id():
-            self.views.show_stats(group_id)
+
+    def _on_tis_cap_changed(self, cap: float) -> None:
+        session = self.session
+        if session is not None and session.set_tis_cap(cap):
+            self.files.mark_dirty()
+            self.views.show_stats(self.views.current_group_id())
 
     def _on_evaluation_done(self) -> None:
-        reference = self.runs.reference
+        reference = self.runs.reference_policy.in_use
         self.controls.reference_box.show_in_use(reference)
         if reference is not None:
             self.status.message(f"Compared with {reference.description}", MESSAGE_MS)
