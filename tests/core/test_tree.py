@@ -309,3 +309,15 @@ def test_facts_that_stream_with_the_tokens_are_taken_at_once_and_go_when_cleared
     assert tree.version == version + 1
     assert tree.take_reference([rollout("q0.r0", [1, 2, 3]), rollout("q0.r1", [1, 5])]) is True  # cleared
     assert not tree.has_reference and np.isnan(tree.kls).all()
+
+
+def test_a_data_following_colour_scale_ends_at_the_rounded_up_99th_percentile():
+    from explorer.core.tree.layout import data_full_scale
+
+    exact_copy = np.concatenate([np.full(990, 0.0035), np.linspace(0.004, 0.017, 10)])  # mean ~0.0035, p99 ~0.004
+    assert data_full_scale(exact_copy, 2.0) == pytest.approx(0.005)
+    assert data_full_scale(np.array([0.3, 0.2]), 2.0) == pytest.approx(0.5)
+    assert data_full_scale(np.array([1.0]), 2.0) == 1.0 and data_full_scale(np.array([3.0]), 2.0) == 5.0
+    # an infinite KL (a nucleus reference) or NaN (no facts) is left out; one far value does not set the scale
+    assert data_full_scale(np.array([0.01, math.inf, math.nan] + [0.012] * 200 + [40.0]), 2.0) == pytest.approx(0.02)
+    assert data_full_scale(np.array([0.0, 0.0]), 2.0) == 2.0 and data_full_scale(np.array([]), 2.0) == 2.0

@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from explorer.core.errors import ExplorerError
 from explorer.core.models.discovery import ModelEntry
 from explorer.core.types import ModelInfo, Query, SamplingParams
 from explorer.gui.side_panel.controls import ControlPanel, format_stop_strings, parse_stop_strings
+from explorer.gui.side_panel.reference_box import ReferenceBox
 
 
 @pytest.fixture
@@ -149,3 +151,33 @@ def test_state_round_trips_and_ignores_junk(qtbot, panel):
     assert other.system_prompt() is None  # raw mode: no system prompt is sent
     other.restore_state({"sampling": {"temperature": -3}, "k": "nine", "queries": "not a list"})
     assert other.state() == panel.state()  # invalid values keep what was there
+
+
+def test_each_reference_kind_keeps_its_own_value(qtbot):
+    """A temperature typed is not offered to the next kind as a GGUF path: every kind has its own draft."""
+    box = ReferenceBox(pick_file=lambda parent: "/models/picked.gguf")
+    qtbot.addWidget(box)
+    box.set_choice("temperature")
+    assert box.value_edit.text() == "0.7"  # its default
+    box.value_edit.setText("0.5")
+    box.combo.setCurrentIndex(box.combo.findData("model"))
+    assert box.value_edit.text() == ""
+    with pytest.raises(ExplorerError, match="path of the reference GGUF"):
+        box.spec()
+    box.combo.setCurrentIndex(box.combo.findData("top_p"))
+    assert box.value_edit.text() == "0.9" and box.spec() == "top_p:0.9"
+    box.combo.setCurrentIndex(box.combo.findData("temperature"))
+    assert box.spec() == "temperature:0.5"  # what was typed for it comes back
+    # the exact copy: of the loaded model, or of a GGUF named (a server's weights, here)
+    box.combo.setCurrentIndex(box.combo.findData("exact"))
+    assert box.spec() == "exact" and not box.browse_button.isHidden()
+    box.pick_file()
+    assert box.kind() == "exact" and box.spec() == "exact:/models/picked.gguf"
+    # the drafts and the cap come back with the settings
+    box.cap_spin.setValue(3.0)
+    again = ReferenceBox()
+    qtbot.addWidget(again)
+    again.restore_state(box.state())
+    assert again.spec() == "exact:/models/picked.gguf" and again.tis_cap() == 3.0
+    again.combo.setCurrentIndex(again.combo.findData("temperature"))
+    assert again.spec() == "temperature:0.5"

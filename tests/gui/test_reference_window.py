@@ -11,6 +11,7 @@ from tiny_gguf import write_q8_copy, write_scaled_row_copy, write_tiny_gguf
 
 from explorer.core.reference.exact_copy import DATA_DIR_ENV
 from explorer.gui.run.worker import default_engine_factory
+from explorer.gui.tree.tree_view import COLOUR_BY
 from gui_kit import load, run_to_end
 
 
@@ -198,3 +199,39 @@ def test_a_chosen_reference_replaces_the_one_the_set_shown_carries(qtbot, real_w
     qtbot.waitUntil(lambda: not window.runs.reference_policy.is_evaluating(), timeout=10000)
     assert window.session.reference_policy.temperature == 1.0
     assert all(t.kl == 0.0 for t in all_tokens(window))
+
+
+def test_a_server_s_policy_against_a_local_reference(qtbot, make_window, tiny_served, tmp_path, monkeypatch):
+    """A real llama_cpp.server samples; pi_ref is the exact float copy of the served GGUF, here. The run is not
+    followed (the server's rows never come): its rollouts are evaluated when it ends, with the KL unavailable."""
+    monkeypatch.setenv(DATA_DIR_ENV, str(tmp_path / "data"))
+    window = make_window(factory=default_engine_factory)
+    with qtbot.waitSignal(window.model_ready, timeout=20000):
+        window.load_model(tiny_served["url"])
+    window.controls.set_queries(["Which is the largest ocean?"])
+    window.controls.chat_check.setChecked(False)
+    use_reference(qtbot, window, "exact", str(tiny_served["q8"]))
+    reference = window.runs.reference_policy.in_use
+    assert reference.kind == "exact" and reference.kl_kind == "unavailable"
+    with qtbot.waitSignal(window.reference_evaluated, timeout=20000):
+        run_to_end(qtbot, window, k=2, max_tokens=6)
+    tokens = all_tokens(window)
+    assert tokens and all(t.has_reference and t.kl is None for t in tokens)
+    panel = window.views.stats_panel
+    assert panel.text("mean_kl") == "unavailable" and panel.mismatch_text("kl_exact", 0) == "unavailable"
+    assert panel.mismatch_text("kl_k1", 0) not in ("—", "0") and not panel.mismatch_grid.isHidden()
+    # the tree offers the log-ratio colouring, not the KL's (grey everywhere would read as "not evaluated")
+    items = window.views.tree_view.colour_box.model()
+    assert items.item(COLOUR_BY.index("log_ratio")).isEnabled() and not items.item(COLOUR_BY.index("kl")).isEnabled()
+    # another cap: the statistics are made again
+    window.controls.reference_box.cap_spin.setValue(1.01)
+    assert dict(window.session.group("q0").stats)["mismatch.tis_cap"] == 1.01
+    assert "(C = 1.01)" in panel.mismatch_text("tis_clip_fraction", 0)
+    # what needs the server's rows is refused with why
+    errors = []
+    window.error_shown.connect(lambda title, message: errors.append(message))
+    box = window.controls.reference_box
+    box.set_choice("temperature", "0.5")
+    with qtbot.waitSignal(window.runs.reference_policy.failed, timeout=10000):
+        box.use()
+    assert "runs on a server" in errors[-1]

@@ -13,9 +13,9 @@ from PySide6.QtGui import QColor, QPalette, QWheelEvent
 from PySide6.QtWidgets import QApplication
 
 from explorer.core.tree.token_tree import ROOT, TokenTree
-from explorer.core.types import Rollout, TokenInfo, TopLogprob
+from explorer.core.types import ReferenceInfo, Rollout, TokenInfo, TopLogprob
 from explorer.gui.views.side_plot import SidePlot
-from explorer.gui.tree.tree_view import (COLOUR_BY, KL_FULL_SCALE, LOG_RATIO_FULL_SCALE, N_DIVERGING_LEVELS, N_LEVELS,
+from explorer.gui.tree.tree_view import (COLOUR_BY, LOG_RATIO_FULL_SCALE, N_DIVERGING_LEVELS, N_LEVELS,
                                     TokenTreeView)
 
 WORDS = {1: " The", 2: " sea", 3: " ocean", 4: " is", 5: " blue", 6: " deep", 7: " vast", 8: "."}
@@ -423,17 +423,40 @@ def test_log_ratio_colours_diverge_by_sign_and_leave_unevaluated_boxes_grey(pane
     assert len(ghosts) and (ghosts == N_DIVERGING_LEVELS).all()
 
 
-def test_kl_colours_are_sequential_on_their_own_scale(panel):
+def test_kl_colours_are_sequential_on_a_scale_that_follows_the_data(panel):
     view = panel.tree_view
     annotate(panel.session)
     panel.show_reference()
     view.set_colour_by("kl")
-    assert view.colorbar.levels() == (0.0, KL_FULL_SCALE)
+    # the largest KL here is after "A B" (0.25 nats): the 99th percentile, rounded up to 0.5, is full colour
+    assert 0.2 < kl_at((1, 2)) < 0.5 and view.colorbar.levels() == (0.0, 0.5)
+    assert "full colour at 0.5 nats" in view.colorbar.toolTip() and "99th percentile" in view.colorbar.toolTip()
     levels = view.icicle.levels
     # C and D were drawn from one distribution (after "A B"): one KL, one colour; F's (after "A E") is lower
     assert levels[node(view, [1, 2, 3])] == levels[node(view, [1, 2, 4])] > levels[node(view, [1, 5, 6])]
-    assert levels[node(view, [1, 2, 3])] == round(kl_at((1, 2)) / KL_FULL_SCALE * (N_LEVELS - 1))
+    assert levels[node(view, [1, 2, 3])] == round(kl_at((1, 2)) / 0.5 * (N_LEVELS - 1))
     assert levels[node(view, STREAMING)] == N_LEVELS  # grey
+
+
+def test_a_reference_as_close_as_the_exact_copy_is_not_one_dark_colour(panel):
+    """KLs of a hundredth of a nat (Q4 against its float copy): the scale comes down to them, so the boxes keep
+    their differences instead of all sitting in the scale's first bucket."""
+    view = panel.tree_view
+    group = panel.session.group("q0")
+    done = tuple(dataclasses.replace(r, tokens=tuple(dataclasses.replace(t, kl=t.kl * 0.02) for t in r.tokens))
+                 for r in (evaluated(r) for r in group.rollouts if r.finish_reason is not None))
+    panel.session.annotate(dataclasses.replace(group, rollouts=done), ReferenceInfo("exact", "the float copy", "f01"))
+    panel.show_reference()
+    view.set_colour_by("kl")
+    top = kl_at((1, 2)) * 0.02  # 0.005 nats
+    assert view.colorbar.levels() == (0.0, 0.01)
+    levels = view.icicle.levels
+    assert levels[node(view, [1, 2, 3])] == round(top / 0.01 * (N_LEVELS - 1)) > N_LEVELS // 3
+    assert levels[node(view, [1, 2, 3])] > levels[node(view, [1, 5, 6])] > levels[node(view, [1])]
+    # back to a far reference: the scale follows it up again
+    annotate(panel.session)
+    panel.show_reference()
+    assert view.colorbar.levels() == (0.0, 0.5)
 
 
 def test_a_fork_where_the_policies_prefer_different_tokens_is_marked_and_says_both(panel):

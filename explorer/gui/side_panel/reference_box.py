@@ -149,12 +149,14 @@ class ReferenceBox(QGroupBox):
     def kind(self) -> str:
         return self.combo.currentData()
 
-    def set_choice(self, kind: str, value: str = "") -> None:
+    def set_choice(self, kind: str, value: Optional[str] = None) -> None:
+        """Show this kind with this value (None: the kind's own draft, or its default)."""
         index = self.combo.findData(kind)
         if index < 0:
             raise ValueError(f"unknown reference kind {kind!r}")
         self.combo.setCurrentIndex(index)
-        self.value_edit.setText(value)
+        if value is not None:
+            self.value_edit.setText(value)
 
     def tis_cap(self) -> float:
         return self.cap_spin.value()

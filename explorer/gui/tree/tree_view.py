@@ -38,7 +38,7 @@ from PySide6.QtWidgets import (QComboBox, QFileDialog, QGraphicsRectItem, QHBoxL
 
 from explorer.core.tree.icicle import MODES, Icicle, compute_icicle, describe_box, describe_rest
 from explorer.core.tree.token_tree import ROOT, TokenTree
-from explorer.core.tree.layout import DIVERGING, color_levels, colormap_lut
+from explorer.core.tree.layout import DIVERGING, SCALE_QUANTILE, color_levels, colormap_lut, data_full_scale
 from explorer.gui.widgets.elided_label import ElidedLabel
 from explorer.gui.widgets.grid_axis import FastGridAxis
 from explorer.gui.widgets.style import ENTROPY_FULL_SCALE, LOG_RATIO_FULL_SCALE, blend
@@ -54,10 +54,12 @@ REFERENCE_COLOURS = ("log_ratio", "kl")  # the colourings that need reference fa
 # Full scales of the reference colourings, in nats. The log-ratio's is the panes' (style.LOG_RATIO_FULL_SCALE, 2 nats:
 # a token e^2 = 7.4x more or less likely under pi than under pi_ref; quantisation noise stays faint, real
 # disagreements reach full colour; +-inf, where one policy gives the token 0, saturates), so a box and its token in a
-# pane read alike. KL(pi || pi_ref) is the mean log-ratio under pi, so it gets the same full scale: a position whose
-# KL is 2 nats differs on average as much as a token at full colour does.
+# pane read alike. KL(pi || pi_ref) follows the data instead (layout.data_full_scale: the tree's 99th percentile,
+# rounded up): a reference as close as the exact float copy (a mean KL of 0.004 nats) would be one dark colour on a
+# fixed scale, a system prompt's (2 nats) one bright one. KL_FULL_SCALE is the scale of a tree without a finite KL.
 KL_FULL_SCALE = LOG_RATIO_FULL_SCALE
 NO_REFERENCE_TIP = "needs a reference policy: choose one and evaluate this query's rollouts under it"
+NO_KL_TIP = "unavailable: the policy is on a server, which sends no full rows of logits"
 MOUSE_HELP = ("<b>The token tree</b>: x is the token position; each box is a token, its height its share of the "
               "group (sampled) or of the policy's mass (model π: hatched boxes are top-N alternatives no rollout "
               "took, the dotted gap the mass outside them). A fork's label names the tokens that part there, "
@@ -74,8 +76,9 @@ MOUSE_HELP = ("<b>The token tree</b>: x is the token position; each box is a tok
               "policies prefer different next tokens.")
 _COLOUR_LABEL = {"prob": "π(token | prefix)", "entropy": "entropy (nats)", "log_ratio": "log π − log π_ref (nats)",
                  "kl": "KL(π ‖ π_ref) (nats)"}
+# fixed scales; the KL's follows the tree shown (TokenTreeView.colour_range)
 _COLOUR_RANGE = {"prob": (0.0, 1.0), "entropy": (0.0, ENTROPY_FULL_SCALE),
-                 "log_ratio": (-LOG_RATIO_FULL_SCALE, LOG_RATIO_FULL_SCALE), "kl": (0.0, KL_FULL_SCALE)}
+                 "log_ratio": (-LOG_RATIO_FULL_SCALE, LOG_RATIO_FULL_SCALE)}
 
 
 class TokenTreeView(QWidget):
@@ -93,6 +96,7 @@ class TokenTreeView(QWidget):
         self._colour_by = "prob"  # the user's choice; shown_colour is what is drawn (a reference one needs facts)
         self._shown_reference = False  # whether the colour box offers the reference colourings
         self._scale_shown: Optional[str] = None  # the colouring the brushes and the colour bar are made for
+        self._kl_scale = KL_FULL_SCALE  # full colour of the KL colouring: follows the shown tree's KLs
         self._show_ghosts = True
         self._selected = -1
         self._hovered = -1
@@ -210,9 +214,15 @@ class TokenTreeView(QWidget):
     @property
     def shown_colour(self) -> str:
         """The colouring drawn: the one chosen, or π where it needs reference facts the tree does not have."""
-        if self._colour_by in REFERENCE_COLOURS and not self.has_reference:
+        if self._colour_by in REFERENCE_COLOURS and not self._offers(self._colour_by):
             return "prob"
         return self._colour_by
+
+    def _offers(self, colour: str) -> bool:
+        """Whether the shown tree has the facts a reference colouring needs (a server's policy gives no KL)."""
+        if not self.has_reference:
+            return False
+        return colour != "kl" or bool((~np.isnan(self._tree.kls[1:])).any())
 
     @property
     def has_reference(self) -> bool:
@@ -293,7 +303,9 @@ class TokenTreeView(QWidget):
         colour = self.shown_colour
         if colour in REFERENCE_COLOURS:
             values = tree.log_ratios if colour == "log_ratio" else tree.kls
-            low, high = _COLOUR_RANGE[colour]
+            if colour == "kl":
+                self._follow_kl_scale(values[~tree.ghost_mask])
+            low, high = self.colour_range(colour)
             unknown = np.isnan(values)
             scaled = np.clip((np.where(unknown, 0.0, values) - low) / (high - low), 0.0, 1.0)
             n = N_DIVERGING_LEVELS if colour == "log_ratio" else N_LEVELS
@@ -308,6 +320,28 @@ class TokenTreeView(QWidget):
         levels = color_levels(values, N_LEVELS)
         levels[ROOT] = N_LEVELS - 1 if colour == "prob" else 0  # the prompt is given, not drawn
         return levels
+
+    def colour_range(self, colour: str) -> tuple[float, float]:
+        """The values at the two ends of a colouring's scale (the KL's follows the tree shown)."""
+        return (0.0, self._kl_scale) if colour == "kl" else _COLOUR_RANGE[colour]
+
+    def _follow_kl_scale(self, kls: np.ndarray) -> None:
+        scale = data_full_scale(kls, KL_FULL_SCALE)
+        if scale != self._kl_scale:
+            self._kl_scale = scale
+            self.colorbar.setLevels(self.colour_range("kl"))
+            self.colorbar.setToolTip(self._colour_tip("kl"))
+
+    def _colour_tip(self, colour: str) -> str:
+        tip = _COLOUR_LABEL[colour]
+        if colour == "kl":
+            tip += (f": full colour at {self._kl_scale:g} nats, this tree's {SCALE_QUANTILE}th percentile of KL "
+                    "rounded up (the scale follows the data: higher KLs saturate)")
+        if colour in REFERENCE_COLOURS:
+            tip += (", saturating at the ends of the scale; grey: no reference facts (not evaluated yet, "
+                    "alternatives). A bar on a box's edge (▼ at a fork): π and π_ref prefer different next tokens "
+                    "there")
+        return tip
 
     # -- options -----------------------------------------------------------------------------------------------------
     def set_mode(self, mode: str) -> None:
@@ -336,12 +370,14 @@ class TokenTreeView(QWidget):
     def _show_colour_choices(self) -> None:
         """The colour box and the colour scale say what is drawn; the reference colourings are offered only while
         the tree has reference facts (disabled, with the reason as their tooltip, otherwise)."""
-        self._shown_reference = available = self.has_reference
+        self._shown_reference = self.has_reference
         model = self.colour_box.model()
         for what in REFERENCE_COLOURS:
             i = COLOUR_BY.index(what)
+            available = self._offers(what)
+            why = NO_REFERENCE_TIP if not self.has_reference else NO_KL_TIP
             model.item(i).setEnabled(available)
-            self.colour_box.setItemData(i, None if available else f"{_COLOUR_LABEL[what]}: {NO_REFERENCE_TIP}",
+            self.colour_box.setItemData(i, None if available else f"{_COLOUR_LABEL[what]}: {why}",
                                         Qt.ItemDataRole.ToolTipRole)
         shown = self.shown_colour
         if self.colour_box.currentData() != shown:
@@ -544,12 +580,11 @@ class TokenTreeView(QWidget):
         n = N_DIVERGING_LEVELS if colour == "log_ratio" else N_LEVELS
         lut = colormap_lut(0.0, 1.0, n, DIVERGING) if colour == "log_ratio" else colormap_lut(0.0, 1.0, n)
         self.colorbar.setColorMap(pg.ColorMap(np.linspace(0, 1, n), lut))
-        self.colorbar.setLevels(_COLOUR_RANGE[colour])
+        if colour == "kl" and self._tree is not None:
+            self._kl_scale = data_full_scale(self._tree.kls[~self._tree.ghost_mask], KL_FULL_SCALE)
+        self.colorbar.setLevels(self.colour_range(colour))
         self.colorbar.getAxis("left").setLabel(_COLOUR_LABEL[colour])  # where ColorBarItem puts its label
-        self.colorbar.setToolTip(_COLOUR_LABEL[colour] + (
-            f", saturating at the ends of the scale; grey: no reference facts (not evaluated yet, alternatives). "
-            f"A bar on a box's edge (▼ at a fork): π and π_ref prefer different next tokens there"
-            if colour in REFERENCE_COLOURS else ""))
+        self.colorbar.setToolTip(self._colour_tip(colour))
         fills = [QColor(int(r), int(g), int(b)) for r, g, b, _ in lut]
         if colour in REFERENCE_COLOURS:
             fills.append(blend(bg, fg, 0.4))  # no facts: a mid grey, apart from the near-white 0 of the log-ratio
