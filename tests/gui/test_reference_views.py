@@ -353,7 +353,7 @@ def test_the_statistics_panel_shows_the_mismatch_numbers_of_the_query_and_of_the
     views.show_session(session)
     views.select_group("q0")
     panel = views.stats_panel
-    assert not panel.mismatch_grid.isHidden()
+    assert panel.tabs.isTabEnabled(1)
     # k1 = -log r = log pi - log pi_ref, a mean per token: this query's (6 tokens x 2 rollouts), and the set's
     k1_query = (3 * 0.5 - 3 * 0.25) / 6
     k1_set = (12 * k1_query + 1.0) / 13

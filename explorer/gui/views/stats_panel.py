@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from typing import Optional
 
-from PySide6.QtCore import Qt
-from PySide6.QtWidgets import QFrame, QGridLayout, QLabel, QVBoxLayout, QWidget
+from PySide6.QtCore import QSize, Qt
+from PySide6.QtWidgets import (QFrame, QGridLayout, QLabel, QScrollArea, QStyle, QTabWidget, QVBoxLayout,
+                               QWidget)
 
 from explorer.core.rl.stats import STAT_DESCRIPTIONS, in_baseline
 from explorer.core.types import QueryGroup, ReferenceInfo
@@ -140,8 +141,9 @@ class StatsPanel(QFrame):
         mismatch.setHorizontalSpacing(10)
         mismatch.setVerticalSpacing(1)
         self.mismatch_grid.setToolTip(MISMATCH_TIP)
-        heading = QLabel("<b>Sampler vs reference</b>")
+        heading = QLabel("r = π_ref / π")
         heading.setToolTip(MISMATCH_TIP)
+        heading.setStyleSheet("color: palette(mid);")
         mismatch.addWidget(heading, 0, 0)
         for col, text in ((1, "this query"), (2, "all queries")):
             head = QLabel(text)
@@ -164,20 +166,47 @@ class StatsPanel(QFrame):
             self.mismatch_values[name] = (cells[0], cells[1])
         mismatch.setColumnStretch(1, 1)
         mismatch.setColumnStretch(2, 1)
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(6, 4, 6, 4)
-        layout.setSpacing(2)
+        mismatch.setRowStretch(len(MISMATCH_ROWS) + 1, 1)
         # what pi_ref is, under the numbers measured against it
         self.reference = QLabel()
         self.reference.setWordWrap(True)
         self.reference.setTextFormat(Qt.TextFormat.PlainText)
         self.reference.setStyleSheet("color: palette(mid);")
-        layout.addWidget(self.title)
+        # two pages, the group's statistics and the mismatch numbers (there with a reference), each scrolling where
+        # the window leaves it less height than it needs: squeezed, the rows would be drawn over each other
+        statistics = QWidget()
+        layout = QVBoxLayout(statistics)
+        layout.setContentsMargins(6, 4, 6, 4)
+        layout.setSpacing(2)
         layout.addLayout(grid)
-        layout.addWidget(self.mismatch_grid)
-        layout.addWidget(self.reference)
         layout.addWidget(self.note)
+        layout.addStretch(1)
+        self.mismatch_grid.setContentsMargins(6, 0, 6, 4)
+        self._pages = (statistics, self.mismatch_grid)
+        self.tabs = QTabWidget()
+        self.tabs.setDocumentMode(True)
+        for page, name, tip in ((statistics, "Statistics", "Diversity, rewards and the KL to the reference policy"),
+                                (self.mismatch_grid, "Sampler vs π_ref", MISMATCH_TIP)):
+            scroll = QScrollArea()
+            scroll.setFrameShape(QFrame.Shape.NoFrame)
+            scroll.setWidgetResizable(True)
+            scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)  # minimumSizeHint's width
+            scroll.setWidget(page)
+            self.tabs.addTab(scroll, name)
+            self.tabs.setTabToolTip(self.tabs.count() - 1, tip)
+        self.tabs.setCornerWidget(self.title, Qt.Corner.TopRightCorner)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(2, 2, 2, 4)
+        outer.setSpacing(2)
+        outer.addWidget(self.tabs)
+        outer.addWidget(self.reference)
         self.show_group(None)
+
+    def minimumSizeHint(self) -> QSize:  # noqa: N802 (Qt override)
+        """As wide as the pages' numbers need (their scroll areas would give that up), as low as a few rows."""
+        bar = self.style().pixelMetric(QStyle.PixelMetric.PM_ScrollBarExtent)
+        width = max(page.minimumSizeHint().width() for page in self._pages) + bar + 8
+        return QSize(width, super().minimumSizeHint().height())
 
     @property
     def group_id(self) -> Optional[str]:
@@ -203,7 +232,7 @@ class StatsPanel(QFrame):
         stats = dict(group.stats) if group is not None and group.stats is not None else {}
         self._values = stats
         n = len(group.rollouts) if group is not None else None
-        self.title.setText("<b>Query statistics</b>" + (f" · {n} rollouts" if group is not None else ""))
+        self.title.setText(f"{n} rollouts " if group is not None else "")
         has_reward = "mean_reward" in stats
         for name, _ in ROWS:
             self.values[name].setText(format_stat(name, stats.get(name), n))
@@ -222,7 +251,12 @@ class StatsPanel(QFrame):
         for name, (mine, every) in self.mismatch_values.items():
             mine.setText(format_mismatch(name, query_mismatch, has_kl))
             every.setText(format_mismatch(name, all_mismatch, has_kl))
-        self.mismatch_grid.setVisible(bool(query_mismatch or all_mismatch))
+        has_mismatch = bool(query_mismatch or all_mismatch)
+        self.tabs.setTabEnabled(1, has_mismatch)
+        self.tabs.setTabToolTip(1, MISMATCH_TIP if has_mismatch else "The gap between the sampler and a reference "
+                                "policy: choose a reference and evaluate the rollouts under it")
+        if not has_mismatch:
+            self.tabs.setCurrentIndex(0)
         if reference is None or group is None:
             self.reference.setText("")
         elif has_reference:
@@ -250,3 +284,4 @@ class StatsPanel(QFrame):
                              "branched or cancelled kept out (their rewards are shown, without an advantage).")
             self.note.setText(" ".join(notes))
         self.note.setVisible(bool(self.note.text()))
+        self.updateGeometry()  # the numbers' widths changed: the window asks minimumSizeHint again
