@@ -124,3 +124,30 @@ def test_branch_and_stop_and_export(remote, group, tmp_path):
     path = tmp_path / "vllm.json"
     export.save(c2.rollout_set(), path)
     assert export.load(path).model.server_kind == "vllm"
+
+
+def test_a_vllm_sampler_against_the_trainer_s_exact_weights(remote, group, default_model_path, tmp_path):
+    """The real case: vLLM samples, pi_ref is the GGUF's exact float copy here (the weights vLLM serves, run by
+    llama.cpp) or the quantized GGUF itself; only the KL over the vocabulary is unavailable."""
+    from contextlib import closing
+
+    from explorer.core.engine.local import Engine
+    from explorer.core.reference.exact_copy import cached_exact_copy
+    from explorer.core.reference.policy import ReferencePolicy, ReferenceSpec
+    from explorer.core.rl.stats import group_stats
+
+    def exact_path(path, fingerprint, progress):
+        return cached_exact_copy(path, fingerprint, progress, directory=tmp_path)
+
+    gaps = {}
+    for spec in (f"exact:{default_model_path}", str(default_model_path)):
+        with closing(ReferencePolicy(ReferenceSpec.parse(spec), remote, Engine, exact_path)) as ref:
+            assert ref.info.kl_kind == "unavailable"
+            out = ref.annotate_group(group)
+        tokens = [t for r in out.rollouts for t in r.tokens]
+        assert all(t.has_reference and t.kl is None for t in tokens)
+        stats = dict(group_stats(out))
+        assert stats["mismatch.kl_exact"] is None and stats["mismatch.prob_pearson"] > 0.99
+        gaps[spec.partition(":")[0]] = statistics.median(abs(t.log_ratio) for t in tokens)
+    # the float copy is the weights vLLM serves: closer to it than the Q4_1 file is
+    assert gaps["exact"] < gaps[str(default_model_path)] <= MEDIAN_BAND
