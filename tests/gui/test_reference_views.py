@@ -387,3 +387,5 @@ def test_a_server_s_reference_shows_the_kl_unavailable_never_zero(views):
     assert panel.mismatch_text("kl_k1", 0) == "0.1"
     assert "exact KL is unavailable" in panel.reference.text()
     assert all(r.mean_kl is None and r.log_ratio is not None for r in session.group("q0").rollouts)
+    card = token_tooltip_html(session.group("q0").rollouts[0].tokens[0])
+    assert "KL(π || π_ref) here" in card and "unavailable" in card

@@ -132,6 +132,17 @@ def _log_probs(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return x, e
 
 
+def _top_lists(ref_block: np.ndarray, lq: np.ndarray, top_n: int) -> tuple[list, np.ndarray]:
+    """pi_ref's top_n (id, logprob) per row and its top token. Its ranking is its logits' (a log-softmax, a
+    temperature and a nucleus keep the order): the sampler's own top-N search on the float32 rows, ties to the lower
+    id."""
+    if top_n <= 0:
+        return [()] * len(ref_block), ref_block.argmax(axis=1)
+    ids = top_indices(ref_block, top_n)
+    values = np.take_along_axis(lq, ids, axis=1)
+    return [tuple(zip(r_ids.tolist(), r_vals.tolist())) for r_ids, r_vals in zip(ids, values)], ids[:, 0]
+
+
 def compare_rows(policy_rows: np.ndarray, ref_rows: Optional[np.ndarray], targets: np.ndarray, top_n: int,
                  temperature: float = 1.0, top_p: float = 1.0) -> list[TokenComparison]:
     """Per row: the log-ratio of the target token, KL(pi || pi_ref) over the whole vocabulary in float64, both top
@@ -160,16 +171,7 @@ def compare_rows(policy_rows: np.ndarray, ref_rows: Optional[np.ndarray], target
         rows = np.arange(len(tg))
         with np.errstate(invalid="ignore"):
             ratio = lp[rows, tg] - lq[rows, tg]
-        # pi_ref's ranking is its logits' (a log-softmax, a temperature and a nucleus keep the order): the sampler's
-        # own top-N search on the float32 rows, ties to the lower id
-        if top_n > 0:
-            ids = top_indices(ref_block, top_n)
-            values = np.take_along_axis(lq, ids, axis=1)
-            tops = [tuple(zip(r_ids.tolist(), r_vals.tolist())) for r_ids, r_vals in zip(ids, values)]
-            ref_top_ids = ids[:, 0]
-        else:
-            tops = [()] * len(tg)
-            ref_top_ids = ref_block.argmax(axis=1)
+        tops, ref_top_ids = _top_lists(ref_block, lq, top_n)
         facts.extend(TokenComparison(float(r), float(k), int(rt), int(pt), top)
                      for r, k, rt, pt, top in zip(ratio, kl, ref_top_ids, block.argmax(axis=1), tops))
     return facts
@@ -185,13 +187,7 @@ def reference_facts(ref_rows: np.ndarray, targets: np.ndarray, top_n: int) -> li
         lq = _log_probs(block)[0]
         tg = targets[a: a + KL_BLOCK]
         picked = lq[np.arange(len(tg)), tg]
-        if top_n > 0:
-            ids = top_indices(block, top_n)
-            values = np.take_along_axis(lq, ids, axis=1)
-            tops = [tuple(zip(r_ids.tolist(), r_vals.tolist())) for r_ids, r_vals in zip(ids, values)]
-            top_ids = ids[:, 0]
-        else:
-            tops, top_ids = [()] * len(tg), block.argmax(axis=1)
+        tops, top_ids = _top_lists(block, lq, top_n)
         facts.extend(TokenComparison(None, None, int(rt), -1, top, float(lq_t))
                      for lq_t, rt, top in zip(picked, top_ids, tops))
     return facts
@@ -378,45 +374,35 @@ class ReferencePolicy:
         extra = list(id_lists[first.list_index][: first.start]) if first.start else []
         windows = [list(id_lists[w.list_index][w.start: w.end]) for w in job]
         offsets = np.cumsum([0] + [len(w) for w in windows])
-        n_rows = int(offsets[-1])
-        targets = np.empty(n_rows, dtype=np.int64)
+        targets = np.empty(int(offsets[-1]), dtype=np.int64)
         if self.remote:  # pi_ref's rows alone: the server's logprobs of its tokens are in the tokens already
-            ref_only = np.empty((n_rows, self.engine.info.n_vocab), dtype=np.float32)
-
-            def keep_ref_only(seqs, positions, target_ids, rows):
-                at = offsets[seqs] + positions
-                ref_only[at] = rows
-                targets[at] = target_ids
-
-            self.engine.teacher_force(list(ref_prefix) + extra, windows, keep_ref_only)
-            facts = reference_facts(ref_only, targets, top_n)
-            for j, w in enumerate(job):
-                out[w.list_index][w.start: w.end] = facts[offsets[j]: offsets[j + 1]]
-            return
-        policy_rows = np.empty((n_rows, self.policy.info.n_vocab), dtype=np.float32)
-
-        def keep_policy(seqs, positions, target_ids, rows):
-            at = offsets[seqs] + positions
-            policy_rows[at] = rows
-            targets[at] = target_ids
-
-        self.policy.teacher_force(list(policy_prefix) + extra, windows, keep_policy)
-        if self.spec.kind in ("temperature", "top_p"):
-            # the same model's rows under another sampler: no second pass
-            self._fill(job, offsets, policy_rows, policy_rows, targets, out, True, top_n)
-            return
-        ref_rows = np.empty_like(policy_rows)
-
-        def keep_ref(seqs, positions, target_ids, rows):
-            ref_rows[offsets[seqs] + positions] = rows
-
-        (self.engine or self.policy).teacher_force(list(ref_prefix) + extra, windows, keep_ref)
-        self._fill(job, offsets, policy_rows, ref_rows, targets, out, False, top_n)
-
-    def _fill(self, job, offsets, policy_rows, ref_rows, targets, out, transform: bool, top_n: int) -> None:
-        facts = compare_rows(policy_rows, None if transform else ref_rows, targets, top_n, *self._sampler())
+            ref_rows = self._rows(self.engine, list(ref_prefix) + extra, windows, offsets, targets)
+            facts = reference_facts(ref_rows, targets, top_n)
+        else:
+            policy_rows = self._rows(self.policy, list(policy_prefix) + extra, windows, offsets, targets)
+            if self.spec.kind in ("temperature", "top_p"):  # the same model's rows under another sampler
+                ref_rows = None
+            else:
+                ref_rows = self._rows(self.engine or self.policy, list(ref_prefix) + extra, windows, offsets)
+            facts = compare_rows(policy_rows, ref_rows, targets, top_n, *self._sampler())
         for j, w in enumerate(job):
             out[w.list_index][w.start: w.end] = facts[offsets[j]: offsets[j + 1]]
+
+    @staticmethod
+    def _rows(engine, prefix: list[int], windows: list[list[int]], offsets: np.ndarray,
+              targets: Optional[np.ndarray] = None) -> np.ndarray:
+        """The engine's logits rows for every token of the windows after the prefix, in one array (and the target
+        ids into `targets`)."""
+        rows_out = np.empty((int(offsets[-1]), engine.info.n_vocab), dtype=np.float32)
+
+        def keep(seqs, positions, target_ids, rows):
+            at = offsets[seqs] + positions
+            rows_out[at] = rows
+            if targets is not None:
+                targets[at] = target_ids
+
+        engine.teacher_force(prefix, windows, keep)
+        return rows_out
 
     def _sampler(self) -> tuple[float, float]:
         """(temperature, top-p) of a sampler reference; (1, 1) for the others."""

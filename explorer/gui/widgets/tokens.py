@@ -164,7 +164,8 @@ def _reference_html(token: TokenInfo, colours: dict, bar_width: int) -> str:
         ("π_ref", f"<b>{format_percent(ref_prob)}</b>"),
         ("π / π_ref", f"{times}" + (f' <span style="color:{muted}">{verdict}</span>' if verdict else "")),
         ("log π − log π_ref", format_logprob(ratio)),
-        ("KL(π || π_ref) here", f"{format_kl(token.kl)} nats" if token.kl is not None else "—"),
+        # evaluated without a KL: the policy is on a server, which sends no full rows (unknown, not 0)
+        ("KL(π || π_ref) here", f"{format_kl(token.kl)} nats" if token.kl is not None else "unavailable"),
     ]
     fact_rows = "".join(f'<tr><td style="color:{muted}">{k}</td><td>&nbsp;{v}</td></tr>' for k, v in facts)
     parts = [f'<div style="color:{muted};margin-top:4px">against the reference policy π_ref</div>'
