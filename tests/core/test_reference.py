@@ -337,3 +337,31 @@ def test_a_followed_self_reference_is_exactly_zero(policy, untied):
     for r in followed.groups[0].rollouts:
         assert all(t.kl == 0.0 and t.ref_logprob == t.logprob for t in r.tokens)
         assert r.log_ratio == 0.0
+
+
+def test_exact_names_the_gguf_to_copy_or_the_policy_s_own():
+    assert ReferenceSpec.parse("exact") == ReferenceSpec("exact")
+    assert ReferenceSpec.parse("exact:models/a b.gguf") == ReferenceSpec("exact", "models/a b.gguf")
+    with pytest.raises(ExplorerError, match="exact:PATH needs the GGUF"):
+        ReferenceSpec.parse("exact: ")
+
+
+def test_the_exact_copy_of_another_gguf_than_the_policy_s(untied, tmp_path):
+    """exact:PATH: the float copy of the GGUF named (here a Q8_0 of the policy's weights: the log-ratios are its
+    quantization error), written once and read back from the cache."""
+    q8 = write_q8_copy(untied[0], tmp_path / "q8.gguf")
+
+    def exact_path(path, fingerprint, progress):
+        return cached_exact_copy(path, fingerprint, progress, directory=tmp_path / "data")
+
+    with closing(_open(q8)) as policy:
+        rs = _rollout_set(policy, k=1, max_tokens=6)
+        for _ in range(2):
+            with closing(ReferencePolicy(ReferenceSpec.parse(f"exact:{q8}"), policy, _open, exact_path)) as ref:
+                assert ref.info.kind == "exact" and "exact float copy of q8.gguf" in ref.info.description
+                assert ref.info.kl_kind == "exact" and ref.follows_runs
+                tokens = ref.annotate_set(rs).groups[0].rollouts[0].tokens
+            assert all(0.0 < t.kl < 0.05 for t in tokens)
+        with pytest.raises(ExplorerError, match="no such GGUF file"):
+            ReferencePolicy(ReferenceSpec.parse(f"exact:{tmp_path / 'missing.gguf'}"), policy, _open, exact_path)
+    assert len(list((tmp_path / "data" / "exact-references").glob("*.gguf"))) == 1

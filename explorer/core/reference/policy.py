@@ -72,12 +72,6 @@ class ReferenceSpec:
                                 "top_p:P")
         return cls("model", text)
 
-    def text(self) -> str:
-        """The spec as parse() reads it."""
-        if self.kind == "model":
-            return self.value
-        return self.kind if not self.value else f"{self.kind}:{self.value}"
-
 
 class TokenComparison(NamedTuple):
     # log pi(token) - log pi_ref(token), both from the teacher-forced rows; None without the policy's rows (a server)
