@@ -25,30 +25,6 @@ def colormap_lut(start: float = 0.0, stop: float = 1.0, n: int = 256, anchors=_V
     return lut
 
 
-SCALE_QUANTILE = 99  # a data-following colour scale reaches full colour at this percentile of the values shown
-
-
-def data_full_scale(values: np.ndarray, fallback: float, floor: float = 1e-4) -> float:
-    """Where a colour scale of non-negative values (a KL) reaches full colour: the SCALE_QUANTILE-th percentile of
-    the finite values, rounded up to 1, 2 or 5 times a power of ten so that the colour bar reads plainly. The
-    percentile, not the maximum: one far larger value (an infinite KL where pi_ref excludes a token) would leave
-    every other box dark; the values above it saturate. fallback where there is nothing finite above 0."""
-    v = np.asarray(values, dtype=np.float64)
-    v = v[np.isfinite(v)]
-    if v.size == 0:
-        return fallback
-    top = float(np.percentile(v, SCALE_QUANTILE))
-    if top <= 0.0:
-        return fallback
-    top = max(top, floor)
-    exponent = np.floor(np.log10(top))
-    for step in (1.0, 2.0, 5.0, 10.0):
-        nice = step * 10.0 ** exponent
-        if nice >= top * (1 - 1e-12):
-            return float(nice)
-    return float(10.0 ** (exponent + 1))
-
-
 def color_levels(probs: np.ndarray, n_levels: int) -> np.ndarray:
     """The colour bucket (0..n_levels-1) of each probability: views reuse one brush per bucket."""
     p = np.nan_to_num(np.asarray(probs, dtype=np.float64), nan=0.0)
@@ -111,3 +87,27 @@ def mean_kl_series(tree) -> np.ndarray:
 def rollout_kl_series(tree, rollout_id: str) -> np.ndarray:
     """KL(pi || pi_ref) of a rollout's tokens by position (NaN where it has no reference facts)."""
     return np.array(tree.kls[tree.path(rollout_id)], dtype=np.float64)
+
+
+SCALE_QUANTILE = 99  # a data-following colour scale reaches full colour at this percentile of the values shown
+
+
+def data_full_scale(values: np.ndarray, fallback: float, floor: float = 1e-4) -> float:
+    """Where a colour scale of non-negative values (a KL) reaches full colour: the SCALE_QUANTILE-th percentile of
+    the finite values, rounded up to 1, 2 or 5 times a power of ten so that the colour bar reads plainly. The
+    percentile, not the maximum: one far larger value (an infinite KL where pi_ref excludes a token) would leave
+    every other box dark; the values above it saturate. fallback where there is nothing finite above 0."""
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return fallback
+    top = float(np.percentile(v, SCALE_QUANTILE))
+    if top <= 0.0:
+        return fallback
+    top = max(top, floor)
+    exponent = np.floor(np.log10(top))
+    for step in (1.0, 2.0, 5.0):
+        nice = step * 10.0 ** exponent
+        if nice >= top * (1 - 1e-12):
+            return float(nice)
+    return float(10.0 ** (exponent + 1))
