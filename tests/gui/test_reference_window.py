@@ -235,3 +235,25 @@ def test_a_server_s_policy_against_a_local_reference(qtbot, make_window, tiny_se
     with qtbot.waitSignal(window.runs.reference_policy.failed, timeout=10000):
         box.use()
     assert "runs on a server" in errors[-1]
+
+
+def test_one_evaluation_at_a_time_and_what_is_left_after_it(qtbot, real_window):
+    """An evaluation asked while another goes on waits for it; then what the first could not take (scores typed
+    again meanwhile) is evaluated."""
+    from dataclasses import replace
+
+    window = real_window
+    use_reference(qtbot, window, "temperature", "0.5")
+    run_to_end(qtbot, window, k=2, max_tokens=4)
+    with qtbot.waitSignal(window.reference_evaluated, timeout=10000):
+        assert window.request_score("q0", ["Atlantic"]) is not None
+    session, controller = window.session, window.runs.reference_policy
+    bare = tuple(replace(s, tokens=tuple(replace(t, ref_logprob=None, kl=None, ref_top_id=None, ref_top=())
+                                         for t in s.tokens)) for s in session.scores("q0"))
+    session.set_scores("q0", bare)
+    assert controller.evaluate() is not None
+    session.set_scores("q0", bare + bare)  # typed again before the first evaluation came back
+    assert controller.evaluate() is None and controller.is_evaluating()  # it waits for the first
+    qtbot.waitUntil(lambda: not controller.is_evaluating(), timeout=10000)
+    scores = session.scores("q0")
+    assert len(scores) == 2 and all(t.has_reference for s in scores for t in s.tokens)
