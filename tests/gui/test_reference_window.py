@@ -44,6 +44,16 @@ def use_reference(qtbot, window, kind: str, value: str = "") -> None:
     qtbot.waitUntil(lambda: not window.runs.reference_policy.is_evaluating(), timeout=10000)
 
 
+def refusal(qtbot, window, kind: str, value: str) -> str:
+    """Press Use on a reference the worker refuses; the message the user was shown."""
+    errors = []
+    window.error_shown.connect(lambda title, message: errors.append(message))
+    window.controls.reference_box.set_choice(kind, value)
+    with qtbot.waitSignal(window.runs.reference_policy.failed, timeout=10000):
+        window.controls.reference_box.use()
+    return errors[-1]
+
+
 def all_tokens(window):
     return [t for g in window.session.groups() for r in g.rollouts + g.scores for t in r.tokens]
 
@@ -136,14 +146,8 @@ def test_the_exact_reference_writes_its_float_copy_once_with_progress(qtbot, mak
 
 def test_a_policy_without_logits_rows_is_told_why_it_cannot_have_a_reference(qtbot, window, fake_model):
     """The fake engine, like a server, has no teacher forcing with rows: the reference is refused with why."""
-    errors = []
-    window.error_shown.connect(lambda title, message: errors.append(message))
     load(qtbot, window, fake_model)
-    box = window.controls.reference_box
-    box.set_choice("temperature", "0.5")
-    with qtbot.waitSignal(window.runs.reference_policy.failed, timeout=5000):
-        box.use()
-    assert "needs a local GGUF model" in errors[-1]
+    assert "needs a local GGUF model" in refusal(qtbot, window, "temperature", "0.5")
 
 
 def test_choosing_a_reference_without_a_model_says_so(qtbot, make_window):
@@ -228,13 +232,7 @@ def test_a_server_s_policy_against_a_local_reference(qtbot, make_window, tiny_se
     assert dict(window.session.group("q0").stats)["mismatch.tis_cap"] == 1.01
     assert "(C = 1.01)" in panel.mismatch_text("tis_clip_fraction", 0)
     # what needs the server's rows is refused with why
-    errors = []
-    window.error_shown.connect(lambda title, message: errors.append(message))
-    box = window.controls.reference_box
-    box.set_choice("temperature", "0.5")
-    with qtbot.waitSignal(window.runs.reference_policy.failed, timeout=10000):
-        box.use()
-    assert "runs on a server" in errors[-1]
+    assert "runs on a server" in refusal(qtbot, window, "temperature", "0.5")
 
 
 def test_one_evaluation_at_a_time_and_what_is_left_after_it(qtbot, real_window):
