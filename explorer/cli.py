@@ -119,6 +119,7 @@ def _report_reference(reference, session, beta: float) -> None:
     """Evaluate what the run left without reference facts (nothing, when the reference followed it), then lines per
     group on stderr: the KL statistics, the implicit reward and the mismatch numbers, and the mismatch numbers of the
     whole set."""
+    from explorer.core.numbers import format_implicit_reward, format_kl, plain_minus
     from explorer.core.rl.stats import mismatch_stats, reference_stats
 
     for gid in session.group_ids:
@@ -128,8 +129,9 @@ def _report_reference(reference, session, beta: float) -> None:
         group = session.group(gid)
         stats = reference_stats(group.rollouts + group.scores) or {}
         rewards = [r.implicit_reward(beta) for r in group.rollouts if r.log_ratio is not None]
-        mean_reward = f"{sum(rewards) / len(rewards):.4f}" if rewards else "-"
-        kl = (f"mean KL {stats.get('mean_kl', math.nan):.4g} nats/token, p99 {stats.get('kl_p99', math.nan):.4g}"
+        # the window's formats, with an ASCII minus
+        mean_reward = plain_minus(format_implicit_reward(sum(rewards) / len(rewards))) if rewards else "-"
+        kl = (f"mean KL {format_kl(stats.get('mean_kl'))} nats/token, p99 {format_kl(stats.get('kl_p99'))}"
               if reference.info.has_kl else "KL unavailable (a server sends no full rows)")
         sys.stderr.write(f"{gid} vs {reference.info.description}: {kl}, same top token "
                          f"{100 * (stats.get('same_top_share') or 0):.1f}%, mean implicit reward (beta {beta:g}) "
@@ -357,7 +359,8 @@ def cmd_generate(args) -> int:
 
 def cmd_score(args) -> int:
     from explorer.core.files import export
-    from explorer.core.numbers import format_probability
+    from explorer.core.numbers import (format_implicit_reward, format_kl, format_logprob, format_perplexity,
+                                       format_probability, plain_minus)
     from explorer.core.rl.stats import token_mismatch
     from explorer.core.files.queries import check_text
     from explorer.core.session import Session
@@ -387,18 +390,20 @@ def cmd_score(args) -> int:
     out = sys.stderr if args.output == "-" else sys.stdout  # stdout carries the JSON then
     width = max(8, min(48, max(len(s.response) for s in scores)))
     print(f"{'response':<{width}}  {'log pi(y|x)':>12}  {'pi(y|x)':>11}  {'perplexity':>10}  tokens", file=out)
-    for s in scores:
-        ppl = f"{s.perplexity:.3f}" if s.perplexity is not None else "-"
+    for s in scores:  # the window's formats, with an ASCII minus
+        cells = [plain_minus(text) for text in (format_logprob(s.logprob), format_probability(s.logprob),
+                                                format_perplexity(s.perplexity))]
         resp = s.response if len(s.response) <= width else s.response[: width - 1] + "…"
-        print(f"{resp:<{width}}  {s.logprob:>12.4f}  {format_probability(s.logprob, ascii_minus=True):>11}  {ppl:>10}  {len(s.tokens)}", file=out)
+        print(f"{resp:<{width}}  {cells[0]:>12}  {cells[1]:>11}  {cells[2]:>10}  {len(s.tokens)}", file=out)
     if reference is not None:
         print(f"reference: {reference.info.description}", file=out)
         print(f"{'response':<{width}}  {'log pi_ref':>12}  {'log ratio':>11}  {'mean KL':>10}  implicit reward "
               f"(beta {args.beta:g})", file=out)
         for s in scores:
             resp = s.response if len(s.response) <= width else s.response[: width - 1] + "…"
-            cells = [f"{x:.4f}" if x is not None else "-" for x in (s.ref_logprob, s.log_ratio, s.mean_kl,
-                                                                   s.implicit_reward(args.beta))]
+            cells = [plain_minus(text) for text in (
+                format_logprob(s.ref_logprob), format_logprob(s.log_ratio), format_kl(s.mean_kl),
+                format_implicit_reward(s.implicit_reward(args.beta)))]
             print(f"{resp:<{width}}  {cells[0]:>12}  {cells[1]:>11}  {cells[2]:>10}  {cells[3]}", file=out)
         print(_mismatch_line("mismatch over the scored tokens",
                              token_mismatch([t for s in scores for t in s.tokens], args.tis_cap)), file=out)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from explorer.core.files import export
+from explorer.core.numbers import format_logprob, plain_minus
 
 
 def run_cli(*args: str, cwd: Path | None = None, env_extra: dict | None = None) -> subprocess.CompletedProcess:
@@ -115,7 +116,7 @@ def test_score_prints_the_seed_example(default_model_path, tmp_path):
     scores = export.load(out).groups[0].scores
     assert [s.response for s in scores] == ["Atlantic Ocean", "Pacific Ocean"]
     for row, s in zip(rows, scores):
-        assert f"{s.logprob:.4f}" in row
+        assert plain_minus(format_logprob(s.logprob)) in row  # as the window prints it, with an ASCII minus
 
 
 @pytest.mark.model

@@ -1,5 +1,7 @@
 """Small numeric helpers every part shares, so each rule exists once: a sequence's logprob / mean / perplexity, numbers
-as JSON writes them, the common prefix of two id lists, mean and population std.
+as JSON writes them, the common prefix of two id lists, mean and population std, and every display format: the
+window, the tree's labels and the command line print a number the same way (the command line with an ASCII minus,
+plain_minus, since other programs may parse its tables).
 """
 
 from __future__ import annotations
@@ -66,6 +68,11 @@ def signed(text: str) -> str:
     return text.replace("-", MINUS)
 
 
+def plain_minus(text: str) -> str:
+    """A display format with an ASCII '-' (a terminal table other programs may parse)."""
+    return text.replace(MINUS, "-")
+
+
 def format_logprob(logprob: Optional[float]) -> str:
     if logprob is None or math.isnan(logprob):
         return "—"
@@ -74,11 +81,8 @@ def format_logprob(logprob: Optional[float]) -> str:
     return signed(f"{logprob:.3f}" if abs(logprob) < 100 else f"{logprob:.1f}")
 
 
-def format_probability(logprob: Optional[float], html_markup: bool = False, ascii_minus: bool = False) -> str:
-    """exp(logprob) in scientific notation, e.g. 3.2e-14; as 10^x when exp underflows a double. The window prints a
-    typographic minus; ascii_minus keeps '-' (a terminal table other programs may parse)."""
-    if ascii_minus:
-        return format_probability(logprob, html_markup).replace(MINUS, "-")
+def format_probability(logprob: Optional[float], html_markup: bool = False) -> str:
+    """exp(logprob) in scientific notation, e.g. 3.2e-14; as 10^x when exp underflows a double."""
     if logprob is None or math.isnan(logprob):
         return "—"
     if logprob == -math.inf:
@@ -92,3 +96,47 @@ def format_probability(logprob: Optional[float], html_markup: bool = False, asci
     if html_markup:
         return f"10<sup>{signed(f'{exponent:.1f}')}</sup>"
     return signed(f"10^{exponent:.1f}")
+
+
+def format_percent(p: float) -> str:
+    """A probability as a percentage, with the digits its size needs: 87.3%, 0.42%, 4.2e-05."""
+    if p >= 0.0995:
+        return f"{100 * p:.1f}%"
+    if p >= 0.000995:
+        return f"{100 * p:.2f}%"
+    if p <= 0:
+        return "0%"
+    return signed(f"{p:.1e}")
+
+
+def format_short_probability(p: float) -> str:
+    """.61, .07, 1.0, <.01: two digits, no leading zero (the tree's labels are read at a glance)."""
+    if p >= 0.995:
+        return "1.0"
+    if p < 0.005:
+        return "<.01"
+    return f"{p:.2f}".lstrip("0")
+
+
+def format_kl(kl: Optional[float]) -> str:
+    """A KL divergence in nats (>= 0; inf where pi_ref gives 0 to a token pi does not)."""
+    if kl is None or math.isnan(kl):
+        return "—"
+    if math.isinf(kl):
+        return "inf"
+    return f"{kl:.3g}"
+
+
+def format_implicit_reward(reward: Optional[float]) -> str:
+    """beta * log-ratio, signed like an advantage."""
+    if reward is None or math.isnan(reward):
+        return "—"
+    return signed(f"{reward:+.3g}")
+
+
+def format_perplexity(ppl: Optional[float]) -> str:
+    if ppl is None or math.isnan(ppl):
+        return "—"
+    if math.isinf(ppl):
+        return "inf"
+    return f"{ppl:.3f}" if ppl < 100 else f"{ppl:.4g}"

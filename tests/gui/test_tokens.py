@@ -11,13 +11,8 @@ from explorer.core.types import TokenInfo, TopLogprob
 from explorer.gui.widgets.style import SHADE_LEVELS, shade_colour, shade_level
 from explorer.core.token_text import decode_pieces, fit_pieces
 from kit import tok
-from explorer.gui.widgets.tokens import (
-    TokenTextView,
-    format_percent,
-    format_probability,
-    token_label,
-    token_tooltip_html,
-)
+from explorer.core.numbers import format_percent, format_probability
+from explorer.gui.widgets.tokens import TokenTextView, token_label, token_tooltip_html
 
 
 def palette(base, text):

@@ -19,18 +19,11 @@ from PySide6.QtWidgets import (
 )
 
 from explorer.core.session import Session
-from explorer.core.numbers import sequence_logprob_of
+from explorer.core.numbers import (format_implicit_reward, format_kl, format_logprob, format_perplexity,
+                                   format_probability, sequence_logprob_of)
 from explorer.gui.widgets.style import SHADING_MODES, ShadingLegend, accent, finish_colour, muted_text
 from explorer.core.token_text import decode_pieces, fit_pieces
-from explorer.gui.widgets.tokens import (
-    DEFAULT_BETA,
-    TokenTextView,
-    format_implicit_reward,
-    format_kl,
-    format_logprob,
-    format_perplexity,
-    format_probability,
-)
+from explorer.gui.widgets.tokens import DEFAULT_BETA, TokenTextView
 
 SORT_KEYS = ("index", "logprob", "reward", "advantage")
 COMPACT_ABOVE = 8  # more panes than this: compact mode

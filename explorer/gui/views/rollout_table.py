@@ -22,7 +22,9 @@ from explorer.core.responses import ResponseRow, merge_responses
 from explorer.core.types import Rollout
 from explorer.gui.widgets.style import shade_colour, shade_level
 from explorer.core.token_text import decode_pieces
-from explorer.gui.widgets.tokens import DEFAULT_BETA, format_implicit_reward, format_kl, format_logprob, format_perplexity, format_probability
+from explorer.core.numbers import (format_implicit_reward, format_kl, format_logprob, format_perplexity,
+                                   format_probability)
+from explorer.gui.widgets.tokens import DEFAULT_BETA
 
 PREVIEW_TOKENS = 48  # tokens of each response drawn in the preview column
 PREVIEW_WIDTH = 260  # px

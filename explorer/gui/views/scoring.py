@@ -25,14 +25,8 @@ from PySide6.QtWidgets import (
 from explorer.core.types import Score
 from explorer.gui.widgets.style import muted_text
 from explorer.core.token_text import decode_pieces, fit_pieces
-from explorer.gui.widgets.tokens import (
-    TokenTextView,
-    format_kl,
-    format_logprob,
-    format_percent,
-    format_perplexity,
-    format_probability,
-)
+from explorer.core.numbers import format_kl, format_logprob, format_percent, format_perplexity, format_probability
+from explorer.gui.widgets.tokens import TokenTextView
 
 OCEAN_QUERY = "Which is the largest ocean?"
 OCEAN_CANDIDATES = "Atlantic Ocean\nPacific Ocean"

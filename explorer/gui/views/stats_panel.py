@@ -12,8 +12,8 @@ from PySide6.QtWidgets import (QFrame, QGridLayout, QLabel, QScrollArea, QStyle,
                                QWidget)
 
 from explorer.core.rl.stats import STAT_DESCRIPTIONS, in_baseline
+from explorer.core.numbers import format_kl
 from explorer.core.types import QueryGroup, ReferenceInfo
-from explorer.gui.widgets.tokens import format_kl
 
 # (stat name, label) in the order shown; two columns of label/value pairs
 ROWS = (
