@@ -7,7 +7,10 @@ import math
 import numpy as np
 import pytest
 
-from explorer.core.tree.icicle import compute_icicle, fork_label, node_shares, run_text
+from explorer.core.numbers import format_short_probability
+from explorer.core.tree.icicle import (compute_icicle, fork_branches, fork_label, fork_order, join_fork_label,
+                                       node_shares, root_prefix_label, root_prefix_run, run_text)
+from explorer.core.tree.measures import node_values, run_values
 from explorer.core.tree.token_tree import ROOT, TokenTree
 from explorer.core.types import Rollout, TokenInfo, TopLogprob
 
@@ -86,6 +89,37 @@ def test_runs_forks_and_labels(tree):
     assert sorted(ice.forks.tolist()) == [tree.node_for([1]), b]
     assert fork_label(tree, tree.node_for([1])) == "B .60 3/4 | E .30 1/4"
     assert fork_label(tree, b) == "C .50 2/3 | D .20 1/3"
+
+
+def test_forks_in_order_of_share_and_label_parts_a_caller_can_extend(tree):
+    ice = compute_icicle(tree, "empirical")
+    a, b = tree.node_for([1]), tree.node_for([1, 2])
+    assert fork_order(tree, ice).tolist() == [a, b]  # 4 rollouts before 3
+    words = {tree.node_for([1, 2]): "V .71"}  # e.g. a value per branch
+    parts = fork_branches(tree, a, annotate=words.get)
+    assert parts == ["B .60 3/4 V .71", "E .30 1/4"]
+    assert join_fork_label(parts, 1) == "B .60 3/4 V .71 | +1"
+    assert [format_short_probability(p) for p in (0.996, 0.614, 0.004)] == ["1.0", ".61", "<.01"]
+
+
+def test_the_shared_prefix_is_a_run_with_its_text_and_probability():
+    tree = make_tree([1, 2, 3], [1, 2, 4])
+    ice = compute_icicle(tree, "empirical")
+    run = root_prefix_run(ice)
+    assert run_text(tree, ice, run) == "AB"
+    assert root_prefix_label(tree, ice) == f"AB  \u03c0 {format_short_probability(0.9 * 0.6)}"
+    assert root_prefix_run(compute_icicle(make_tree([1, 2], [9]), "empirical")) == -1  # they part at once
+
+
+def test_a_chain_is_coloured_by_its_tokens_mean_pi_geometric(tree):
+    ice = compute_icicle(tree, "empirical")
+    run = int(ice.run_of[tree.node_for([1, 5, 6])])  # the chain E F: pi .3 then .7
+    assert run_values(tree, ice, "prob")[run] == pytest.approx(math.sqrt(0.3 * 0.7))
+    assert run_values(tree, ice, "entropy")[run] == pytest.approx(1.0)
+    assert np.isnan(run_values(tree, ice, "kl")).all()  # no reference facts: unknown, not 0
+    np.testing.assert_allclose(node_values(tree, "prob")[1:], np.exp(tree.logprobs[1:]))
+    with pytest.raises(ValueError, match="unknown tree colouring"):
+        run_values(tree, ice, "rainbow")
 
 
 def test_node_at_finds_boxes_and_prefers_a_ghost_over_its_chain(tree):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from explorer.core.tree.token_tree import ROOT, TokenTree, TreeForest
-from explorer.core.tree.layout import colormap_lut, display_token, mean_kl_series, mean_series, rollout_kl_series
+from explorer.core.tree.layout import display_token, mean_kl_series, mean_series, rollout_kl_series
 from explorer.core.types import (GroupHeader, QueryGroup, Rollout, RolloutFinished, RolloutHeader, RunStarted,
                                  SamplingParams, TokenBatch, TokenEvent, TokenInfo, TopLogprob)
 
@@ -165,8 +165,6 @@ def test_series_and_token_labels():
     assert probs[1] == pytest.approx((r0.tokens[1].prob + r1.tokens[1].prob) / 2)
     assert probs[2] == pytest.approx(r0.tokens[2].prob) and entropy[2] == pytest.approx(r0.tokens[2].entropy)
     assert display_token(" a\n") == "\u2423a\u21b5"
-    lut = colormap_lut()
-    assert lut[[0, -1], :3].tolist() == [[0x44, 0x01, 0x54], [0xfd, 0xe7, 0x25]]  # viridis's ends
 
 
 def test_forest_follows_engine_events_including_a_branch():

@@ -9,14 +9,14 @@ import math
 import numpy as np
 import pytest
 from PySide6.QtCore import QEvent, QPoint, QPointF, Qt
-from PySide6.QtGui import QColor, QPalette, QWheelEvent
+from PySide6.QtGui import QColor, QPalette, QTextCursor, QWheelEvent
 from PySide6.QtWidgets import QApplication
 
 from explorer.core.tree.token_tree import ROOT, TokenTree
 from explorer.core.types import ReferenceInfo, Rollout, TokenInfo, TopLogprob
 from explorer.gui.views.side_plot import SidePlot
-from explorer.gui.tree.tree_view import (COLOUR_BY, LOG_RATIO_FULL_SCALE, N_DIVERGING_LEVELS, N_LEVELS,
-                                    TokenTreeView)
+from explorer.gui.tree.tree_view import COLOUR_BY, TokenTreeView
+from explorer.gui.widgets.style import LOG_RATIO_FULL_SCALE, SCALES, SHADE_LEVELS
 
 WORDS = {1: " The", 2: " sea", 3: " ocean", 4: " is", 5: " blue", 6: " deep", 7: " vast", 8: "."}
 
@@ -240,11 +240,11 @@ def test_live_growth_draws_the_same_as_a_fresh_view_and_refits_after_a_branch(qt
 
 
 def test_colour_by_entropy_recolours_the_boxes(view, tree):
-    before = view.icicle.levels.copy()
+    before = view.icicle.node_styles.copy()
     view.set_colour_by("entropy")
     assert view.colour_box.currentData() == "entropy"
     assert view.colorbar.levels() == (0, 4.0)
-    assert not np.array_equal(before, view.icicle.levels)
+    assert not np.array_equal(before, view.icicle.node_styles)
 
 
 def test_export_png_and_svg(view, tmp_path):
@@ -379,7 +379,7 @@ def node(view: TokenTreeView, ids) -> int:
 
 
 def fill(view: TokenTreeView, n: int) -> QColor:
-    return view.icicle.brushes[int(view.icicle.levels[n])].color()
+    return view.icicle.fills[int(view.icicle.node_styles[n])].color()
 
 
 def test_reference_colourings_wait_for_reference_facts(panel):
@@ -411,16 +411,17 @@ def test_log_ratio_colours_diverge_by_sign_and_leave_unevaluated_boxes_grey(pane
     view.set_colour_by("log_ratio")
     above, below = fill(view, node(view, [1, 2, 3])), fill(view, node(view, [1, 2, 4]))  # log 2, log(.3/.65)
     # green where pi favours the token, pink where pi_ref does (as the panes shade it)
-    assert above.green() > max(above.red(), above.blue()) + 20 and below.red() > below.green() + 20
+    assert above.green() > max(above.red(), above.blue()) + 10 and below.red() > below.green() + 10
     neutral = fill(view, node(view, [1]))  # pi = pi_ref: the scale's middle, near white
     assert min(neutral.red(), neutral.green(), neutral.blue()) > 230
-    assert view.icicle.levels[node(view, [1])] == (N_DIVERGING_LEVELS - 1) // 2
-    grey = view.icicle.levels[node(view, STREAMING)]  # only the streaming r2 passes there
-    assert grey == N_DIVERGING_LEVELS and grey == view.icicle.levels[ROOT]
-    g = view.icicle.brushes[grey].color()
+    styles, scale = view.icicle.node_styles, SCALES["log_ratio"]
+    assert scale.levels[styles[node(view, [1])]] == 0  # the scale's neutral middle
+    grey = styles[node(view, STREAMING)]  # only the streaming r2 passes there
+    assert grey == len(scale.levels) and grey == styles[ROOT]  # the unknown colour, after the scale's
+    g = view.icicle.fills[grey].color()
     assert g.red() == g.green() == g.blue() and g != neutral
-    ghosts = view.icicle.levels[view.tree.ghost_mask]
-    assert len(ghosts) and (ghosts == N_DIVERGING_LEVELS).all()
+    ghosts = styles[view.tree.ghost_mask]
+    assert len(ghosts) and (ghosts == len(scale.levels)).all()
 
 
 def test_kl_colours_are_sequential_on_a_scale_that_follows_the_data(panel):
@@ -431,11 +432,11 @@ def test_kl_colours_are_sequential_on_a_scale_that_follows_the_data(panel):
     # the largest KL here is after "A B" (0.25 nats): the 99th percentile, rounded up to 0.5, is full colour
     assert 0.2 < kl_at((1, 2)) < 0.5 and view.colorbar.levels() == (0.0, 0.5)
     assert "full colour at 0.5 nats" in view.colorbar.toolTip() and "99th percentile" in view.colorbar.toolTip()
-    levels = view.icicle.levels
+    levels = view.icicle.node_styles
     # C and D were drawn from one distribution (after "A B"): one KL, one colour; F's (after "A E") is lower
     assert levels[node(view, [1, 2, 3])] == levels[node(view, [1, 2, 4])] > levels[node(view, [1, 5, 6])]
-    assert levels[node(view, [1, 2, 3])] == round(kl_at((1, 2)) / 0.5 * (N_LEVELS - 1))
-    assert levels[node(view, STREAMING)] == N_LEVELS  # grey
+    assert levels[node(view, [1, 2, 3])] == round(kl_at((1, 2)) / 0.5 * SHADE_LEVELS)
+    assert levels[node(view, STREAMING)] == len(SCALES["kl"].levels)  # grey
 
 
 def test_a_reference_as_close_as_the_exact_copy_is_not_one_dark_colour(panel):
@@ -450,8 +451,8 @@ def test_a_reference_as_close_as_the_exact_copy_is_not_one_dark_colour(panel):
     view.set_colour_by("kl")
     top = kl_at((1, 2)) * 0.02  # 0.005 nats
     assert view.colorbar.levels() == (0.0, 0.01)
-    levels = view.icicle.levels
-    assert levels[node(view, [1, 2, 3])] == round(top / 0.01 * (N_LEVELS - 1)) > N_LEVELS // 3
+    levels = view.icicle.node_styles
+    assert levels[node(view, [1, 2, 3])] == round(top / 0.01 * SHADE_LEVELS) > SHADE_LEVELS // 3
     assert levels[node(view, [1, 2, 3])] > levels[node(view, [1, 5, 6])] > levels[node(view, [1])]
     # back to a far reference: the scale follows it up again
     annotate(panel.session)
@@ -562,7 +563,170 @@ def test_facts_that_come_with_the_streamed_tokens_colour_the_tree_as_it_grows(qt
     view.set_colour_by("log_ratio")
     assert view.has_reference and view.shown_colour == "log_ratio"
     assert view.icicle.marks.tolist() == [tree.node_for([1, 2])]  # the fork where pi prefers C and pi_ref D
-    assert view.icicle.levels[tree.node_for([1, 2, 4])] < (N_DIVERGING_LEVELS - 1) // 2  # pi < pi_ref: pink side
+    assert SCALES["log_ratio"].levels[view.icicle.node_styles[tree.node_for([1, 2, 4])]] < 0  # pi < pi_ref: pink
     # a show_reference while they stream (another group annotated) finds their facts in already: nothing to redraw
     version = tree.version
     assert not tree.take_reference(session.group("q0").rollouts) and tree.version == version
+
+
+# -- level of detail, labels by importance, one colour table ---------------------------------------------------------
+def policy_rollouts(n: int, length: int, seed: int) -> list[Rollout]:
+    """Rollouts sampled at temperature 1 from make_info's policy, cut to its top 3 (a peaked next-token distribution
+    that depends only on the prefix, as a model's does): they share prefixes and part where the policy is unsure."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        ids: list[int] = []
+        for _ in range(length):
+            top = make_info(tuple(ids), 1).top
+            p = np.exp([t.logprob for t in top]) ** 2  # sharpened, so chains run between the forks
+            ids.append(int(top[rng.choice(len(top), p=p / p.sum())].id))
+        out.append(make_rollout(i, ids))
+    return out
+
+
+def grown(rollouts: list[Rollout]) -> TokenTree:
+    t = TokenTree("q0", "Name a large body of water.")
+    for r in rollouts:
+        t.add_rollout(r)
+    return t
+
+
+def painted_at(qtbot, tree: TokenTree, size: tuple[int, int], mode: str = "empirical") -> TokenTreeView:
+    v = TokenTreeView()
+    qtbot.addWidget(v)
+    v.resize(*size)
+    v.set_mode(mode)
+    v.show()
+    qtbot.waitExposed(v)
+    v.set_tree(tree)
+    v.grab()  # a paint: its record is what was drawn
+    return v
+
+
+K64_TREES = {"policy": lambda: grown(policy_rollouts(64, 40, seed=3)),
+             "comb": lambda: grown(sampled_rollouts(64, 40, seed=1))}  # forks nested in the majority's child
+
+
+@pytest.mark.parametrize("mode", ["empirical", "model"])
+@pytest.mark.parametrize("size", [(1000, 500), (300, 190)])
+def test_at_fit_k64_chains_are_single_boxes_and_nothing_drawn_is_under_a_pixel(qtbot, mode, size):
+    tree = K64_TREES["policy"]()
+    view = painted_at(qtbot, tree, size, mode)
+    ice, record = view.icicle_layout, view.icicle.painted
+    assert record.striped_runs == 0 and record.runs == len(ice.run_head)  # every chain one box
+    assert record.min_width >= 1 and record.min_height >= 1
+    plot_height = view.plot.vb.height()
+    drawn = ice.height[ice.height > 0] * plot_height
+    if mode == "model":  # there were boxes under a pixel: they were merged, not drawn thinner
+        assert (drawn < 1).sum() > 0 and record.boxes < len(drawn)
+    # zoomed in, the chains in view are drawn token by token, each token with its own text
+    view.plot.vb.setRange(xRange=(0, 2), yRange=(0, 0.2), padding=0)
+    view.grab()
+    zoomed = view.icicle.painted
+    assert zoomed.striped_runs > 0 and zoomed.min_width >= 1 and zoomed.min_height >= 1
+    if size[1] >= 500:  # room below the fork labels for the tokens' own texts
+        assert any(t.strip("\u2423") in {w.strip() for w in WORDS.values()} for t in zoomed.texts), zoomed.texts
+
+
+def labels(view: TokenTreeView) -> dict[int, tuple]:
+    return {node: (rect, text) for node, rect, text in view.icicle.painted.labels}
+
+
+def assert_labels_by_importance(view: TokenTreeView) -> None:
+    """No two labels overlap; among the forks whose label has a place in view, a larger one is never unlabelled
+    while a smaller one is labelled."""
+    rects = [rect for _, rect, _ in view.icicle.painted.labels]
+    for i, a in enumerate(rects):
+        assert not any(a.intersects(b) for b in rects[i + 1:])
+    height, done = view.icicle_layout.height, labels(view)
+    missing = [f for f in view.icicle.painted.forks_in_view if f not in done]
+    labelled = [f for f in view.icicle.painted.forks_in_view if f in done]
+    if missing and labelled:
+        assert min(height[f] for f in labelled) >= max(height[f] for f in missing)
+
+
+@pytest.mark.parametrize("name", list(K64_TREES))
+def test_at_k64_every_fork_of_a_tenth_of_the_rollouts_is_labelled_and_no_smaller_one_first(qtbot, name):
+    tree = K64_TREES[name]()
+    view = painted_at(qtbot, tree, (1000, 500))
+    ice, done = view.icicle_layout, labels(view)
+    large = [f for f in ice.forks.tolist() if tree.counts[f] >= 0.1 * 64]
+    assert len(large) >= 5  # the tree has enough of them to crowd each other
+    assert all(f in done for f in large)
+    assert_labels_by_importance(view)
+    for fork in large:  # each label right of its fork, inside the fork's extent
+        rect, text = done[fork]
+        y0, y1 = (view.plot.vb.mapViewToScene(QPointF(0, y)).y() for y in (ice.y0[fork], ice.y0[fork] + ice.height[fork]))
+        assert "/64" in text or f"/{int(tree.counts[fork])}" in text
+        assert rect.top() >= min(y0, y1) - 1 and rect.bottom() <= max(y0, y1) + 1
+    # a smaller view keeps the order and the gaps, with fewer labels
+    small = painted_at(qtbot, tree, (300, 190))
+    assert 0 < len(small.icicle.painted.labels) < len(view.icicle.painted.labels)
+    assert_labels_by_importance(small)
+
+
+def test_the_shared_prefix_is_always_labelled_with_its_text_and_pi(qtbot):
+    rollouts = [make_rollout(i, [1, 3, 4] + ids) for i, ids in enumerate([[5, 8], [5, 8], [6, 8], [7]])]
+    tree = grown(rollouts)
+    prefix = tree.node_for([1, 3, 4])
+    pi = math.exp(tree.cum_logprobs[prefix])
+    for size in ((1000, 500), (300, 190)):
+        view = painted_at(qtbot, tree, size)
+        head, rect, text = view.icicle.painted.labels[0]  # the first label, before every fork's
+        assert head == tree.node_for([1]) and float(text.rsplit("\u03c0 ", 1)[1]) == pytest.approx(pi, rel=0.01)
+        assert text.startswith("The ocean is") or "\u2026" in text  # its text, elided only where room is short
+    assert text.startswith("The")
+    forks = [n for n, _, _ in view.icicle.painted.labels[1:]]
+    assert forks and all(f in view.icicle_layout.forks for f in forks)
+
+
+def test_panes_and_tree_give_the_same_colour_for_the_same_value(qtbot, view, tree):
+    from explorer.gui.widgets.tokens import TokenTextView
+
+    rollout = make_rollout(0, ROLLOUT_IDS[0])
+    pane = TokenTextView()
+    qtbot.addWidget(pane)
+    pane.append_tokens(list(rollout.tokens), [t.token for t in rollout.tokens])
+    for mode in ("prob", "entropy"):
+        pane.set_shading(mode)
+        view.set_colour_by(mode)
+        compared = 0
+        for position, token in enumerate(rollout.tokens):
+            fill = view.icicle.fills[int(view.icicle.node_styles[tree.node_at(rollout.id, position)])].color()
+            cursor = QTextCursor(pane.document())
+            start, _ = pane.token_span(position)
+            cursor.setPosition(start + 1)
+            background = cursor.charFormat().background()
+            if background.style() == Qt.BrushStyle.NoBrush:  # unshaded: the base colour, in the tree as well
+                assert fill == view.palette().color(QPalette.ColorRole.Base)
+            else:
+                assert fill == background.color()
+                compared += 1
+        assert compared >= 2
+    # a chain drawn as one box takes its tokens' mean: exp(mean log pi) for pi
+    ice = view.icicle_layout
+    run = int(np.argmax(ice.run_x1 - ice.run_x0))
+    nodes = np.flatnonzero(ice.run_of == run)
+    view.set_colour_by("prob")
+    expected = SCALES["prob"].level_indices(np.array([math.exp(tree.logprobs[nodes].mean())]))[0]
+    assert len(nodes) >= 2 and view.icicle.run_styles[run] == expected
+
+
+def test_before_any_run_the_tree_shows_the_prompt_on_whole_positions_and_says_what_comes(qtbot, view):
+    view.set_tree(TokenTree("q0", "Which is the largest ocean?"))
+    view.grab()
+    (x0, x1), _ = view.plot.vb.viewRange()
+    assert x0 <= -1 < 0 < 8 < x1  # the prompt's column and room for the tokens to come, not -0.8 .. 0
+    assert any("No rollouts yet" in t for t in view.icicle.painted.texts)
+    view.set_tree(None)
+    view.grab()
+    assert any("No rollouts yet" in t for t in view.icicle.painted.texts)
+
+
+def test_zoomed_in_the_position_axis_keeps_whole_numbers(view):
+    view.plot.vb.setXRange(2.2, 3.9, padding=0)
+    view.grab()
+    axis = view.plot.getAxis("bottom")
+    ticks = [v for _, level in axis.tickValues(2.2, 3.9, 800) for v in level]
+    assert ticks and all(float(v).is_integer() for v in ticks)

@@ -22,10 +22,11 @@ Runs of single-child nodes with the same extent are "runs": the view draws each 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from explorer.core.numbers import format_logprob, format_probability
+from explorer.core.numbers import format_logprob, format_probability, format_short_probability
 from explorer.core.tree.layout import display_token
 
 MODES = ("empirical", "model")
@@ -206,23 +207,61 @@ def compute_icicle(tree, mode: str = "empirical") -> Icicle:
                   n_children=n_real_children, version=tree.version)
 
 
-def _short_prob(p: float) -> str:
-    """.61, .07, 1.0, <.01: two digits, no leading zero (the fork labels are read at a glance)."""
-    if p >= 0.995:
-        return "1.0"
-    if p < 0.005:
-        return "<.01"
-    return f"{p:.2f}".lstrip("0")
+def fork_branches(tree, node: int, annotate: Optional[Callable[[int], Optional[str]]] = None) -> list[str]:
+    """One label part per taken child of a fork, most probable first: its token, pi and count ("is .61 4/5").
+    annotate(child node), when given, adds its words after the count (a value: "is .63 28/32 V .71")."""
+    total = int(tree.counts[node])
+    parts = []
+    for c in tree.children(node):
+        if c.is_ghost:
+            continue
+        part = f"{display_token(c.text, 16)} {format_short_probability(c.prob)} {c.count}/{total}"
+        extra = annotate(c.node) if annotate is not None else None
+        parts.append(f"{part} {extra}" if extra else part)
+    return parts
+
+
+def join_fork_label(parts: Sequence[str], shown: int) -> str:
+    """The first `shown` parts of a fork's label, and how many more there are: "is .61 4/5 | on .22 1/5 | +2"."""
+    shown = max(1, min(shown, len(parts)))
+    rest = len(parts) - shown
+    return " | ".join(list(parts[:shown]) + ([f"+{rest}"] if rest else []))
 
 
 def fork_label(tree, node: int, limit: int = 4) -> str:
     """The diverging tokens of a fork with pi and counts, most probable first: "is .61 4/5 | on .22 1/5"."""
-    children = [c for c in tree.children(node) if not c.is_ghost]
-    total = int(tree.counts[node])
-    parts = [f"{display_token(c.text, 16)} {_short_prob(c.prob)} {c.count}/{total}" for c in children[:limit]]
-    if len(children) > limit:
-        parts.append(f"+{len(children) - limit}")
-    return " | ".join(parts)
+    return join_fork_label(fork_branches(tree, node), limit)
+
+
+def fork_order(tree, icicle: Icicle) -> np.ndarray:
+    """The forks by importance, the order they are labelled in: the largest share first (the height drawn: the
+    share of the rollouts with sampled heights, of the policy's mass with model heights), then the most rollouts,
+    then the shallowest."""
+    forks = icicle.forks
+    counts = np.asarray(tree.counts, dtype=np.float64)[forks]
+    return forks[np.lexsort((icicle.x0[forks], -counts, -icicle.height[forks]))]
+
+
+def root_prefix_run(icicle: Icicle) -> int:
+    """The run every rollout shares from the prompt on (the root's only taken child's run), or -1 when the rollouts
+    part at their first token (or there are none)."""
+    if len(icicle) < 2 or icicle.n_children[0] != 1:
+        return -1
+    heads = icicle.run_head
+    first = np.flatnonzero(icicle.x0[heads] == 0.0)
+    return int(first[0]) if len(first) == 1 else -1
+
+
+def root_prefix_label(tree, icicle: Icicle, limit: int = 80) -> str:
+    """The shared prefix's text and its probability pi(prefix | x): "The largest ocean  π .52"."""
+    run = root_prefix_run(icicle)
+    if run < 0:
+        return ""
+    logprob = float(tree.cum_logprobs[int(icicle.run_tail[run])])
+    p = float(np.exp(logprob))
+    pi = format_short_probability(p) if p >= 0.01 else format_probability(logprob)
+    text = display_token(run_text(tree, icicle, run, limit=limit), limit).replace("\u2423", " ").strip()
+    return f"{text}  \u03c0 {pi}"
 
 
 def run_text(tree, icicle: Icicle, run: int, start: float | None = None, limit: int = 200) -> str:

@@ -1,4 +1,5 @@
-"""What the tree views share: the viridis and diverging colour tables, probability buckets, token labels, and per-position series.
+"""What the tree views share: token labels, per-position series, and where a colour scale that follows the data
+reaches full colour (the colours themselves are the GUI's, in explorer.gui.widgets.style).
 
 The boxes themselves are laid out in explorer.core.tree.icicle. Every step is a vectorised numpy expression.
 """
@@ -6,30 +7,6 @@ The boxes themselves are laid out in explorer.core.tree.icicle. Every step is a 
 from __future__ import annotations
 
 import numpy as np
-
-# viridis sampled at 9 evenly spaced points (perceptually uniform, colour-blind safe); interpolated linearly.
-_VIRIDIS = ("#440154", "#472d7b", "#3b528b", "#2c728e", "#21918c", "#28ae80", "#5ec962", "#addc30", "#fde725")
-# ColorBrewer's PiYG, pink end first (diverging, apart under the common colour blindnesses), as the panes shade the
-# log-ratio: pink where pi gives a token less than pi_ref, green where more, a near-white midpoint at 0
-DIVERGING = ("#c51b7d", "#de77ae", "#f1b6da", "#fde0ef", "#f7f7f7", "#e6f5d0", "#b8e186", "#7fbc41", "#4d9221")
-
-
-def colormap_lut(start: float = 0.0, stop: float = 1.0, n: int = 256, anchors=_VIRIDIS) -> np.ndarray:
-    """A (n, 4) uint8 RGBA lookup table over [start, stop] of the colormap given by hex anchors (viridis)."""
-    rgb = np.array([[int(h[i:i + 2], 16) for i in (1, 3, 5)] for h in anchors], dtype=np.float64)
-    where = np.linspace(start, stop, n) * (len(anchors) - 1)
-    lut = np.empty((n, 4), np.uint8)
-    for ch in range(3):
-        lut[:, ch] = np.round(np.interp(where, np.arange(len(anchors)), rgb[:, ch]))
-    lut[:, 3] = 255
-    return lut
-
-
-def color_levels(probs: np.ndarray, n_levels: int) -> np.ndarray:
-    """The colour bucket (0..n_levels-1) of each probability: views reuse one brush per bucket."""
-    p = np.nan_to_num(np.asarray(probs, dtype=np.float64), nan=0.0)
-    return np.clip((p * n_levels).astype(np.int64), 0, n_levels - 1)
-
 
 _VISIBLE = {" ": "\u2423", "\n": "\u21b5", "\t": "\u21e5", "\r": "\u240d"}
 _VISIBLE_TABLE = str.maketrans(_VISIBLE)

@@ -37,33 +37,29 @@ from PySide6.QtWidgets import (QComboBox, QFileDialog, QGraphicsRectItem, QHBoxL
                                QToolTip, QVBoxLayout, QWidget)
 
 from explorer.core.tree.icicle import MODES, Icicle, compute_icicle, describe_box, describe_rest
+from explorer.core.tree.layout import SCALE_QUANTILE, data_full_scale
+from explorer.core.tree.measures import COLOURINGS, REFERENCE_COLOURINGS, RUN_MEAN_WORDS, node_values, run_values
 from explorer.core.tree.token_tree import ROOT, TokenTree
-from explorer.core.tree.layout import DIVERGING, SCALE_QUANTILE, color_levels, colormap_lut, data_full_scale
+from explorer.gui.tree.icicle_item import EMPTY_TOKENS, IcicleItem
+from explorer.gui.tree.tree_items import (IcicleViewBox, RangeExtent, cache_axes, export_graphics, node_menu,
+                                          stepped_end, tool_button)
 from explorer.gui.widgets.elided_label import ElidedLabel
 from explorer.gui.widgets.grid_axis import FastGridAxis
-from explorer.gui.widgets.style import ENTROPY_FULL_SCALE, LOG_RATIO_FULL_SCALE, blend
-from explorer.gui.tree.tree_items import (IcicleItem, IcicleViewBox, RangeExtent, cache_axes, export_graphics, node_menu,
-                                     stepped_end, tool_button)
+from explorer.gui.widgets.style import KL_FULL_SCALE, LOG_RATIO_FULL_SCALE, SCALES, ColourScale, blend
 
-N_LEVELS = 32  # colour buckets: one reusable brush each
-# a diverging scale gets an odd number of buckets, so that a log-ratio of 0 falls in the middle one, its neutral colour
-N_DIVERGING_LEVELS = 33
 MIN_WIDTH = 240  # px
-COLOUR_BY = ("prob", "entropy", "log_ratio", "kl")
-REFERENCE_COLOURS = ("log_ratio", "kl")  # the colourings that need reference facts
-# Full scales of the reference colourings, in nats. The log-ratio's is the panes' (style.LOG_RATIO_FULL_SCALE, 2 nats:
-# a token e^2 = 7.4x more or less likely under pi than under pi_ref; quantisation noise stays faint, real
-# disagreements reach full colour; +-inf, where one policy gives the token 0, saturates), so a box and its token in a
-# pane read alike. KL(pi || pi_ref) follows the data instead (layout.data_full_scale: the tree's 99th percentile,
-# rounded up): a reference as close as the exact float copy (a mean KL of 0.004 nats) would be one dark colour on a
-# fixed scale, a system prompt's (2 nats) one bright one. KL_FULL_SCALE is the scale of a tree without a finite KL.
-KL_FULL_SCALE = LOG_RATIO_FULL_SCALE
+COLOUR_BY = COLOURINGS
+REFERENCE_COLOURS = REFERENCE_COLOURINGS
+EMPTY_HINT = "No rollouts yet: Run samples k of them, and the tree shows where they part"
 NO_REFERENCE_TIP = "needs a reference policy: choose one and evaluate this query's rollouts under it"
 NO_KL_TIP = "unavailable: the policy is on a server, which sends no full rows of logits"
 MOUSE_HELP = ("<b>The token tree</b>: x is the token position; each box is a token, its height its share of the "
               "group (sampled) or of the policy's mass (model π: hatched boxes are top-N alternatives no rollout "
               "took, the dotted gap the mass outside them). A fork's label names the tokens that part there, "
-              "their π and how many rollouts took each.<br><br>"
+              "their π and how many rollouts took each; forks are labelled largest first (by the share drawn), and "
+              "where no place is left the smaller ones go without. A chain of tokens without a fork is one box "
+              "coloured by its mean per token (for π the geometric mean, exp(mean log π)) and drawn token by token "
+              "once its tokens are wide enough for their text.<br><br>"
               "<b>Wheel</b>: zoom along the tokens · <b>Ctrl/Shift + wheel</b>: zoom along the shares · "
               "<b>drag</b>: pan · <b>Fit</b>: show it all<br>"
               "<b>Hover</b>: a box's numbers · <b>click</b>: select the rollouts through it (table and panes) · "
@@ -74,11 +70,7 @@ MOUSE_HELP = ("<b>The token tree</b>: x is the token position; each box is a tok
               "token, pink: π_ref does) or by KL(π ‖ π_ref) at each position; grey boxes have no reference facts "
               "(not evaluated yet, alternatives). A bar on a box's edge (with ▼ at a fork) marks where the two "
               "policies prefer different next tokens.")
-_COLOUR_LABEL = {"prob": "π(token | prefix)", "entropy": "entropy (nats)", "log_ratio": "log π − log π_ref (nats)",
-                 "kl": "KL(π ‖ π_ref) (nats)"}
-# fixed scales; the KL's follows the tree shown (TokenTreeView.colour_range)
-_COLOUR_RANGE = {"prob": (0.0, 1.0), "entropy": (0.0, ENTROPY_FULL_SCALE),
-                 "log_ratio": (-LOG_RATIO_FULL_SCALE, LOG_RATIO_FULL_SCALE)}
+_CHAIN_MEAN = {"prob": "chains: geometric mean"}  # what the colour bar says a chain's colour is (default: the mean)
 
 
 class TokenTreeView(QWidget):
@@ -95,8 +87,7 @@ class TokenTreeView(QWidget):
         self._mode = "empirical"
         self._colour_by = "prob"  # the user's choice; shown_colour is what is drawn (a reference one needs facts)
         self._shown_reference = False  # whether the colour box offers the reference colourings
-        self._scale_shown: Optional[str] = None  # the colouring the brushes and the colour bar are made for
-        self._kl_scale = KL_FULL_SCALE  # full colour of the KL colouring: follows the shown tree's KLs
+        self._scale_shown: Optional[ColourScale] = None  # the scale the brushes and the colour bar are made for
         self._show_ghosts = True
         self._selected = -1
         self._hovered = -1
@@ -122,10 +113,12 @@ class TokenTreeView(QWidget):
         self.colour_box.addItem("entropy", "entropy")
         self.colour_box.addItem("log π/π_ref", "log_ratio")
         self.colour_box.addItem("KL(π‖π_ref)", "kl")
-        self.colour_box.setToolTip("Box colours: π(token | prefix), or the entropy of the distribution it was drawn "
-                                   "from; with a reference policy, the log-ratio log π − log π_ref of the token "
-                                   f"(±{LOG_RATIO_FULL_SCALE:g} nats full scale) or KL(π ‖ π_ref) at its position "
-                                   "(grey: no reference facts)")
+        self.colour_box.setToolTip("Box colours, the panes' colours: π(token | prefix), or the entropy of the "
+                                   "distribution it was drawn from; with a reference policy, the log-ratio log π − "
+                                   f"log π_ref of the token (±{LOG_RATIO_FULL_SCALE:g} nats full scale) or "
+                                   "KL(π ‖ π_ref) at its position (grey: no reference facts). A chain drawn as one "
+                                   "box takes the mean per token of its tokens (π: exp(mean log π), 1 / their "
+                                   "perplexity)")
         bar.addWidget(QLabel("colour"))
         bar.addWidget(self.colour_box)
         self.ghosts_button = tool_button("Alternatives", "With model heights: show the top-N tokens no rollout took "
@@ -147,20 +140,22 @@ class TokenTreeView(QWidget):
 
         self.graphics = pg.GraphicsLayoutWidget()
         self.plot: pg.PlotItem = self.graphics.addPlot(row=0, col=0, viewBox=IcicleViewBox(),
-                                                       axisItems={"bottom": FastGridAxis("bottom")})
+                                                       axisItems={"bottom": FastGridAxis("bottom",
+                                                                                         integer_ticks=True)})
         self.plot.invertY(True)
         self.plot.setMenuEnabled(False)
         self.plot.hideButtons()
         self.plot.setLabel("bottom", "token position")
         self.plot.setLabel("left", "share")
         self.plot.vb.setLimits(yMin=-0.02, yMax=1.02, minYRange=1e-4)
-        self.colorbar = pg.ColorBarItem(values=(0, 1), interactive=False, width=14, label=_COLOUR_LABEL["prob"],
+        self.colorbar = pg.ColorBarItem(values=(0, 1), interactive=False, width=14, label=SCALES["prob"].label,
                                         colorMapMenu=False)
         self.graphics.addItem(self.colorbar, row=0, col=1)
         self.colorbar.getAxis("right").setWidth(48)  # fixed, so a linked side plot can line up with the tree
         self.plot.getAxis("left").setWidth(52)
 
         self.icicle = IcicleItem()
+        self.icicle.hint = EMPTY_HINT
         self.plot.addItem(self.icicle)
         self.hover_ring = QGraphicsRectItem()
         self.select_ring = QGraphicsRectItem()
@@ -268,7 +263,7 @@ class TokenTreeView(QWidget):
         if tree is None:
             if self._version != -2:
                 self._ice = None
-                self.icicle.set_data(None, None, np.zeros(0, np.int64))
+                self.icicle.set_data(None, None, np.zeros(0, np.int64), np.zeros(0, np.int64))
                 self._update_rings()
                 self.info_label.setText("")
                 self._version = -2
@@ -281,7 +276,9 @@ class TokenTreeView(QWidget):
         if self.has_reference != self._shown_reference:
             self._show_colour_choices()  # the first evaluated rollouts of a tree that had none (or the last gone)
         marks = np.flatnonzero(tree.next_top_disagreement()) if tree.has_reference else np.zeros(0, np.int64)
-        self.icicle.set_data(tree, ice, self._levels(tree), marks)
+        self._apply_colour_scale()  # a no-op unless the scale changed (a data-fitted one may, with the data)
+        node_styles, run_styles = self._styles(tree, ice)
+        self.icicle.set_data(tree, ice, node_styles, run_styles, marks)
         self.extent.set_end(stepped_end(ice.extent[1]) if self._growing else None)
         n_rollouts = len(tree.rollout_ids)
         branched = n_rollouts > self._n_rollouts and self._n_rollouts > 0
@@ -298,50 +295,31 @@ class TokenTreeView(QWidget):
         self.tree_refreshed.emit()
         return True
 
-    def _levels(self, tree: TokenTree) -> np.ndarray:
-        """Every node's colour bucket (one brush each), from the node columns: no walk over the rollouts."""
-        colour = self.shown_colour
+    def colour_scale(self) -> ColourScale:
+        """The colour scale of the colouring drawn (the panes' scale for the same quantity). The KL's follows the
+        tree shown: full colour at its 99th percentile of KL, rounded up (layout.data_full_scale): a reference as
+        close as the exact float copy (a mean KL of 0.004 nats) would be one pale colour on a fixed scale, a system
+        prompt's (2 nats) one dark one; KL_FULL_SCALE where the tree has no finite KL."""
+        scale = SCALES[self.shown_colour]
+        if scale.key == "kl" and self._tree is not None:
+            scale = scale.with_bounds(0.0, data_full_scale(self._tree.kls[~self._tree.ghost_mask], KL_FULL_SCALE))
+        return scale
+
+    def _styles(self, tree: TokenTree, ice: Icicle) -> tuple[np.ndarray, np.ndarray]:
+        """Every node's and every run's colour (an index into the scale's colours), from the node columns: no walk
+        over the rollouts. A run is coloured by its tokens' mean value; boxes without a value get the scale's
+        unknown colour (no reference facts, an alternative in a reference colouring)."""
+        scale = self._scale_shown
+        colour = scale.key
+        nodes = scale.level_indices(node_values(tree, colour))
+        runs = scale.level_indices(run_values(tree, ice, colour))
+        unknown = len(scale.levels)
         if colour in REFERENCE_COLOURS:
-            values = tree.log_ratios if colour == "log_ratio" else tree.kls
-            if colour == "kl":
-                self._follow_kl_scale(values[~tree.ghost_mask])
-            low, high = self.colour_range(colour)
-            unknown = np.isnan(values)
-            scaled = np.clip((np.where(unknown, 0.0, values) - low) / (high - low), 0.0, 1.0)
-            n = N_DIVERGING_LEVELS if colour == "log_ratio" else N_LEVELS
-            levels = np.rint(scaled * (n - 1)).astype(np.int64)
-            levels[unknown | tree.ghost_mask] = n  # the grey bucket after the scale's: no facts here
-            levels[ROOT] = n
-            return levels
-        if colour == "entropy":
-            values = np.clip(np.nan_to_num(tree.entropies.astype(np.float64), nan=0.0) / ENTROPY_FULL_SCALE, 0, 1)
+            nodes[np.asarray(tree.ghost_mask)] = unknown
+            nodes[ROOT] = unknown
         else:
-            values = tree.probs
-        levels = color_levels(values, N_LEVELS)
-        levels[ROOT] = N_LEVELS - 1 if colour == "prob" else 0  # the prompt is given, not drawn
-        return levels
-
-    def colour_range(self, colour: str) -> tuple[float, float]:
-        """The values at the two ends of a colouring's scale (the KL's follows the tree shown)."""
-        return (0.0, self._kl_scale) if colour == "kl" else _COLOUR_RANGE[colour]
-
-    def _follow_kl_scale(self, kls: np.ndarray) -> None:
-        scale = data_full_scale(kls, KL_FULL_SCALE)
-        if scale != self._kl_scale:
-            self._kl_scale = scale
-            self.colorbar.setLevels(self.colour_range("kl"))
-            self.colorbar.setToolTip(self._colour_tip("kl"))
-
-    def _colour_tip(self, colour: str) -> str:
-        tip = _COLOUR_LABEL[colour]
-        if colour == "kl":
-            tip += (f": full colour at {self._kl_scale:g} nats, this tree's {SCALE_QUANTILE}th percentile of KL "
-                    "rounded up (the scale follows the data: higher KLs saturate)")
-        if colour in REFERENCE_COLOURS:
-            tip += (", saturating at the ends of the scale; grey: no reference facts (not evaluated yet, "
-                    "alternatives). A bar on a box's edge (▼ at a fork): π and π_ref prefer different next tokens "
-                    "there")
-        return tip
+            nodes[ROOT] = scale.levels.index(0)  # the prompt is given: nothing to colour
+        return nodes, runs
 
     # -- options -----------------------------------------------------------------------------------------------------
     def set_mode(self, mode: str) -> None:
@@ -377,16 +355,14 @@ class TokenTreeView(QWidget):
             available = self._offers(what)
             why = NO_REFERENCE_TIP if not self.has_reference else NO_KL_TIP
             model.item(i).setEnabled(available)
-            self.colour_box.setItemData(i, None if available else f"{_COLOUR_LABEL[what]}: {why}",
+            self.colour_box.setItemData(i, None if available else f"{SCALES[what].label}: {why}",
                                         Qt.ItemDataRole.ToolTipRole)
         shown = self.shown_colour
         if self.colour_box.currentData() != shown:
             self.colour_box.blockSignals(True)  # showing the fallback is not a choice of the user's
             self.colour_box.setCurrentIndex(COLOUR_BY.index(shown))
             self.colour_box.blockSignals(False)
-        if shown != self._scale_shown:
-            self._scale_shown = shown
-            self._apply_colour_scale()
+        self._apply_colour_scale()
 
     def set_show_ghosts(self, show: bool) -> None:
         if show != self.ghosts_button.isChecked():
@@ -523,8 +499,8 @@ class TokenTreeView(QWidget):
         self._ring(self.subtree_ring, subtree)
 
     def box_texts(self) -> list[str]:
-        """The texts the last paint drew (fork labels first)."""
-        return list(self.icicle.drawn_texts)
+        """The texts the last paint drew (labels first: the shared prefix, then the forks)."""
+        return list(self.icicle.painted.texts)
 
     def _update_info(self) -> None:
         tree, ice = self._tree, self._ice
@@ -556,11 +532,16 @@ class TokenTreeView(QWidget):
         rest_colour = QColor(fg)
         rest_colour.setAlpha(45)
         rest = QBrush(rest_colour, Qt.BrushStyle.Dense6Pattern)
-        outline = QPen(bg, 1)
+        # The plot's ground is a shade off the base colour, which is the colour of a sure token (the panes leave it
+        # unshaded): boxes then stand out from the empty space, and outlines in the ground colour part them.
+        ground = blend(bg, fg, 0.07)
+        self.plot.vb.setBackgroundColor(ground)
+        outline = QPen(ground, 1)
         tag = QColor(bg)
         tag.setAlpha(215)
-        self.icicle.set_style(hatch, rest, outline, fg, QBrush(tag), mark=fg, mark_halo=bg)
-        self._apply_colour_scale()
+        self.icicle.set_style(hatch, rest, outline, fg, QBrush(tag), QPen(blend(bg, fg, 0.3), 1), mark=fg,
+                              mark_halo=bg)
+        self._apply_colour_scale(force=True)
         accent = pal.color(QPalette.ColorRole.Highlight)
         for ring, colour, width, style in ((self.hover_ring, fg, 1.5, Qt.PenStyle.SolidLine),
                                            (self.select_ring, accent, 2.5, Qt.PenStyle.SolidLine),
@@ -572,28 +553,39 @@ class TokenTreeView(QWidget):
         self._version = -1
         self.refresh()
 
-    def _apply_colour_scale(self) -> None:
-        """One brush per colour bucket of the colouring drawn, its colour bar and label; the reference colourings
-        get one more bucket, grey, for boxes without facts."""
-        colour = self._scale_shown = self.shown_colour
-        bg, fg = self.palette().color(QPalette.ColorRole.Base), self.palette().color(QPalette.ColorRole.Text)
-        n = N_DIVERGING_LEVELS if colour == "log_ratio" else N_LEVELS
-        lut = colormap_lut(0.0, 1.0, n, DIVERGING) if colour == "log_ratio" else colormap_lut(0.0, 1.0, n)
-        self.colorbar.setColorMap(pg.ColorMap(np.linspace(0, 1, n), lut))
-        if colour == "kl" and self._tree is not None:
-            self._kl_scale = data_full_scale(self._tree.kls[~self._tree.ghost_mask], KL_FULL_SCALE)
-        self.colorbar.setLevels(self.colour_range(colour))
-        self.colorbar.getAxis("left").setLabel(_COLOUR_LABEL[colour])  # where ColorBarItem puts its label
-        self.colorbar.setToolTip(self._colour_tip(colour))
-        fills = [QColor(int(r), int(g), int(b)) for r, g, b, _ in lut]
-        if colour in REFERENCE_COLOURS:
-            fills.append(blend(bg, fg, 0.4))  # no facts: a mid grey, apart from the near-white 0 of the log-ratio
-        brushes = [QBrush(c) for c in fills]
-        ghost_brushes = [QBrush(blend(bg, c, 0.45)) for c in fills]
-        # dark fills (viridis's low end, the diverging scale's ends) get white text, light ones black
-        text_colours = [QColor("#ffffff") if (0.2126 * c.red() + 0.7152 * c.green() + 0.0722 * c.blue()) < 140
-                        else QColor("#111111") for c in fills]
-        self.icicle.set_colours(brushes, ghost_brushes, text_colours)
+    def _apply_colour_scale(self, force: bool = False) -> None:
+        """One brush per colour of the scale drawn (the panes' colours, and a grey for boxes without a value), its
+        colour bar and label; only when the scale changed (or the palette: force)."""
+        scale = self.colour_scale()
+        if scale == self._scale_shown and not force:
+            return
+        self._scale_shown = scale
+        pal = self.palette()
+        bg = pal.color(QPalette.ColorRole.Base)
+        fills = scale.colours(pal)
+        lo, hi = sorted((scale.low, scale.high))
+        values = np.linspace(lo, hi, 65)
+        lut = np.array([fills[i].getRgb() for i in scale.level_indices(values)], dtype=np.uint8)
+        self.colorbar.setColorMap(pg.ColorMap(np.linspace(0, 1, len(values)), lut))
+        self.colorbar.setLevels((lo, hi))
+        chain = _CHAIN_MEAN.get(scale.key, "chains: mean")
+        self.colorbar.getAxis("left").setLabel(f"{scale.label} · {chain}")  # where ColorBarItem puts its label
+        self.colorbar.setToolTip(self._colour_tip(scale))
+        self.icicle.set_colours([QBrush(c) for c in fills], [QBrush(blend(bg, c, 0.45)) for c in fills])
+        if self._tree is not None and self._ice is not None:
+            self.icicle.set_data(self._tree, self._ice, *self._styles(self._tree, self._ice), self.icicle.marks)
+
+    @staticmethod
+    def _colour_tip(scale: ColourScale) -> str:
+        tip = f"{scale.label}, the panes' colours; a chain drawn as one box: {RUN_MEAN_WORDS[scale.key]}"
+        if scale.key == "kl":
+            tip += (f"; full colour at {scale.high:g} nats, this tree's {SCALE_QUANTILE}th percentile of KL rounded "
+                    "up (the scale follows the data: higher KLs saturate)")
+        if scale.key in REFERENCE_COLOURS:
+            tip += ("; saturating at the ends of the scale; grey: no reference facts (not evaluated yet, "
+                    "alternatives). A bar on a box's edge (▼ at a fork): π and π_ref prefer different next tokens "
+                    "there")
+        return tip
 
     def changeEvent(self, event) -> None:  # noqa: N802 (Qt override)
         if event.type() == QEvent.Type.PaletteChange and hasattr(self, "icicle"):

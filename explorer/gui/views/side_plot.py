@@ -20,10 +20,9 @@ from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
 
 from explorer.core.tree.token_tree import TokenTree
 from explorer.core.tree.layout import mean_kl_series, mean_series, rollout_kl_series, rollout_series
-from explorer.gui.widgets.style import blend
+from explorer.gui.widgets.style import KL_COLOUR, blend
 from explorer.gui.tree.tree_items import cache_axes
 
-KL_COLOUR = "#e08214"  # the selected rollout's KL: an orange, apart from the accent and the log-ratio's pink and green
 KL_TIP = ("KL: KL(π ‖ π_ref) per position in nats, over the whole vocabulary (shown with a reference policy); "
           "▲ at the top: infinite, where π_ref gives 0 to a token π does not")
 

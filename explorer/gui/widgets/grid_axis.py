@@ -23,11 +23,21 @@ def _translation(t: QTransform) -> bool:
 
 
 class FastGridAxis(pg.AxisItem):
-    """An AxisItem whose tick and grid lines are rasterised into one image before they are blended onto the plot."""
+    """An AxisItem whose tick and grid lines are rasterised into one image before they are blended onto the plot.
+    With integer_ticks, ticks stay on whole numbers however far the view zooms in (token positions: there is no
+    position 5.5)."""
 
-    def __init__(self, orientation: str, **kwargs):
+    def __init__(self, orientation: str, integer_ticks: bool = False, **kwargs):
         super().__init__(orientation, **kwargs)
+        self._integer_ticks = integer_ticks
         self._picture_parts = None  # (the picture they were made with, line specs, text-only picture)
+
+    def tickSpacing(self, minVal, maxVal, size):  # noqa: N802, N803 (pyqtgraph's names)
+        levels = super().tickSpacing(minVal, maxVal, size)
+        if not self._integer_ticks or not levels:
+            return levels
+        whole = [(spacing, offset) for spacing, offset in levels if spacing >= 1.0]
+        return whole or [(1.0, 0.0)]
 
     def paint(self, p, opt, widget):
         exporting = bool(getattr(self, "_exportOpts", False))

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, replace
 from typing import Optional
+
+import numpy as np
 
 from PySide6.QtCore import QPointF, QRectF, QSize, Qt
 from PySide6.QtGui import QColor, QFont, QFontMetrics, QPainter, QPalette, QPen
@@ -56,57 +59,114 @@ def finish_colour(reason: str | None) -> QColor:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Token shading. A token's "strength" is 0 (nothing to see: a sure token, or a peaked distribution) .. 1 (a token the
-# model found unlikely, or a flat distribution). Strength picks a hue along a ramp and an opacity over the palette's
-# base colour, so the same ramp reads on light and dark palettes and the text colour never has to change.
-# The log-ratio shading diverges: its strength is signed (-1 .. 1), 0 neutral (unshaded), one hue where the policy
-# finds the token likelier than the reference (pi > pi_ref) and another where it finds it less likely.
+# Colour scales: one per quantity a token or a box can be coloured by, the same in the panes, the rollout table, the
+# token tree and their legends (a value has one colour everywhere). A value's "strength" is 0 (nothing to see: a
+# sure token, a peaked distribution, no KL) .. 1 (a token the model found unlikely, a flat distribution); a diverging
+# scale's strength is signed (-1 .. 1) around its centre. Strength picks a hue along a ramp and an opacity over the
+# palette's base colour, so the same ramp reads on light and dark palettes and the text colour never has to change.
 
-SHADING_MODES = ("prob", "entropy", "log_ratio")
-SHADING_NAMES = {"prob": "probability", "entropy": "entropy", "log_ratio": "log-ratio to the reference"}
 ENTROPY_FULL_SCALE = 4.0  # nats; an entropy this high (about 55 equally likely tokens) gets the strongest shade
 # nats; |log pi - log pi_ref| this large (a ratio of e^2, about 7x either way) gets the strongest shade. Quantisation
 # noise (a Q4 model against its float weights: median 0.02 nats, worst about 0.5) stays in the faint shades, while a
 # token the two policies really disagree on (another system prompt, a base against an instruct model: several nats)
 # stands out at full colour; a wider scale would leave the disagreements that matter pale.
 LOG_RATIO_FULL_SCALE = 2.0
-SHADE_LEVELS = 32  # colours are quantised so formats can be cached and equal neighbours merged into one run
-
-# (strength, colour) stops; warm for improbable tokens, cool for uncertain distributions.
-_RAMPS = {
-    "prob": ((0.0, "#f5cf4b"), (0.35, "#f49a32"), (0.7, "#e8484a"), (1.0, "#c8308a")),
-    "entropy": ((0.0, "#5cc8e0"), (0.45, "#3e86e6"), (1.0, "#8451e0")),
-}
-# The log-ratio's two sides, by the sign of the level: green where pi > pi_ref, pink where pi < pi_ref (ColorBrewer's
-# PiYG: a pair that stays apart under the common colour blindnesses, and apart from the other two ramps).
-_DIVERGING = {
-    1: ((0.0, "#7fbc41"), (1.0, "#2e8b2e")),
-    -1: ((0.0, "#de77ae"), (1.0, "#c51b7d")),
-}
+# KL(pi || pi_ref) is the mean log-ratio under pi, so by default it gets the same full scale: a position whose KL is
+# 2 nats differs on average as much as a token at full colour does. The tree's KL scale follows its own KLs
+# (TokenTreeView.colour_scale, with_bounds); this is the scale where it has none.
+KL_FULL_SCALE = LOG_RATIO_FULL_SCALE
+SHADE_LEVELS = 32  # colours are quantised so formats and brushes can be cached and equal neighbours merged
 _MAX_OPACITY = {False: 0.56, True: 0.66}  # keyed by is_dark
 
 
-def _check_mode(mode: str) -> None:
-    if mode not in SHADING_MODES:
-        raise ValueError(f"unknown shading mode {mode!r}; expected one of {', '.join(SHADING_MODES)}")
+@dataclass(frozen=True)
+class ColourScale:
+    """How one quantity is coloured. Its bounds are parameters (with_bounds): a scale fitted to the data, or one
+    centred on a group's mean, is the same scale with other bounds."""
 
+    key: str
+    label: str  # what the legend calls it
+    low: float  # the value at strength 0 (a diverging scale: at strength -1)
+    high: float  # the value at strength 1 (low > high: strength grows as the value falls, as for pi)
+    stops: tuple  # (strength, colour) ramp over 0..1 (a diverging scale: its side above the centre)
+    negative_stops: tuple = ()  # a diverging scale's side below the centre
+    centre: Optional[float] = None  # a diverging scale's neutral value (strength 0)
 
-def shade_strength(mode: str, prob: float, entropy: float, log_ratio: Optional[float] = None) -> float:
-    """0 .. 1; for "log_ratio" signed, -1 .. 1 (0 for a token without reference facts: log_ratio None)."""
-    if mode == "log_ratio":
-        if log_ratio is None or log_ratio != log_ratio:  # no reference facts, or -inf - -inf: nothing to show
+    @property
+    def diverging(self) -> bool:
+        return self.centre is not None
+
+    @property
+    def levels(self) -> range:
+        """Every level of the scale, weakest (most negative) first."""
+        return range(-SHADE_LEVELS, SHADE_LEVELS + 1) if self.diverging else range(SHADE_LEVELS + 1)
+
+    def with_bounds(self, low: float, high: float, centre: Optional[float] = None) -> "ColourScale":
+        return replace(self, low=low, high=high, centre=self.centre if centre is None else centre)
+
+    def strength(self, value: Optional[float]) -> float:
+        """0 .. 1 (a diverging scale -1 .. 1); 0 for an unknown value (None or NaN)."""
+        if value is None or value != value:
             return 0.0
-        return min(max(log_ratio / LOG_RATIO_FULL_SCALE, -1.0), 1.0)
-    if mode == "entropy":
-        if entropy is None or entropy != entropy:  # None or NaN: nothing known, no shade
-            return 0.0
-        return min(max(entropy, 0.0) / ENTROPY_FULL_SCALE, 1.0)
-    return min(max(1.0 - prob, 0.0), 1.0)
+        if self.centre is not None:
+            c = self.centre
+            s = (value - c) / (self.high - c) if value >= c else (value - c) / (c - self.low)
+            return min(max(s, -1.0), 1.0)
+        return min(max((value - self.low) / (self.high - self.low), 0.0), 1.0)
+
+    def strengths(self, values: np.ndarray) -> np.ndarray:
+        """strength() of every value at once; NaN where unknown."""
+        v = np.asarray(values, dtype=np.float64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            if self.centre is not None:
+                c = self.centre
+                s = np.where(v >= c, (v - c) / (self.high - c), (v - c) / (c - self.low))
+                return np.clip(s, -1.0, 1.0)
+            return np.clip((v - self.low) / (self.high - self.low), 0.0, 1.0)
+
+    def level(self, value: Optional[float]) -> int:
+        return int(round(self.strength(value) * SHADE_LEVELS))
+
+    def level_indices(self, values: np.ndarray) -> np.ndarray:
+        """Every value's index into colours(): its level from the weakest, the unknown colour (the last) where NaN."""
+        s = self.strengths(values)
+        unknown = np.isnan(s)
+        offset = SHADE_LEVELS if self.diverging else 0
+        index = np.rint(np.where(unknown, 0.0, s) * SHADE_LEVELS).astype(np.int64) + offset
+        index[unknown] = len(self.levels)
+        return index
+
+    def colour(self, level: int, palette: QPalette | None = None) -> QColor | None:
+        """The colour of a level over the palette's base colour; None for level 0 (leave the base alone). A diverging
+        level is signed: its sign picks the side of the scale."""
+        if level == 0 or (level < 0 and not self.diverging):
+            return None
+        if palette is None:
+            palette = QApplication.palette()
+        stops = self.negative_stops if level < 0 else self.stops
+        strength = min(abs(level), SHADE_LEVELS) / SHADE_LEVELS
+        # a floor on the opacity keeps the faintest shades visible; a root lifts the low end of the scale
+        opacity = _MAX_OPACITY[is_dark(palette)] * (0.12 + 0.88 * strength ** 0.8)
+        return blend(palette.color(QPalette.ColorRole.Base), _ramp_colour(stops, strength), opacity)
+
+    def colours(self, palette: QPalette | None = None) -> list[QColor]:
+        """One colour per level (level 0 is the base colour), then the unknown colour: level_indices index it."""
+        if palette is None:
+            palette = QApplication.palette()
+        base = palette.color(QPalette.ColorRole.Base)
+        return [self.colour(level, palette) or QColor(base) for level in self.levels] + [unknown_colour(palette)]
+
+    def colour_of(self, value: Optional[float], palette: QPalette | None = None) -> QColor:
+        """The colour a value is drawn with (the base colour where it is 0 or unknown)."""
+        if palette is None:
+            palette = QApplication.palette()
+        return self.colour(self.level(value), palette) or QColor(palette.color(QPalette.ColorRole.Base))
 
 
-def shade_level(mode: str, prob: float, entropy: float, log_ratio: Optional[float] = None) -> int:
-    """0 (no shade) .. SHADE_LEVELS; for "log_ratio" -SHADE_LEVELS .. SHADE_LEVELS, > 0 where pi > pi_ref."""
-    return int(round(shade_strength(mode, prob, entropy, log_ratio) * SHADE_LEVELS))
+def unknown_colour(palette: QPalette) -> QColor:
+    """Where a value is unknown (no reference facts, an alternative nobody took): a mid grey, apart from every
+    scale's faint end."""
+    return blend(palette.color(QPalette.ColorRole.Base), palette.color(QPalette.ColorRole.Text), 0.4)
 
 
 def _ramp_colour(stops, strength: float) -> QColor:
@@ -116,19 +176,58 @@ def _ramp_colour(stops, strength: float) -> QColor:
     return QColor(stops[-1][1])
 
 
-def shade_colour(mode: str, level: int, palette: QPalette | None = None) -> QColor | None:
-    """The background for a shade level over the palette's base colour; None for level 0 (leave the base alone).
-    A "log_ratio" level is signed: its sign picks the side of the diverging scale."""
+# warm for improbable tokens, cool for uncertain distributions, an orange for the KL; the log-ratio's two sides are
+# ColorBrewer's PiYG (green where pi > pi_ref, pink where pi < pi_ref: a pair that stays apart under the common colour
+# blindnesses, and apart from the other ramps)
+SCALES = {
+    "prob": ColourScale("prob", "π(token | prefix)", 1.0, 0.0,
+                        ((0.0, "#f5cf4b"), (0.35, "#f49a32"), (0.7, "#e8484a"), (1.0, "#c8308a"))),
+    "entropy": ColourScale("entropy", "entropy (nats)", 0.0, ENTROPY_FULL_SCALE,
+                           ((0.0, "#5cc8e0"), (0.45, "#3e86e6"), (1.0, "#8451e0"))),
+    "log_ratio": ColourScale("log_ratio", "log π − log π_ref (nats)", -LOG_RATIO_FULL_SCALE, LOG_RATIO_FULL_SCALE,
+                             ((0.0, "#7fbc41"), (1.0, "#2e8b2e")), ((0.0, "#de77ae"), (1.0, "#c51b7d")), centre=0.0),
+    "kl": ColourScale("kl", "KL(π ‖ π_ref) (nats)", 0.0, KL_FULL_SCALE, ((0.0, "#fdb863"), (1.0, "#b35806"))),
+}
+KL_COLOUR = "#e08214"  # a KL curve: the orange of the KL scale, apart from the accent and the log-ratio's pink and green
+SHADING_MODES = ("prob", "entropy", "log_ratio")  # what the panes and the table shade by
+SHADING_NAMES = {"prob": "probability", "entropy": "entropy", "log_ratio": "log-ratio to the reference"}
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in SHADING_MODES:
+        raise ValueError(f"unknown shading mode {mode!r}; expected one of {', '.join(SHADING_MODES)}")
+
+
+def _shaded_value(mode: str, prob: float, entropy: float, log_ratio: Optional[float]) -> Optional[float]:
+    return {"prob": prob, "entropy": entropy, "log_ratio": log_ratio}[mode]
+
+
+def shade_strength(mode: str, prob: float, entropy: float, log_ratio: Optional[float] = None) -> float:
+    """0 .. 1; for "log_ratio" signed, -1 .. 1 (0 for a token without reference facts: log_ratio None)."""
     _check_mode(mode)
-    if level == 0 or (level < 0 and mode != "log_ratio"):
-        return None
-    if palette is None:
-        palette = QApplication.palette()
-    stops = _DIVERGING[1 if level > 0 else -1] if mode == "log_ratio" else _RAMPS[mode]
-    strength = min(abs(level), SHADE_LEVELS) / SHADE_LEVELS
-    # a floor on the opacity keeps the faintest shades visible; a square root lifts the low end of the scale
-    opacity = _MAX_OPACITY[is_dark(palette)] * (0.12 + 0.88 * strength ** 0.8)
-    return blend(palette.color(QPalette.ColorRole.Base), _ramp_colour(stops, strength), opacity)
+    return SCALES[mode].strength(_shaded_value(mode, prob, entropy, log_ratio))
+
+
+def shade_level(mode: str, prob: float, entropy: float, log_ratio: Optional[float] = None) -> int:
+    """0 (no shade) .. SHADE_LEVELS; for "log_ratio" -SHADE_LEVELS .. SHADE_LEVELS, > 0 where pi > pi_ref."""
+    return int(round(shade_strength(mode, prob, entropy, log_ratio) * SHADE_LEVELS))
+
+
+def shade_colour(mode: str, level: int, palette: QPalette | None = None) -> QColor | None:
+    """The background of a token at a shade level (SCALES[mode].colour); None for level 0."""
+    _check_mode(mode)
+    return SCALES[mode].colour(level, palette)
+
+
+def card_colours(dark: bool) -> dict[str, str]:
+    """The token hover card's colours (HTML): quiet text, the alternatives' bars, the bar of the token taken."""
+    return {
+        "muted": "#a0a4ab" if dark else "#5f6368",
+        "bar": "#7d8590" if dark else "#9aa0a6",
+        "bar_chosen": "#f49a32" if dark else "#e8710a",  # the orange of the probability ramp
+        "track": "#3a3d42" if dark else "#e6e8eb",
+        "chosen_bg": "#4a3b22" if dark else "#fdebd3",
+    }
 
 
 class ShadingLegend(QWidget):

@@ -1,6 +1,5 @@
 """Token-level display shared by the rollout panes and the scoring panel.
 
-- number formatting for probabilities that may underflow,
 - the hover tooltip (a pure function: TokenInfo -> HTML; with a reference policy's facts it sets pi beside pi_ref),
 - mapping a text onto its tokens (pieces: one string per token whose concatenation is the text),
 - TokenTextView: a read-only text view that appends shaded tokens and knows which token is under the mouse.
@@ -17,49 +16,13 @@ from PySide6.QtCore import QEvent, QPoint, QRect, Qt, Signal
 from PySide6.QtGui import QFontDatabase, QPalette, QTextCharFormat, QTextCursor, QTextOption
 from PySide6.QtWidgets import QApplication, QMenu, QPlainTextEdit, QTextEdit, QToolTip, QWidget
 
-# the number formats live in core: the CLI prints the same ones
-from explorer.core.numbers import format_logprob, format_probability, signed as _signed
+from explorer.core.numbers import format_kl, format_logprob, format_percent, format_probability
 from explorer.core.types import TokenInfo
-from explorer.gui.widgets.style import SHADING_MODES, blend, is_dark, shade_colour, shade_level
+from explorer.gui.widgets.style import SHADING_MODES, blend, card_colours, is_dark, shade_colour, shade_level
 
 # DPO's usual beta: the implicit reward beta * log(pi(y|x) / pi_ref(y|x)) the panes and the table show until the views
 # give another (ViewsPanel.beta owns it)
 DEFAULT_BETA = 0.1
-
-
-# -- numbers --------------------------------------------------------------------------------------------------------
-def format_percent(p: float) -> str:
-    if p >= 0.0995:
-        return f"{100 * p:.1f}%"
-    if p >= 0.000995:
-        return f"{100 * p:.2f}%"
-    if p <= 0:
-        return "0%"
-    return _signed(f"{p:.1e}")
-
-
-def format_kl(kl: Optional[float]) -> str:
-    """A KL divergence in nats (>= 0; inf where pi_ref gives 0 to a token pi does not)."""
-    if kl is None or math.isnan(kl):
-        return "—"
-    if math.isinf(kl):
-        return "inf"
-    return f"{kl:.3g}"
-
-
-def format_implicit_reward(reward: Optional[float]) -> str:
-    """beta * log-ratio, signed like an advantage."""
-    if reward is None or math.isnan(reward):
-        return "—"
-    return _signed(f"{reward:+.3g}")
-
-
-def format_perplexity(ppl: Optional[float]) -> str:
-    if ppl is None or math.isnan(ppl):
-        return "—"
-    if math.isinf(ppl):
-        return "inf"
-    return f"{ppl:.3f}" if ppl < 100 else f"{ppl:.4g}"
 
 
 # -- token labels and the tooltip -----------------------------------------------------------------------------------
@@ -93,13 +56,7 @@ def _bar_row(label: str, prob: float, chosen: bool, rank, colours: dict, bar_wid
 def token_tooltip_html(token: TokenInfo, position: Optional[int] = None, dark: bool = False,
                        bar_width: int = 110) -> str:
     """The hover card of one token: probability, logprob, rank, entropy, and the top-N alternatives with bars."""
-    colours = {
-        "muted": "#a0a4ab" if dark else "#5f6368",
-        "bar": "#7d8590" if dark else "#9aa0a6",
-        "bar_chosen": "#f49a32" if dark else "#e8710a",
-        "track": "#3a3d42" if dark else "#e6e8eb",
-        "chosen_bg": "#4a3b22" if dark else "#fdebd3",
-    }
+    colours = card_colours(dark)
     muted = colours["muted"]
     where = f" · position {position}" if position is not None else ""
     head = (f'<div style="white-space:pre"><b style="font-size:large">{html.escape(token_label(token.token, token.bytes))}'
