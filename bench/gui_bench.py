@@ -10,6 +10,10 @@ to the GUI thread (notify; only when this module creates the QApplication), so t
 ran inside them. Linux's schedstat splits the worst gap into the GUI thread's CPU time, its time waiting for a CPU
 (a busy machine) and the rest (blocked: the GIL, a lock).
 
+`run_cpu_share(...)` streams k = 64 rollouts of one query in the same window and sets the GUI thread's CPU time
+against the engine's (every other thread of the process: the worker and llama.cpp's), target at most a tenth: on a
+2-core machine every cycle the window spends is taken from decoding. Run with --cpu-share.
+
 `run_gui_bench(...)` returns rows of {case, max_ms, p50_ms, p99_ms, note}: one per run, the best and the worst run,
 then each timed step over all runs. The machine may be shared: several runs are made and the load average is noted.
 Run this file to print the table (--verbose: the five longest gaps of each run and what ran inside them, and the time
@@ -61,30 +65,38 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 class _Recorder:
-    """Timed spans on the GUI thread: (name, start, end) in perf_counter seconds."""
+    """Timed spans on the GUI thread: (name, start, end) in seconds of its clock: perf_counter (wall), or the
+    thread's own CPU time (time.thread_time: what a step costs, not what it waited for, a GIL the engine holds)."""
 
-    def __init__(self):
+    def __init__(self, clock: Callable[[], float] = time.perf_counter):
+        self.clock = clock
         self.spans: list[tuple[str, float, float]] = []
         self.gui_thread = threading.get_ident()
         self.depth = 0
         self.totals: Optional[dict] = None  # event name -> (count, total ms), when asked for
 
     def wrap(self, obj, name: str, label: str) -> None:
-        original = getattr(obj, name)
+        """Time obj.name from now on (nothing, when the window has no such step: its parts move)."""
+        original = getattr(obj, name, None)
+        if original is None:
+            return
 
         def timed(*args, **kwargs):
-            t0 = time.perf_counter()
+            t0 = self.clock()
             try:
                 return original(*args, **kwargs)
             finally:
-                self.spans.append((label, t0, time.perf_counter()))
+                self.spans.append((label, t0, self.clock()))
 
         setattr(obj, name, timed)
 
 
-def _make_app(recorder: _Recorder):
+def _make_app(recorder: _Recorder, timed_events: bool = True):
     from PySide6.QtCore import QEvent
     from PySide6.QtWidgets import QApplication
+
+    if not timed_events:  # a Python notify() on every event costs the GUI thread CPU of its own
+        return QApplication.instance() or QApplication(sys.argv[:1])
 
     class TimedApp(QApplication):
         """Times each event delivered on the GUI thread (outermost deliveries only: nested ones sit inside)."""
@@ -223,20 +235,17 @@ def _wrap_pyqtgraph(recorder: _Recorder) -> None:
     pg.AxisItem.paint = timed_axis_paint
 
 
-def run_gui_bench(k: int = 8, n_tokens: int = 96, runs: int = 3, model_path: Optional[str] = None,
-                  timeout_s: float = 300.0, deep: bool = False, verbose: bool = False) -> list[dict]:
-    """Stream `runs` runs of k rollouts x n_tokens for 2 queries in an offscreen window; one row per run (longest
-    event-loop gap, p50, p99 of the probe's gaps), the best and the worst run, then each timed step."""
+def _open_window(recorder: "_Recorder", model_path: Optional[str], deep: bool, queries=QUERIES,
+                 timed_events: bool = True):
+    """An offscreen MainWindow at the default size, the default model loaded through its worker thread, the queries
+    set, and its refresh steps timed by the recorder. Returns (app, window, errors, tmp)."""
     from PySide6.QtCore import QSettings
 
     from explorer.core.models.discovery import default_model_path
     from explorer.gui.window.main_window import MainWindow
     from explorer.gui.run.worker import default_engine_factory
 
-    recorder = _Recorder()
-    if verbose:
-        recorder.totals = {}
-    app = _make_app(recorder)
+    app = _make_app(recorder, timed_events)
     if deep:
         _wrap_pyqtgraph(recorder)
     path = str(model_path or default_model_path())
@@ -251,12 +260,15 @@ def run_gui_bench(k: int = 8, n_tokens: int = 96, runs: int = 3, model_path: Opt
     app.processEvents()
 
     recorder.wrap(window, "drain", "drain (whole tick)")  # the refresh timer's tick calls self.drain()
-    recorder.wrap(window, "_feed_trees", "feed trees (per event)")
+    recorder.wrap(window.runs, "drain", "session feed (run_controller.drain)")
+    if window.views.rollout_table is not None:
+        recorder.wrap(window.views.rollout_table, "set_rollouts", "rollout_table.set_rollouts")
     recorder.wrap(window.views.panes, "refresh", "panes.refresh")
     recorder.wrap(window.views.panes, "show_group", "panes.show_group")
     if window.views.tree_view is not None:
         recorder.wrap(window.views.tree_view, "refresh", "tree_view.refresh")
         recorder.wrap(window.views.tree_view, "set_tree", "tree_view.set_tree")
+        recorder.wrap(window.views.tree_view.icicle, "paint", "tree: icicle paint")
     if window.views.side_plot is not None:
         recorder.wrap(window.views.side_plot, "refresh", "side_plot.refresh")
     recorder.wrap(window, "_sync_tabs", "sync tabs")
@@ -268,7 +280,18 @@ def run_gui_bench(k: int = 8, n_tokens: int = 96, runs: int = 3, model_path: Opt
     window.load_model(path)
     if not _wait(app, lambda: bool(loaded), 120) or loaded[0] is None:
         raise RuntimeError(f"cannot load the default model: {errors or 'timed out'}")
-    window.controls.set_queries(list(QUERIES))
+    window.controls.set_queries(list(queries))
+    return app, window, errors, tmp
+
+
+def run_gui_bench(k: int = 8, n_tokens: int = 96, runs: int = 3, model_path: Optional[str] = None,
+                  timeout_s: float = 300.0, deep: bool = False, verbose: bool = False) -> list[dict]:
+    """Stream `runs` runs of k rollouts x n_tokens for 2 queries in an offscreen window; one row per run (longest
+    event-loop gap, p50, p99 of the probe's gaps), the best and the worst run, then each timed step."""
+    recorder = _Recorder()
+    if verbose:
+        recorder.totals = {}
+    app, window, errors, tmp = _open_window(recorder, model_path, deep)
 
     rows = []
     results = []
@@ -306,6 +329,114 @@ def run_gui_bench(k: int = 8, n_tokens: int = 96, runs: int = 3, model_path: Opt
     return rows
 
 
+CPU_SHARE_TARGET = 0.10  # the window's thread at most a tenth of the engine's CPU time while a run streams
+
+
+def _thread_cpu_ms() -> dict[int, tuple[str, float]]:
+    """CPU ms so far of every thread of this process: tid -> (its name, ms), from Linux's schedstat."""
+    out = {}
+    base = "/proc/self/task"
+    for tid in os.listdir(base):
+        try:
+            with open(f"{base}/{tid}/schedstat") as f:
+                run_ns = int(f.read().split()[0])
+            with open(f"{base}/{tid}/comm") as f:
+                name = f.read().strip()
+        except OSError:  # the thread ended meanwhile
+            continue
+        out[int(tid)] = (name, run_ns / 1e6)
+    return out
+
+
+def run_cpu_share(k: int = 64, n_tokens: int = 96, runs: int = 2, model_path: Optional[str] = None,
+                  timeout_s: float = 600.0) -> list[dict]:
+    """The window's thread against the engine while k rollouts stream (one query, real engine, offscreen window at
+    1440x900): the CPU time of the GUI thread against that of every other thread of the process (the engine's
+    worker thread and llama.cpp's; the journal's is negligible), per run, with the GUI time spent in each timed
+    step. On 2 cores every cycle the window spends is one the decoding does not get."""
+    if not os.path.isdir("/proc/self/task"):
+        return [{"case": "window / engine CPU (needs Linux's /proc)", "gui_cpu_s": 0.0, "engine_cpu_s": 0.0,
+                 "gui/engine": 0.0, "note": "skipped"}]
+    from PySide6.QtCore import QEventLoop, QTimer
+
+    import pyqtgraph as pg
+
+    recorder = _Recorder(clock=time.thread_time)
+    app, window, errors, tmp = _open_window(recorder, model_path, False, queries=QUERIES[:1], timed_events=False)
+    view_paint = pg.GraphicsView.paintEvent
+
+    def timed_view_paint(view, *args):  # the plots' paints: outside the drain, in the event loop's paint events
+        t0 = time.thread_time()
+        try:
+            return view_paint(view, *args)
+        finally:
+            owner = type(view.parentWidget()).__name__ if view.parentWidget() is not None else "?"
+            recorder.spans.append((f"paint of {owner}", t0, time.thread_time()))
+
+    pg.GraphicsView.paintEvent = timed_view_paint
+    # the window's other Python-side costs per repaint, class-wide (the table's model answers every cell and role
+    # in Python; its preview column is painted by a Python delegate)
+    from explorer.gui.panes.panes import RolloutPane
+    from explorer.gui.views import rollout_table
+
+    originals = [(cls, name, getattr(cls, name)) for cls, name in (
+        (rollout_table.RolloutTableModel, "data"), (rollout_table._PreviewDelegate, "paint"),
+        (RolloutPane, "paintEvent"))]
+    for cls, name, _ in originals:
+        recorder.wrap(cls, name, f"{cls.__name__}.{name}")
+    gui = threading.get_native_id()
+    rows = []
+    try:
+        for i in range(runs):
+            window.controls.k_spin.setValue(k)
+            window.controls.max_tokens.setValue(n_tokens)
+            recorder.spans.clear()
+            loop = QEventLoop()
+            finished: list = []
+
+            def on_done(cancelled, failed, finished=finished, loop=loop):
+                finished.append((cancelled, failed))
+                loop.quit()
+
+            window.run_done.connect(on_done)
+            QTimer.singleShot(int(timeout_s * 1000), loop.quit)
+            load = os.getloadavg()[0]
+            before, t0 = _thread_cpu_ms(), time.perf_counter()
+            if window.run() is None:
+                raise RuntimeError("the window refused to run (see its error dialog text above)")
+            loop.exec()
+            after, wall = _thread_cpu_ms(), time.perf_counter() - t0
+            window.run_done.disconnect(on_done)
+            if errors:
+                raise RuntimeError("; ".join(errors))
+            if not finished:
+                raise RuntimeError(f"the run did not finish within {timeout_s:.0f} s")
+            spent = {tid: (name, ms - before.get(tid, (name, 0.0))[1]) for tid, (name, ms) in after.items()}
+            gui_ms = spent.pop(gui)[1]
+            engine_ms = sum(ms for _, ms in spent.values())
+            by_step: dict[str, float] = {}
+            for name, start, end in recorder.spans:
+                if not name.startswith("event"):
+                    by_step[name] = by_step.get(name, 0.0) + (end - start) * 1000.0
+            steps = ", ".join(f"{name} {ms / 1000:.2f} s" for name, ms in sorted(by_step.items(),
+                                                                               key=lambda kv: -kv[1])[:9])
+            ratio = gui_ms / engine_ms if engine_ms else 0.0
+            verdict = "ok" if ratio <= CPU_SHARE_TARGET else f"over the {CPU_SHARE_TARGET:.0%} target"
+            tokens = window.session.tokens_done if window.session is not None else 0
+            rows.append({"case": f"run {i + 1}: window / engine CPU, k={k} x {n_tokens}", "gui_cpu_s": gui_ms / 1000,
+                         "engine_cpu_s": engine_ms / 1000, "gui/engine": ratio,
+                         "note": f"{verdict}; {tokens} tokens in {wall:.1f} s, load {load:.1f}; GUI thread CPU by "
+                                 f"step (nested ones inside the drain): {steps}"})
+    finally:
+        pg.GraphicsView.paintEvent = view_paint
+        for cls, name, original in originals:
+            setattr(cls, name, original)
+        window.close()
+        app.processEvents()
+        tmp.cleanup()
+    return rows
+
+
 def print_rows(rows: list[dict]) -> None:
     print(f"{'case':58} {'max ms':>8} {'p50 ms':>8} {'p99 ms':>8}  note")
     for row in rows:
@@ -321,7 +452,14 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--deep", action="store_true", help="also time pyqtgraph's paint calls")
     parser.add_argument("--verbose", action="store_true", help="the longest gaps of each run, and what ran in them")
+    parser.add_argument("--cpu-share", action="store_true",
+                        help="the window's CPU time against the engine's while k rollouts stream (--k 64 by default)")
     args = parser.parse_args()
+    if args.cpu_share:
+        for row in run_cpu_share(k=64 if args.k == 8 else args.k, n_tokens=args.tokens, runs=args.runs):
+            print(f"{row['case']:48} GUI {row['gui_cpu_s']:.2f} s  engine {row['engine_cpu_s']:.2f} s  "
+                  f"ratio {row['gui/engine']:.3f}  {row['note']}")
+        return
     print_rows(run_gui_bench(k=args.k, n_tokens=args.tokens, runs=args.runs, deep=args.deep, verbose=args.verbose))
 
 

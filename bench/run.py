@@ -181,6 +181,8 @@ def main(argv=None) -> int:
                 ("tree_bench", "run_tree_bench", "Token tree icicle (64 rollouts x 512 tokens, top-5 ghosts; target <= 33 ms "
                                                  "per repaint)"),
                 ("gui_bench", "run_gui_bench", "GUI event-loop stalls"),
+                ("gui_bench", "run_cpu_share", "The window's CPU time against the engine's while k = 64 streams "
+                                               "(target: gui/engine <= 0.10)"),
                 ("reliability_bench", "run_reliability_bench", "Memory with large inputs (peak RSS of a fresh "
                                                                "process per case; target load <= 3x the file)"),
                 ("reliability_bench", "run_window_soak", "Memory over time: consecutive runs in one window"),

@@ -115,9 +115,24 @@ def run_tree_bench(n_rollouts: int = 64, n_tokens: int = 512, top_n: int = 5, re
     for mode in MODES:
         view.set_mode(mode)
         results.append({"case": f"view: full redraw, {mode} heights (set_tree + paint)", "nodes": len(tree),
-                        "ms": _timeit(full_redraw, repeat)})
+                        "ms": _timeit(full_redraw, repeat), "boxes": view.icicle.painted.boxes})
         results.append({"case": f"view: repaint only, {mode} heights (hover, pan)", "nodes": len(tree),
-                        "ms": _timeit(view.graphics.grab, repeat)})
+                        "ms": _timeit(view.graphics.grab, repeat), "boxes": view.icicle.painted.boxes})
+    # The tree at the size the window gives it (about 1000 x 500), and zoomed in until its chains are drawn token
+    # by token (the most a paint draws: every token in view, each with its text).
+    view.resize(1000, 500)
+    app.processEvents()
+    for mode in MODES:
+        view.set_mode(mode)
+        results.append({"case": f"view: full redraw at 1000x500, {mode} heights", "nodes": len(tree),
+                        "ms": _timeit(full_redraw, repeat), "boxes": view.icicle.painted.boxes})
+    view.plot.vb.setRange(xRange=(100, 112), yRange=(0.0, 0.25), padding=0)
+    view.set_mode("model")
+    results.append({"case": "view: repaint zoomed in, model heights (tokens drawn one by one)", "nodes": len(tree),
+                    "ms": _timeit(view.graphics.grab, repeat), "boxes": view.icicle.painted.boxes,
+                    "striped_runs": view.icicle.painted.striped_runs})
+    view.resize(1400, 800)
+    app.processEvents()
     # The baseline, in this run: the same boxes painted one QPainter.fillRect call each (no arrays, no culling).
     from PySide6.QtCore import QRectF
     from PySide6.QtGui import QColor, QImage, QPainter
@@ -164,13 +179,14 @@ def run_tree_bench(n_rollouts: int = 64, n_tokens: int = 512, top_n: int = 5, re
 
 def main() -> None:
     results = run_tree_bench()
-    print(f"{'case':58} {'nodes':>7} {'ms':>9}")
+    print(f"{'case':66} {'nodes':>7} {'ms':>9}")
     for row in results:
         extra = f"   ({row['per_token_us']:.1f} us/token)" if "per_token_us" in row else ""
+        extra += f"   ({row['boxes']} boxes drawn)" if "boxes" in row else ""
         flag = "" if not row["case"].startswith("view") else ("  ok" if row["ms"] <= 33.0 else "  > 33 ms target")
         if "x_faster_than_baseline" in row:
             flag += f"   ({row['x_faster_than_baseline']:.1f}x faster than the per-box baseline)"
-        print(f"{row['case']:58} {row['nodes']:>7} {row['ms']:>9.2f}{extra}{flag}")
+        print(f"{row['case']:66} {row['nodes']:>7} {row['ms']:>9.2f}{extra}{flag}")
 
 
 if __name__ == "__main__":

@@ -730,3 +730,31 @@ def test_zoomed_in_the_position_axis_keeps_whole_numbers(view):
     axis = view.plot.getAxis("bottom")
     ticks = [v for _, level in axis.tickValues(2.2, 3.9, 800) for v in level]
     assert ticks and all(float(v).is_integer() for v in ticks)
+
+
+def test_a_chain_marks_where_the_policies_part_only_once_its_tokens_are_drawn(qtbot):
+    """Along a chain, where pi and pi_ref prefer different next tokens is per-token detail: drawn with the tokens."""
+    from kit import sampled_tok
+
+    def facts(token: TokenInfo, ref_top: int) -> TokenInfo:
+        return dataclasses.replace(token, ref_logprob=token.logprob - 0.1, kl=0.05, ref_top_id=ref_top)
+
+    chain = [sampled_tok(1, "The", 0.9), sampled_tok(2, " sea", 0.8), sampled_tok(3, " is", 0.7),
+             sampled_tok(4, " deep", 0.9)]
+    chain[2] = facts(chain[2], ref_top=9)  # at " is" pi prefers " is", pi_ref another token: marked after " sea"
+    chain = [t if t.kl is not None else facts(t, ref_top=t.id) for t in chain]
+    other = [chain[0], facts(sampled_tok(5, " lake", 0.1), ref_top=5)]
+    tree = TokenTree("q0", "p")
+    tree.add_rollout(Rollout("q0.r0", 0, 0, "The sea is deep", tuple(chain), "stop"))
+    tree.add_rollout(Rollout("q0.r1", 1, 1, "The lake", tuple(other), "stop"))
+    tree.take_reference([Rollout("q0.r0", 0, 0, "", tuple(chain), "stop"),
+                         Rollout("q0.r1", 1, 1, "", tuple(other), "stop")])
+    sea = tree.node_for([1, 2])
+    view = painted_at(qtbot, tree, (1000, 500))
+    assert sea in view.icicle.marks.tolist()
+    view.plot.vb.setRange(xRange=(-1, 40), padding=0)  # tokens ~20 px wide: the chain is one box
+    view.grab()
+    assert view.icicle.painted.striped_runs == 0 and sea not in view.icicle.drawn_marks
+    view.plot.vb.setRange(xRange=(0, 4), padding=0)  # wide enough for their text: token by token, with the mark
+    view.grab()
+    assert view.icicle.painted.striped_runs > 0 and sea in view.icicle.drawn_marks

@@ -331,8 +331,10 @@ class IcicleItem(pg.GraphicsObject):
         y0, h = ice.y0[marks], ice.height[marks]
         fork = ice.n_children[marks] >= 2
         keep = (edge > f.vx0) & (edge < f.vx1) & (y0 + h > f.vy0) & (y0 < f.vy1) & (h * abs(f.sy) >= 2)
-        # a chain's mark needs room: a token MARK_CHAIN_MIN_PX wide and a box twice the triangle's height
-        keep &= fork | ((abs(sx) >= MARK_CHAIN_MIN_PX) & (h * abs(f.sy) >= 2 * MARK_CHAIN_TRIANGLE_PX))
+        # a chain's mark is per-token detail: only on a chain drawn token by token, with a token MARK_CHAIN_MIN_PX
+        # wide and a box twice the triangle's height
+        striped = np.append(f.striped, False)[ice.run_of[marks]]
+        keep &= fork | (striped & (abs(sx) >= MARK_CHAIN_MIN_PX) & (h * abs(f.sy) >= 2 * MARK_CHAIN_TRIANGLE_PX))
         if not keep.any():
             return set()
         marks, fork = marks[keep], fork[keep]
@@ -493,23 +495,26 @@ def _free_place(box: QRectF, placed: list[QRectF], top: float, right: float) -> 
     fork's first, most probable child all start at its top and end apart, so a larger fork's label low in its
     extent leaves the top lines to the smaller forks inside it. Only where every line is taken at the fork does the
     label move along a line, past the labels in its way (left of `right`)."""
+    # plain floats: this runs for every label of every paint, over every label placed before it
+    others = [(p.left() - 1, p.top() - 1, p.right() + 1, p.bottom() + 1) for p in placed]
+    x0, width, height = box.left(), box.width(), box.height()
 
-    def blocking(candidate: QRectF) -> list[QRectF]:
-        return [p for p in placed if p.adjusted(-1, -1, 1, 1).intersects(candidate)]
+    def blocking(x: float, y: float) -> list[tuple]:
+        return [o for o in others if o[0] < x + width and x < o[2] and o[1] < y + height and y < o[3]]
 
     for along in (False, True):
-        candidate = QRectF(box)
-        while candidate.top() >= top:
-            candidate.moveLeft(box.left())
-            while candidate.right() <= right:
-                in_way = blocking(candidate)
+        y = box.top()
+        while y >= top:
+            x = x0
+            while x + width <= right:
+                in_way = blocking(x, y)
                 if not in_way:
-                    return candidate
+                    return QRectF(x, y, width, height)
                 if not along:
                     break
-                candidate.moveLeft(max(p.right() for p in in_way) + LABEL_GAP_PX)
-            in_way = blocking(QRectF(box.left(), candidate.top(), box.width(), candidate.height()))
-            candidate.moveBottom(min(p.top() for p in in_way) - 2 if in_way else candidate.bottom() - box.height() - 2)
+                x = max(o[2] for o in in_way) + LABEL_GAP_PX
+            in_way = blocking(x0, y)
+            y = (min(o[1] for o in in_way) if in_way else y) - height - 2
     return None
 
 
