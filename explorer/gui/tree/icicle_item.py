@@ -435,7 +435,7 @@ class IcicleItem(pg.GraphicsObject):
     def _paint_run_texts(self, painter, f: "_Frame", record: PaintRecord, placed: list[QRectF]) -> None:
         """Each run drawn whole gets its text where a word of it fits, the tallest first."""
         ice, tree, fm = self.ice, self.tree, f.fm
-        runs = np.flatnonzero(f.run_visible & ~f.striped & (f.rbottom - f.rtop >= f.line))
+        runs = np.flatnonzero(f.run_visible & ~f.striped & (f.rbottom - f.rtop >= f.text_px))
         runs = runs[np.argsort(-(f.rbottom[runs] - f.rtop[runs]), kind="stable")][:MAX_TEXTS]
         painter.setPen(self.fg)
         for r in runs.tolist():
@@ -452,7 +452,7 @@ class IcicleItem(pg.GraphicsObject):
                 continue  # "T…" says nothing; the hover does
             top, bottom = max(f.rtop[r], f.rows[0]), min(f.rbottom[r], f.rows[1])
             box = _trimmed(QRectF(start_px + TEXT_PAD_PX, top, fm.horizontalAdvance(text) + 2, bottom - top), placed)
-            if box.height() < f.line:
+            if box.height() < f.text_px:
                 continue
             painter.drawText(box, Qt.AlignmentFlag.AlignVCenter | Qt.AlignmentFlag.AlignLeft, text)
             record.texts.append(text)
@@ -467,7 +467,7 @@ class IcicleItem(pg.GraphicsObject):
         c, d = f.px(ice.x0[nodes] + 1.0, ice.y0[nodes] + ice.height[nodes])
         top = np.maximum(np.minimum(b, d), f.rows[0])
         bottom = np.minimum(np.maximum(b, d), f.rows[1])
-        tall = np.flatnonzero(bottom - top >= f.line)
+        tall = np.flatnonzero(bottom - top >= f.text_px)
         tall = tall[np.argsort(-(bottom[tall] - top[tall]), kind="stable")][:MAX_TEXTS]
         painter.setPen(self.fg)
         for i in tall.tolist():
@@ -476,7 +476,7 @@ class IcicleItem(pg.GraphicsObject):
             if box.width() < 2 * f.char:
                 continue
             box = _trimmed(box, placed)
-            if box.height() < f.line:
+            if box.height() < f.text_px:
                 continue
             shown = display_token(tree.text(int(nodes[i])), 40)
             text = fm.elidedText(shown, Qt.TextElideMode.ElideRight, box.width())
@@ -541,6 +541,7 @@ class _Frame:
         self.vx0, self.vx1 = sorted(((area[0] - dx) / sx, (area[1] - dx) / sx))
         self.vy0, self.vy1 = sorted(((rows[0] - dy) / sy, (rows[1] - dy) / sy))
         self.line = fm.height()
+        self.text_px = self.line - 2  # a box's text needs its letters' height, not a label's full line
         self.char = max(fm.averageCharWidth(), 1.0)
         self.rx0, ry0 = self.px(ice.run_x0, ice.run_y0)
         self.rx1, ry1 = self.px(ice.run_x1, ice.run_y0 + ice.run_height)
