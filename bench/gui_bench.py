@@ -203,6 +203,25 @@ def _one_run(window, recorder: _Recorder, k: int, n_tokens: int, timeout_s: floa
             "worst_gap_at_s": g0 - t_start, "worst_gap_inside": inside[:6], "cancelled_failed": finished[0]}
 
 
+def _time_plot_paints(recorder: _Recorder, label: str):
+    """Time every pyqtgraph view's paint (class-wide), each span named after the widget holding the view; returns
+    the original paintEvent."""
+    import pyqtgraph as pg
+
+    view_paint = pg.GraphicsView.paintEvent
+
+    def timed_view_paint(view, *args):
+        t0 = recorder.clock()
+        try:
+            return view_paint(view, *args)
+        finally:
+            owner = type(view.parentWidget()).__name__ if view.parentWidget() is not None else "?"
+            recorder.spans.append((f"{label} {owner}", t0, recorder.clock()))
+
+    pg.GraphicsView.paintEvent = timed_view_paint
+    return view_paint
+
+
 def _wrap_pyqtgraph(recorder: _Recorder) -> None:
     """Time pyqtgraph's paint entry points too (class-wide: every plot of the window)."""
     import pyqtgraph as pg
@@ -210,17 +229,7 @@ def _wrap_pyqtgraph(recorder: _Recorder) -> None:
     for cls, name in ((pg.GraphicsView, "resizeEvent"), (pg.ViewBox, "prepareForPaint"),
                       (pg.PlotCurveItem, "paint"), (pg.ScatterPlotItem, "paint"), (pg.TextItem, "paint")):
         recorder.wrap(cls, name, f"pg {cls.__name__}.{name}")
-    view_paint = pg.GraphicsView.paintEvent
-
-    def timed_view_paint(view, *args):
-        t0 = time.perf_counter()
-        try:
-            return view_paint(view, *args)
-        finally:
-            owner = type(view.parentWidget()).__name__ if view.parentWidget() is not None else "?"
-            recorder.spans.append((f"pg paint of {owner}", t0, time.perf_counter()))
-
-    pg.GraphicsView.paintEvent = timed_view_paint
+    _time_plot_paints(recorder, "pg paint of")
     axis_paint = pg.AxisItem.paint
 
     def timed_axis_paint(axis, *args):
@@ -363,17 +372,7 @@ def run_cpu_share(k: int = 64, n_tokens: int = 96, runs: int = 2, model_path: Op
 
     recorder = _Recorder(clock=time.thread_time)
     app, window, errors, tmp = _open_window(recorder, model_path, False, queries=QUERIES[:1], timed_events=False)
-    view_paint = pg.GraphicsView.paintEvent
-
-    def timed_view_paint(view, *args):  # the plots' paints: outside the drain, in the event loop's paint events
-        t0 = time.thread_time()
-        try:
-            return view_paint(view, *args)
-        finally:
-            owner = type(view.parentWidget()).__name__ if view.parentWidget() is not None else "?"
-            recorder.spans.append((f"paint of {owner}", t0, time.thread_time()))
-
-    pg.GraphicsView.paintEvent = timed_view_paint
+    view_paint = _time_plot_paints(recorder, "paint of")  # outside the drain: in the event loop's paint events
     # the window's other Python-side costs per repaint, class-wide (the table's model answers every cell and role
     # in Python; its preview column is painted by a Python delegate)
     from explorer.gui.panes.panes import RolloutPane

@@ -198,15 +198,19 @@ def boxes(view):
                    round(float(ice.height[n]), 9)) for n in range(1, len(tree)))
 
 
-def sampled_rollouts(n: int, length: int, seed: int) -> list[Rollout]:
+def _mostly_the_top(top, rng) -> int:
+    # Mostly the most probable token, so rollouts share prefixes and fork now and then.
+    return top[0].id if rng.random() < 0.8 else int(rng.choice(list(WORDS)))
+
+
+def sampled_rollouts(n: int, length: int, seed: int, pick=_mostly_the_top) -> list[Rollout]:
+    """n rollouts of `length` tokens, each token pick(the top-3 of make_info's policy there, rng)."""
     rng = np.random.default_rng(seed)
     out = []
     for i in range(n):
         ids: list[int] = []
         for _ in range(length):
-            top = make_info(tuple(ids), 1).top
-            # Mostly the most probable token, so rollouts share prefixes and fork now and then.
-            ids.append(top[0].id if rng.random() < 0.8 else int(rng.choice(list(WORDS))))
+            ids.append(pick(make_info(tuple(ids), 1).top, rng))
         out.append(make_rollout(i, ids))
     return out
 
@@ -570,19 +574,15 @@ def test_facts_that_come_with_the_streamed_tokens_colour_the_tree_as_it_grows(qt
 
 
 # -- level of detail, labels by importance, one colour table ---------------------------------------------------------
+def _sampled_from_the_top(top, rng) -> int:
+    p = np.exp([t.logprob for t in top]) ** 2  # sharpened, so chains run between the forks
+    return int(top[rng.choice(len(top), p=p / p.sum())].id)
+
+
 def policy_rollouts(n: int, length: int, seed: int) -> list[Rollout]:
-    """Rollouts sampled at temperature 1 from make_info's policy, cut to its top 3 (a peaked next-token distribution
-    that depends only on the prefix, as a model's does): they share prefixes and part where the policy is unsure."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for i in range(n):
-        ids: list[int] = []
-        for _ in range(length):
-            top = make_info(tuple(ids), 1).top
-            p = np.exp([t.logprob for t in top]) ** 2  # sharpened, so chains run between the forks
-            ids.append(int(top[rng.choice(len(top), p=p / p.sum())].id))
-        out.append(make_rollout(i, ids))
-    return out
+    """Rollouts sampled from make_info's policy cut to its top 3 (a peaked next-token distribution that depends
+    only on the prefix, as a model's does): they share prefixes and part where the policy is unsure."""
+    return sampled_rollouts(n, length, seed, pick=_sampled_from_the_top)
 
 
 def grown(rollouts: list[Rollout]) -> TokenTree:
@@ -724,12 +724,15 @@ def test_before_any_run_the_tree_shows_the_prompt_on_whole_positions_and_says_wh
     assert any("No rollouts yet" in t for t in view.icicle.painted.texts)
 
 
-def test_zoomed_in_the_position_axis_keeps_whole_numbers(view):
+def test_zoomed_in_the_position_axes_keep_whole_numbers(qtbot, view):
+    side = SidePlot()
+    qtbot.addWidget(side)
+    side.follow(view)
     view.plot.vb.setXRange(2.2, 3.9, padding=0)
     view.grab()
-    axis = view.plot.getAxis("bottom")
-    ticks = [v for _, level in axis.tickValues(2.2, 3.9, 800) for v in level]
-    assert ticks and all(float(v).is_integer() for v in ticks)
+    for axis in (view.plot.getAxis("bottom"), side.entropy_plot.getAxis("bottom")):
+        ticks = [v for _, level in axis.tickValues(2.2, 3.9, 800) for v in level]
+        assert ticks and all(float(v).is_integer() for v in ticks)
 
 
 def test_a_chain_marks_where_the_policies_part_only_once_its_tokens_are_drawn(qtbot):

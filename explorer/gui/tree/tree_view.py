@@ -40,7 +40,7 @@ from explorer.core.tree.icicle import MODES, Icicle, compute_icicle, describe_bo
 from explorer.core.tree.layout import SCALE_QUANTILE, data_full_scale
 from explorer.core.tree.measures import COLOURINGS, REFERENCE_COLOURINGS, RUN_MEAN_WORDS, node_values, run_values
 from explorer.core.tree.token_tree import ROOT, TokenTree
-from explorer.gui.tree.icicle_item import EMPTY_TOKENS, IcicleItem
+from explorer.gui.tree.icicle_item import IcicleItem
 from explorer.gui.tree.tree_items import (IcicleViewBox, RangeExtent, cache_axes, export_graphics, node_menu,
                                           stepped_end, tool_button)
 from explorer.gui.widgets.elided_label import ElidedLabel

@@ -20,6 +20,7 @@ from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
 
 from explorer.core.tree.token_tree import TokenTree
 from explorer.core.tree.layout import mean_kl_series, mean_series, rollout_kl_series, rollout_series
+from explorer.gui.widgets.grid_axis import FastGridAxis
 from explorer.gui.widgets.style import KL_COLOUR, blend
 from explorer.gui.tree.tree_items import cache_axes
 
@@ -36,8 +37,11 @@ class SidePlot(QWidget):
         self._held = False
         self._follow_pending = False  # the followed tree view redrew while this plot was held
         self.graphics = pg.GraphicsLayoutWidget()
-        self.prob_plot: pg.PlotItem = self.graphics.addPlot(row=0, col=0)
-        self.entropy_plot: pg.PlotItem = self.graphics.addPlot(row=1, col=0)
+        # token positions on whole numbers, however far the linked tree zooms in
+        self.prob_plot: pg.PlotItem = self.graphics.addPlot(
+            row=0, col=0, axisItems={"bottom": FastGridAxis("bottom", integer_ticks=True)})
+        self.entropy_plot: pg.PlotItem = self.graphics.addPlot(
+            row=1, col=0, axisItems={"bottom": FastGridAxis("bottom", integer_ticks=True)})
         self.entropy_plot.setXLink(self.prob_plot)
         # Short axis titles: at this height a long one runs into the other plot's; the tooltips say it in full.
         self.prob_plot.setLabel("left", "π")
@@ -49,7 +53,7 @@ class SidePlot(QWidget):
         self.entropy_plot.getAxis("left").setToolTip("H: entropy of the next-token distribution, in nats")
         self.entropy_plot.setLabel("bottom", "token position")
         # KL per position: made now, put in the layout only while the tree has reference facts (show_reference)
-        self.kl_plot = pg.PlotItem()
+        self.kl_plot = pg.PlotItem(axisItems={"bottom": FastGridAxis("bottom", integer_ticks=True)})
         self.kl_plot.setXLink(self.prob_plot)
         self.kl_plot.setLabel("left", "KL")
         self.kl_plot.getAxis("left").setToolTip(KL_TIP)
