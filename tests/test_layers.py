@@ -17,11 +17,11 @@ ROOT = Path(explorer.__file__).parent
 # (part, rank): a part imports only parts of a lower rank, and itself. A part is a folder, or a top-level module.
 LAYERS = {
     # the core, bottom up: the values and rules every part shares (errors and numbers, the frozen types, a token's
-    # text); what needs only them; the engine and the files; what builds on the engine; the session that holds a
-    # run's results
+    # text); what needs only them; the engine, the files and the values on a tree (tree + rewards); what builds on the
+    # engine; the session that holds a run's results
     "core.errors": 0, "core.numbers": 0, "core.types": 1, "core.token_text": 2,
     "core.models": 3, "core.tree": 3, "core.rl": 3,
-    "core.engine": 4, "core.files": 4,
+    "core.engine": 4, "core.files": 4, "core.values": 4,
     "core.remote": 5, "core.reference": 5,
     "core.session": 6, "core.responses": 6,
     # the window, bottom up: shared widgets; the parts of the window; the views that combine them; the window

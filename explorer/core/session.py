@@ -19,7 +19,9 @@ from explorer.core.rl.rewards import apply_rewards
 from explorer.core.errors import ExplorerError
 from explorer.core.rl.stats import DEFAULT_TIS_CAP, REFERENCE_STATS, group_stats, mismatch_stats, reference_stats
 from explorer.core.token_text import decode_pieces, fit_pieces
+from explorer.core.rl.values import token_credit, value_estimates
 from explorer.core.tree.token_tree import TokenTree, feed_trees
+from explorer.core.values.tree_values import TreeValues
 from explorer.core.types import (
     Event,
     GroupHeader,
@@ -36,6 +38,7 @@ from explorer.core.types import (
     Timings,
     TokenBatch,
     TokenInfo,
+    ValueEstimate,
 )
 
 LOCAL_RUN = 0  # the run id of events fed without one (the CLI, tests): always accepted
@@ -48,7 +51,7 @@ class LiveRollout:
     UTF-8 character is split over tokens), and the finished Rollout once the engine sends it."""
 
     __slots__ = ("group_id", "id", "index", "seed", "parent_id", "branch_position", "sampling", "tokens",
-                 "deltas", "logprob", "final")
+                 "deltas", "logprob", "final", "value_position")
 
     def __init__(self, group_id, rollout_id, index, seed, parent_id, branch_position, sampling, prefix, prefix_text):
         self.group_id = group_id
@@ -63,6 +66,7 @@ class LiveRollout:
         self.deltas: list[str] = fit_pieces(decode_pieces(prefix), prefix_text) if prefix else []
         self.logprob = sum(t.logprob for t in prefix)  # log pi of the tokens so far, kept up as they stream
         self.final: Optional[Rollout] = None
+        self.value_position: Optional[int] = None  # a value rollout's (Rollout.value_position)
 
     @property
     def text(self) -> str:
@@ -80,7 +84,7 @@ class LiveRollout:
         return Rollout(
             id=self.id, index=self.index, seed=self.seed, text="".join(self.deltas), tokens=tuple(self.tokens),
             finish_reason=unfinished_reason, parent_id=self.parent_id, branch_position=self.branch_position,
-            sampling=self.sampling,
+            sampling=self.sampling, value_position=self.value_position,
         )
 
 
@@ -161,6 +165,7 @@ class Session:
         self._tis_cap = DEFAULT_TIS_CAP
         self._reference_serial = 0  # bumped whenever tokens gain or lose reference facts
         self._set_mismatch: tuple = (None, None)  # (what it was computed from, set_mismatch())
+        self._tree_values: dict[str, tuple] = {}  # group id -> (what they were computed from, TreeValues)
 
     # -- runs ------------------------------------------------------------------------------------------------------
     def accept(self, run_id: int) -> None:
@@ -275,8 +280,9 @@ class Session:
                 self._scores.setdefault(header.id, ())
                 new.append(header.id)
         for rh in event.rollouts:
-            self._start_rollout(rh.group_id, rh.rollout_id, rh.index, rh.seed, rh.parent_id, rh.branch_position,
-                                own, rh.prefix, rh.prefix_text)
+            live = self._start_rollout(rh.group_id, rh.rollout_id, rh.index, rh.seed, rh.parent_id,
+                                       rh.branch_position, own, rh.prefix, rh.prefix_text)
+            live.value_position = rh.value_position
             run.rollout_ids.append(rh.rollout_id)
         self._feed_trees(event)
         return new
@@ -519,6 +525,28 @@ class Session:
                 if live.final is not None and live.final.reward_error:
                     out.append((live.id, live.final.reward_error))
         return out
+
+    # -- values ----------------------------------------------------------------------------------------------------
+    def tree_values(self, group_id: str) -> Optional[TreeValues]:
+        """V of every box of the group's tree from its rewards (None without a tree); kept until the tree, a reward
+        or a rollout's end changes (the views ask on every redraw)."""
+        tree = self.trees.get(group_id)
+        if tree is None:
+            return None
+        rollouts = [live.snapshot(None) for live in self._rollouts.get(group_id, ())]
+        key = (tree.version, tuple((r.reward, r.finish_reason) for r in rollouts))
+        cached = self._tree_values.get(group_id)
+        if cached is None or cached[0] != key or cached[1].tree is not tree:
+            cached = self._tree_values[group_id] = (key, TreeValues(tree, rollouts))
+        return cached[1]
+
+    def value_estimates(self, group_id: str) -> tuple[ValueEstimate, ...]:
+        """The group's Monte-Carlo estimates Q(prefix, token), from its value rollouts and their rewards."""
+        return value_estimates(self.group(group_id))
+
+    def token_credit(self, group_id: str, rollout_id: str) -> tuple[Optional[float], ...]:
+        """Per token of a rollout, Q(prefix, token) - V(prefix) where the token was estimated, else None."""
+        return token_credit(self.group(group_id), [rollout_id]).get(rollout_id, ())
 
     # -- branching -------------------------------------------------------------------------------------------------
     def can_branch(self, group_id: str, model: Optional[ModelInfo]) -> Optional[str]:

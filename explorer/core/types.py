@@ -180,6 +180,21 @@ class Rollout(_TokenSequence):
     reward_error: Optional[str] = None
     # the parameters that drew it when they are not its set's (a branch run with other controls); None: the set's
     sampling: Optional[SamplingParams] = None
+    # A value rollout: one of the Monte-Carlo continuations that estimate Q(prefix, token), where the prefix is its
+    # first value_position tokens and the token the one at value_position. Never an i.i.d. sample of the group (never
+    # in a baseline or an advantage). None: not a value rollout
+    value_position: Optional[int] = None
+
+    @property
+    def is_value_rollout(self) -> bool:
+        return self.value_position is not None
+
+    @property
+    def value_key(self) -> Optional[tuple[int, ...]]:
+        """The ids of prefix + token its estimate is of (None for any other rollout)."""
+        if self.value_position is None:
+            return None
+        return tuple(t.id for t in self.tokens[: self.value_position + 1])
 
 
 @dataclass(frozen=True)
@@ -188,6 +203,43 @@ class Score(_TokenSequence):
 
     response: str
     tokens: tuple[TokenInfo, ...]
+
+
+@dataclass(frozen=True)
+class ValueEstimate:
+    """Q(prefix, token), estimated by Monte-Carlo (VinePPO's values from continuations): the mean reward of the value
+    rollouts that continue prefix + token, with a 95 % interval (interval: "wilson" when every reward of the group is
+    0 or 1, else "t", Student's t; None where it is undefined: no reward yet, or one reward for a t interval). The
+    prefix is the response tokens before the token; n counts the continuations with a reward (finished, not cut off);
+    rollout_ids lists every continuation."""
+
+    prefix_token_ids: tuple[int, ...]
+    token_id: int
+    n: int
+    mean_reward: Optional[float]
+    ci_low: Optional[float]
+    ci_high: Optional[float]
+    interval: Optional[str]
+    rollout_ids: tuple[str, ...]
+
+    @property
+    def key(self) -> tuple[int, ...]:
+        """prefix + token, as Rollout.value_key gives it."""
+        return self.prefix_token_ids + (self.token_id,)
+
+    @property
+    def position(self) -> int:
+        return len(self.prefix_token_ids)
+
+
+@dataclass(frozen=True)
+class ValueStart:
+    """Where a value run continues from: the first `position` tokens of rollout rollout_id (the prefix), then token_id
+    (kept where the rollout took it, forced where it did not)."""
+
+    rollout_id: str
+    position: int
+    token_id: int
 
 
 @dataclass(frozen=True)
@@ -297,6 +349,7 @@ class RolloutHeader:
     branch_position: Optional[int] = None
     prefix: tuple[TokenInfo, ...] = ()
     prefix_text: str = ""
+    value_position: Optional[int] = None  # a value rollout's (Rollout.value_position): it starts with prefix + token
 
 
 @dataclass(frozen=True)

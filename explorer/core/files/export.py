@@ -10,6 +10,9 @@ Numbers: JSON has no infinities or NaN, so every non-finite number is written as
   - reward / advantage: None.
 Per rollout and per score, `token_ids`, `logprob`, `mean_logprob` and `perplexity` are derived from `tokens` and
 written for readers' convenience; on reading, `tokens` is authoritative (a `token_ids` that disagrees is an error).
+Likewise a group's `value_estimates` are derived from its value rollouts (`value_position`) and their rewards; on
+reading, the rollouts are authoritative, and an estimate only tags the rollouts it lists that carry no
+`value_position` (a file another program wrote), once their tokens are known to start with its prefix + token.
 Finite floats round-trip exactly (json writes the shortest repr that reads back to the same float).
 """
 
@@ -29,6 +32,7 @@ from typing import Any, Callable, Generator, Iterable, Iterator, Optional, Union
 from explorer.core.errors import RolloutFileError, SamplingParamsError
 from explorer.core.numbers import json_number
 from explorer.core.rl.stats import flat_stats, nested_stats
+from explorer.core.rl.values import value_estimates
 from explorer.core.files.set_text import FileReader, SlidingText, open_regular, string_reader
 from explorer.core.types import (
     FINISH_REASONS,
@@ -132,6 +136,8 @@ def _rollout_dict(r: Rollout) -> dict:
         "advantage": json_number(r.advantage),
         "reward_error": r.reward_error,
         **own,
+        # additive: a value rollout, the Monte-Carlo continuation of its first value_position tokens + the next one
+        **({} if r.value_position is None else {"value_position": int(r.value_position)}),
     }
     return _reference_fields(d, r)
 
@@ -152,7 +158,19 @@ def _group_dict(g: QueryGroup) -> dict:
         "scores": [_score_dict(s) for s in g.scores],
         "reference": g.reference_answer,
         "stats": None if g.stats is None else nested_stats((name, json_number(value)) for name, value in g.stats),
+        **_estimates_field(g),
     }
+
+
+def _estimates_field(g: QueryGroup) -> dict:
+    """additive: a group with value rollouts gets its estimates Q(prefix, token)"""
+    estimates = value_estimates(g)
+    if not estimates:
+        return {}
+    return {"value_estimates": [{
+        "prefix_token_ids": [int(i) for i in e.prefix_token_ids], "token_id": int(e.token_id), "n": int(e.n),
+        "mean_reward": json_number(e.mean_reward), "ci_low": json_number(e.ci_low), "ci_high": json_number(e.ci_high),
+        "interval": e.interval, "rollout_ids": list(e.rollout_ids)} for e in estimates]}
 
 
 def _plain(value: Any) -> Any:
@@ -313,6 +331,13 @@ def _sampling_from(d: dict, where: str) -> SamplingParams:
 
 
 def _rollout_from(d: dict, where: str, pieces: dict) -> Rollout:
+    rollout = _rollout_of(d, where, pieces)
+    if rollout.value_position is not None and rollout.value_position >= len(rollout.tokens):
+        raise ValueError(f"value_position {rollout.value_position} is past the rollout's {len(rollout.tokens)} tokens")
+    return rollout
+
+
+def _rollout_of(d: dict, where: str, pieces: dict) -> Rollout:
     return Rollout(
         id=d["id"],
         index=int(d["index"]),
@@ -326,7 +351,29 @@ def _rollout_from(d: dict, where: str, pieces: dict) -> Rollout:
         advantage=_opt_float(d.get("advantage")),
         reward_error=d.get("reward_error"),
         sampling=None if d.get("sampling") is None else _sampling_from(d["sampling"], f"{where}.sampling"),
+        value_position=None if d.get("value_position") is None else int(d["value_position"]),
     )
+
+
+def _tagged(rollouts: list, estimates: Optional[list], where: str) -> list:
+    """The rollouts, those an estimate of the file lists without their own value_position tagged with it."""
+    if not estimates:
+        return rollouts
+    index = {r.id: i for i, r in enumerate(rollouts)}
+    out = list(rollouts)
+    for i, e in enumerate(estimates):
+        key = tuple(e["prefix_token_ids"]) + (e["token_id"],)
+        for j, rid in enumerate(e["rollout_ids"]):
+            at = f"{where}.value_estimates[{i}].rollout_ids[{j}]"
+            if rid not in index:
+                raise RolloutFileError(f"at {at}: no rollout {rid!r} in this group")
+            r = out[index[rid]]
+            if r.token_ids[: len(key)] != key:
+                raise RolloutFileError(f"at {at}: rollout {rid}'s tokens do not start with the estimate's prefix + "
+                                       "token")
+            if r.value_position is None:
+                out[index[rid]] = replace(r, value_position=len(key) - 1)
+    return out
 
 
 def _group_from(d: dict, where: str, pieces: dict, rollouts: Optional[list] = None,
@@ -344,7 +391,7 @@ def _group_from(d: dict, where: str, pieces: dict, rollouts: Optional[list] = No
         chat=d["chat"],
         prompt=d["prompt"],
         prompt_token_ids=tuple(int(i) for i in d["prompt_token_ids"]),
-        rollouts=tuple(rollouts),
+        rollouts=tuple(_tagged(rollouts, d.get("value_estimates"), where)),
         scores=tuple(scores),
         reference_answer=d.get("reference"),
         stats=None if stats is None else tuple((k, _opt_float(v)) for k, v in flat_stats(stats)),
@@ -552,7 +599,8 @@ def _rollout_ok(d: dict) -> bool:
             and type(d["finish_reason"]) is str and d["finish_reason"] in _FINISH
             and _text_or_none(d["parent_id"]) and (position is None or _is_id(position))
             and all(_num_ok(d.get(k)) for k in (*_SEQUENCE_NUMBERS, *_REFERENCE_NUMBERS, "reward", "advantage"))
-            and _text_or_none(d.get("reward_error")) and d.get("sampling") is None)  # a branch's own: the schema
+            and _text_or_none(d.get("reward_error")) and d.get("sampling") is None  # a branch's own: the schema
+            and (d.get("value_position") is None or _is_id(d["value_position"])))
 
 
 def _score_ok(d: dict) -> bool:
@@ -565,6 +613,7 @@ def _group_ok(d: dict) -> bool:
     return (_GROUP_REQUIRED <= d.keys() and type(d["id"]) is str and d["id"] != "" and type(d["query"]) is str
             and type(d["chat"]) is bool and type(d["prompt"]) is str and type(d["rollouts"]) is list
             and type(d["scores"]) is list and _text_or_none(d.get("reference"))
+            and d.get("value_estimates") is None  # (few: the schema checks them)
             and (stats is None or (type(stats) is dict and all(_num_ok(v) for _k, v in flat_stats(stats)))))
 
 

@@ -52,7 +52,8 @@ def event_records(events: Iterable[Event]) -> Iterator[dict]:
                            for g in event.groups],
                 "rollouts": [{"group_id": h.group_id, "id": h.rollout_id, "index": h.index, "seed": h.seed,
                               "parent_id": h.parent_id, "branch_position": h.branch_position,
-                              "prefix": [export.token_to_json(t) for t in h.prefix], "prefix_text": h.prefix_text}
+                              "prefix": [export.token_to_json(t) for t in h.prefix], "prefix_text": h.prefix_text,
+                              **({} if h.value_position is None else {"value_position": h.value_position})}
                              for h in event.rollouts]}}
         elif isinstance(event, RunFinished):
             yield {"run_finished": {"cancelled": event.cancelled}}
@@ -139,7 +140,8 @@ class _Replay:
             r = rollouts.get(rollout_id)
             if r is not None and r.finish_reason == "cancelled":
                 header = {"index": r.index, "seed": r.seed, "parent_id": r.parent_id,
-                          "branch_position": r.branch_position, "sampling": r.sampling}
+                          "branch_position": r.branch_position, "sampling": r.sampling,
+                          "value_position": r.value_position}
                 live = self.live[rollout_id] = (group_id, list(r.tokens), [r.text], header)
                 return live
         return None
@@ -149,7 +151,7 @@ class _Replay:
             self.rollouts[group_id][rollout_id] = Rollout(
                 id=rollout_id, index=h["index"], seed=h["seed"], text="".join(texts), tokens=tuple(tokens),
                 finish_reason="cancelled", parent_id=h["parent_id"], branch_position=h["branch_position"],
-                sampling=h["sampling"])
+                sampling=h["sampling"], value_position=h.get("value_position"))
         groups = tuple(replace(self.groups[gid], rollouts=tuple(sorted(self.rollouts[gid].values(),
                                                                        key=lambda r: r.index)))
                        for gid in self.order)

@@ -4,6 +4,10 @@ Every line has the same keys with the same JSON types (a value may be null), so 
 per column. `prompt` is the text after the chat template and `completion` the rollout text, the prompt/completion
 shape TRL reads; token ids and per-token logprobs line up with `completion_token_ids`. A raw log-probability of
 -inf (probability zero) is written as null, like in the rollout-set JSON.
+
+A group with value rollouts (`value_position` set: Monte-Carlo continuations estimating Q(prefix, token), never in
+the baseline) gives each of its records `mc_advantage`, per token Q(prefix, token) - V(prefix) where the token was
+estimated and null elsewhere (rl.values.token_credit); in a group without them it is null.
 """
 
 from __future__ import annotations
@@ -15,18 +19,20 @@ from explorer.core.files.export import PathLike, atomic_write, iter_groups
 from explorer.core.files.integrity import group_text_problems
 from explorer.core.numbers import json_number
 from explorer.core.rl.stats import in_baseline
+from explorer.core.rl.values import token_credit
 from explorer.core.types import QueryGroup, RolloutSet
 
 JSONL_KEYS = (
     "group_id", "rollout_id", "index", "seed", "query", "reference", "prompt", "completion", "prompt_token_ids",
     "completion_token_ids", "token_logprobs", "sampling_logprobs", "logprob", "reward", "advantage", "reward_error",
-    "finish_reason", "parent_id", "branch_position", "in_baseline",
+    "finish_reason", "parent_id", "branch_position", "in_baseline", "value_position", "mc_advantage",
 )
 
 
 def group_records(g: QueryGroup) -> Iterator[dict]:
     """The records of one group's rollouts, keys in JSONL_KEYS order (then ref_logprobs, with a reference policy)."""
     prompt_ids = [int(i) for i in g.prompt_token_ids]
+    credit = token_credit(g) if any(r.value_position is not None for r in g.rollouts) else {}
     for r in g.rollouts:
         tokens = r.tokens
         record = {
@@ -51,6 +57,8 @@ def group_records(g: QueryGroup) -> Iterator[dict]:
             "branch_position": r.branch_position,
             # the group's advantages and reward mean/std are over the rollouts where this is true (i.i.d. samples)
             "in_baseline": in_baseline(r),
+            "value_position": r.value_position,
+            "mc_advantage": [json_number(a) for a in credit[r.id]] if credit else None,
         }
         if any(t.ref_logprob is not None for t in tokens):  # with a reference policy: what trainers read for KL
             record["ref_logprobs"] = [json_number(t.ref_logprob) for t in tokens]

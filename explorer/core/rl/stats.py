@@ -18,12 +18,13 @@ from explorer.core.types import QueryGroup, Rollout, TokenInfo
 Stats = tuple[tuple[str, Optional[float]], ...]
 
 STAT_DESCRIPTIONS = {
-    "n_rollouts": "number of rollouts in the group",
+    "n_rollouts": "number of rollouts in the group (value rollouts aside: the diversity statistics leave them out)",
     "distinct_responses": "number of distinct response texts",
     "distinct_1": "distinct token ids / all tokens, over all rollouts",
     "distinct_2": "distinct token-id bigrams (within a rollout) / all bigrams",
     "mean_first_divergence": "mean over rollout pairs of the length of their common token prefix",
     "branch_mass_coverage": "mean over branch points of the raw probability mass of the next tokens the rollouts took",
+    "n_value_rollouts": "number of value rollouts (Monte-Carlo continuations of a prefix + token; see value_estimates)",
     "mean_reward": "mean of the non-null rewards of the i.i.d. rollouts (branched and cancelled ones left out)",
     "reward_std": "population standard deviation of those rewards",
     "mean_kl": "mean over all tokens of KL(pi || pi_ref) at that position (nats; llama.cpp's 'Mean KLD')",
@@ -100,9 +101,10 @@ def branch_mass_coverage(rollouts: Sequence[Rollout]) -> Optional[float]:
 
 def in_baseline(rollout: Rollout) -> bool:
     """Whether a rollout is one of its group's i.i.d. samples of pi(.|x), the ones GRPO's baseline (reward mean and
-    std, advantages) is over: drawn from the prompt (a branch continues another rollout: another distribution) and
-    not cut off by a stop."""
-    return rollout.parent_id is None and rollout.finish_reason not in (None, "cancelled")
+    std, advantages) is over: drawn from the prompt (a branch continues another rollout: another distribution; a
+    value rollout continues a prefix to estimate its value) and not cut off by a stop."""
+    return (rollout.parent_id is None and rollout.value_position is None
+            and rollout.finish_reason not in (None, "cancelled"))
 
 
 def reward_stats(rollouts: Sequence[Rollout]) -> Optional[tuple[float, float]]:
@@ -127,7 +129,9 @@ REFERENCE_STATS = ("mean_kl", "kl_p99", "same_top_share", "top_disagreement_shar
 def group_stats(group: QueryGroup, tis_cap: float = DEFAULT_TIS_CAP) -> Stats:
     """The group's statistics as (name, value) pairs in STAT_DESCRIPTIONS order; reward ones only when rewarded,
     reference ones only with reference facts (tis_cap: C of the truncated importance weights)."""
-    rollouts = group.rollouts
+    # a value run's continuations estimate values; they are not the group's samples (their diversity is the prefixes')
+    rollouts = [r for r in group.rollouts if r.value_position is None]
+    n_value = len(group.rollouts) - len(rollouts)
     stats: list[tuple[str, Optional[float]]] = [
         ("n_rollouts", float(len(rollouts))),
         ("distinct_responses", float(len({r.text for r in rollouts}))),
@@ -135,11 +139,12 @@ def group_stats(group: QueryGroup, tis_cap: float = DEFAULT_TIS_CAP) -> Stats:
         ("distinct_2", distinct_n(rollouts, 2)),
         ("mean_first_divergence", mean_first_divergence(rollouts)),
         ("branch_mass_coverage", branch_mass_coverage(rollouts)),
+        *((("n_value_rollouts", float(n_value)),) if n_value else ()),
     ]
     rewards = reward_stats(rollouts)
     if rewards is not None:
         stats += [("mean_reward", rewards[0]), ("reward_std", rewards[1])]
-    reference = reference_stats(rollouts, tis_cap)
+    reference = reference_stats(group.rollouts, tis_cap)
     if reference is not None:
         stats += list(reference.items())
     return tuple(stats)
