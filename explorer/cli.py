@@ -1,4 +1,4 @@
-"""Command line: `rollout-explorer` (the window), `gui`, `generate`, `score`, `models`, `export-jsonl`.
+"""Command line: `rollout-explorer` (the window), `gui`, `generate`, `score`, `values`, `models`, `export-jsonl`.
 
 Every failure a user can cause prints one line on stderr and exits 2; no traceback, whatever the input.
 """
@@ -208,6 +208,27 @@ def build_parser() -> argparse.ArgumentParser:
     _add_prompt_args(score)
     _add_reference_args(score)
     score.add_argument("-o", "--output", default=None, help="also write a rollout set whose group carries the scores")
+
+    values = sub.add_parser("values", help="estimate values from a rollout set: Monte-Carlo continuations at its "
+                                           "forks, rewarded, with Q(prefix, token) per group", formatter_class=_DefaultsFormatter)
+    values.add_argument("input", help="a rollout-set JSON file")
+    _add_model_args(values, required=False)
+    values.add_argument("--forks", type=int, default=10, metavar="K",
+                        help="estimate at the K positions of most entropy x share of the group's rollouts")
+    values.add_argument("--alternatives", type=int, default=3, metavar="N",
+                        help="the N most probable next tokens at each fork (taken or not)")
+    values.add_argument("--m", type=int, default=8, metavar="M", help="continuations of each prefix + token")
+    values.add_argument("--reward", required=True,
+                        help="exact | contains | regex | length | PATH.py: rewards the continuations, and the set's "
+                             "rollouts again (V needs their rewards)")
+    values.add_argument("--no-std", action="store_true", help="advantages as r - mean, not divided by the std")
+    values.add_argument("--reward-time-limit", type=float, default=TIME_LIMIT_S, metavar="SECONDS",
+                        help="a reward file's reward() gets this long per rollout; past it that reward is null")
+    values.add_argument("--max-tokens", type=int, default=None,
+                        help="new tokens per continuation at most (default: the set's; fewer cut the responses "
+                             "the rewards judge)")
+    values.add_argument("--seed", type=int, default=None, help="continuation i uses seed + i (default: the set's)")
+    values.add_argument("-o", "--output", required=True, help="the JSON file to write ('-' for stdout)")
 
     sub.add_parser("models", help="list the GGUF models found on this machine")
 
@@ -419,6 +440,106 @@ def cmd_score(args) -> int:
     return 0
 
 
+def cmd_values(args) -> int:
+    from dataclasses import replace
+
+    from explorer.core.errors import ExplorerError
+    from explorer.core.files import export
+    from explorer.core.rl.rewards import load_reward
+    from explorer.core.session import LOCAL_RUN, Session
+    from explorer.core.types import TokenBatch
+    from explorer.core.values.value_run import plan_value_run
+
+    for name, value, low in (("--forks", args.forks, 1), ("--alternatives", args.alternatives, 1), ("--m", args.m, 1)):
+        if not low <= value <= MAX_K:
+            raise _UsageError(f"{name} must be in {low}..{MAX_K} (got {value})")
+    if args.reward_time_limit is not None and not (0 < args.reward_time_limit <= 86400):
+        raise _UsageError(f"--reward-time-limit must be in (0, 86400] seconds (got {args.reward_time_limit})")
+    reward_fn = load_reward(args.reward, args.reward_time_limit)
+    rs = export.load(args.input)
+    params = rs.sampling
+    if args.max_tokens is not None:
+        params = replace(params, max_tokens=args.max_tokens)
+    if args.seed is not None:
+        params = replace(params, seed=args.seed)
+    params.validate()
+    session = Session.from_set(rs, source=args.input)
+    session.set_reward(reward_fn, divide_by_std=not args.no_std)  # V of the boxes: the set's rollouts' rewards
+    plans = {}
+    for gid in session.group_ids:
+        values, tree = session.tree_values(gid), session.trees.get(gid)
+        if values is not None and session.group(gid).rollouts:
+            plans[gid] = plan_value_run(tree, values, args.forks, args.alternatives)
+    if not any(plans.values()):
+        raise _UsageError(f"{args.input}: no rollouts to continue (no group has a position with alternatives)")
+    if not getattr(args, "server", None) and args.model is None:
+        args.model = rs.model.path  # the model that made the set
+    engine = _load_engine(args)
+    if not session.same_model(engine.info):
+        engine.close()
+        raise _UsageError(f"{args.input} was made with another model ({rs.model.name}, fingerprint "
+                          f"{rs.model.fingerprint}); give it with --model")
+    progress = _Progress(sum(len(s) for s in plans.values()) * args.m * params.max_tokens)
+    cancel = threading.Event()
+    interrupted = False
+
+    def on_sigint(signum, frame):
+        nonlocal interrupted
+        if interrupted:
+            raise KeyboardInterrupt
+        interrupted = True
+        cancel.set()
+        sys.stderr.write("\ninterrupted: stopping, writing what was estimated (Ctrl-C again to abandon)\n")
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    run_error = None
+    try:
+        for gid, starts in plans.items():
+            if cancel.is_set():
+                break
+            for event in engine.continuations(session.group(gid), starts, args.m, params, cancel=cancel):
+                session.feed(LOCAL_RUN, (event,))
+                if isinstance(event, TokenBatch):
+                    progress.update(len(event.events))
+    except ExplorerError as exc:  # a server failing mid-run: what arrived is still written, then exit 2
+        run_error = exc
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        engine.close()
+    progress.close(f"{session.tokens_done} continuation tokens")
+    session.set_reward(reward_fn, divide_by_std=not args.no_std)
+    for rollout_id, why in session.reward_errors():
+        sys.stderr.write(f"{rollout_id}: reward is null: {why}\n")
+    out = sys.stderr if args.output == "-" else sys.stdout
+    for gid in plans:
+        tree = session.trees.get(gid)
+        for e in session.value_estimates(gid):
+            prefix = _prefix_text(tree, e.prefix_token_ids)
+            token = _prefix_text(tree, e.prefix_token_ids + (e.token_id,))[len(prefix):]
+            q = "-" if e.mean_reward is None else f"{e.mean_reward:.3f}"
+            ci = "" if e.ci_low is None else f" [{e.ci_low:.3f}, {e.ci_high:.3f}] ({e.interval})"
+            print(f"{gid}  Q({_short_text(prefix)!r}, {token!r}) = {q}{ci}  n {e.n}", file=out)
+    export.save(session.rollout_set("cancelled"), args.output)
+    if args.output != "-":
+        sys.stderr.write(f"wrote {args.output}" + (" (partial)" if run_error or interrupted else "") + "\n")
+    if run_error is not None:
+        sys.stderr.write(f"rollout-explorer values: {run_error}\n")
+        return EXIT_USAGE
+    return 130 if interrupted else 0
+
+
+def _prefix_text(tree, ids) -> str:
+    """The text of the response tokens `ids`, as the group's tree holds them ("" where it does not)."""
+    try:
+        return tree.prefix_text(tree.node_for(ids))
+    except KeyError:
+        return ""
+
+
+def _short_text(text: str, limit: int = 40) -> str:
+    return text if len(text) <= limit else "…" + text[-(limit - 1):]
+
+
 def cmd_models(args) -> int:
     from explorer.core.models.discovery import discover_models, format_model_table
 
@@ -453,8 +574,8 @@ class _UsageError(Exception):
     pass
 
 
-COMMANDS = {"generate": cmd_generate, "score": cmd_score, "models": cmd_models, "export-jsonl": cmd_export_jsonl,
-            "gui": cmd_gui}
+COMMANDS = {"generate": cmd_generate, "score": cmd_score, "values": cmd_values, "models": cmd_models,
+            "export-jsonl": cmd_export_jsonl, "gui": cmd_gui}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -25,7 +25,7 @@ import zlib
 from typing import Callable, Iterator, Optional, Sequence, Union
 
 from explorer.core.errors import ContextOverflowError, EngineError, ExplorerError, ModelError
-from explorer.core.engine.plan import check_branch, check_generate
+from explorer.core.engine.plan import check_branch, check_generate, plan_continuations
 from explorer.core.types import (
     Event,
     GroupHeader,
@@ -44,6 +44,7 @@ from explorer.core.types import (
     TokenEvent,
     TokenInfo,
     TopLogprob,
+    ValueStart,
 )
 
 WORDS = (
@@ -128,7 +129,8 @@ class _Live:
     def rollout(self) -> Rollout:
         h = self.header
         return Rollout(id=h.rollout_id, index=h.index, seed=h.seed, text=self.text, tokens=tuple(self.tokens),
-                       finish_reason=self.finish, parent_id=h.parent_id, branch_position=h.branch_position)
+                       finish_reason=self.finish, parent_id=h.parent_id, branch_position=h.branch_position,
+                       value_position=h.value_position)
 
 
 class FakeEngine:
@@ -247,6 +249,42 @@ class FakeEngine:
         gh = GroupHeader.of(group)
         yield RunStarted((gh,), tuple(lv.header for lv in lives), params, k * params.max_tokens, is_branch=True)
         yield from self._decode(lives, params, cancel)
+
+    def continuations(self, group: QueryGroup, starts: Sequence[ValueStart], m: int,
+                      params: Optional[SamplingParams] = None,
+                      cancel: Optional[threading.Event] = None) -> Iterator[Event]:
+        self._record("continuations")
+        return self._continuations(group, starts, m, params, cancel)
+
+    def _continuations(self, group, starts, m, params, cancel) -> Iterator[Event]:
+        self._record("continuations.start")
+        self._check_open()
+
+        def forced_info(parent, position, prefix, token, top_n):
+            return _token_info(token, raw_logprobs(prefix, position), None, top_n)
+
+        plan = plan_continuations(group, starts, m, params, len(VOCAB), self._check_fits, forced_info,
+                                  lambda tokens: "".join("" if t.id == EOS_ID else t.token for t in tokens),
+                                  lambda token: token == EOS_ID)
+        lives, ended = [], []
+        for unit in plan.units:
+            for h in unit.rollouts:
+                live = _Live(h, list(unit.prefix), random.Random(h.seed))
+                if unit.ends:
+                    live.finish = "stop"
+                    ended.append(live)
+                else:
+                    lives.append(live)
+        yield RunStarted((plan.group,), plan.rollouts, plan.params, len(plan.rollouts) * plan.params.max_tokens,
+                         is_branch=True)
+        for live in ended:
+            yield RolloutFinished(live.header.group_id, live.rollout())
+        yield from self._decode(lives, plan.params, cancel)
+
+    def _check_fits(self, n_prefix: int, max_tokens: int, what: str) -> None:
+        if n_prefix + max_tokens > self._info.n_ctx:
+            raise ContextOverflowError(f"{what} ({n_prefix} tokens) + max tokens ({max_tokens}) exceeds the context "
+                                       f"of {self._info.n_ctx} tokens")
 
     def _decode(self, lives: list[_Live], params: SamplingParams, cancel: Optional[threading.Event]) -> Iterator[Event]:
         start = time.perf_counter()

@@ -208,3 +208,37 @@ def test_a_bad_reference_is_a_usage_error(tiny_gguf, tmp_path, reference, messag
     proc = run_cli("score", "--model", str(tiny_gguf), "-q", "Hello", "-r", "x", "--reference", reference,
                    cwd=tmp_path)
     assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_values_adds_continuations_at_the_forks_and_their_estimates(tiny_gguf, tmp_path):
+    source, out = tmp_path / "set.json", tmp_path / "values.json"
+    proc = run_cli("generate", "--model", str(tiny_gguf), "-q", "the ocean", "-k", "4", "--max-tokens", "6",
+                   "--seed", "7", "-o", str(source))
+    assert proc.returncode == 0, proc.stderr
+    proc = run_cli("values", str(source), "--model", str(tiny_gguf), "--forks", "2", "--alternatives", "2", "--m", "3",
+                   "--reward", "length", "-o", str(out))
+    assert proc.returncode == 0, proc.stderr
+    before, after = export.load(source).groups[0], json.loads(out.read_text(encoding="utf-8"))["groups"][0]
+    estimates = after["value_estimates"]
+    assert len(estimates) == 4 and all(e["n"] == 3 and len(e["rollout_ids"]) == 3 for e in estimates)
+    assert len(proc.stdout.strip().splitlines()) == 4 and "Q(" in proc.stdout
+    rollouts = {r["id"]: r for r in after["rollouts"]}
+    assert [r["id"] for r in after["rollouts"][:4]] == [r.id for r in before.rollouts]
+    for e in estimates:
+        key = e["prefix_token_ids"] + [e["token_id"]]
+        for rid in e["rollout_ids"]:
+            assert rollouts[rid]["token_ids"][:len(key)] == key
+            assert rollouts[rid]["value_position"] == len(e["prefix_token_ids"])
+            assert rollouts[rid]["advantage"] is None and rollouts[rid]["reward"] is not None
+    # the i.i.d. rollouts keep their advantages, over themselves only
+    assert all(r["advantage"] is not None for r in after["rollouts"][:4])
+    assert after["stats"]["n_rollouts"] == 4 and after["stats"]["n_value_rollouts"] == 12
+
+
+def test_values_refuses_bad_counts_before_loading_anything(tmp_path):
+    proc = run_cli("values", str(tmp_path / "missing.json"), "--m", "0", "--reward", "length", "-o",
+                   str(tmp_path / "out.json"))
+    assert proc.returncode == 2 and proc.stderr.strip() == "rollout-explorer values: --m must be in 1..4096 (got 0)"
+    proc = run_cli("values", str(tmp_path / "missing.json"), "--reward", "length", "-o", str(tmp_path / "out.json"))
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and "missing.json" in proc.stderr
+    assert not (tmp_path / "out.json").exists()

@@ -396,6 +396,34 @@ def test_branch_forcing_end_of_generation_finishes_at_once(engine):
         assert r.finish_reason == "stop" and [t.id for t in r.tokens[2:]] == [IM_END_ID]
 
 
+def test_a_value_run_shares_its_prefixes_and_samples_honestly(engine):
+    """The value run's prefixes are prefilled as a prefix tree (the prompt and each state once): what it samples
+    after them is what teacher forcing gives, so the shared cells hold the right tokens."""
+    from explorer.core.types import ValueStart
+
+    _, group = _group(engine)
+    r0, r1 = group.rollouts
+    alternatives = [a.id for a in r0.tokens[3].top if a.id != r0.tokens[3].id][:2]
+    starts = [ValueStart(r0.id, 3, r0.tokens[3].id)] + [ValueStart(r0.id, 3, a) for a in alternatives] + [
+        ValueStart(r1.id, 1, r1.tokens[1].id), ValueStart(r0.id, 0, IM_END_ID)]
+    events = list(engine.continuations(group, starts, 2, SamplingParams(max_tokens=5, seed=40)))
+    rollouts = check_protocol(events)
+    assert len(rollouts) == 10
+    for r in rollouts.values():
+        parent = r0 if r.parent_id == r0.id else r1
+        assert r.tokens[:r.value_position] == parent.tokens[:r.value_position]
+        if r.token_ids[r.value_position] == IM_END_ID:  # a forced end of generation ends it there
+            assert r.finish_reason == "stop" and len(r.tokens) == r.value_position + 1
+            continue
+        (scored,) = engine.score_token_ids(list(group.prompt_token_ids), [list(r.token_ids)])
+        np.testing.assert_allclose([t.logprob for t in scored], [t.logprob for t in r.tokens], atol=LP_TOL)
+    # a forced token's facts come from the parent's own top-N at that position: the teacher-forced ones
+    forced = next(r for r in rollouts.values() if r.token_ids[3:4] == (alternatives[0],) and r.parent_id == r0.id)
+    (teacher,) = engine.score_token_ids(list(group.prompt_token_ids) + list(r0.token_ids[:3]), [[alternatives[0]]])
+    assert forced.tokens[3].logprob == pytest.approx(teacher[0].logprob, abs=LP_TOL)
+    assert forced.tokens[3].rank == teacher[0].rank
+
+
 def test_branch_rejects_bad_positions_and_tokens(engine):
     _, group = _group(engine)
     with pytest.raises(ExplorerError, match="outside rollout"):

@@ -143,3 +143,69 @@ def test_info_names_the_vocabulary_and_context(engine):
     assert info.n_vocab > 0 and info.n_ctx >= 64 and info.fingerprint
     prompt, ids = engine.format_prompt(QUERY, chat=engine.uses_chat(True))
     assert QUERY in prompt and ids and all(0 <= t < info.n_vocab for t in ids)
+
+
+def test_a_value_run_continues_each_prefix_and_token_and_never_enters_the_baseline(engine):
+    from explorer.core.rl.stats import in_baseline
+    from explorer.core.types import ValueStart
+
+    group = _group(engine, k=2, max_tokens=6)
+    r0, r1 = group.rollouts
+    taken = ValueStart(r0.id, 2, r0.tokens[2].id)  # the token r0 took: kept
+    alternative = next(a for a in r0.tokens[3].top if a.id != r0.tokens[3].id)
+    forced = ValueStart(r0.id, 3, alternative.id)  # one it did not: forced
+    first = ValueStart(r1.id, 0, r1.tokens[0].id)
+    events = _events(engine.continuations(group, [taken, forced, first], 3, SamplingParams(max_tokens=4, seed=70)))
+    started = events[0]
+    assert started.is_branch and [h.rollout_id for h in started.rollouts] == [f"q0.r{i}" for i in range(2, 11)]
+    assert [h.value_position for h in started.rollouts] == [2] * 3 + [3] * 3 + [0] * 3
+    finished = [e.rollout for e in events if isinstance(e, RolloutFinished)]
+    assert sorted(r.id for r in finished) == sorted(h.rollout_id for h in started.rollouts)
+    by_id = {r.id: r for r in finished}
+    for start, ids in ((taken, range(2, 5)), (forced, range(5, 8)), (first, range(8, 11))):
+        parent = next(r for r in group.rollouts if r.id == start.rollout_id)
+        for i in ids:
+            r = by_id[f"q0.r{i}"]
+            assert r.token_ids[:start.position] == parent.token_ids[:start.position]
+            assert r.token_ids[start.position] == start.token_id and r.value_position == start.position
+            assert r.parent_id == parent.id and not in_baseline(r)
+            assert r.seed == 70 + i
+    forced_token = by_id["q0.r5"].tokens[3]
+    assert forced_token.sampling_logprob is None
+    assert forced_token.logprob == pytest.approx(alternative.logprob, abs=LP_TOL)
+    # the continuations of one start differ (their own seeds) and the session takes them as value rollouts
+    session = Session(engine.info)
+    session.add_group(group)
+    session.extend(events)
+    estimates = session.value_estimates("q0")
+    assert [(e.prefix_token_ids, e.token_id, len(e.rollout_ids)) for e in estimates] == [
+        (r0.token_ids[:2], taken.token_id, 3), (r0.token_ids[:3], forced.token_id, 3), ((), first.token_id, 3)]
+
+
+@pytest.mark.parametrize("start, message", [
+    (("q0.r9", 1, 0), "no rollout"),
+    (("q0.r0", 99, 0), "outside rollout"),
+    (("q0.r0", 1, 10**6), "outside the vocabulary"),
+])
+def test_bad_value_starts_are_user_errors(engine, start, message):
+    from explorer.core.types import ValueStart
+
+    group = _group(engine)
+    with pytest.raises(ExplorerError, match=message) as caught:
+        list(engine.continuations(group, [ValueStart(*start)], 2))
+    assert not isinstance(caught.value, EngineError)
+    with pytest.raises(ExplorerError, match="nothing to estimate"):
+        list(engine.continuations(group, [], 2))
+
+
+def test_a_stopped_value_run_keeps_its_continuations_as_cancelled(engine):
+    from explorer.core.types import ValueStart
+
+    group = _group(engine)
+    cancel = threading.Event()
+    cancel.set()
+    events = _events(engine.continuations(group, [ValueStart("q0.r0", 1, group.rollouts[0].tokens[1].id)], 2,
+                                          SamplingParams(max_tokens=4), cancel=cancel))
+    finished = [e.rollout for e in events if isinstance(e, RolloutFinished)]
+    assert [r.finish_reason for r in finished] == ["cancelled", "cancelled"] and events[-1].cancelled
+    assert all(r.value_position == 1 for r in finished)

@@ -136,6 +136,24 @@ def test_branch_keeps_the_prefix_and_forces_an_alternative(remote, local_engine,
         assert max(abs(s.logprob - t.logprob) for s, t in zip(scored, new)) <= WORST_BAND
 
 
+def test_a_value_run_sends_each_continuation_with_its_prefix_and_token(remote, local_engine, four):
+    from explorer.core.types import ValueStart
+
+    parent = next(r for r in four.rollouts if len(r.tokens) >= 4)
+    alt = parent.tokens[2].top[1]
+    starts = [ValueStart(parent.id, 2, parent.tokens[2].id), ValueStart(parent.id, 2, alt.id)]
+    c = run(remote, remote.continuations(four, starts, 2, SamplingParams(max_tokens=6, seed=5)))
+    kids = c.groups()[0].rollouts
+    assert [r.index for r in kids] == [4, 5, 6, 7] and all(r.value_position == 2 for r in kids)
+    for r, start in zip(kids, [starts[0]] * 2 + [starts[1]] * 2):
+        assert r.token_ids[:2] == parent.token_ids[:2] and r.token_ids[2] == start.token_id
+        new = r.tokens[3:]
+        prefix = list(four.prompt_token_ids) + [t.id for t in r.tokens[:3]]
+        scored = local_engine.score_token_ids(prefix, [[t.id for t in new]], 5)[0]
+        assert new and max(abs(s.logprob - t.logprob) for s, t in zip(scored, new)) <= WORST_BAND
+    assert kids[2].tokens[2].logprob == alt.logprob  # the forced token's facts from the parent's top-N
+
+
 def test_stop_mid_stream_keeps_what_arrived(remote):
     cancel = threading.Event()
     collector = Session(remote.info, SamplingParams())

@@ -4,7 +4,9 @@
 prompt + a branch prefix, a prompt to score after), each tagged with the sequences that continue it; it keeps what the
 cache already holds of a single prefix (a re-run, a branch after a run, a score after a run) and decodes the rest.
 Prefilling consumes what it knew: after a run the caller says what each sequence now holds with `remember`. A run that
-fails in between leaves nothing remembered, so stale cells are never reused.
+fails in between leaves nothing remembered, so stale cells are never reused. Prefixes that begin alike (a value run's:
+one prompt, a few states, several next tokens at each) can be prefilled `shared`: what they have in common is decoded
+once, into cells every sequence continuing it shares.
 """
 
 from __future__ import annotations
@@ -39,28 +41,33 @@ class KVCache:
     def forget(self) -> None:
         self._held = {}
 
-    def prefill(self, prefixes: Sequence[Prefix], cancel: Optional[threading.Event] = None,
+    def prefill(self, prefixes: Sequence[Prefix], cancel: Optional[threading.Event] = None, shared: bool = False,
                 ) -> Optional[list[np.ndarray]]:
         """Decode each prefix into the cache for all its sequences; returns the logits after each prefix's last token
-        (copies), or None when cancel was set first. Every prefix must have at least one token."""
+        (copies), or None when cancel was set first. Every prefix must have at least one token. shared: the leading
+        tokens prefixes have in common are decoded once, for all the sequences continuing them."""
         starts = self._reuse(prefixes)
-        flat = []  # (prefix index, token, position, seqs, wants logits)
-        for u, (p, start) in enumerate(zip(prefixes, starts)):
-            for i in range(start, len(p.tokens)):
-                flat.append((u, p.tokens[i], i, p.seqs, i == len(p.tokens) - 1))
+        if shared and len(prefixes) > 1:
+            flat = _shared_entries(prefixes)
+        else:
+            flat = []  # (part, token, position, seqs, the prefixes ending at this token)
+            for u, (p, start) in enumerate(zip(prefixes, starts)):
+                for i in range(start, len(p.tokens)):
+                    flat.append((u, p.tokens[i], i, p.seqs, (u,) if i == len(p.tokens) - 1 else ()))
         rows: dict[int, np.ndarray] = {}
-        # each prefix gets llama_decode calls of its own: mixing two prompts in one batch changes the float summation
-        # order and the logprobs would no longer match a teacher-forced score exactly
+        # each prefix (each shared part) gets llama_decode calls of its own: mixing two prompts in one batch changes
+        # the float summation order and the logprobs would no longer match a teacher-forced score exactly
         for chunk in _chunks_by_prefix(flat, self._ctx.n_batch):
             if cancel is not None and cancel.is_set():
                 return None
             self._ctx.decode([f[1] for f in chunk], [f[2] for f in chunk], [f[3] for f in chunk],
-                             [f[4] for f in chunk])
-            wanted = [(j, f[0]) for j, f in enumerate(chunk) if f[4]]
+                             [bool(f[4]) for f in chunk])
+            wanted = [(j, f[4]) for j, f in enumerate(chunk) if f[4]]
             if wanted:
                 block = self._ctx.logits_rows([j for j, _ in wanted])
-                for (_, u), row in zip(wanted, block):
-                    rows[u] = np.array(row)
+                for (_, ending), row in zip(wanted, block):
+                    for u in ending:
+                        rows[u] = np.array(row)
         return [rows[u] for u in range(len(prefixes))]
 
     def _reuse(self, prefixes: Sequence[Prefix]) -> list[int]:
@@ -84,6 +91,29 @@ class KVCache:
                     return [keep]
         ctx.clear()
         return [0] * len(prefixes)
+
+
+def _shared_entries(prefixes: Sequence[Prefix]) -> list:
+    """The prefixes' tokens as a prefix tree, depth first: each token once, tagged with every sequence whose prefix
+    passes it. A part is a run of tokens with the same sequences: a new one starts where the prefixes part."""
+    root: dict = {}  # token -> [children, seqs, the prefixes ending at it]
+    for u, p in enumerate(prefixes):
+        children, node = root, None
+        for token in p.tokens:
+            node = children.setdefault(token, [{}, [], []])
+            node[1].extend(p.seqs)
+            children = node[0]
+        node[2].append(u)
+    flat, parts = [], 0
+    stack = [(token, node, 0, (), -1) for token, node in reversed(root.items())]
+    while stack:  # a node, then its subtree, then its next sibling: each part's tokens come one after the other
+        token, (below, seqs, ending), depth, above, part = stack.pop()
+        seqs = tuple(seqs)
+        if seqs != above:
+            part, parts = parts, parts + 1
+        flat.append((part, token, depth, seqs, tuple(ending)))
+        stack.extend((t, n, depth + 1, seqs, part) for t, n in reversed(below.items()))
+    return flat
 
 
 def _chunks_by_prefix(flat: list, size: int) -> list[list]:

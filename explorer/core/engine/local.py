@@ -23,11 +23,11 @@ from explorer.core.engine import scoring
 from explorer.core.errors import ContextOverflowError, EngineError, ExplorerError
 from explorer.core.engine.kv_cache import KVCache, Prefix
 from explorer.core.models.discovery import read_gguf
-from explorer.core.engine.plan import check_branch, plan_generate
+from explorer.core.engine.plan import check_branch, plan_continuations, plan_generate, token_from_top
 from explorer.core.engine.sampling import Workspace, sample_step
 from explorer.core.types import (
     GroupHeader, ModelInfo, Query, QueryGroup, Rollout, RolloutFinished, RolloutHeader, RunFinished, RunStarted,
-    SamplingParams, Score, Timings, TokenBatch, TokenEvent, TokenInfo, TopLogprob,
+    SamplingParams, Score, Timings, TokenBatch, TokenEvent, TokenInfo, TopLogprob, ValueStart,
 )
 
 AUTO_CTX_MIN = 4096  # cells a fresh context gets when the user does not choose
@@ -272,17 +272,65 @@ class Engine:
             return
         yield from self._run([unit], params, cancel, follower)
 
+    def continuations(self, group: QueryGroup, starts: Sequence[ValueStart], m: int,
+                      params: Optional[SamplingParams] = None, cancel: Optional[threading.Event] = None) -> Iterator:
+        """m continuations of each start's prefix + token (value rollouts), all in one run: the prefixes are
+        prefilled as a prefix tree (the prompt and each state decoded once, shared in the KV cache by every
+        continuation of them), then every continuation advances in the same decode steps."""
+        plan = plan_continuations(group, starts, m, params, self.model.n_vocab, self._check_fits,
+                                  self._forced_info, self._text_of, self.model.is_eog)
+        params = plan.params
+        units = []
+        for u in plan.units:
+            unit = _PrefixGroup(group.id, list(u.prefix), header=plan.group)
+            for h in u.rollouts:
+                live = self._new_live(h, list(u.prefix))
+                live.decoder = self._decoder_after(h.prefix)
+                unit.rollouts.append(live)
+            units.append((u, unit))
+        yield RunStarted((plan.group,), plan.rollouts, params, total_tokens=len(plan.rollouts) * params.max_tokens,
+                         is_branch=True)
+        for u, unit in units:  # a forced end-of-generation ends its continuations there: nothing follows it
+            if u.ends:
+                for live in unit.rollouts:
+                    live.finish = "stop"
+                    yield RolloutFinished(group.id, self._final(live))
+        yield from self._run([unit for u, unit in units if not u.ends], params, cancel, shared=True)
+
+    def _forced_info(self, parent: Rollout, position: int, prefix: list[int], token: int, top_n: int) -> TokenInfo:
+        """A token forced after the parent's first `position` tokens: from the parent's own top-N there, else
+        scored."""
+        known = token_from_top(parent, position, token)
+        if known is not None and len(known.top) >= top_n:
+            return known
+        (forced,), held = self._score_pass(prefix, [[token]], top_n)
+        self._kv.remember(held)
+        return forced[0]
+
+    def _text_of(self, tokens: Sequence[TokenInfo]) -> str:
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        return "".join(decoder.decode(self._text_bytes(t.id)) for t in tokens)
+
+    def _decoder_after(self, tokens: Sequence[TokenInfo]) -> codecs.IncrementalDecoder:
+        """A UTF-8 decoder that has read these tokens (a character they leave split is completed by the next)."""
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        for t in tokens:
+            decoder.decode(self._text_bytes(t.id))
+        return decoder
+
     def _new_live(self, header: RolloutHeader, history: list[int]) -> _LiveRollout:
         return _LiveRollout(header=header, rng=np.random.Generator(np.random.PCG64(header.seed)), history=history,
                      tokens=list(header.prefix), text=header.prefix_text,
                      decoder=codecs.getincrementaldecoder("utf-8")("replace"))
 
-    def _run(self, units: list[_PrefixGroup], params: SamplingParams, cancel, follower=None) -> Iterator:
+    def _run(self, units: list[_PrefixGroup], params: SamplingParams, cancel, follower=None,
+             shared: bool = False) -> Iterator:
+        """shared: the units' prefixes begin alike (a value run's): prefill them as a prefix tree (KVCache)."""
         timing = {"prompt_s": 0.0, "generation_s": 0.0, "n": 0}
         cancelled = False
         for wave in self._plan_waves(units, params.max_tokens):
             if not cancelled and not (cancel is not None and cancel.is_set()):
-                yield from self._run_wave(wave, params, cancel, timing, follower)
+                yield from self._run_wave(wave, params, cancel, timing, follower, shared)
             for unit in wave:  # whatever the wave left unfinished was cancelled
                 for r in unit.rollouts:
                     if r.finish is None:
@@ -319,7 +367,7 @@ class Engine:
         return waves
 
     def _run_wave(self, units: list[_PrefixGroup], params: SamplingParams, cancel, timing: dict,
-                  follower=None) -> Iterator:
+                  follower=None, shared: bool = False) -> Iterator:
         n_seq = sum(len(u.rollouts) for u in units)
         cells = sum(len(u.prefix) + len(u.rollouts) * params.max_tokens for u in units)
         ctx = self._ensure_context(cells, n_seq)
@@ -329,7 +377,7 @@ class Engine:
                 r.seq, r.pos = seq, len(unit.prefix)
                 seq += 1
         t0 = time.perf_counter()
-        prefix_rows = self._kv.prefill([Prefix(u.prefix, [r.seq for r in u.rollouts]) for u in units], cancel)
+        prefix_rows = self._kv.prefill([Prefix(u.prefix, [r.seq for r in u.rollouts]) for u in units], cancel, shared)
         timing["prompt_s"] += time.perf_counter() - t0
         if prefix_rows is None:
             return
@@ -410,7 +458,8 @@ class Engine:
             text += r.decoder.decode(b"", final=True)  # a character cut off by the end shows as U+FFFD
         h = r.header
         return Rollout(id=h.rollout_id, index=h.index, seed=h.seed, text=text, tokens=tuple(r.tokens),
-                       finish_reason=r.finish, parent_id=h.parent_id, branch_position=h.branch_position)
+                       finish_reason=r.finish, parent_id=h.parent_id, branch_position=h.branch_position,
+                       value_position=h.value_position)
 
     # -- scoring -----------------------------------------------------------------------------------------------
     def score(self, query: str, responses: Sequence[str], chat: bool = True, system: Optional[str] = None,

@@ -17,7 +17,7 @@ from __future__ import annotations
 import threading
 from typing import Iterator, Optional, Protocol, Sequence, Union, runtime_checkable
 
-from explorer.core.types import Event, ModelInfo, Query, QueryGroup, SamplingParams, Score
+from explorer.core.types import Event, ModelInfo, Query, QueryGroup, SamplingParams, Score, ValueStart
 
 
 @runtime_checkable
@@ -44,6 +44,14 @@ class EngineLike(Protocol):
                cancel: Optional[threading.Event] = None) -> Iterator[Event]:
         """k new rollouts of `group` keeping the first `position` tokens of rollout_id, then forced_token if given;
         same event stream as generate (RunStarted.is_branch is True). New rollouts get the next free indices."""
+
+    def continuations(self, group: QueryGroup, starts: Sequence[ValueStart], m: int,
+                      params: Optional[SamplingParams] = None,
+                      cancel: Optional[threading.Event] = None) -> Iterator[Event]:
+        """A value run: m continuations of each start's prefix + token (its rollout's first `position` tokens, then
+        token_id, kept where that rollout took it and forced where not), all in one run with the event stream of
+        branch; every new rollout is a value rollout (value_position = its start's position). Each prefix is sent
+        or decoded once where the engine can share it."""
 
     def score(self, query: str, responses: Sequence[str], chat: bool = True, system: Optional[str] = None,
               top_n: int = 5) -> tuple[Score, ...]:

@@ -31,11 +31,11 @@ from dataclasses import dataclass, field
 from typing import Iterator, Optional, Sequence, Union
 
 from explorer.core.errors import ExplorerError
-from explorer.core.engine.plan import check_branch, plan_generate
+from explorer.core.engine.plan import check_branch, plan_continuations, plan_generate
 from explorer.core.remote.servers import Http, RawToken, ServerError, probe
 from explorer.core.types import (
     GroupHeader, ModelInfo, Query, QueryGroup, Rollout, RolloutFinished, RolloutHeader, RunFinished, RunStarted,
-    SamplingParams, Score, Timings, TokenBatch, TokenEvent, TokenInfo, TopLogprob,
+    SamplingParams, Score, Timings, TokenBatch, TokenEvent, TokenInfo, TopLogprob, ValueStart,
 )
 
 log = logging.getLogger(__name__)
@@ -179,6 +179,26 @@ class RemoteEngine:
         yield RunStarted((gh,), tuple(j.header for j in jobs), params, total_tokens=k * params.max_tokens,
                          is_branch=True)
         yield from self._run(jobs, params, cancel)
+
+    def continuations(self, group: QueryGroup, starts: Sequence[ValueStart], m: int,
+                      params: Optional[SamplingParams] = None,
+                      cancel: Optional[threading.Event] = None) -> Iterator:
+        """A value run: one request per continuation (n = 1, its own seed), each sending the prompt ids + the
+        prefix's ids + the token; the server's prefix cache shares what they have in common."""
+        plan = plan_continuations(group, starts, m, params, None, self._check_fits, self._forced_info,
+                                  self._kept_text)
+        jobs = []
+        for unit in plan.units:
+            prompt_text = self._text_of(list(unit.prefix)) if self._dialect.text_prompts else None
+            jobs += [_Job(h, list(unit.prefix), prompt_text) for h in unit.rollouts]
+        yield RunStarted((plan.group,), plan.rollouts, plan.params,
+                         total_tokens=len(plan.rollouts) * plan.params.max_tokens, is_branch=True)
+        yield from self._run(jobs, plan.params, cancel)
+
+    @staticmethod
+    def _kept_text(kept: Sequence[TokenInfo]) -> str:
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        return "".join(decoder.decode(t.bytes) for t in kept) + decoder.decode(b"", final=True)
 
     def _forced_info(self, parent: Rollout, position: int, prefix: list[int], token: int, top_n: int) -> TokenInfo:
         """The forced token's facts: from the parent's own top-N at that position (the same context), else scored."""
@@ -362,7 +382,8 @@ class RemoteEngine:
     def _final(live: _Live) -> Rollout:
         h = live.header
         return Rollout(id=h.rollout_id, index=h.index, seed=h.seed, text=live.text, tokens=tuple(live.tokens),
-                       finish_reason=live.finish, parent_id=h.parent_id, branch_position=h.branch_position)
+                       finish_reason=live.finish, parent_id=h.parent_id, branch_position=h.branch_position,
+                       value_position=h.value_position)
 
     def _start(self, run: _Run, jobs: list[_Job], params: SamplingParams) -> None:
         pool = asyncio.Semaphore(self._concurrency)
