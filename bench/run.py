@@ -196,6 +196,11 @@ def main(argv=None) -> int:
         log("reference_bench ...")
         print_dict_table(bench(), "Reference policy pass per token, k=8 x 32 tokens, after the run and while "
                                   "sampling (target: at most one more scoring of the same tokens)")
+    bench = _optional_bench("value_bench", "run_value_bench")
+    if bench is not None:
+        log("value_bench ...")
+        print_dict_table(bench(log), "Value run (K=10 forks x N=3 alternatives x M=8 continuations, 48 tokens) against "
+                                     "plain generation of as many rollouts (target: <= 1.10x per token)")
     print(f"\nTotal benchmark time: {time.perf_counter() - t_start:.0f} s")
     return 0
 
