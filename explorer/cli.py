@@ -320,20 +320,12 @@ def cmd_generate(args) -> int:
     session = Session(info, params)
     session.set_tis_cap(args.tis_cap)
     progress = _Progress(len(queries) * args.k * args.max_tokens)
-    cancel = threading.Event()
-    interrupted = False
-
-    def on_sigint(signum, frame):  # the first Ctrl-C stops at the next decode step and keeps what was made
-        nonlocal interrupted
-        if interrupted:
-            raise KeyboardInterrupt
-        interrupted = True
-        cancel.set()
-        sys.stderr.write("\ninterrupted: stopping, writing what was generated (Ctrl-C again to abandon)\n")
+    stop = _Interrupt("generated")
+    cancel = stop.cancel
 
     from explorer.core.errors import ExplorerError
 
-    previous = signal.signal(signal.SIGINT, on_sigint)
+    previous = signal.signal(signal.SIGINT, stop.on_sigint)
     run_error = None
     try:
         # the reference follows the run: the policy's rows are at hand while sampling, so only pi_ref decodes again
@@ -375,7 +367,23 @@ def cmd_generate(args) -> int:
     if run_error is not None:
         sys.stderr.write(f"rollout-explorer generate: {run_error}\n")
         return EXIT_USAGE
-    return 130 if interrupted else 0
+    return 130 if stop.interrupted else 0
+
+
+class _Interrupt:
+    """The first Ctrl-C stops a run at its next decode step and keeps what was made; a second one abandons it."""
+
+    def __init__(self, what: str):
+        self.what = what
+        self.cancel = threading.Event()
+        self.interrupted = False
+
+    def on_sigint(self, signum, frame) -> None:
+        if self.interrupted:
+            raise KeyboardInterrupt
+        self.interrupted = True
+        self.cancel.set()
+        sys.stderr.write(f"\ninterrupted: stopping, writing what was {self.what} (Ctrl-C again to abandon)\n")
 
 
 def cmd_score(args) -> int:
@@ -480,18 +488,9 @@ def cmd_values(args) -> int:
         raise _UsageError(f"{args.input} was made with another model ({rs.model.name}, fingerprint "
                           f"{rs.model.fingerprint}); give it with --model")
     progress = _Progress(sum(len(s) for s in plans.values()) * args.m * params.max_tokens)
-    cancel = threading.Event()
-    interrupted = False
-
-    def on_sigint(signum, frame):
-        nonlocal interrupted
-        if interrupted:
-            raise KeyboardInterrupt
-        interrupted = True
-        cancel.set()
-        sys.stderr.write("\ninterrupted: stopping, writing what was estimated (Ctrl-C again to abandon)\n")
-
-    previous = signal.signal(signal.SIGINT, on_sigint)
+    stop = _Interrupt("estimated")
+    cancel = stop.cancel
+    previous = signal.signal(signal.SIGINT, stop.on_sigint)
     run_error = None
     try:
         for gid, starts in plans.items():
@@ -521,11 +520,11 @@ def cmd_values(args) -> int:
             print(f"{gid}  Q({_short_text(prefix)!r}, {token!r}) = {q}{ci}  n {e.n}", file=out)
     export.save(session.rollout_set("cancelled"), args.output)
     if args.output != "-":
-        sys.stderr.write(f"wrote {args.output}" + (" (partial)" if run_error or interrupted else "") + "\n")
+        sys.stderr.write(f"wrote {args.output}" + (" (partial)" if run_error or stop.interrupted else "") + "\n")
     if run_error is not None:
         sys.stderr.write(f"rollout-explorer values: {run_error}\n")
         return EXIT_USAGE
-    return 130 if interrupted else 0
+    return 130 if stop.interrupted else 0
 
 
 def _prefix_text(tree, ids) -> str:
