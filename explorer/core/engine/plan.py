@@ -99,8 +99,9 @@ def plan_continuations(group: QueryGroup, starts: Sequence[ValueStart], m: int, 
     next_index = max((r.index for r in group.rollouts), default=-1) + 1
     units = []
     for start in starts:
-        if n_vocab is not None and not 0 <= start.token_id < n_vocab:
-            raise ExplorerError(f"token id {start.token_id} is outside the vocabulary (0..{n_vocab - 1})")
+        if start.token_id < 0 or (n_vocab is not None and start.token_id >= n_vocab):
+            within = f"0..{n_vocab - 1}" if n_vocab is not None else "ids are >= 0"
+            raise ExplorerError(f"token id {start.token_id} is outside the vocabulary ({within})")
         params, parent, kept = check_branch(group, start.rollout_id, start.position, m, params)
         if kept and is_end is not None and is_end(kept[-1].id):
             raise ExplorerError(f"rollout {start.rollout_id} has ended at token {start.position - 1}: nothing "

@@ -185,7 +185,7 @@ class RemoteEngine:
                       cancel: Optional[threading.Event] = None) -> Iterator:
         """A value run: one request per continuation (n = 1, its own seed), each sending the prompt ids + the
         prefix's ids + the token; the server's prefix cache shares what they have in common."""
-        plan = plan_continuations(group, starts, m, params, None, self._check_fits, self._forced_info,
+        plan = plan_continuations(group, starts, m, params, self.info.n_vocab, self._check_fits, self._forced_info,
                                   self._kept_text)
         jobs = []
         for unit in plan.units:
