@@ -240,6 +240,12 @@ class ModelInfo:
     logprob_kind: str = "raw"  # "raw": before temperature and truncation (the policy); "processed": after them
     entropy_kind: str = "exact"  # "exact" over the vocabulary, or "unavailable" (a server gives only the top N)
     server_facts: Optional[str] = None  # what the capability probe found, one line
+    # a local policy decoded batch-invariantly: a token's logprob the same whatever shares its decode step (None: a
+    # server's policy, whose batching is its own)
+    exact: Optional[bool] = None
+    # without exact decoding: the largest difference (nats) between a token's logprob decoded alone and in a batch,
+    # measured on this model at load (how far sampled and teacher-forced numbers may part)
+    logprob_band: Optional[float] = None
 
 
 @dataclass(frozen=True)
