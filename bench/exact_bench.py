@@ -1,6 +1,6 @@
 """What batch-invariant ("exact") decoding costs, per quantization type: tokens/s with it against without it.
 
-One synthetic model with SmolLM2-like proportions but a width of 512 (a multiple of 256, so every K-quant tensor takes
+One synthetic model with SmolLM2-like proportions (6 layers) but a width of 512 (a multiple of 256, so every K-quant tensor takes
 the real super-block kernels; SmolLM2's 576 makes llama.cpp fall back to Q5_0 / Q8_0 on most of them) is written in
 float32 by tests/tiny_gguf.py and quantized by llama.cpp itself to each type. Per type and k, generation with exact
 decoding on and off alternates in one engine (Engine.set_exact) for `rounds` rounds; a round's ratio compares the two
@@ -29,6 +29,7 @@ if __package__ in (None, ""):
 ROOT = Path(__file__).resolve().parents[1]
 TYPES = ("Q4_0", "Q4_1", "Q4_K_M", "Q5_K_M", "Q6_K", "Q8_0", "F16", "BF16")
 KS = (1, 5, 8, 32)
+N_LAYER = 6  # SmolLM2-135M has 30 layers of width 576: 6 of width 512 keep the benchmark to a few minutes
 QUERY = "Explain in detail how a steam engine works"
 
 
@@ -36,8 +37,8 @@ def write_models(directory: str, types: Sequence[str]) -> dict[str, Path]:
     sys.path.insert(0, str(ROOT / "tests"))
     from tiny_gguf import write_quantized, write_tiny_gguf
 
-    src = write_tiny_gguf(Path(directory) / "synthetic-512.f32.gguf", n_vocab=32000, n_embd=512, n_layer=12, n_head=8,
-                          n_head_kv=4, n_ff=1536, seed=3, tie_embeddings=False)
+    src = write_tiny_gguf(Path(directory) / "synthetic-512.f32.gguf", n_vocab=32000, n_embd=512, n_layer=N_LAYER,
+                          n_head=8, n_head_kv=4, n_ff=1536, seed=3, tie_embeddings=False)
     models = {t: write_quantized(src, Path(directory) / f"synthetic-512.{t}.gguf", t) for t in types}
     src.unlink()
     return models
@@ -98,7 +99,7 @@ def measure_type(path: Path, ks: Sequence[int], n_tokens: int, rounds: int, thre
     return row
 
 
-def run_exact_bench(types: Sequence[str] = TYPES, ks: Sequence[int] = KS, n_tokens: int = 16, rounds: int = 3,
+def run_exact_bench(types: Sequence[str] = TYPES, ks: Sequence[int] = KS, n_tokens: int = 12, rounds: int = 2,
                     threads: Optional[int] = None, log=None) -> list[dict]:
     """One row per type: the micro-batch shape, whether exactness held, the band without it, and per k tokens/s
     with and without it and their ratio (median and spread over the rounds)."""

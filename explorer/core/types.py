@@ -247,6 +247,20 @@ class ModelInfo:
     # measured on this model at load (how far sampled and teacher-forced numbers may part)
     logprob_band: Optional[float] = None
 
+    def exactness(self) -> Optional[str]:
+        """How this policy's sampled and teacher-forced logprobs agree, in words (None for a server's policy)."""
+        if self.exact is None:
+            return None
+        if self.exact:
+            return "exact: a token's logprob is the same sampled or scored, whatever k or the batch"
+        if self.logprob_band is None:
+            return "not exact: sampled and scored logprobs may differ"
+        if self.logprob_band == 0:
+            return ("not exact: sampled and scored logprobs agreed on this model's probe, but may differ in other "
+                    "batches")
+        return (f"not exact: sampled and scored logprobs may differ by {self.logprob_band:.2g} nats or more "
+                "(measured on this model)")
+
 
 @dataclass(frozen=True)
 class Timings:

@@ -220,8 +220,9 @@ class LlamaContext:
         if not (1 <= n_seq <= MAX_SEQ):
             raise EngineError(f"{n_seq} parallel sequences asked; llama.cpp allows 1..{MAX_SEQ}")
         self.model = model
-        self.shape = shape if shape is not None and shape.pads else None
-        shape = self.shape
+        self.shape = shape  # None: not exact
+        self._padded = shape is not None and shape.pads
+        shape = shape if self._padded else None
         self._pad_seq = n_seq  # the sequence of the padding rows: empty between decodes
         pad = shape.max_padding if shape else 0
         capacity = max(N_BATCH, MAX_SEQ)
@@ -280,7 +281,7 @@ class LlamaContext:
             if len(seqs) > self.n_seq or max(seqs) >= self.n_seq:
                 raise EngineError(f"internal: sequence ids {seqs} outside 0..{self.n_seq - 1}")
         self._gathered = None
-        if self.shape is None:
+        if not self._padded:
             self._decode(tokens, positions, seq_ids, want_logits, 0, 0)
             return
         if n <= self.n_batch:
