@@ -2,6 +2,7 @@
 benchmark (and a GUI stall benchmark when bench/gui_bench.py provides one). See BENCHMARKS.md for what it measures.
 
 Usage: python bench/run.py [--repeats N] [--rounds N] [--threads N] [--budget SECONDS] [--skip-262k] [--skip-naive] [--skip-tree]
+       [--skip-remote] [--skip-exact]
 """
 
 from __future__ import annotations

@@ -252,6 +252,9 @@ class ModelInfo:
         if self.exact is None:
             return None
         if self.exact:
+            if self.gpu_offload:  # the shape that makes it exact is what llama.cpp's CPU kernels need
+                return ("exact decoding on, made for llama.cpp's CPU kernels: the GPU's may still let a token's "
+                        "logprob depend on its batch")
             return "exact: a token's logprob is the same sampled or scored, whatever k or the batch"
         if self.logprob_band is None:
             return "not exact: sampled and scored logprobs may differ"

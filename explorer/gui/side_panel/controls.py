@@ -545,7 +545,7 @@ def _exactness_fact(info: ModelInfo) -> str:
     if info.exact is None:
         return "as the server batches" if info.server_kind else "–"
     if info.exact:
-        return "exact: sampled = scored"
+        return "exact on CPU; GPU unverified" if info.gpu_offload else "exact: sampled = scored"
     if info.logprob_band is None:
         return "not exact"
     return f"not exact: up to {info.logprob_band:.2g} nats apart" if info.logprob_band else \
