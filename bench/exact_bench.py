@@ -1,10 +1,10 @@
 """What batch-invariant ("exact") decoding costs, per quantization type: tokens/s with it against without it.
 
-One synthetic model with SmolLM2-like proportions (6 layers) but a width of 512 (a multiple of 256, so every K-quant tensor takes
-the real super-block kernels; SmolLM2's 576 makes llama.cpp fall back to Q5_0 / Q8_0 on most of them) is written in
-float32 by tests/tiny_gguf.py and quantized by llama.cpp itself to each type. Per type and k, generation with exact
-decoding on and off alternates in one engine (Engine.set_exact) for `rounds` rounds; a round's ratio compares the two
-runs next to each other, and the table gives the median ratio and its spread over the rounds. On one llama.cpp thread
+One synthetic model with SmolLM2-like proportions (6 layers) but a width of 512 (a multiple of 256, so every K-quant
+tensor takes the real super-block kernels; SmolLM2's 576 makes llama.cpp fall back to Q5_0 / Q8_0 on most of them) is
+written in float32 by tests/tiny_gguf.py and quantized by llama.cpp itself to each type. Per type and k, generation
+with exact decoding on and off alternates in one engine (Engine.set_exact) for `rounds` rounds; a round's ratio
+compares the two runs next to each other, and the table gives the median ratio and its spread over the rounds. On one llama.cpp thread
 the clock is the process's CPU time, which other jobs on a shared machine disturb far less than the wall clock (with
 more threads it is the wall clock: spinning threads would count as work).
 
@@ -131,7 +131,8 @@ def print_exact_table(rows: list[dict], ks: Sequence[int] = KS) -> None:
         line += f"{r['band']:>9.2g}" if r["band"] is not None else f"{'-':>9}"
         for k in ks:
             c = r[k]
-            line += f" {c['exact_tok_s']:6.0f}/{c['today_tok_s']:<6.0f} {c['ratio']:.2f} [{c['low']:.2f}-{c['high']:.2f}]"
+            line += (f" {c['exact_tok_s']:6.0f}/{c['today_tok_s']:<6.0f} {c['ratio']:.2f}"
+                     f" [{c['low']:.2f}-{c['high']:.2f}]")
         print(line)
     print("  shape: rows per micro-batch at least / a multiple of (1/1: no padding); band off: the largest logprob "
           "difference between a one-row decode and a batched pass without exact decoding (nats, on a 64-token probe)")

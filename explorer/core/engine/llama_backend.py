@@ -29,6 +29,7 @@ N_BATCH = 512  # tokens per llama_decode call; prompts are split into chunks of 
 # SmolLM2-135M Q4_1); below 64 every row runs the same attention code, whatever shares its micro-batch.
 N_UBATCH = 63
 
+
 @dataclass(frozen=True)
 class MicroBatchShape:
     """Row counts a micro-batch keeps to: 0 or at least min_rows rows, a multiple of `multiple`, and the same for its
@@ -222,15 +223,14 @@ class LlamaContext:
         self.model = model
         self.shape = shape  # None: not exact
         self._padded = shape is not None and shape.pads
-        shape = shape if self._padded else None
         self._pad_seq = n_seq  # the sequence of the padding rows: empty between decodes
-        pad = shape.max_padding if shape else 0
+        pad = shape.max_padding if self._padded else 0
         capacity = max(N_BATCH, MAX_SEQ)
         params = L.llama_context_default_params()
         params.n_ctx = n_ctx + pad
         params.n_batch = capacity + pad
         params.n_ubatch = N_UBATCH  # llama_decode splits a bigger batch itself
-        params.n_seq_max = n_seq + (1 if shape else 0)
+        params.n_seq_max = n_seq + (1 if self._padded else 0)
         params.kv_unified = True  # the prompt's cells are shared by every sequence instead of copied
         threads = n_threads or default_threads()
         params.n_threads = threads
@@ -244,7 +244,7 @@ class LlamaContext:
         self.n_ctx = int(L.llama_n_ctx(self.ctx)) - pad
         self.n_seq = n_seq
         self.capacity = capacity  # tokens one decode call takes
-        self.n_batch = shape.max_rows if shape else capacity  # tokens per decode call for work split by the caller
+        self.n_batch = shape.max_rows if self._padded else capacity  # per decode call, for work split by the caller
         self.memory = L.llama_get_memory(self.ctx)
         rows = capacity + pad
         self.batch = L.llama_batch_init(rows, 0, params.n_seq_max)
