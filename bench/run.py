@@ -2,6 +2,7 @@
 benchmark (and a GUI stall benchmark when bench/gui_bench.py provides one). See BENCHMARKS.md for what it measures.
 
 Usage: python bench/run.py [--repeats N] [--rounds N] [--threads N] [--budget SECONDS] [--skip-262k] [--skip-naive] [--skip-tree]
+       [--skip-remote] [--skip-exact]
 """
 
 from __future__ import annotations
@@ -131,6 +132,7 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-naive", action="store_true")
     ap.add_argument("--skip-tree", action="store_true")
     ap.add_argument("--skip-remote", action="store_true", help="skip the llama_cpp.server client benchmark")
+    ap.add_argument("--skip-exact", action="store_true", help="skip the exact-decoding cost per quantization type")
     args = ap.parse_args(argv)
     t_start = time.perf_counter()
 
@@ -172,6 +174,11 @@ def main(argv=None) -> int:
         print_engine_table(big_rows, f"Synthetic model, vocabulary {BIG_VOCAB} (SmolLM2-135M-sized body, random f16 "
                                      "weights; no naive baseline)")
     print_targets(rows, big_rows)
+    if not args.skip_exact:
+        from bench.exact_bench import print_exact_table, run_exact_bench
+
+        log("exact decoding per quantization type ...")
+        print_exact_table(run_exact_bench(threads=args.threads, log=log))
     if not args.skip_remote:
         print_remote_tables()
 

@@ -32,12 +32,17 @@ class _DefaultsFormatter(argparse.HelpFormatter):
 
 
 def _add_model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    """required False (the window): the model, and exact decoding, default to what the window last used."""
     p.add_argument("--model", "-m", default="default" if required else None,
                    help="a .gguf path, or 'default' for the embedded SmolLM2-135M-Instruct")
     p.add_argument("--n-gpu-layers", type=int, default=None,
                    help="layers to offload to the GPU (default: all when the build supports it, else 0; -1 = all)")
     p.add_argument("--n-ctx", type=int, default=None,
                    help="context size in tokens (default: sized automatically for k x (prompt + max tokens))")
+    p.add_argument("--exact", action=argparse.BooleanOptionalAction, default=True if required else None,
+                   help="exact decoding: a token's logprob is the same sampled or scored, whatever k or the batch "
+                        "(small decode steps are padded; --no-exact is faster below k = 8 on K-quant models and "
+                        "measures how far sampled and scored logprobs may then part)")
     _add_server_args(p)
 
 
@@ -89,7 +94,8 @@ def _open_reference(spec, args, engine):
     def progress(done, total):
         sys.stderr.write(f"\rwriting the exact copy: {done}/{total} tensors" + ("\n" if done == total else ""))
 
-    return ReferencePolicy(spec, engine, lambda path: Engine(path, n_ctx=args.n_ctx), cached_exact_copy, progress)
+    return ReferencePolicy(spec, engine, lambda path: Engine(path, n_ctx=args.n_ctx, exact=args.exact),
+                           cached_exact_copy, progress)
 
 
 def _format_stat(value, digits: int = 4) -> str:
@@ -270,7 +276,7 @@ def _load_engine(args) -> EngineLike:
     from explorer.core.engine.local import Engine
     from explorer.core.models.discovery import resolve_model
 
-    return Engine(resolve_model(args.model), n_gpu_layers=args.n_gpu_layers, n_ctx=args.n_ctx)
+    return Engine(resolve_model(args.model), n_gpu_layers=args.n_gpu_layers, n_ctx=args.n_ctx, exact=args.exact)
 
 
 def _connect(args) -> EngineLike:
@@ -317,6 +323,8 @@ def cmd_generate(args) -> int:
         engine.close()
         raise
     info = engine.info
+    if info.exact is False:
+        sys.stderr.write(info.exactness() + "\n")
     session = Session(info, params)
     session.set_tis_cap(args.tis_cap)
     progress = _Progress(len(queries) * args.k * args.max_tokens)
@@ -424,6 +432,8 @@ def cmd_score(args) -> int:
                                                 format_perplexity(s.perplexity))]
         resp = s.response if len(s.response) <= width else s.response[: width - 1] + "…"
         print(f"{resp:<{width}}  {cells[0]:>12}  {cells[1]:>11}  {cells[2]:>10}  {len(s.tokens)}", file=out)
+    if info.exact is False:
+        print(f"({info.exactness()})", file=out)
     if reference is not None:
         print(f"reference: {reference.info.description}", file=out)
         print(f"{'response':<{width}}  {'log pi_ref':>12}  {'log ratio':>11}  {'mean KL':>10}  implicit reward "

@@ -56,6 +56,7 @@ CHARS = tuple(chr(c) for c in range(32, 127))
 EOS = "</s>"
 VOCAB: tuple[str, ...] = WORDS + CHARS + (EOS,)
 EOS_ID = len(VOCAB) - 1
+FAKE_BAND = 0.25  # the band a fake engine without exact decoding reports (ModelInfo.logprob_band)
 _WORD_IDS = range(len(WORDS))
 _BY_TEXT = {text: i for i, text in enumerate(VOCAB) if text != EOS}
 
@@ -138,7 +139,8 @@ class FakeEngine:
 
     n_layers = 4
 
-    def __init__(self, model_path: str, n_gpu_layers: Optional[int] = None, n_ctx: Optional[int] = None):
+    def __init__(self, model_path: str, n_gpu_layers: Optional[int] = None, n_ctx: Optional[int] = None,
+                 exact: bool = True):
         self.calls: list[tuple[str, int]] = []
         self._record("__init__")
         path = str(model_path)
@@ -165,7 +167,8 @@ class FakeEngine:
             n_params=1_000_000, n_vocab=len(VOCAB), n_ctx=n_ctx or 2048, file_size=size,
             fingerprint=f"{zlib.crc32(path.encode()):016x}", chat_template=True, n_gpu_layers=0,
             gpu_offload=False, llama_cpp_python=None, quantization="F32", n_ctx_train=2048, n_layers=self.n_layers,
-            backend="CPU", system_info="fake engine",
+            backend="CPU", system_info="fake engine", exact=exact,
+            logprob_band=None if exact else FAKE_BAND,
         )
 
     # -- bookkeeping -----------------------------------------------------------------------------------------------

@@ -166,6 +166,24 @@ def test_score_to_stdout_keeps_the_table_off_it(tiny_gguf):
     assert "log pi(y|x)" in proc.stderr
 
 
+def test_no_exact_says_how_far_sampled_and_scored_may_part_and_the_file_records_it(tiny_gguf, tmp_path):
+    out = tmp_path / "set.json"
+    proc = run_cli("generate", "--model", str(tiny_gguf), "-q", "the ocean", "-k", "2", "--max-tokens", "4",
+                   "--no-exact", "-o", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "not exact: sampled and scored logprobs may differ" in proc.stderr
+    model = json.loads(out.read_text())["model"]
+    assert model["exact"] is False and model["logprob_band"] >= 0
+    assert export.load(out).model.logprob_band == model["logprob_band"]  # validated by the schema, read back
+    scored = run_cli("score", "--model", str(tiny_gguf), "-q", "x", "-r", "the ocean", "--no-exact")
+    assert scored.returncode == 0 and "(not exact: " in scored.stdout
+    exact = run_cli("generate", "--model", str(tiny_gguf), "-q", "the ocean", "-k", "2", "--max-tokens", "4",
+                    "-o", str(out))
+    assert exact.returncode == 0 and "not exact" not in exact.stderr
+    model = json.loads(out.read_text())["model"]
+    assert model["exact"] is True and model["logprob_band"] is None
+
+
 # -- reference policies ---------------------------------------------------------------------------------------------
 
 

@@ -393,3 +393,32 @@ def write_q8_copy(src, dst):
         return quantize(values, qtype) if qtype == GGMLQuantizationType.Q8_0 else values
 
     return copy_gguf(src, dst, out_type, data, int(LlamaFileType.MOSTLY_Q8_0))
+
+
+# llama.cpp's own quantization types, by the name its llama-quantize tool gives them
+LLAMA_FILE_TYPES = {"Q4_0": 2, "Q4_1": 3, "Q8_0": 7, "F16": 1, "Q4_K_M": 15, "Q5_K_M": 17, "Q6_K": 18, "BF16": 32}
+
+
+def write_quantized(src, dst, file_type: str):
+    """src (a float GGUF) quantized by llama.cpp itself (llama_model_quantize, the code behind llama-quantize) to
+    file_type, one of LLAMA_FILE_TYPES: the tensor types and fallbacks of the files users download. A width that is a
+    multiple of 256 gives every K-quant tensor the real super-block kernels."""
+    import ctypes
+    import os
+
+    import llama_cpp
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = LLAMA_FILE_TYPES[file_type]
+    params.nthread = 1
+    stderr = os.dup(2)
+    try:  # llama.cpp prints a line per tensor on stderr
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
+    finally:
+        os.dup2(stderr, 2)
+        os.close(stderr)
+    if rc != 0:
+        raise RuntimeError(f"llama_model_quantize({src} -> {file_type}) failed with code {rc}")
+    return Path(dst)

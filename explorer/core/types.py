@@ -292,6 +292,29 @@ class ModelInfo:
     logprob_kind: str = "raw"  # "raw": before temperature and truncation (the policy); "processed": after them
     entropy_kind: str = "exact"  # "exact" over the vocabulary, or "unavailable" (a server gives only the top N)
     server_facts: Optional[str] = None  # what the capability probe found, one line
+    # a local policy decoded batch-invariantly: a token's logprob the same whatever shares its decode step (None: a
+    # server's policy, whose batching is its own)
+    exact: Optional[bool] = None
+    # without exact decoding: the largest difference (nats) between a token's logprob decoded alone and in a batch,
+    # measured on this model at load (how far sampled and teacher-forced numbers may part)
+    logprob_band: Optional[float] = None
+
+    def exactness(self) -> Optional[str]:
+        """How this policy's sampled and teacher-forced logprobs agree, in words (None for a server's policy)."""
+        if self.exact is None:
+            return None
+        if self.exact:
+            if self.gpu_offload:  # the shape that makes it exact is what llama.cpp's CPU kernels need
+                return ("exact decoding on, made for llama.cpp's CPU kernels: the GPU's may still let a token's "
+                        "logprob depend on its batch")
+            return "exact: a token's logprob is the same sampled or scored, whatever k or the batch"
+        if self.logprob_band is None:
+            return "not exact: sampled and scored logprobs may differ"
+        if self.logprob_band == 0:
+            return ("not exact: sampled and scored logprobs agreed on this model's probe, but may differ in other "
+                    "batches")
+        return (f"not exact: sampled and scored logprobs may differ by {self.logprob_band:.2g} nats or more "
+                "(measured on this model)")
 
 
 @dataclass(frozen=True)

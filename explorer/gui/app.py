@@ -62,6 +62,8 @@ def _apply_args(window, args) -> None:
             widget.setValue(int(value))
     if _arg(args, "raw", False):
         c.chat_check.setChecked(False)
+    if _arg(args, "exact") is not None:
+        c.set_exact(bool(_arg(args, "exact")))
     system = _arg(args, "system")
     if system:
         c.system_edit.setPlainText(system)
@@ -236,7 +238,7 @@ def export_tree(view, path) -> None:
 def run_gui(args, engine_factory: Callable = default_engine_factory, settings: Optional[QSettings] = None) -> int:
     """Open the main window; args carries model, queries, queries_file, reward, no_std, k, max_tokens, seed, run,
     score (responses to score for the first query after the run), screenshot, tree_screenshot, tree_heights,
-    export, quit, n_gpu_layers, n_ctx (any may be missing or None). Returns the exit status."""
+    export, quit, n_gpu_layers, n_ctx, exact (any may be missing or None). Returns the exit status."""
     from explorer.gui.window.main_window import MainWindow
 
     app = create_app()

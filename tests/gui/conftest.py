@@ -26,8 +26,8 @@ class FakeFactory:
         self.configure = None
         self.created = threading.Event()
 
-    def __call__(self, model_path, n_gpu_layers=None, n_ctx=None):
-        engine = FakeEngine(model_path, n_gpu_layers=n_gpu_layers, n_ctx=n_ctx)
+    def __call__(self, model_path, n_gpu_layers=None, n_ctx=None, exact=True):
+        engine = FakeEngine(model_path, n_gpu_layers=n_gpu_layers, n_ctx=n_ctx, exact=exact)
         if self.configure is not None:
             self.configure(engine)
         self.engines.append(engine)

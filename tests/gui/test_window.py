@@ -127,7 +127,7 @@ def test_close_mid_run_in_a_process_prints_no_qt_warning(tmp_path):
 
         app = QApplication([])
         engines = []
-        def factory(path, n_gpu_layers=None, n_ctx=None):
+        def factory(path, n_gpu_layers=None, n_ctx=None, exact=True):
             engine = FakeEngine("fake:model")
             engine.hold_at_step = 2
             engines.append(engine)

@@ -7,6 +7,10 @@ Prefilling consumes what it knew: after a run the caller says what each sequence
 fails in between leaves nothing remembered, so stale cells are never reused. Prefixes that begin alike (a value run's:
 one prompt, a few states, several next tokens at each) can be prefilled `shared`: what they have in common is decoded
 once, into cells every sequence continuing it shares.
+
+In an exact context (LlamaContext.shape) only cells that sit in order at the start of the cache are reused: flash
+attention sums a row's cells in the order they sit in the cache, so a token decoded into a cell freed between two
+older ones would get other numbers than teacher forcing, which lays its cells out in order.
 """
 
 from __future__ import annotations
@@ -33,13 +37,17 @@ class KVCache:
     def __init__(self, ctx: lb.LlamaContext):
         self._ctx = ctx
         self._held: dict[int, list[int]] = {}  # sequence id -> the token ids its cells hold, from position 0
+        # sequence id -> how many of its first tokens fill the cache's first cells, in order (the prefix decoded first)
+        self._in_place: dict[int, int] = {}
 
     def remember(self, held: dict[int, Sequence[int]]) -> None:
         """What each sequence holds now (after a run or a scoring pass), for the next prefill to reuse."""
         self._held = {seq: list(ids) for seq, ids in held.items()}
+        self._in_place = {seq: n for seq, n in self._in_place.items() if seq in self._held}
 
     def forget(self) -> None:
         self._held = {}
+        self._in_place = {}
 
     def prefill(self, prefixes: Sequence[Prefix], cancel: Optional[threading.Event] = None, shared: bool = False,
                 ) -> Optional[list[np.ndarray]]:
@@ -68,6 +76,10 @@ class KVCache:
                 for (_, ending), row in zip(wanted, block):
                     for u in ending:
                         rows[u] = np.array(row)
+        # the first prefix follows the cells kept in place (or an empty cache), so it fills the first cells in order;
+        # a shared prefill lays the prefixes' cells out interleaved, so none of them counts as in order
+        self._in_place = {seq: len(prefixes[0].tokens) for seq in prefixes[0].seqs} \
+            if prefixes and not (shared and len(prefixes) > 1) else {}
         return [rows[u] for u in range(len(prefixes))]
 
     def _reuse(self, prefixes: Sequence[Prefix]) -> list[int]:
@@ -80,6 +92,8 @@ class KVCache:
             best_seq, best = max(((seq, common_prefix(ids, prefix.tokens)) for seq, ids in held.items()),
                                  key=lambda item: item[1])
             keep = min(best, len(prefix.tokens) - 1)  # the last prefix token is decoded again: its logits are needed
+            if ctx.shape is not None:
+                keep = min(keep, self._in_place.get(best_seq, 0))
             if keep > 0:
                 ok = all(ctx.seq_rm(s, 0, -1) for s in held if s != best_seq) and ctx.seq_rm(best_seq, keep, -1)
                 if ok:

@@ -11,6 +11,7 @@ import ctypes
 import os
 import re
 import threading
+from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import numpy as np
@@ -19,13 +20,56 @@ import llama_cpp as L
 
 from explorer.core.errors import EngineError
 
-MAX_SEQ = 256  # llama.cpp's LLAMA_MAX_SEQ: sequence ids must stay below it
+# llama.cpp's LLAMA_MAX_SEQ is 256 (sequence ids must stay below it); an exact context keeps the last one for the rows
+# that pad its micro-batches
+MAX_SEQ = 255
 N_BATCH = 512  # tokens per llama_decode call; prompts are split into chunks of this size
-# Tokens per micro-batch, the unit llama.cpp's kernels work on. On CPU, micro-batches of 64 tokens or more take other
-# matmul / attention kernels, whose different rounding of 8-bit activations moves logprobs by up to ~0.4 nats
-# (measured on SmolLM2-135M Q4_1). Below 64, one decode step of any number of rollouts, a prompt and a long
-# teacher-forced pass all run the same kernels, so a sampled token's logprob equals its teacher-forced score exactly.
+# Tokens per micro-batch, the unit llama.cpp's kernels work on. On CPU, flash attention takes a tiled kernel for
+# micro-batches of 64 rows or more, whose other summation order moves logprobs by up to ~0.4 nats (measured on
+# SmolLM2-135M Q4_1); below 64 every row runs the same attention code, whatever shares its micro-batch.
 N_UBATCH = 63
+
+
+@dataclass(frozen=True)
+class MicroBatchShape:
+    """Row counts a micro-batch keeps to: 0 or at least min_rows rows, a multiple of `multiple`, and the same for its
+    outputs (the rows whose logits are asked, which llama.cpp alone carries through the last layer and the output
+    matrix). A context with a shape pads each micro-batch into it with rows of a sequence of its own, decoded and then
+    removed: the shape that keeps every matrix product of a model on one kernel (exactness.exact_shape) makes a
+    token's logits independent of how many rows share its micro-batch, of what they are and of its place among them."""
+
+    min_rows: int
+    multiple: int = 1
+
+    @property
+    def pads(self) -> bool:
+        """Whether some micro-batch needs padding (MicroBatchShape(1) takes every row count as it is)."""
+        return self.min_rows > 1 or self.multiple > 1
+
+    def allows(self, n: int) -> bool:
+        return n == 0 or (n >= self.min_rows and n % self.multiple == 0)
+
+    def round_up(self, n: int) -> int:
+        if n == 0:
+            return 0
+        n = max(n, self.min_rows)
+        return n + (-n) % self.multiple
+
+    def padding(self, n_rows: int, n_outputs: int) -> tuple[int, int]:
+        """(pad rows with logits, pad rows without) that bring n_rows rows with n_outputs outputs into the shape."""
+        with_logits = self.round_up(n_outputs) - n_outputs
+        return with_logits, self.round_up(n_rows + with_logits) - n_rows - with_logits
+
+    @property
+    def max_rows(self) -> int:
+        """The most real rows per micro-batch whose padded micro-batch stays within N_UBATCH, whatever their outputs."""
+        return max(n for n in range(1, N_UBATCH + 1)
+                   if all(n + sum(self.padding(n, o)) <= N_UBATCH for o in range(n + 1)))
+
+    @property
+    def max_padding(self) -> int:
+        return max(sum(self.padding(n, o)) for n in range(1, self.max_rows + 1) for o in range(n + 1))
+
 
 _log_lines: collections.deque[str] = collections.deque(maxlen=40)
 _log_lock = threading.Lock()
@@ -166,17 +210,27 @@ def default_threads() -> int:
 
 
 class LlamaContext:
-    """A context with a unified KV cache shared by up to n_seq sequences, and one reusable batch."""
+    """A context with a unified KV cache shared by up to n_seq sequences, and one reusable batch.
 
-    def __init__(self, model: LlamaModel, n_ctx: int, n_seq: int, n_threads: Optional[int] = None):
+    With a micro-batch shape (exact_shape) it is batch-invariant: callers split their work by n_batch (then one
+    micro-batch), every llama_decode is padded into the shape, and a step of more rows than one micro-batch holds is
+    decoded in several, its logits gathered."""
+
+    def __init__(self, model: LlamaModel, n_ctx: int, n_seq: int, n_threads: Optional[int] = None,
+                 shape: Optional[MicroBatchShape] = None):
         if not (1 <= n_seq <= MAX_SEQ):
             raise EngineError(f"{n_seq} parallel sequences asked; llama.cpp allows 1..{MAX_SEQ}")
         self.model = model
+        self.shape = shape  # None: not exact
+        self._padded = shape is not None and shape.pads
+        self._pad_seq = n_seq  # the sequence of the padding rows: empty between decodes
+        pad = shape.max_padding if self._padded else 0
+        capacity = max(N_BATCH, MAX_SEQ)
         params = L.llama_context_default_params()
-        params.n_ctx = n_ctx
-        params.n_batch = max(N_BATCH, MAX_SEQ)
+        params.n_ctx = n_ctx + pad
+        params.n_batch = capacity + pad
         params.n_ubatch = N_UBATCH  # llama_decode splits a bigger batch itself
-        params.n_seq_max = n_seq
+        params.n_seq_max = n_seq + (1 if self._padded else 0)
         params.kv_unified = True  # the prompt's cells are shared by every sequence instead of copied
         threads = n_threads or default_threads()
         params.n_threads = threads
@@ -187,16 +241,19 @@ class LlamaContext:
             detail = recent_log()
             raise EngineError(f"llama.cpp could not create a context of {n_ctx} tokens"
                               + (f" ({detail})" if detail else ""))
-        self.n_ctx = int(L.llama_n_ctx(self.ctx))
+        self.n_ctx = int(L.llama_n_ctx(self.ctx)) - pad
         self.n_seq = n_seq
-        self.n_batch = max(N_BATCH, MAX_SEQ)
+        self.capacity = capacity  # tokens one decode call takes
+        self.n_batch = shape.max_rows if self._padded else capacity  # per decode call, for work split by the caller
         self.memory = L.llama_get_memory(self.ctx)
-        self.batch = L.llama_batch_init(self.n_batch, 0, n_seq)
-        self._tokens = np.ctypeslib.as_array(self.batch.token, shape=(self.n_batch,))
-        self._pos = np.ctypeslib.as_array(self.batch.pos, shape=(self.n_batch,))
-        self._n_seq_id = np.ctypeslib.as_array(self.batch.n_seq_id, shape=(self.n_batch,))
-        self._logits_flag = np.ctypeslib.as_array(self.batch.logits, shape=(self.n_batch,))
-        self._seq_rows = [np.ctypeslib.as_array(self.batch.seq_id[i], shape=(n_seq,)) for i in range(self.n_batch)]
+        rows = capacity + pad
+        self.batch = L.llama_batch_init(rows, 0, params.n_seq_max)
+        self._tokens = np.ctypeslib.as_array(self.batch.token, shape=(rows,))
+        self._pos = np.ctypeslib.as_array(self.batch.pos, shape=(rows,))
+        self._n_seq_id = np.ctypeslib.as_array(self.batch.n_seq_id, shape=(rows,))
+        self._logits_flag = np.ctypeslib.as_array(self.batch.logits, shape=(rows,))
+        self._seq_rows = [np.ctypeslib.as_array(self.batch.seq_id[i], shape=(params.n_seq_max,)) for i in range(rows)]
+        self._gathered: Optional[tuple[dict[int, int], np.ndarray]] = None  # a split decode's logits by batch index
 
     def close(self) -> None:
         if self.ctx:
@@ -218,17 +275,56 @@ class LlamaContext:
     def decode(self, tokens: Sequence[int], positions: Sequence[int], seq_ids: Sequence[Sequence[int]],
                want_logits: Sequence[bool]) -> None:
         n = len(tokens)
-        if not (0 < n <= self.n_batch):
-            raise EngineError(f"internal: batch of {n} tokens (limit {self.n_batch})")
+        if not (0 < n <= self.capacity):
+            raise EngineError(f"internal: batch of {n} tokens (limit {self.capacity})")
+        for seqs in seq_ids:
+            if len(seqs) > self.n_seq or max(seqs) >= self.n_seq:
+                raise EngineError(f"internal: sequence ids {seqs} outside 0..{self.n_seq - 1}")
+        self._gathered = None
+        if not self._padded:
+            self._decode(tokens, positions, seq_ids, want_logits, 0, 0)
+            return
+        if n <= self.n_batch:
+            self._decode_padded(tokens, positions, seq_ids, want_logits)
+            return
+        index: dict[int, int] = {}
+        rows = np.empty((sum(map(bool, want_logits)), self.model.n_vocab), dtype=np.float32)
+        for start in range(0, n, self.n_batch):
+            end = min(n, start + self.n_batch)
+            flags = want_logits[start:end]
+            self._decode_padded(tokens[start:end], positions[start:end], seq_ids[start:end], flags)
+            wanted = [j for j, f in enumerate(flags) if f]
+            if wanted:
+                first = len(index)
+                rows[first: first + len(wanted)] = self.logits_rows(wanted)
+                index.update((start + j, first + i) for i, j in enumerate(wanted))
+        self._gathered = (index, rows)
+
+    def _decode_padded(self, tokens, positions, seq_ids, want_logits) -> None:
+        """One micro-batch, padded into the shape with rows of the padding sequence (removed again after)."""
+        with_logits, without = self.shape.padding(len(tokens), sum(map(bool, want_logits)))
+        self._decode(tokens, positions, seq_ids, want_logits, with_logits, without)
+        if with_logits or without:
+            L.llama_memory_seq_rm(self.memory, self._pad_seq, 0, -1)
+
+    def _decode(self, tokens, positions, seq_ids, want_logits, pad_with_logits: int, pad_without: int) -> None:
+        n = len(tokens)
         self._tokens[:n] = tokens
         self._pos[:n] = positions
         self._logits_flag[:n] = want_logits
         for i, seqs in enumerate(seq_ids):
-            if len(seqs) > self.n_seq or max(seqs) >= self.n_seq:
-                raise EngineError(f"internal: sequence ids {seqs} outside 0..{self.n_seq - 1}")
             self._n_seq_id[i] = len(seqs)
             self._seq_rows[i][: len(seqs)] = seqs
-        self.batch.n_tokens = n
+        n_pad = pad_with_logits + pad_without
+        if n_pad:
+            # the padding sequence's own positions from 0: its rows see only each other, and no one sees them
+            self._tokens[n: n + n_pad] = tokens[-1]
+            self._pos[n: n + n_pad] = np.arange(n_pad)
+            self._logits_flag[n: n + n_pad] = [True] * pad_with_logits + [False] * pad_without
+            self._n_seq_id[n: n + n_pad] = 1
+            for i in range(n, n + n_pad):
+                self._seq_rows[i][0] = self._pad_seq
+        self.batch.n_tokens = n + n_pad
         rc = L.llama_decode(self.ctx, self.batch)
         if rc == 1:
             raise EngineError(f"the context ({self.n_ctx} tokens) is full: lower k or max tokens, or raise n_ctx")
@@ -241,6 +337,14 @@ class LlamaContext:
     def logits_rows(self, batch_indices: Sequence[int]) -> np.ndarray:
         """Logits of the given batch positions as an (n, V) float32 array (a view when llama.cpp stores them
         contiguously in that order, which it does for consecutive outputs; a copy otherwise)."""
+        if self._gathered is not None:
+            index, rows = self._gathered
+            picks = [index.get(i, -1) for i in batch_indices]
+            if -1 in picks:
+                raise EngineError("llama.cpp returned no logits for a decoded token")
+            if picks and picks == list(range(picks[0], picks[0] + len(picks))):
+                return rows[picks[0]: picks[0] + len(picks)]
+            return rows[picks]
         v = self.model.n_vocab
         ptrs = [L.llama_get_logits_ith(self.ctx, i) for i in batch_indices]
         if any(not p for p in ptrs):

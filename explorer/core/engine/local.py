@@ -20,6 +20,7 @@ import numpy as np
 
 from explorer.core.engine import llama_backend as lb
 from explorer.core.engine import scoring
+from explorer.core.engine.exactness import PROBE_TEXT, PROBE_TOKENS, batch_band, exact_shape
 from explorer.core.errors import ContextOverflowError, EngineError, ExplorerError
 from explorer.core.engine.kv_cache import KVCache, Prefix
 from explorer.core.models.discovery import read_gguf
@@ -64,7 +65,9 @@ class _PrefixGroup:
 
 class Engine:
     def __init__(self, model_path: Union[str, Path], n_gpu_layers: Optional[int] = None, n_ctx: Optional[int] = None,
-                 n_threads: Optional[int] = None):
+                 n_threads: Optional[int] = None, exact: bool = True):
+        """exact: batch-invariant decoding (llama_backend.MicroBatchShape): a token's logprob is the same whatever
+        else shares its decode step, sampled, branched or teacher-forced."""
         t0 = time.perf_counter()
         self.path = str(model_path)
         self.gguf = read_gguf(self.path)  # refuses bad files before llama.cpp can crash on them
@@ -81,12 +84,17 @@ class Engine:
             raise ContextOverflowError(f"a context of {n_ctx} tokens is too small (at least 16)")
         self._fixed_ctx = n_ctx
         self._n_threads = n_threads
+        self._exact = exact
+        self._exact_shape = exact_shape(self.gguf.matrix_types, n_threads or lb.default_threads())
+        self._band: Optional[float] = None  # measured when exact decoding is off
         self._ctx: Optional[lb.LlamaContext] = None
         self._kv: Optional[KVCache] = None  # what each sequence of _ctx holds; a new context gets a new one
         self._ws = Workspace(self.model.n_vocab)
         self._formatter = None
         try:
             self._ensure_context(n_ctx or min(AUTO_CTX_MIN, self._auto_cap()), 1)
+            if not exact:
+                self._band = self._measure_band()
         except BaseException:
             self.close()
             raise
@@ -106,8 +114,40 @@ class Engine:
             llama_cpp_python=getattr(llama_cpp, "__version__", None), quantization=g.quantization,
             n_ctx_train=self.model.n_ctx_train, n_layers=self.model.n_layers,
             backend=lb.backend_name(self._system_info, self.gpu_offload and self.n_gpu_layers > 0),
-            system_info=self._system_info.strip(),
+            system_info=self._system_info.strip(), exact=self._exact,
+            logprob_band=None if self._exact else self._band,
         )
+
+    @property
+    def exact(self) -> bool:
+        return self._exact
+
+    def set_exact(self, exact: bool) -> None:
+        """Switch batch-invariant decoding on or off; the KV cache, filled under the other setting, is dropped.
+        Off, the band sampled and scored logprobs may differ by is measured on this model (ModelInfo.logprob_band)."""
+        if exact != self._exact:
+            self._exact = exact
+            if self._ctx is not None:
+                self._ctx.close()
+                self._ctx, self._kv = None, None
+            if not exact and self._band is None:
+                self._band = self._measure_band()
+
+    def _measure_band(self) -> float:
+        """How far a token's logprob moves between a decode step of one row and a teacher-forced pass, on a fixed
+        text: a lower bound of what non-exact decoding does to this model on this machine."""
+        ids = self.model.tokenize(PROBE_TEXT, add_special=True, parse_special=False)[: PROBE_TOKENS + 1]
+        ctx = self._ensure_context(len(ids), 1)
+        self._kv.forget()
+        return batch_band(ctx, ids)
+
+    @property
+    def exact_shape(self) -> lb.MicroBatchShape:
+        """The micro-batch shape exact decoding pads to on this model and thread count (exactness.exact_shape)."""
+        return self._exact_shape
+
+    def _micro_batch_shape(self) -> Optional[lb.MicroBatchShape]:
+        return self._exact_shape if self._exact else None
 
     def close(self) -> None:
         if self._ctx is not None:
@@ -172,13 +212,13 @@ class Engine:
             ctx.close()
             self._ctx = None
         self._kv = None
-        self._ctx = lb.LlamaContext(self.model, n_ctx, n_seq, self._n_threads)
+        self._ctx = lb.LlamaContext(self.model, n_ctx, n_seq, self._n_threads, self._micro_batch_shape())
         self._kv = KVCache(self._ctx)
         return self._ctx
 
     def step_decoder(self) -> "StepDecoder":
         """A context of its own on this model (the weights are shared) that decodes tokens another engine samples."""
-        return StepDecoder(self.model, self._n_threads)
+        return StepDecoder(self.model, self._n_threads, self._micro_batch_shape())
 
     def _check_fits(self, n_prefix: int, max_tokens: int, what: str, after: str = "") -> None:
         """after: what follows the prefix when it is not generated (a scored response, so no max tokens)."""
@@ -515,11 +555,13 @@ class StepDecoder:
     """A second llama context on a model, fed step by step with the tokens a policy samples: a reference policy
     evaluated in lock-step with generation (reference.LockstepReference) decodes each step's tokens once, as
     generation does, instead of teacher-forcing policy and reference again after the run. Its rows are the rows
-    teacher forcing gives (micro-batches under N_UBATCH: see llama_backend)."""
+    teacher forcing gives (the policy's micro-batch shape: see llama_backend)."""
 
-    def __init__(self, model: lb.LlamaModel, n_threads: Optional[int] = None):
+    def __init__(self, model: lb.LlamaModel, n_threads: Optional[int] = None,
+                 shape: Optional[lb.MicroBatchShape] = None):
         self._model = model
         self._n_threads = n_threads
+        self._shape = shape
         self._ctx: Optional[lb.LlamaContext] = None
         self._kv: Optional[KVCache] = None
 
@@ -531,7 +573,8 @@ class StepDecoder:
         if ctx is None or ctx.n_ctx < cells or ctx.n_seq < n_seq:
             if ctx is not None:
                 ctx.close()
-            self._ctx = lb.LlamaContext(self._model, int(math.ceil(cells / 256) * 256), n_seq, self._n_threads)
+            self._ctx = lb.LlamaContext(self._model, int(math.ceil(cells / 256) * 256), n_seq, self._n_threads,
+                                        self._shape)
             self._kv = KVCache(self._ctx)
         return self._kv.prefill(prefixes, cancel)
 

@@ -55,6 +55,7 @@ class GGUFInfo:
     fingerprint: str  # sha256 of the size and the first and last MiB, 16 hex digits
     gguf_version: int
     n_tensors: int
+    matrix_types: tuple[str, ...] = ()  # the types of its matrices (tensors of 2+ dimensions), sorted: "Q4_K", "Q6_K"
 
 
 @dataclass(frozen=True)
@@ -223,6 +224,7 @@ def read_gguf(path: str | os.PathLike[str], *, require_text_generator: bool = Tr
         fingerprint=print_,
         gguf_version=header.version,
         n_tensors=len(header.tensors),
+        matrix_types=tuple(sorted({t.type_name for t in header.tensors if len(t.shape) >= 2})),
     )
 
 

@@ -26,14 +26,15 @@ from explorer.core.types import Query, QueryGroup, RunStarted, SamplingParams
 
 PROGRESS_INTERVAL_S = 0.1  # a reference's progress (exact copy, evaluation) goes to the GUI at most this often
 
-EngineFactory = Callable[..., EngineLike]  # (model_path, n_gpu_layers=None, n_ctx=None) -> engine
+EngineFactory = Callable[..., EngineLike]  # (model_path, n_gpu_layers=None, n_ctx=None, exact=True) -> engine
 
 EMIT_INTERVAL_S = 0.03  # the GUI repaints at ~30 Hz; batching events at the same pace keeps the signal count low
 
 
 def default_engine_factory(model_path: str, n_gpu_layers: Optional[int] = None,
-                           n_ctx: Optional[int] = None) -> EngineLike:
-    """A local Engine for a .gguf path; a RemoteEngine for a server URL (URL#model), its key from the environment."""
+                           n_ctx: Optional[int] = None, exact: bool = True) -> EngineLike:
+    """A local Engine for a .gguf path; a RemoteEngine for a server URL (URL#model), its key from the environment.
+    exact: batch-invariant decoding of a local model (a server batches as it does)."""
     from explorer.core.remote.servers import API_KEY_ENV, is_server_spec, parse_server_spec
 
     if is_server_spec(model_path):
@@ -43,7 +44,7 @@ def default_engine_factory(model_path: str, n_gpu_layers: Optional[int] = None,
         return RemoteEngine(url, api_key=os.environ.get(API_KEY_ENV) or None, model=model)
     from explorer.core.engine.local import Engine  # imported here: loading llama.cpp is the worker's business, not the GUI's
 
-    return Engine(model_path, n_gpu_layers=n_gpu_layers, n_ctx=n_ctx)
+    return Engine(model_path, n_gpu_layers=n_gpu_layers, n_ctx=n_ctx, exact=exact)
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,7 @@ class EngineWorker(QObject):
         super().__init__()
         self._factory = engine_factory
         self._engine: Optional[EngineLike] = None
-        self._loaded_with: Optional[tuple] = None  # (path, n_gpu_layers, n_ctx) of the engine loaded
+        self._loaded_with: Optional[tuple] = None  # (path, n_gpu_layers, n_ctx, exact) of the engine loaded
         # The reference policy pi_ref, and what the user asked for: it belongs to the policy engine (its rows, its
         # tokenizer), so a new model builds it again from the same spec.
         self._reference = None  # ReferencePolicy
@@ -107,15 +108,15 @@ class EngineWorker(QObject):
         self._progress_at = 0.0
 
     # -- slots (queued from EngineHost) ----------------------------------------------------------------------------
-    @Slot(str, object, object)
-    def load_model(self, path: str, n_gpu_layers: Optional[int], n_ctx: Optional[int]) -> None:
+    @Slot(str, object, object, bool)
+    def load_model(self, path: str, n_gpu_layers: Optional[int], n_ctx: Optional[int], exact: bool = True) -> None:
         self.model_loading.emit(path)
         # The old model goes first: two multi-GB models side by side may not fit (VRAM especially). When the new one
         # cannot be loaded, the old one is loaded again, so a bad pick leaves the model the user had.
         previous, self._loaded_with = self._loaded_with, None
         self._close_reference()
         self._close_engine()
-        failure = self._load(path, n_gpu_layers, n_ctx)
+        failure = self._load(path, n_gpu_layers, n_ctx, exact)
         if failure is not None and previous is not None and previous[0] != path:
             self._load(*previous)  # model_loaded again: the window shows the previous model
         if failure is not None:
@@ -123,14 +124,15 @@ class EngineWorker(QObject):
         if self._engine is not None and self._reference_spec is not None:
             self._open_reference()  # the same reference, for the policy now loaded
 
-    def _load(self, path: str, n_gpu_layers: Optional[int], n_ctx: Optional[int]) -> Optional[Failure]:
+    def _load(self, path: str, n_gpu_layers: Optional[int], n_ctx: Optional[int],
+              exact: bool) -> Optional[Failure]:
         try:
-            engine = self._factory(path, n_gpu_layers=n_gpu_layers, n_ctx=n_ctx)
+            engine = self._factory(path, n_gpu_layers=n_gpu_layers, n_ctx=n_ctx, exact=exact)
             info = engine.info
         except BaseException as exc:  # noqa: BLE001 -- anything reaching Qt's event loop would abort the thread
             return Failure.of(exc)
         self._engine = engine
-        self._loaded_with = (path, n_gpu_layers, n_ctx)
+        self._loaded_with = (path, n_gpu_layers, n_ctx, exact)
         self.model_loaded.emit(info)
         return None
 
@@ -221,9 +223,9 @@ class EngineWorker(QObject):
                 raise ExplorerError("A reference policy needs a local GGUF model or a server's: this engine gives "
                                     "no logits rows, and the KL is computed over the whole vocabulary.")
             spec = ReferenceSpec.parse(self._reference_spec)
-            _path, n_gpu_layers, n_ctx = self._loaded_with
+            _path, n_gpu_layers, n_ctx, exact = self._loaded_with
             self._reference = ReferencePolicy(
-                spec, engine, lambda path: self._factory(path, n_gpu_layers=n_gpu_layers, n_ctx=n_ctx),
+                spec, engine, lambda path: self._factory(path, n_gpu_layers=n_gpu_layers, n_ctx=n_ctx, exact=exact),
                 cached_exact_copy, lambda done, total: self._progress("Writing the exact float copy", done, total))
         except BaseException as exc:  # noqa: BLE001
             self._reference_spec = None
@@ -300,7 +302,7 @@ class EngineHost(QObject):
     reference_policy_progress = Signal(str, int, int)
     annotated = Signal(int, object, object)
 
-    _load_requested = Signal(str, object, object)
+    _load_requested = Signal(str, object, object, bool)
     _generate_requested = Signal(int, object, int, object, bool, object, object, object)
     _branch_requested = Signal(int, object, str, int, object, int, object, object, object)
     _score_requested = Signal(int, str, str, object, bool, object, int)
@@ -357,8 +359,9 @@ class EngineHost(QObject):
     def is_alive(self) -> bool:
         return self._thread.isRunning()
 
-    def load_model(self, path: str, n_gpu_layers: Optional[int] = None, n_ctx: Optional[int] = None) -> None:
-        self._load_requested.emit(str(path), n_gpu_layers, n_ctx)
+    def load_model(self, path: str, n_gpu_layers: Optional[int] = None, n_ctx: Optional[int] = None,
+                   exact: bool = True) -> None:
+        self._load_requested.emit(str(path), n_gpu_layers, n_ctx, exact)
 
     def generate(self, queries: Sequence[Query | str], k: int, params: SamplingParams, chat: bool = True,
                  system: Optional[str] = None, reference=None) -> int:

@@ -243,7 +243,7 @@ class ControlPanel(QWidget):
         self.facts = {}
         for key, label in (("architecture", "Architecture"), ("params", "Parameters"),
                            ("quantization", "Quantization"), ("context", "Context"), ("backend", "Backend"),
-                           ("offload", "Offloaded"), ("server", "Server")):
+                           ("offload", "Offloaded"), ("logprobs", "Logprobs"), ("server", "Server")):
             value = QLabel("–")
             value.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
             form.addRow(label, value)
@@ -260,6 +260,15 @@ class ControlPanel(QWidget):
         row.addWidget(self.n_ctx, 1)
         row.addWidget(self.reload_button)
         form.addRow("Context size", row)
+        self.exact_check = QCheckBox("Exact logprobs")
+        self.exact_check.setChecked(True)
+        self.exact_check.setToolTip(
+            "A token's logprob is the same sampled or scored, whatever k or what shares its decode step (small "
+            "decode steps are padded). Off: faster below k = 8 on K-quant models; sampled and scored logprobs may "
+            "then differ, by the band measured on the model when it loads. Changing it reloads the model.")
+        self.exact_check.toggled.connect(self.changed)
+        self.exact_check.toggled.connect(self.reload_requested)
+        form.addRow(self.exact_check)
         return box
 
     def _build_query_box(self) -> QGroupBox:
@@ -401,6 +410,8 @@ class ControlPanel(QWidget):
         f["context"].setText(f"{info.n_ctx:,}{train}" if info.n_ctx else "–")
         f["backend"].setText(info.backend or "CPU")
         f["backend"].setToolTip(info.system_info or "")
+        f["logprobs"].setText(_exactness_fact(info))
+        f["logprobs"].setToolTip(info.exactness() or "")
         f["server"].setText(_server_facts(info))
         f["server"].setToolTip(info.server_facts or "")  # everything the capability probe found
         if info.n_layers:
@@ -420,6 +431,16 @@ class ControlPanel(QWidget):
     def n_gpu_layers(self) -> Optional[int]:
         """None (the engine's default) when the build cannot offload; -1 means all layers."""
         return self.gpu_layers.value() if self.gpu_layers.isEnabled() else None
+
+    def set_exact(self, exact: bool) -> None:
+        """Set the checkbox without asking for a reload (restored settings, the command line: the model loads after)."""
+        self.exact_check.blockSignals(True)
+        self.exact_check.setChecked(exact)
+        self.exact_check.blockSignals(False)
+
+    def exact(self) -> bool:
+        """Whether a local model is to be decoded batch-invariantly (the engine's exact decoding)."""
+        return self.exact_check.isChecked()
 
     def context_size(self) -> Optional[int]:
         return self.n_ctx.value() or None
@@ -479,7 +500,7 @@ class ControlPanel(QWidget):
         p = self.sampling_params()
         return {
             "k": self.k(), "chat": self.chat(), "system": self.system_edit.toPlainText(),
-            "gpu_layers": self.gpu_layers.value(), "n_ctx": self.n_ctx.value(),
+            "gpu_layers": self.gpu_layers.value(), "n_ctx": self.n_ctx.value(), "exact": self.exact(),
             "sampling": {"temperature": p.temperature, "top_k": p.top_k, "top_p": p.top_p, "min_p": p.min_p,
                          "repeat_penalty": p.repeat_penalty, "max_tokens": p.max_tokens, "seed": p.seed,
                          "top_n": p.top_n, "stop": list(p.stop)},
@@ -506,6 +527,8 @@ class ControlPanel(QWidget):
                 widget.setValue(state[key])
         if isinstance(state.get("chat"), bool):
             self.chat_check.setChecked(state["chat"])
+        if isinstance(state.get("exact"), bool):
+            self.set_exact(state["exact"])
         if isinstance(state.get("system"), str):
             self.system_edit.setPlainText(state["system"])
         queries = state.get("queries")
@@ -515,6 +538,18 @@ class ControlPanel(QWidget):
             self.set_queries(parsed)
         self.reward_box.restore_state(state.get("reward"))
         self.reference_box.restore_state(state.get("reference"))
+
+
+def _exactness_fact(info: ModelInfo) -> str:
+    """The model facts' line on how sampled and scored logprobs agree (ModelInfo.exactness says it in full)."""
+    if info.exact is None:
+        return "as the server batches" if info.server_kind else "–"
+    if info.exact:
+        return "exact on CPU; GPU unverified" if info.gpu_offload else "exact: sampled = scored"
+    if info.logprob_band is None:
+        return "not exact"
+    return f"not exact: up to {info.logprob_band:.2g} nats apart" if info.logprob_band else \
+        "not exact (none on the probe)"
 
 
 def _server_facts(info: ModelInfo) -> str:

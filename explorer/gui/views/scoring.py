@@ -114,6 +114,10 @@ class ScoringPanel(QWidget):
         self.busy_bar.hide()
         self.message = QLabel()
         self.message.setWordWrap(True)
+        # how far these scores may be from the logprobs recorded while sampling, when decoding is not exact
+        self.exactness = QLabel()
+        self.exactness.setWordWrap(True)
+        self.exactness.hide()
 
         self.table = QTableWidget(0, len(COLUMNS))
         self.table.setHorizontalHeaderLabels(COLUMNS)
@@ -142,6 +146,7 @@ class ScoringPanel(QWidget):
         layout.addWidget(self.query_label)
         layout.addLayout(entry)
         layout.addWidget(self.message)
+        layout.addWidget(self.exactness)
         layout.addWidget(self.table, 1)
         self.set_group(None, "")
 
@@ -178,6 +183,13 @@ class ScoringPanel(QWidget):
         """New scores of the group shown."""
         self._set_message("")
         self._show_table(scores)
+
+    def set_exactness(self, note: Optional[str]) -> None:
+        """None when scores equal the logprobs sampling records (exact decoding); else what the model's band is."""
+        muted = muted_text(self.palette()).name()
+        self.exactness.setText(f'<span style="color:{muted}">{note[:1].upper() + note[1:]}. Exact logprobs (side '
+                               "panel, Model) makes them equal.</span>" if note else "")
+        self.exactness.setVisible(bool(note))
 
     def set_busy(self, busy: bool) -> None:
         self._busy = busy

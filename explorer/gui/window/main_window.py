@@ -283,7 +283,8 @@ class MainWindow(QMainWindow):
     def load_model(self, path: str) -> None:
         self.controls.select_model_path(str(path))
         self.runs.host.stop_all()  # the worker loads after the current run has ended; end it now
-        self.runs.host.load_model(str(path), self.controls.n_gpu_layers(), self.controls.context_size())
+        self.runs.host.load_model(str(path), self.controls.n_gpu_layers(), self.controls.context_size(),
+                                  self.controls.exact())
 
     def connect_server(self) -> None:
         """Ask for a server's URL (the last one offered again) and load its policy like a model. The API key is
@@ -323,6 +324,7 @@ class MainWindow(QMainWindow):
         self.model_info = info
         self.controls.set_model_busy(False)
         self.controls.show_model_info(info)
+        self.views.scoring.set_exactness(info.exactness() if info.exact is False else None)
         self.controls.select_model_path(info.path)
         self.status.end_loading()
         self.status.set_model(info, name=self.controls.model_name(info.path))
