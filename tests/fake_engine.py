@@ -25,10 +25,11 @@ import zlib
 from typing import Callable, Iterator, Optional, Sequence, Union
 
 from explorer.core.errors import ContextOverflowError, EngineError, ExplorerError, ModelError
-from explorer.core.engine.plan import check_branch, check_generate, plan_continuations
+from explorer.core.engine.plan import chat_messages, check_branch, check_generate, plan_continuations, raw_prompt
 from explorer.core.types import (
     Event,
     GroupHeader,
+    Messages,
     ModelInfo,
     Query,
     QueryGroup,
@@ -191,14 +192,16 @@ class FakeEngine:
     def uses_chat(self, chat: bool) -> bool:
         return chat  # the fake always has a chat template
 
-    def format_prompt(self, query: str, chat: bool = True, system: Optional[str] = None) -> tuple[str, tuple[int, ...]]:
+    def format_prompt(self, query: str, chat: bool = True, system: Optional[str] = None,
+                      messages: Messages = ()) -> tuple[str, tuple[int, ...]]:
         self._record("format_prompt")
         if chat:
-            parts = [f"<|im_start|>system\n{system}<|im_end|>\n"] if system else []
-            parts.append(f"<|im_start|>user\n{query}<|im_end|>\n<|im_start|>assistant\n")
+            parts = [f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n"
+                     for m in chat_messages(query, system, messages)]
+            parts.append("<|im_start|>assistant\n")
             prompt = "".join(parts)
         else:
-            prompt = query
+            prompt = raw_prompt(query, None, messages) if messages else query
         return prompt, tokenize(prompt)
 
     def generate(self, queries: Sequence[Union[Query, str]], k: int, params: SamplingParams,
@@ -212,13 +215,14 @@ class FakeEngine:
         self._check_open()
         groups, lives = [], []
         for qi, query in enumerate(check_generate(queries, k, params)):
-            prompt, ids = self.format_prompt(query.text, chat, system)
+            prompt, ids = self.format_prompt(query.text, chat, system, messages=query.messages)
             if k * (len(ids) + params.max_tokens) > self._info.n_ctx:
                 raise ContextOverflowError(
                     f"query {qi + 1}: {k} rollouts x ({len(ids)} prompt + {params.max_tokens} new tokens) do not fit "
                     f"the context of {self._info.n_ctx} tokens")
-            gid = f"q{qi}"
-            groups.append(GroupHeader(gid, query.text, chat, prompt, ids, query.reference_answer, query.columns))
+            gid = query.group_id or f"q{qi}"
+            groups.append(GroupHeader(gid, query.text, chat, prompt, ids, query.reference_answer, query.columns,
+                                      query.messages))
             for i in range(k):
                 header = RolloutHeader(gid, f"{gid}.r{i}", i, params.seed + i)
                 lives.append(_Live(header, list(ids), random.Random(params.seed + i)))

@@ -205,6 +205,10 @@ class Score(_TokenSequence):
     tokens: tuple[TokenInfo, ...]
 
 
+# A prompt given as a conversation: (role, content) pairs in order, as a dataset's {"role", "content"} messages
+Messages = tuple[tuple[str, str], ...]
+
+
 @dataclass(frozen=True)
 class ValueEstimate:
     """Q(prefix, token), estimated by Monte-Carlo (VinePPO's values from continuations): the mean reward of the value
@@ -246,10 +250,16 @@ class ValueStart:
 class Query:
     """A query as the user gave it; reference_answer is the expected answer (for rewards), if any."""
 
-    text: str
+    text: str  # a conversation's last user message
     reference_answer: Optional[str] = None
     # a dataset row's other columns, (name, JSON value) pairs: a TRL-style reward gets them as keyword arguments
     columns: tuple[tuple[str, object], ...] = ()
+    # the prompt as a conversation when the dataset gave one (a system message and earlier turns included): the chat
+    # template gets these messages; empty: the query is the text alone
+    messages: Messages = ()
+    # the id its group takes (a dataset row's, so a resumed run names its groups as the first run did); None: the
+    # engine numbers the groups of a run q0, q1, ...
+    group_id: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -264,6 +274,7 @@ class QueryGroup:
     reference_answer: Optional[str] = None  # the expected answer (JSON 'reference')
     stats: Optional[tuple[tuple[str, Optional[float]], ...]] = None  # (name, value) pairs
     columns: tuple[tuple[str, object], ...] = ()  # the dataset row's other columns (Query.columns)
+    messages: Messages = ()  # the prompt as the dataset's conversation (Query.messages); empty: the query alone
 
 
 @dataclass(frozen=True)
@@ -384,12 +395,13 @@ class GroupHeader:
     prompt_token_ids: tuple[int, ...]
     reference_answer: Optional[str] = None
     columns: tuple[tuple[str, object], ...] = ()  # the dataset row's other columns (Query.columns)
+    messages: Messages = ()  # the dataset's conversation (Query.messages)
 
     @classmethod
     def of(cls, group: "QueryGroup") -> "GroupHeader":
         """The header of a group that exists (a branch of it, a group taken whole)."""
         return cls(group.id, group.query, group.chat, group.prompt, group.prompt_token_ids, group.reference_answer,
-                   group.columns)
+                   group.columns, group.messages)
 
 
 @dataclass(frozen=True)

@@ -199,14 +199,17 @@ class LlamaModel:
         return self.piece(token, True).decode("utf-8", "replace")
 
 
-def default_threads() -> int:
-    """Half the logical CPUs (llama-cpp-python's default too): llama.cpp's threads spin while they wait, and with
-    every CPU taken the window's thread and the worker's Python starve (measured: 2 threads on a busy 2-core machine
-    decoded ~15x slower than 1). ROLLOUT_EXPLORER_THREADS overrides it."""
+def default_threads(every_core: bool = False) -> int:
+    """Half the logical CPUs (llama-cpp-python's default too) for the window: llama.cpp's threads spin while they
+    wait, and with every CPU taken the window's thread and the worker's Python starve (measured: 2 threads on a busy
+    2-core machine decoded ~15x slower than 1). every_core: all of them, for the command line, which has no window to
+    keep smooth (k = 8 x 64 on a quiet 2-core machine: 65-66 tokens/s on 1 thread, 84-94 on 2).
+    ROLLOUT_EXPLORER_THREADS overrides both."""
     env = os.environ.get("ROLLOUT_EXPLORER_THREADS", "").strip()
     if env.isdigit() and int(env) > 0:
         return int(env)
-    return max(1, (os.cpu_count() or 2) // 2)
+    cpus = os.cpu_count() or 2
+    return max(1, cpus if every_core else cpus // 2)
 
 
 class LlamaContext:

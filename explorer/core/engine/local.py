@@ -24,11 +24,13 @@ from explorer.core.engine.exactness import PROBE_TEXT, PROBE_TOKENS, batch_band,
 from explorer.core.errors import ContextOverflowError, EngineError, ExplorerError
 from explorer.core.engine.kv_cache import KVCache, Prefix
 from explorer.core.models.discovery import read_gguf
-from explorer.core.engine.plan import check_branch, plan_continuations, plan_generate, token_from_top
+from explorer.core.engine.plan import (
+    chat_messages, check_branch, plan_continuations, plan_generate, raw_prompt, token_from_top,
+)
 from explorer.core.engine.sampling import Workspace, sample_step
 from explorer.core.types import (
-    GroupHeader, ModelInfo, Query, QueryGroup, Rollout, RolloutFinished, RolloutHeader, RunFinished, RunStarted,
-    SamplingParams, Score, Timings, TokenBatch, TokenEvent, TokenInfo, TopLogprob, ValueStart,
+    GroupHeader, Messages, ModelInfo, Query, QueryGroup, Rollout, RolloutFinished, RolloutHeader, RunFinished,
+    RunStarted, SamplingParams, Score, Timings, TokenBatch, TokenEvent, TokenInfo, TopLogprob, ValueStart,
 )
 
 AUTO_CTX_MIN = 4096  # cells a fresh context gets when the user does not choose
@@ -158,22 +160,23 @@ class Engine:
             self.model = None
 
     # -- prompts -----------------------------------------------------------------------------------------------
-    def format_prompt(self, query: str, chat: bool = True, system: Optional[str] = None) -> tuple[str, tuple[int, ...]]:
-        """The prompt text after the GGUF's own chat template (raw text when chat is off or there is none)."""
+    def format_prompt(self, query: str, chat: bool = True, system: Optional[str] = None,
+                      messages: Messages = ()) -> tuple[str, tuple[int, ...]]:
+        """The prompt text after the GGUF's own chat template (raw text when chat is off or there is none); messages,
+        a dataset's conversation, replace the query (plan.chat_messages)."""
         if chat and self.model.chat_template:
-            prompt = self._apply_template(query, system)
+            prompt = self._apply_template(chat_messages(query, system, messages))
             ids = self.model.tokenize(prompt, add_special=False, parse_special=True)
         else:
-            prompt = query if not system else f"{system}\n\n{query}"
+            prompt = raw_prompt(query, system, messages)
             ids = self.model.tokenize(prompt, add_special=True, parse_special=False)
         if not ids:
             raise ExplorerError("the query is empty: there is nothing to condition on")
         return prompt, tuple(ids)
 
-    def _apply_template(self, query: str, system: Optional[str]) -> str:
+    def _apply_template(self, messages: list[dict]) -> str:
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": query}]
         try:
             if self._formatter is None:
                 m = self.model

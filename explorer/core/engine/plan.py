@@ -6,8 +6,26 @@ from dataclasses import dataclass
 from typing import Callable, Optional, Sequence, Union
 
 from explorer.core.errors import ExplorerError
-from explorer.core.types import (GroupHeader, Query, QueryGroup, Rollout, RolloutHeader, SamplingParams, TokenInfo,
-                                 ValueStart)
+from explorer.core.types import (
+    GroupHeader, Messages, Query, QueryGroup, Rollout, RolloutHeader, SamplingParams, TokenInfo, ValueStart,
+)
+
+
+def chat_messages(query: str, system: Optional[str], messages: Messages = ()) -> list[dict]:
+    """The messages a chat template gets: a dataset's conversation as it is (its own system message wins; the run's
+    system prompt goes first only where it has none), else the system prompt and the query as the user's turn."""
+    if messages:
+        turns = [{"role": role, "content": content} for role, content in messages]
+        if system and not any(role == "system" for role, _ in messages):
+            turns.insert(0, {"role": "system", "content": system})
+        return turns
+    return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": query}]
+
+
+def raw_prompt(query: str, system: Optional[str], messages: Messages = ()) -> str:
+    """The prompt without a chat template: the messages' contents (a system prompt first) one after the other, a blank
+    line between them; for a plain query the system prompt, a blank line, then the query."""
+    return "\n\n".join(m["content"] for m in chat_messages(query, system, messages))
 
 
 def check_generate(queries: Sequence[Union[Query, str]], k: int, params: SamplingParams) -> list[Query]:
@@ -27,10 +45,10 @@ def plan_generate(queries: Sequence[Union[Query, str]], k: int, params: Sampling
     fit by its check_fits) and its k rollouts' headers; rollout i of a query uses seed + i."""
     plan = []
     for qi, q in enumerate(check_generate(queries, k, params)):
-        prompt, ids = format_prompt(q.text, chat, system)
+        prompt, ids = format_prompt(q.text, chat, system, messages=q.messages)
         check_fits(len(ids), params.max_tokens, f"query {qi + 1}'s prompt")
-        gid = f"q{qi}"
-        plan.append((GroupHeader(gid, q.text, chat, prompt, ids, q.reference_answer, q.columns),
+        gid = q.group_id or f"q{qi}"
+        plan.append((GroupHeader(gid, q.text, chat, prompt, ids, q.reference_answer, q.columns, q.messages),
                      [RolloutHeader(gid, f"{gid}.r{i}", i, params.seed + i) for i in range(k)]))
     return plan
 

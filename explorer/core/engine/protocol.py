@@ -17,7 +17,7 @@ from __future__ import annotations
 import threading
 from typing import Iterator, Optional, Protocol, Sequence, Union, runtime_checkable
 
-from explorer.core.types import Event, ModelInfo, Query, QueryGroup, SamplingParams, Score, ValueStart
+from explorer.core.types import Event, Messages, ModelInfo, Query, QueryGroup, SamplingParams, Score, ValueStart
 
 
 @runtime_checkable
@@ -29,9 +29,10 @@ class EngineLike(Protocol):
     def uses_chat(self, chat: bool) -> bool:
         """Whether a run asked for chat formatting gets it (False when the model has no chat template)."""
 
-    def format_prompt(self, query: str, chat: bool = True,
-                      system: Optional[str] = None) -> tuple[str, tuple[int, ...]]:
-        """The prompt text a query becomes and its token ids (what generate and score condition on)."""
+    def format_prompt(self, query: str, chat: bool = True, system: Optional[str] = None,
+                      messages: Messages = ()) -> tuple[str, tuple[int, ...]]:
+        """The prompt text a query becomes and its token ids (what generate and score condition on); messages, a
+        dataset's conversation (Query.messages), stand for the query when given (plan.chat_messages)."""
 
     def generate(self, queries: Sequence[Union[Query, str]], k: int, params: SamplingParams,
                  cancel: Optional[threading.Event] = None, chat: bool = True,

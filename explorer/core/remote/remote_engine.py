@@ -31,11 +31,11 @@ from dataclasses import dataclass, field
 from typing import Iterator, Optional, Sequence, Union
 
 from explorer.core.errors import ExplorerError
-from explorer.core.engine.plan import check_branch, plan_continuations, plan_generate
+from explorer.core.engine.plan import chat_messages, check_branch, plan_continuations, plan_generate, raw_prompt
 from explorer.core.remote.servers import Http, RawToken, ServerError, probe
 from explorer.core.types import (
-    GroupHeader, ModelInfo, Query, QueryGroup, Rollout, RolloutFinished, RolloutHeader, RunFinished, RunStarted,
-    SamplingParams, Score, Timings, TokenBatch, TokenEvent, TokenInfo, TopLogprob, ValueStart,
+    GroupHeader, Messages, ModelInfo, Query, QueryGroup, Rollout, RolloutFinished, RolloutHeader, RunFinished,
+    RunStarted, SamplingParams, Score, Timings, TokenBatch, TokenEvent, TokenInfo, TopLogprob, ValueStart,
 )
 
 log = logging.getLogger(__name__)
@@ -125,14 +125,14 @@ class RemoteEngine:
     def uses_chat(self, chat: bool) -> bool:
         return bool(chat and self.facts.chat_template)
 
-    def format_prompt(self, query: str, chat: bool = True, system: Optional[str] = None) -> tuple[str, tuple[int, ...]]:
+    def format_prompt(self, query: str, chat: bool = True, system: Optional[str] = None,
+                      messages: Messages = ()) -> tuple[str, tuple[int, ...]]:
         """The prompt after the server's own chat template (raw text when chat is off or it has none), and its ids
-        as the server tokenizes it."""
+        as the server tokenizes it; messages, a dataset's conversation, replace the query (plan.chat_messages)."""
         if chat and self.facts.chat_template:
-            messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": query}]
-            prompt, ids = self._call(self._dialect.chat_prompt(messages))
+            prompt, ids = self._call(self._dialect.chat_prompt(chat_messages(query, system, messages)))
         else:
-            prompt = query if not system else f"{system}\n\n{query}"
+            prompt = raw_prompt(query, system, messages)
             ids = self._call(self._dialect.tokenize(prompt, True, False))
         if not ids:
             raise ExplorerError("the query is empty: there is nothing to condition on")
