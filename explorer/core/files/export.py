@@ -31,7 +31,7 @@ from typing import Any, Callable, Generator, Iterable, Iterator, Optional, Union
 
 from explorer.core.errors import RolloutFileError, SamplingParamsError
 from explorer.core.numbers import json_number
-from explorer.core.rl.stats import flat_stats, nested_stats
+from explorer.core.rl.stats import BOOLEAN_STATS, NESTED_STATS, flat_stats, nested_stats
 from explorer.core.rl.values import value_estimates
 from explorer.core.files.set_text import FileReader, SlidingText, open_regular, string_reader
 from explorer.core.types import (
@@ -159,6 +159,9 @@ def _group_dict(g: QueryGroup) -> dict:
         "reference": g.reference_answer,
         "stats": None if g.stats is None else nested_stats((name, json_number(value)) for name, value in g.stats),
         **_estimates_field(g),
+        # additive, only for a dataset's prompts: its conversation and its row's other columns
+        **({"messages": [{"role": role, "content": content} for role, content in g.messages]} if g.messages else {}),
+        **({"columns": dict(g.columns)} if g.columns else {}),
     }
 
 
@@ -395,6 +398,8 @@ def _group_from(d: dict, where: str, pieces: dict, rollouts: Optional[list] = No
         scores=tuple(scores),
         reference_answer=d.get("reference"),
         stats=None if stats is None else tuple((k, _opt_float(v)) for k, v in flat_stats(stats)),
+        columns=tuple((d.get("columns") or {}).items()),
+        messages=tuple((m["role"], m["content"]) for m in d.get("messages") or ()),
     )
 
 
@@ -614,7 +619,16 @@ def _group_ok(d: dict) -> bool:
             and type(d["chat"]) is bool and type(d["prompt"]) is str and type(d["rollouts"]) is list
             and type(d["scores"]) is list and _text_or_none(d.get("reference"))
             and d.get("value_estimates") is None  # (few: the schema checks them)
-            and (stats is None or (type(stats) is dict and all(_num_ok(v) for _k, v in flat_stats(stats)))))
+            and (stats is None or (type(stats) is dict and all(_stat_ok(k, v) for k, v in stats.items())))
+            and d.get("messages") is None and d.get("columns") is None)  # those the schema checks
+
+
+def _stat_ok(name: str, value: Any) -> bool:
+    if name in BOOLEAN_STATS:
+        return value is None or type(value) is bool
+    if type(value) is dict:
+        return name in NESTED_STATS and all(_num_ok(v) for v in value.values())
+    return _num_ok(value)
 
 
 _SCREENS = {"rollout": _rollout_ok, "score": _score_ok, "group": _group_ok, "sampling": lambda d: False}
@@ -627,6 +641,24 @@ def token_to_json(t: TokenInfo) -> dict:
 
 def rollout_to_json(r: Rollout) -> dict:
     return _rollout_dict(r)
+
+
+def group_to_json(g: QueryGroup) -> dict:
+    """One group as the file holds it (a dataset run writes its groups one at a time)."""
+    return _group_dict(g)
+
+
+def json_text(value: Any) -> str:
+    """Compact JSON text as the files are written (no NaN or infinity: json_number made them null)."""
+    return _json(value)
+
+
+def group_from_text(text: str, where: str, pieces: dict) -> QueryGroup:
+    """One group read back from its JSON text, checked like a group of a file; RolloutFileError with `where`."""
+    sliding = SlidingText(string_reader(text), where)
+    group = _walk_group(sliding, where, pieces)
+    _rest_is_empty(sliding)
+    return group
 
 
 def sampling_to_json(sampling: SamplingParams) -> dict:
@@ -818,6 +850,13 @@ def load(path: PathLike, progress: Optional[Callable[[int, int], None]] = None, 
     worker thread: nothing here touches shared state.
     """
     return _collect(_read_file(path, progress, cancel))
+
+
+def walk_set(path: PathLike, progress: Optional[Callable[[int, int], None]] = None,
+             cancel=None) -> Generator[QueryGroup, None, RolloutSet]:
+    """iter_groups that also returns the set without its groups (its model, sampling, timings) once the whole file
+    is read and checked: `rs = yield from walk_set(path)`."""
+    return (yield from _read_file(path, progress, cancel))
 
 
 def iter_groups(path: PathLike, progress: Optional[Callable[[int, int], None]] = None,

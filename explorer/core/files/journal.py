@@ -48,7 +48,8 @@ def event_records(events: Iterable[Event]) -> Iterator[dict]:
                 # a branch's rollouts carry the parameters that drew them (the set's are the first generate's)
                 "sampling": export.sampling_to_json(event.sampling) if event.is_branch else None,
                 "groups": [{"id": g.id, "query": g.query, "chat": g.chat, "prompt": g.prompt,
-                            "prompt_token_ids": list(g.prompt_token_ids), "reference": g.reference_answer}
+                            "prompt_token_ids": list(g.prompt_token_ids), "reference": g.reference_answer,
+                            "columns": dict(g.columns), "messages": [list(m) for m in g.messages]}
                            for g in event.groups],
                 "rollouts": [{"group_id": h.group_id, "id": h.rollout_id, "index": h.index, "seed": h.seed,
                               "parent_id": h.parent_id, "branch_position": h.branch_position,
@@ -113,8 +114,10 @@ class _Replay:
             run = record["run"]
             for g in run["groups"]:
                 if g["id"] not in self.groups:
-                    self.groups[g["id"]] = QueryGroup(g["id"], g["query"], g["chat"], g["prompt"],
-                                                      tuple(g["prompt_token_ids"]), reference_answer=g.get("reference"))
+                    self.groups[g["id"]] = QueryGroup(
+                        g["id"], g["query"], g["chat"], g["prompt"], tuple(g["prompt_token_ids"]),
+                        reference_answer=g.get("reference"), columns=tuple((g.get("columns") or {}).items()),
+                        messages=tuple((str(role), str(content)) for role, content in g.get("messages") or ()))
                     self.order.append(g["id"])
                     self.rollouts[g["id"]] = {}
             sampling = None if run.get("sampling") is None else export.sampling_from_json(run["sampling"],

@@ -237,24 +237,35 @@ def token_mismatch(tokens: Sequence[TokenInfo], tis_cap: float = DEFAULT_TIS_CAP
     return {f"{MISMATCH}.{name}": value for name, value in stats.items()}
 
 
+# Statistics a file holds as objects of their own ("mismatch": {...}, "pass_at_k": {"1": ..., "4": ...}); in the
+# flat (name, value) pairs of QueryGroup.stats their names are "mismatch.ess", "pass_at_k.1", ...
+NESTED_STATS = (MISMATCH, "pass_at_k")
+BOOLEAN_STATS = ("zero_variance",)  # true / false in a file, 1.0 / 0.0 in QueryGroup.stats
+
+
 def nested_stats(stats) -> dict:
-    """A group's stats as a file holds them: the mismatch numbers in an object of their own, "mismatch"."""
+    """A group's (name, value) stats as a file holds them: the nested ones in objects of their own, the boolean ones
+    as booleans."""
     out: dict = {}
     for name, value in stats:
         head, dot, rest = name.partition(".")
-        if dot and head == MISMATCH:
-            out.setdefault(MISMATCH, {})[rest] = value
+        if dot and head in NESTED_STATS:
+            out.setdefault(head, {})[rest] = value
+        elif name in BOOLEAN_STATS and value is not None:
+            out[name] = bool(value)
         else:
             out[name] = value
     return out
 
 
 def flat_stats(stats: dict) -> tuple:
-    """The other way (nested_stats of a file's group stats): (name, value) pairs."""
+    """The other way (nested_stats of a file's group stats): (name, value) pairs, booleans as 1.0 / 0.0."""
     out = []
     for name, value in stats.items():
-        if name == MISMATCH and isinstance(value, dict):
-            out += [(f"{MISMATCH}.{k}", v) for k, v in value.items()]
+        if isinstance(value, dict):
+            out += [(f"{name}.{k}", v) for k, v in value.items()]
+        elif isinstance(value, bool):
+            out.append((name, float(value)))
         else:
             out.append((name, value))
     return tuple(out)
