@@ -30,7 +30,8 @@ def test_json_list_with_references_and_a_byte_order_mark(tmp_path):
 
 @pytest.mark.parametrize("content, needle", [
     ("[1, 2", "not valid JSON"),
-    ('{"query": "a"}', "must be a list"),
+    ('"a"', "must be a list"),
+    ('{"text": "a"}', "line 1 has no prompt column"),
     ('[{"text": "a"}]', "item 1"),
     ("[]", "no queries"),
 ])

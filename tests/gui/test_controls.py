@@ -95,9 +95,31 @@ def test_a_bad_query_file_reports_and_keeps_the_list(qtbot, panel, tmp_path):
     bad.write_text('[{"nope": 1}]')
     before = panel.queries()
     assert not panel.query_editor.load_file(bad)
-    assert errors == [("Cannot load the query list", f"{bad}: item 1 is neither a string nor an object with a "
-                                                      "\"query\" string")]
+    assert errors == [("Cannot load the query list", f"{bad}: item 1 has no prompt column (looked for prompt, "
+                                                      "query, question, problem; its columns: 'nope'); choose one "
+                                                      "with --prompt-column")]
     assert panel.queries() == before
+
+
+def test_a_dataset_loads_with_its_conversations_and_columns(qtbot, panel, tmp_path):
+    source = tmp_path / "trl.jsonl"
+    rows = [{"prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"}],
+             "solution": "4"},
+            {"prompt": "plain", "topic": "t"}]
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert panel.query_editor.load_file(source)
+    first, second = panel.queries()
+    assert first.messages == (("system", "Be brief."), ("user", "2+2?")) and first.reference_answer == "4"
+    assert first.columns == (("solution", "4"),) and second.columns == (("topic", "t"),)
+    panel.query_editor.list.item(0).setText("3+3?")  # an edit is the conversation's last user message
+    panel.query_editor.set_reference_answer(0, "6")
+    edited = panel.queries()[0]
+    assert edited.text == "3+3?" and edited.messages == (("system", "Be brief."), ("user", "3+3?"))
+    assert edited.reference_answer == "6"
+    saved = tmp_path / "saved.json"
+    assert panel.query_editor.save_file(saved)
+    assert json.loads(saved.read_text())[0] == {"solution": "4", "prompt": [
+        {"role": "system", "content": "Be brief."}, {"role": "user", "content": "3+3?"}], "reference": "6"}
 
 
 def test_model_facts_and_gpu_layers(panel):

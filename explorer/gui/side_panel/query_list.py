@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Iterable, Optional
 
@@ -25,6 +26,19 @@ from explorer.core.files.queries import QueryFileError, read_query_file, write_q
 from explorer.core.types import Query
 
 _ANSWER_ROLE = Qt.ItemDataRole.UserRole + 1
+_ROW_ROLE = Qt.ItemDataRole.UserRole + 2  # the Query as loaded: a dataset row's conversation and columns ride along
+
+
+def _edited(loaded: Optional[Query], text: str, reference: Optional[str]) -> Query:
+    """The query an item holds now: its loaded row with the text and reference answer as edited (an edited text
+    becomes the conversation's last user message)."""
+    if loaded is None:
+        return Query(text, reference)
+    messages = loaded.messages
+    if messages and text != loaded.text:
+        last = max(i for i, (role, _) in enumerate(messages) if role == "user")
+        messages = messages[:last] + (("user", text),) + messages[last + 1:]
+    return replace(loaded, text=text, reference_answer=reference, messages=messages)
 
 
 class _ReferenceDelegate(QStyledItemDelegate):
@@ -67,7 +81,7 @@ class QueryListEditor(QWidget):
             ("remove", "−", "Remove the selected query", self.remove_selected),
             ("up", "↑", "Move up", lambda: self.move_selected(-1)),
             ("down", "↓", "Move down", lambda: self.move_selected(1)),
-            ("load", "Load…", "Load a query list (text: one per line; JSON: strings or {query, reference})",
+            ("load", "Load…", "Load a query list or a dataset (text: one per line; JSON: strings or rows; JSONL; Parquet)",
              self.load_dialog),
             ("save", "Save…", "Save the query list", self.save_dialog),
         ):
@@ -109,7 +123,7 @@ class QueryListEditor(QWidget):
             item = self.list.item(i)
             text = item.text().strip()
             if text:
-                out.append(Query(text, item.data(_ANSWER_ROLE)))
+                out.append(_edited(item.data(_ROW_ROLE), text, item.data(_ANSWER_ROLE)))
         return out
 
     def set_queries(self, queries: Iterable[Query | str]) -> None:
@@ -126,6 +140,8 @@ class QueryListEditor(QWidget):
     def _append(self, query: Query) -> QListWidgetItem:
         item = QListWidgetItem(query.text)
         item.setFlags(item.flags() | Qt.ItemFlag.ItemIsEditable)
+        if query.messages or query.columns:
+            item.setData(_ROW_ROLE, query)
         self._set_answer(item, query.reference_answer)
         self.list.addItem(item)
         return item
@@ -201,7 +217,7 @@ class QueryListEditor(QWidget):
         return True
 
     def load_dialog(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Load queries", "", "Query lists (*.txt *.json);;All files (*)")
+        path, _ = QFileDialog.getOpenFileName(self, "Load queries", "", "Query lists and datasets (*.txt *.json *.jsonl *.parquet);;All files (*)")
         if path:
             self.load_file(path)
 
