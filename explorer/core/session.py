@@ -15,9 +15,9 @@ import sys
 from dataclasses import dataclass, field, replace
 from typing import Callable, Iterable, Optional
 
-from explorer.core.rl.rewards import apply_rewards
 from explorer.core.errors import ExplorerError
-from explorer.core.rl.stats import DEFAULT_TIS_CAP, REFERENCE_STATS, group_stats, mismatch_stats, reference_stats
+from explorer.core.rl.outcomes import CORRECT_AT, scored_group
+from explorer.core.rl.stats import DEFAULT_TIS_CAP, REFERENCE_STATS, mismatch_stats, reference_stats
 from explorer.core.token_text import decode_pieces, fit_pieces
 from explorer.core.rl.values import token_credit, value_estimates
 from explorer.core.tree.token_tree import TokenTree, feed_trees
@@ -118,13 +118,6 @@ class Changes:
         return bool(self.new_groups or self.finished_groups or self.rewarded_groups)
 
 
-def _without_rewards(group: QueryGroup) -> QueryGroup:
-    if all(r.reward is None and r.advantage is None and r.reward_error is None for r in group.rollouts):
-        return group
-    return replace(group, rollouts=tuple(replace(r, reward=None, advantage=None, reward_error=None)
-                                         for r in group.rollouts))
-
-
 def _without_reference(tokens) -> tuple[TokenInfo, ...]:
     return tuple(replace(t, ref_logprob=None, kl=None, ref_top_id=None, ref_top=()) if t.has_reference else t
                  for t in tokens)
@@ -166,6 +159,7 @@ class Session:
         self._reference_serial = 0  # bumped whenever tokens gain or lose reference facts
         self._set_mismatch: tuple = (None, None)  # (what it was computed from, set_mismatch())
         self._tree_values: dict[str, tuple] = {}  # group id -> (what they were computed from, TreeValues)
+        self.correct_at = CORRECT_AT  # a reward at least this counts as correct (pass@k, zero-variance outcomes)
 
     # -- runs ------------------------------------------------------------------------------------------------------
     def accept(self, run_id: int) -> None:
@@ -502,12 +496,7 @@ class Session:
         return done[1] != _NOT_FROM_CHOICE and done[1] != self._reward_serial
 
     def reward_group(self, gid: str) -> None:
-        group = self.group(gid)
-        if self._reward_fn is not None:
-            group = apply_rewards(group, self._reward_fn, self._divide_by_std)
-        else:
-            group = replace(_without_rewards(group), stats=None)
-            group = replace(group, stats=group_stats(group))
+        group = scored_group(self.group(gid), self._reward_fn, self._divide_by_std, self.correct_at)
         for r in group.rollouts:
             live = self._by_id.get(r.id)
             if live is not None and live.final is not None:
@@ -590,7 +579,7 @@ class Session:
             id=h.id, query=h.query, chat=h.chat, prompt=h.prompt, prompt_token_ids=h.prompt_token_ids,
             rollouts=tuple(live.snapshot(unfinished_reason) for live in self._rollouts[group_id]),
             scores=self._scores.get(group_id, ()), reference_answer=h.reference_answer, stats=self._stats.get(group_id),
-            columns=h.columns,
+            columns=h.columns, messages=h.messages,
         )
 
     def groups(self, unfinished_reason: Optional[str] = None) -> tuple[QueryGroup, ...]:
