@@ -1,4 +1,5 @@
-"""Command line: `rollout-explorer` (the window), `gui`, `generate`, `score`, `values`, `models`, `export-jsonl`.
+"""Command line: `rollout-explorer` (the window), `gui`, `generate`, `score`, `values`, `models`, `export-jsonl`,
+`stats`, `export` (the dataset commands are in cli_dataset.py).
 
 Every failure a user can cause prints one line on stderr and exits 2; no traceback, whatever the input.
 """
@@ -12,10 +13,14 @@ import sys
 import threading
 from typing import TYPE_CHECKING, Optional, Sequence
 
+from explorer import cli_dataset
+
 if TYPE_CHECKING:  # the CLI imports the engine lazily: --help must not load llama.cpp
     from explorer.core.engine.protocol import EngineLike
 
 EXIT_USAGE = 2
+QUERIES_HELP = ("a query list or a dataset: text (one query a line), JSON (a list of strings or of rows), JSONL or "
+                "Parquet rows with TRL's or verl's columns (a prompt string or messages, an answer)")
 TIME_LIMIT_S = 10.0  # a reward file's time per rollout (reward_sandbox.TIME_LIMIT_S; not imported: --help stays fast)
 MAX_K = 4096  # rollouts per query; the engine runs more than fit in one batch in waves, but this many is a typo
 
@@ -94,59 +99,9 @@ def _open_reference(spec, args, engine):
     def progress(done, total):
         sys.stderr.write(f"\rwriting the exact copy: {done}/{total} tensors" + ("\n" if done == total else ""))
 
-    return ReferencePolicy(spec, engine, lambda path: Engine(path, n_ctx=args.n_ctx, exact=args.exact),
+    return ReferencePolicy(spec, engine, lambda path: Engine(path, n_ctx=args.n_ctx, exact=args.exact,
+                                                             n_threads=cli_dataset.cli_threads(args)),
                            cached_exact_copy, progress)
-
-
-def _format_stat(value, digits: int = 4) -> str:
-    return "-" if value is None else f"{value:.{digits}g}"
-
-
-def _mismatch_line(label: str, mismatch: Optional[dict]) -> str:
-    """One line of the mismatch numbers (mismatch.NAME), with each estimator's bias against the exact KL."""
-    if not mismatch:
-        return f"{label}: no sampled tokens evaluated"
-    m = {k.partition(".")[2]: v for k, v in mismatch.items()}
-    exact = m["kl_exact"]
-    estimators = []
-    for name in ("kl_k1", "kl_k2", "kl_k3"):
-        value = m[name]
-        bias = "" if exact is None or value is None else f" (bias {value - exact:+.3g})"
-        estimators.append(f"{name[3:]} {_format_stat(value)}{bias}")
-    ess = m["ess"]
-    return (f"{label}: |pi - pi_ref| max {_format_stat(m['prob_diff_max'])} mean {_format_stat(m['prob_diff_mean'])}"
-            f" std {_format_stat(m['prob_diff_std'])}, pearson {_format_stat(m['prob_pearson'], 6)}; "
-            f"weights min(pi_ref/pi, {m['tis_cap']:g}): clipped {100 * m['tis_clip_fraction']:.2f}%, "
-            f"ESS {_format_stat(ess, 5)} of {m['n_tokens']:g} tokens; KL estimators per token " + ", ".join(estimators)
-            + f", exact {_format_stat(exact) if exact is not None else 'unavailable (a server sends no full rows)'}")
-
-
-def _report_reference(reference, session, beta: float) -> None:
-    """Evaluate what the run left without reference facts (nothing, when the reference followed it), then lines per
-    group on stderr: the KL statistics, the implicit reward and the mismatch numbers, and the mismatch numbers of the
-    whole set."""
-    from explorer.core.numbers import format_implicit_reward, format_kl, plain_minus
-    from explorer.core.rl.stats import mismatch_stats, reference_stats
-
-    for gid in session.group_ids:
-        pending = session.unreferenced(gid)
-        if pending is not None:
-            session.annotate(reference.annotate_group(pending), reference.info)
-        group = session.group(gid)
-        stats = reference_stats(group.rollouts + group.scores) or {}
-        rewards = [r.implicit_reward(beta) for r in group.rollouts if r.log_ratio is not None]
-        # the window's formats, with an ASCII minus
-        mean_reward = plain_minus(format_implicit_reward(sum(rewards) / len(rewards))) if rewards else "-"
-        kl = (f"mean KL {format_kl(stats.get('mean_kl'))} nats/token, p99 {format_kl(stats.get('kl_p99'))}"
-              if reference.info.has_kl else "KL unavailable (a server sends no full rows)")
-        sys.stderr.write(f"{gid} vs {reference.info.description}: {kl}, same top token "
-                         f"{100 * (stats.get('same_top_share') or 0):.1f}%, mean implicit reward (beta {beta:g}) "
-                         f"{mean_reward}\n")
-        if group.rollouts:
-            sys.stderr.write(_mismatch_line(f"{gid} mismatch", mismatch_stats(group.rollouts, session.tis_cap))
-                             + "\n")
-    if len(session.group_ids) > 1:
-        sys.stderr.write(_mismatch_line("all groups mismatch", session.set_mismatch()) + "\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -156,8 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     gui = sub.add_parser("gui", help="open the window (the default command)")
     _add_model_args(gui, required=False)
     gui.add_argument("-q", "--query", dest="queries", action="append", default=[], help="a query (repeatable)")
-    gui.add_argument("--queries", dest="queries_file", default=None,
-                     help="a text file (one query a line) or a JSON list of strings or {query, reference} objects")
+    gui.add_argument("--queries", dest="queries_file", default=None, help=QUERIES_HELP)
+    cli_dataset.add_dataset_args(gui)
     gui.add_argument("--reward", default=None, help="exact | contains | regex | length | PATH.py")
     gui.add_argument("--no-std", action="store_true", help="advantages as r - mean, not divided by the std")
     _add_reference_args(gui)
@@ -183,8 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
                          formatter_class=_DefaultsFormatter)
     _add_model_args(gen)
     gen.add_argument("-q", "--query", dest="queries", action="append", default=[], help="a query (repeatable)")
-    gen.add_argument("--queries", dest="queries_file", default=None,
-                     help="a text file (one query a line) or a JSON list of strings or {query, reference} objects")
+    gen.add_argument("--queries", dest="queries_file", default=None, help=QUERIES_HELP)
+    cli_dataset.add_dataset_args(gen)
     gen.add_argument("-k", type=int, default=5, help="rollouts per query")
     gen.add_argument("--max-tokens", type=int, default=128, help="new tokens per rollout at most")
     gen.add_argument("--temperature", type=float, default=1.0, help="0 is greedy")
@@ -202,7 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="a reward file's reward() gets this long per rollout; past it that reward is null")
     _add_prompt_args(gen)
     _add_reference_args(gen)
-    gen.add_argument("-o", "--output", required=True, help="the JSON file to write ('-' for stdout)")
+    cli_dataset.add_run_args(gen)
+    gen.add_argument("-o", "--output", default=None,
+                     help="the JSON file to write ('-' for stdout); groups go to OUT.partial as they finish")
 
     score = sub.add_parser("score", help="the probability the model gives responses you type",
                            formatter_class=_DefaultsFormatter)
@@ -213,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--top-n", type=int, default=5, help="raw alternatives recorded per token")
     _add_prompt_args(score)
     _add_reference_args(score)
+    cli_dataset.add_threads_arg(score)
     score.add_argument("-o", "--output", default=None, help="also write a rollout set whose group carries the scores")
 
     values = sub.add_parser("values", help="estimate values from a rollout set: Monte-Carlo continuations at its "
@@ -241,6 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     jl = sub.add_parser("export-jsonl", help="turn a rollout set into JSONL, one rollout a line (for RL tooling)")
     jl.add_argument("input", help="a rollout-set JSON file")
     jl.add_argument("-o", "--output", required=True, help="the JSONL file to write ('-' for stdout)")
+    cli_dataset.add_stats_parser(sub)
+    cli_dataset.add_export_parser(sub)
     return parser
 
 
@@ -276,7 +236,8 @@ def _load_engine(args) -> EngineLike:
     from explorer.core.engine.local import Engine
     from explorer.core.models.discovery import resolve_model
 
-    return Engine(resolve_model(args.model), n_gpu_layers=args.n_gpu_layers, n_ctx=args.n_ctx, exact=args.exact)
+    return Engine(resolve_model(args.model), n_gpu_layers=args.n_gpu_layers, n_ctx=args.n_ctx, exact=args.exact,
+                  n_threads=cli_dataset.cli_threads(args))
 
 
 def _connect(args) -> EngineLike:
@@ -290,21 +251,27 @@ def _connect(args) -> EngineLike:
 
 
 def cmd_generate(args) -> int:
-    from explorer.core.files import export
     from explorer.core.files.queries import check_text, read_query_file
     from explorer.core.rl.rewards import load_reward
-    from explorer.core.session import LOCAL_RUN, Session
-    from explorer.core.types import Query, SamplingParams, TokenBatch
+    from explorer.core.types import Query, SamplingParams
 
     for i, text in enumerate(args.queries):
         check_text(text, f"query {i + 1}")
     queries = [Query(q) for q in args.queries]
     if args.queries_file:
-        queries += read_query_file(args.queries_file)
+        queries += read_query_file(args.queries_file, args.prompt_column, args.answer_column)
+    elif args.prompt_column or args.answer_column:
+        raise _UsageError("--prompt-column and --answer-column choose columns of a dataset: give it with --queries")
     if not queries:
         raise _UsageError("give at least one query (-q QUERY or --queries FILE)")
+    if not args.output and not args.resume:
+        raise _UsageError("give the file to write (-o OUT.json)")
     if not 1 <= args.k <= MAX_K:
         raise _UsageError(f"-k must be in 1..{MAX_K} (got {args.k})")
+    if not math.isfinite(args.correct_at):
+        raise _UsageError(f"--correct-at must be a finite number (got {args.correct_at})")
+    if args.threads is not None and args.threads < 1:
+        raise _UsageError(f"--threads must be >= 1 (got {args.threads})")
     params = SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
                             repeat_penalty=args.repeat_penalty, max_tokens=args.max_tokens, seed=args.seed,
                             top_n=args.top_n, stop=tuple(args.stop))
@@ -317,65 +284,17 @@ def cmd_generate(args) -> int:
     reward_fn = load_reward(args.reward, args.reward_time_limit) if args.reward else None
     reference_spec = _reference_spec(args)
     engine = _load_engine(args)
+    reference = None
     try:
         reference = _open_reference(reference_spec, args, engine)  # before the run: a refused one costs no run
-    except BaseException:
-        engine.close()
-        raise
-    info = engine.info
-    if info.exact is False:
-        sys.stderr.write(info.exactness() + "\n")
-    session = Session(info, params)
-    session.set_tis_cap(args.tis_cap)
-    progress = _Progress(len(queries) * args.k * args.max_tokens)
-    stop = _Interrupt("generated")
-    cancel = stop.cancel
-
-    from explorer.core.errors import ExplorerError
-
-    previous = signal.signal(signal.SIGINT, stop.on_sigint)
-    run_error = None
-    try:
         # the reference follows the run: the policy's rows are at hand while sampling, so only pi_ref decodes again
-        # (a server's rows are not: its rollouts are evaluated after the run)
-        follow = ({"follower": reference.lockstep(params.top_n)} if reference is not None and reference.follows_runs
-                  else {})
-        if reference is not None:
-            session.use_reference_policy(reference.info)
-        try:
-            for event in engine.generate(queries, args.k, params, cancel=cancel, chat=not args.raw,
-                                         system=args.system, **follow):
-                session.feed(LOCAL_RUN, (event,))
-                if isinstance(event, TokenBatch):
-                    progress.update(len(event.events))
-        finally:
-            if follow:
-                follow["follower"].close()
-        if reference is not None:
-            _report_reference(reference, session, args.beta)
-    except ExplorerError as exc:  # a server failing mid-run: what arrived is still written, then exit 2
-        if not session.group_ids:
-            raise
-        run_error = exc
+        if engine.info.exact is False:
+            sys.stderr.write(engine.info.exactness() + "\n")
+        return cli_dataset.run_dataset(args, engine, queries, params, reward_fn, reference)
     finally:
-        signal.signal(signal.SIGINT, previous)
         if reference is not None:
             reference.close()
         engine.close()
-    t = session.timings
-    progress.close(f"{session.tokens_done} tokens in {t.generation_s:.1f} s ({t.tokens_per_s:.1f} tokens/s)"
-                   f" on {info.backend}")
-    # every group is rewarded (or gets its diversity statistics) over its finished rollouts, as in the window
-    session.set_reward(reward_fn, divide_by_std=not args.no_std)
-    for rollout_id, why in session.reward_errors():
-        sys.stderr.write(f"{rollout_id}: reward is null: {why}\n")
-    export.save(session.rollout_set("cancelled"), args.output)
-    if args.output != "-":
-        sys.stderr.write(f"wrote {args.output}" + (" (partial)" if run_error else "") + "\n")
-    if run_error is not None:
-        sys.stderr.write(f"rollout-explorer generate: {run_error}\n")
-        return EXIT_USAGE
-    return 130 if stop.interrupted else 0
 
 
 class _Interrupt:
@@ -444,7 +363,7 @@ def cmd_score(args) -> int:
                 format_logprob(s.ref_logprob), format_logprob(s.log_ratio), format_kl(s.mean_kl),
                 format_implicit_reward(s.implicit_reward(args.beta)))]
             print(f"{resp:<{width}}  {cells[0]:>12}  {cells[1]:>11}  {cells[2]:>10}  {cells[3]}", file=out)
-        print(_mismatch_line("mismatch over the scored tokens",
+        print(cli_dataset.mismatch_line("mismatch over the scored tokens",
                              token_mismatch([t for s in scores for t in s.tokens], args.tis_cap)), file=out)
     if args.output:
         session = Session(info, SamplingParams(top_n=args.top_n))
@@ -584,7 +503,8 @@ class _UsageError(Exception):
 
 
 COMMANDS = {"generate": cmd_generate, "score": cmd_score, "values": cmd_values, "models": cmd_models,
-            "export-jsonl": cmd_export_jsonl, "gui": cmd_gui}
+            "export-jsonl": cmd_export_jsonl, "gui": cmd_gui, "stats": cli_dataset.cmd_stats,
+            "export": cli_dataset.cmd_export}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -24,10 +24,12 @@ LAYERS = {
     "core.engine": 4, "core.files": 4, "core.values": 4,
     "core.remote": 5, "core.reference": 5,
     "core.session": 6, "core.responses": 6,
+    # a run over a dataset: the engine's calls, the rewards and the files, a group at a time
+    "core.dataset": 7,
     # the window, bottom up: shared widgets; the parts of the window; the views that combine them; the window
     "gui.widgets": 10, "gui.panes": 11, "gui.tree": 11, "gui.run": 11, "gui.side_panel": 11,
     "gui.views": 12, "gui.window": 13, "gui.app": 14,
-    "cli": 20, "__main__": 21,
+    "cli_dataset": 19, "cli": 20, "__main__": 21,  # cli_dataset: the dataset commands (generate's run, stats, export)
 }
 
 

@@ -13,7 +13,7 @@ from dataclasses import replace
 from typing import Callable, Optional, Sequence
 
 from explorer.core.rl.rewards import apply_rewards
-from explorer.core.rl.stats import group_stats, in_baseline
+from explorer.core.rl.stats import DEFAULT_TIS_CAP, group_stats, in_baseline
 from explorer.core.types import QueryGroup, Rollout
 
 CORRECT_AT = 1.0
@@ -71,17 +71,18 @@ def outcome_stats(rollouts: Sequence[Rollout], correct_at: float = CORRECT_AT) -
 
 
 def scored_group(group: QueryGroup, fn: Optional[Callable], divide_by_std: bool = True,
-                 correct_at: float = CORRECT_AT) -> QueryGroup:
+                 correct_at: float = CORRECT_AT, tis_cap: float = DEFAULT_TIS_CAP) -> QueryGroup:
     """The group rewarded by fn (rewards, advantages and statistics, the outcome ones included), or, with no reward,
     without rewards and with its diversity statistics: what a finished group is given, in a session or a dataset
-    run."""
+    run (tis_cap: C of the mismatch statistics' importance weights)."""
     if fn is None:
         if any(r.reward is not None or r.advantage is not None or r.reward_error is not None for r in group.rollouts):
             group = replace(group, rollouts=tuple(replace(r, reward=None, advantage=None, reward_error=None)
                                                   for r in group.rollouts))
-        return replace(group, stats=group_stats(replace(group, stats=None)))
+        return replace(group, stats=group_stats(replace(group, stats=None), tis_cap))
     group = apply_rewards(group, fn, divide_by_std)
-    return replace(group, stats=tuple(group.stats or ()) + outcome_stats(group.rollouts, correct_at))
+    stats = group.stats if tis_cap == DEFAULT_TIS_CAP else group_stats(group, tis_cap)
+    return replace(group, stats=tuple(stats or ()) + outcome_stats(group.rollouts, correct_at))
 
 
 def _log_beta(a: float, b: float) -> float:
