@@ -88,7 +88,8 @@ def _read_reward_and_queries(args):
     fn = load_reward(spec) if spec else None
     queries = None
     if _arg(args, "queries_file"):
-        queries = [Query(q) for q in _arg(args, "queries", [])] + read_query_file(args.queries_file)
+        queries = [Query(q) for q in _arg(args, "queries", [])] + read_query_file(
+            args.queries_file, _arg(args, "prompt_column"), _arg(args, "answer_column"))
     return spec, fn, queries
 
 
