@@ -2,7 +2,7 @@
 benchmark (and a GUI stall benchmark when bench/gui_bench.py provides one). See BENCHMARKS.md for what it measures.
 
 Usage: python bench/run.py [--repeats N] [--rounds N] [--threads N] [--budget SECONDS] [--skip-262k] [--skip-naive] [--skip-tree]
-       [--skip-remote] [--skip-exact]
+       [--skip-remote] [--skip-exact] [--skip-dataset] [--dataset-prompts N]
 """
 
 from __future__ import annotations
@@ -109,6 +109,21 @@ def print_remote_tables() -> None:
                                  "model, same run")
 
 
+def print_dataset_tables(prompts: int, threads) -> None:
+    speed = _optional_bench("dataset_bench", "run_dataset_bench")
+    memory = _optional_bench("dataset_bench", "run_dataset_memory")
+    if speed is None or memory is None:
+        return
+    rows = speed(log, prompts, threads=threads)
+    print_dict_table(rows, f"Dataset run end to end (generate over a dataset: rewards, summaries, each group written "
+                           f"as it finishes) against plain generation of the same tokens, {rows[0]['threads']} "
+                           "threads (the command line's: every core)")
+    ratio = next(r["vs plain"] for r in rows if r["method"] == "dataset run")
+    print(f"  dataset run >= 0.9x plain generation: {ratio:.2f}x  " + ("MET" if ratio >= 0.9 else "NOT MET"))
+    print_dict_table(memory(log), "Memory of a dataset run against the dataset's size (scripted engine, every "
+                                  "rollout to max tokens, top-5), and one Session holding the whole set")
+
+
 def write_big_vocab_model(directory: str) -> str:
     sys.path.insert(0, str(ROOT / "tests"))
     from tiny_gguf import write_tiny_gguf
@@ -133,6 +148,8 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-tree", action="store_true")
     ap.add_argument("--skip-remote", action="store_true", help="skip the llama_cpp.server client benchmark")
     ap.add_argument("--skip-exact", action="store_true", help="skip the exact-decoding cost per quantization type")
+    ap.add_argument("--skip-dataset", action="store_true", help="skip the dataset-run benchmarks")
+    ap.add_argument("--dataset-prompts", type=int, default=200, help="prompts of the dataset-run speed benchmark")
     args = ap.parse_args(argv)
     t_start = time.perf_counter()
 
@@ -181,6 +198,8 @@ def main(argv=None) -> int:
         print_exact_table(run_exact_bench(threads=args.threads, log=log))
     if not args.skip_remote:
         print_remote_tables()
+    if not args.skip_dataset:
+        print_dataset_tables(args.dataset_prompts, args.threads)
 
     if not args.skip_tree:
         os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")

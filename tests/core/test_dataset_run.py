@@ -48,7 +48,8 @@ def test_every_group_is_written_rewarded_and_summarized(tmp_path):
     assert rs.timings.tokens_per_s > 0 and result.tokens == sum(len(r.tokens) for g in rs.groups for r in g.rollouts)
     assert not partial_path(str(out)).exists()
     # the engine got the prompts a batch at a time
-    assert prompts_per_call(K) == 64 and [len(c) for c in calls(_queries(150), K)] == [64, 64, 22]
+    assert prompts_per_call(K) == 4 and [len(c) for c in calls(_queries(10), K)] == [4, 4, 2]
+    assert prompts_per_call(64) == 1
 
 
 def test_groups_reach_the_disk_as_they_finish(tmp_path):
@@ -73,17 +74,17 @@ def test_stop_keeps_the_finished_groups_and_a_resume_completes_the_set(tmp_path)
     cancel = threading.Event()
     steps = []
 
-    def step_hook(step):  # Stop three decode steps into the engine's second call
+    def step_hook(step):  # Stop three decode steps into the engine's 17th call (64 groups made)
         steps.append(step)
-        if step == 3 and steps.count(0) == 2:
+        if step == 3 and steps.count(0) == 17:
             cancel.set()
 
     engine.step_hook = step_hook
     run = DatasetRun(engine, _queries(100), K, PARAMS, str(out), reward=load_reward("contains"))
     result = run.run(cancel)
-    assert result.cancelled and (result.done, result.cut) == (64, 36)
+    assert result.cancelled and (result.done, result.cut) == (64, 4)
     stopped = export.load(out)
-    assert len(stopped.groups) == 100
+    assert len(stopped.groups) == 68
     cut = stopped.groups[64:]
     assert all(r.finish_reason == "cancelled" and len(r.tokens) == 3 for g in cut for r in g.rollouts)
     assert all(r.finish_reason != "cancelled" for g in stopped.groups[:64] for r in g.rollouts)
@@ -139,7 +140,7 @@ def test_a_failing_engine_still_writes_what_finished(tmp_path):
     run = DatasetRun(engine, _queries(80), K, PARAMS, str(out))
     with pytest.raises(EngineError):
         run.run()
-    assert len(export.load(out).groups) == 64  # the first call's groups; the failing call's none
+    assert len(export.load(out).groups) == 4  # the first call's groups; the failing call's none
     nothing = tmp_path / "nothing.json"
     engine.fail_at_step = 0
     engine.generate = original
