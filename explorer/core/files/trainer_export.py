@@ -10,8 +10,8 @@ message), `ability`, `reward_model` ({"style", "ground_truth"}: the dataset's ow
 reward's ground truth) and `extra_info` (the dataset's, with the group, rollout and index added), and `response`, the
 rollout's text.
 Both then carry `reward`, `advantage`, the token ids and per-token log-probabilities: `prompt_token_ids`,
-`completion_token_ids`, `token_logprobs` (raw log pi of each completion token, aligned with the ids), `sampling_logprobs`
-(under the sampler), `ref_logprobs` (log pi_ref, with a reference policy), and `group_id`, `rollout_id`,
+`completion_token_ids`, `token_logprobs` (raw log pi of each completion token, aligned with the ids),
+`sampling_logprobs` (under the sampler), `ref_logprobs` (log pi_ref, with a reference policy), and `group_id`, `rollout_id`,
 `finish_reason`, `in_baseline`. A log-probability of -inf is null. A dataset column whose name is one of these is left
 out (the export's own wins), with a warning.
 """
