@@ -140,7 +140,8 @@ class Session:
         self.sampling = sampling or SamplingParams()  # the set's: the first generate's (branches keep their own)
         self.source = source  # the file an opened set came from; None for a set made here
         self.runs: list[RunRecord] = []
-        self._exported_runs = 0  # how many of the runs an export (or the opened file) holds
+        self._version = 0  # bumped by every change of what the session holds (see version)
+        self._exported: set[str] = set()  # the rollouts an export (or the opened file) holds
         self.trees: dict[str, TokenTree] = {}
         self._opened_timings = Timings()
         self._accepted: set[int] = {LOCAL_RUN}
@@ -169,13 +170,25 @@ class Session:
     def accepts(self, run_id: int) -> bool:
         return run_id in self._accepted
 
+    @property
+    def version(self) -> int:
+        """A number that changes whenever what the session holds changes (tokens, rollouts, groups, scores, rewards,
+        reference facts, reference answers): whoever keeps a copy (the autosave) compares it with the one it saw."""
+        return self._version
+
+    def _changed(self) -> None:
+        self._version += 1
+
     def mark_exported(self) -> None:
-        """Everything run so far is in a file now."""
-        self._exported_runs = len(self.runs)
+        """Every rollout shown so far is in a file now."""
+        self._exported = set(self._by_id)
+
+    def unexported_rollouts(self) -> list[str]:
+        """The rollouts that no file holds yet (made by a run or a branch here, or recovered after a crash)."""
+        return [rid for rid in self._by_id if rid not in self._exported]
 
     def has_unexported(self) -> bool:
-        """Rollouts made here that no export holds yet (a run, or a branch of an opened set)."""
-        return len(self.runs) > self._exported_runs and any(run.rollout_ids for run in self.runs)
+        return any(rid not in self._exported for rid in self._by_id)
 
     @property
     def current_run(self) -> Optional[RunRecord]:
@@ -234,6 +247,7 @@ class Session:
         return self
 
     def _add(self, event: Event, run_id: int) -> list[str]:
+        self._changed()
         if isinstance(event, TokenBatch):
             for ev in event.events:
                 live = self._by_id.get(ev.rollout_id)
@@ -299,6 +313,7 @@ class Session:
 
     def add_group(self, group: QueryGroup) -> None:
         """Take a finished group as it is (an opened file, a scoring-only group)."""
+        self._changed()
         self._headers[group.id] = GroupHeader.of(group)
         self._rollouts[group.id] = []
         for r in group.rollouts:
@@ -328,6 +343,7 @@ class Session:
         return self._scores.get(group_id, ())
 
     def set_scores(self, group_id: str, scores: Iterable[Score]) -> None:
+        self._changed()
         self._scores[group_id] = tuple(scores)
 
     def set_reference_answer(self, query: str, answer: Optional[str]) -> list[str]:
@@ -340,6 +356,8 @@ class Session:
                 if self._reward_fn is not None:
                     self._reward_done.pop(gid, None)
                 changed.append(gid)
+        if changed:
+            self._changed()
         return changed
 
     # -- a reference policy ----------------------------------------------------------------------------------------
@@ -354,6 +372,7 @@ class Session:
         another one go first: one set never mixes two references. True when the reference changed."""
         if reference == self._reference_policy:
             return False
+        self._changed()
         self._reference_policy = reference
         self._reference_serial += 1
         for live in self._by_id.values():
@@ -376,6 +395,7 @@ class Session:
         meanwhile are left alone). A reference other than the session's replaces it (use_reference_policy). Returns
         the rollout ids annotated."""
         self.use_reference_policy(reference)
+        self._changed()
         self._reference_serial += 1
         done = []
         for r in group.rollouts:
@@ -412,6 +432,7 @@ class Session:
             raise ExplorerError(f"the importance weight cap C must be a positive number (got {cap})")
         if cap == self._tis_cap:
             return []
+        self._changed()
         self._tis_cap = float(cap)
         changed = [gid for gid in self._headers if gid in self._stats]
         for gid in changed:
@@ -496,6 +517,7 @@ class Session:
         return done[1] != _NOT_FROM_CHOICE and done[1] != self._reward_serial
 
     def reward_group(self, gid: str) -> None:
+        self._changed()
         group = scored_group(self.group(gid), self._reward_fn, self._divide_by_std, self.correct_at)
         for r in group.rollouts:
             live = self._by_id.get(r.id)
@@ -593,10 +615,14 @@ class Session:
                           timings=self.timings, reference_policy=self.reference_policy)
 
     @classmethod
-    def from_set(cls, rollout_set: RolloutSet, source: Optional[str] = None) -> "Session":
+    def from_set(cls, rollout_set: RolloutSet, source: Optional[str] = None, in_a_file: bool = True) -> "Session":
+        """A session showing a set; in_a_file=False (a run recovered from the journal): no file holds its rollouts
+        yet, so they count as unexported until exported."""
         session = cls(rollout_set.model, rollout_set.sampling, source)
         session._opened_timings = rollout_set.timings
         session.use_reference_policy(rollout_set.reference_policy)  # before the groups: their facts are under it
         for g in rollout_set.groups:
             session.add_group(g)
+        if in_a_file:
+            session.mark_exported()
         return session

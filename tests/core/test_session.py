@@ -173,3 +173,48 @@ def test_scores_typed_again_while_the_reference_evaluates_are_left_alone():
     assert session.unreferenced("q0").scores == session.scores("q0")  # still to evaluate
     session.annotate(_evaluated(session.unreferenced("q0"), 0.2), _reference("0.5"))
     assert all(s.mean_kl == 0.2 for s in session.scores("q0")) and session.unreferenced("q0") is None
+
+
+def test_the_version_changes_with_every_change_the_session_holds():
+    from explorer.core.types import ReferenceInfo, Score
+
+    engine = FakeEngine("fake:model")
+    session = Session(engine.info)
+    seen = [session.version]
+
+    def changed() -> bool:
+        seen.append(session.version)
+        return seen[-1] != seen[-2]
+
+    session.accept(1)
+    session.feed(1, engine.generate(["Which is the largest ocean?"], 2, GENERATE))
+    assert changed()
+    session.set_scores("q0", (Score("Pacific", ()),))
+    assert changed()
+    session.set_reward(load_reward("length"))
+    assert changed()
+    assert session.set_reference_answer("Which is the largest ocean?", "Pacific")
+    assert changed()
+    assert not session.set_reference_answer("Which is the largest ocean?", "Pacific")  # the same answer again
+    assert not changed()
+    session.annotate(session.group("q0"), ReferenceInfo("system", "a pirate", "f"))
+    assert changed()
+    session.clear_reference_policy()
+    assert changed()
+    session.mark_exported()  # what is held did not change, only where it is kept
+    assert not changed()
+
+
+def test_only_rollouts_no_file_holds_count_as_unexported():
+    session = generate_then_branch(k=3, branch_k=2)
+    assert len(session.unexported_rollouts()) == 5
+    session.mark_exported()
+    assert not session.has_unexported() and session.unexported_rollouts() == []
+    engine = FakeEngine("fake:model")
+    session.accept(3)
+    session.feed(3, engine.branch(session.group("q0"), "q0.r0", 1, None, 2, BRANCH))
+    assert session.unexported_rollouts() == ["q0.r5", "q0.r6"]  # the branch after the export, not the whole set
+    opened = Session.from_set(session.rollout_set(), "set.json")
+    assert not opened.has_unexported()  # its file holds it
+    recovered = Session.from_set(session.rollout_set(), "recovered run", in_a_file=False)
+    assert len(recovered.unexported_rollouts()) == 7  # a journal is no file: unexported until exported

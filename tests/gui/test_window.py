@@ -317,7 +317,7 @@ def test_autosave_during_a_run_and_recovery_on_next_start(qtbot, make_window, fa
     assert restored.session.groups() == Session.from_set(leftover).groups()
     assert restored.views.group_tabs.count() == 2
     restored.files.recovery.flush()
-    assert not restored.files.recovery.path.exists()
+    assert restored.files.recovery.path.exists()  # the only copy of the recovered rollouts until they are exported
 
 
 def test_clean_finish_clears_the_recovery_file(qtbot, window, fake_model):

@@ -114,7 +114,7 @@ class MainWindow(QMainWindow):
         self._answer_timer.setInterval(REFERENCE_DELAY_MS)
 
         self.runs = RunController(engine_factory, self)
-        self.files = FileActions(self, recovery_dir, persist)
+        self.files = FileActions(self, self.settings, self, recovery_dir, persist)
         self.window_settings = WindowSettings(self, self.settings, persist)
         self.controls = ControlPanel()
         self.views = ViewsPanel(self.is_running)
@@ -157,7 +157,7 @@ class MainWindow(QMainWindow):
         self.runs.session_replaced.connect(self._on_session_replaced)
         self.runs.ticked.connect(lambda: self.drain(spread=True))
         self.runs.run_ended.connect(self._on_run_ended)
-        self.runs.fed.connect(self.files.recovery.record)
+        self.runs.fed.connect(self.files.record)
         self.runs.run_failed.connect(lambda failure: self.report_failure("The run failed", failure))
         self.runs.scores_arrived.connect(self.views.show_scores)
         self.runs.scores_arrived.connect(lambda _gid: self.evaluate_reference())
@@ -218,6 +218,17 @@ class MainWindow(QMainWindow):
             session.set_tis_cap(self.controls.reference_box.tis_cap())
         self.views.show_session(session)
 
+    def fed_session(self) -> Optional[Session]:
+        """The session shown, with every event received so far fed to it."""
+        self.drain()
+        return self.session
+
+    def loaded_model(self) -> Optional[ModelInfo]:
+        return self.model_info
+
+    def message(self, text: str) -> None:
+        self.status.message(text)
+
     # -- dialogs and errors ----------------------------------------------------------------------------------------
     def show_error(self, title: str, message: str) -> None:
         self.error_shown.emit(title, message)
@@ -241,7 +252,7 @@ class MainWindow(QMainWindow):
         session = self.session
         if session is None or not session.has_unexported():
             return True
-        n = sum(len(run.rollout_ids) for run in session.runs)
+        n = len(session.unexported_rollouts())
         return self.ask("Discard the rollouts not exported?",
                         f"{n} rollouts made in this session are not in any file yet. {action} and discard them? "
                         "(No keeps them: export them with File > Export first.)")
@@ -397,7 +408,7 @@ class MainWindow(QMainWindow):
         self.views.set_streaming(True)
         self._set_running(True)
         self.status.start_run()
-        self.files.autosave_timer.start()
+        self.files.run_started()
 
     def stop(self) -> None:
         if self.runs.stop():
@@ -411,10 +422,7 @@ class MainWindow(QMainWindow):
         """Feed buffered events to the session, then refresh the views once. While a run streams the refresh timer's
         ticks (spread) draw the views, a view at a time (see ViewsPanel.refresh): a drain asked for elsewhere then
         (autosave, export, a branch) only feeds, instead of drawing everything in one go."""
-        had_events = self.runs.has_pending()
         changes = self.runs.drain()
-        if had_events:
-            self.files.mark_dirty()
         if changes.new_groups:
             self.views.sync_tabs()
         if changes.rewarded_groups:
@@ -434,10 +442,10 @@ class MainWindow(QMainWindow):
         self.views.set_streaming(False)  # everything is drawn in full before run_done
         self.drain()
         self.runs.end_run()
-        self.files.autosave_timer.stop()
         self._set_running(False)
         session, failed = self.session, self.runs.failed
         if self.runs.refused:  # nothing of it was shown: what was on screen stays, and so do its figures
+            self.files.run_refused()
             self.status.end_loading()
             self.status.message("The run was refused; the previous results are kept", MESSAGE_MS)
             self.run_done.emit(False, True)
@@ -451,22 +459,19 @@ class MainWindow(QMainWindow):
                 self._rewards_changed(rewarded)
                 self.views.panes.refresh()
             self._report_reward_errors()
-        if session is not None and (failed or cancelled) and session.group_ids:
-            self.files.autosave()  # an interrupted run is worth keeping until the user exports it or closes
-        else:
-            self.files.recovery.clear()
+        self.files.run_ended(interrupted=failed or cancelled)
         self.evaluate_reference()  # before run_done: a script waiting for the run sees the evaluation going
         self.run_done.emit(cancelled, failed)
 
     # -- opened sets -----------------------------------------------------------------------------------------------
-    def show_rollout_set(self, rollout_set: RolloutSet, source: str) -> None:
-        """Show a saved (or recovered) set read-only; the reward chosen here applies to a set without rewards."""
-        session = Session.from_set(rollout_set, source)
+    def show_rollout_set(self, rollout_set: RolloutSet, source: str, in_a_file: bool = True) -> None:
+        """Show a saved (or recovered: not in a file) set read-only; the reward chosen here applies to a set without
+        rewards."""
+        session = Session.from_set(rollout_set, source, in_a_file)
         box = self.controls.reward_box
         session.choose_reward(box.reward_fn(), box.normalize_std())
         n = session.reward_opened()
         self._set_running(False)
-        self.files.autosave_timer.stop()
         self.runs.show_session(session)
         self._update_reward_status()
         if n:
@@ -539,13 +544,11 @@ class MainWindow(QMainWindow):
         self.report_failure("Cannot use the reference policy", failure)
 
     def _on_reference_facts_changed(self) -> None:
-        self.files.mark_dirty()
         self.views.show_reference()
 
     def _on_tis_cap_changed(self, cap: float) -> None:
         session = self.session
         if session is not None and session.set_tis_cap(cap):
-            self.files.mark_dirty()
             self.views.show_stats(self.views.current_group_id())
 
     def _on_evaluation_done(self) -> None:
@@ -589,7 +592,6 @@ class MainWindow(QMainWindow):
         self._report_reward_errors()
 
     def _rewards_changed(self, gids) -> None:
-        self.files.mark_dirty()
         current = self.views.current_group_id()
         if current in gids:
             self.views.show_stats(current)
@@ -630,23 +632,17 @@ class MainWindow(QMainWindow):
         if self._closed:
             return
         self._closed = True
-        self.files.set_loader.cancel()
-        recovery = self.files.recovery
         if keep_recovery:
             self.drain()  # the events still buffered reach the session, and from it the journal
-            recovery.append_async()
+        self.files.shut(keep_recovery)
         self.runs.abandon()  # signals still queued from the worker are ignored from here on
-        self.files.autosave_timer.stop()
         if self.persist:
             self.window_settings.save()
-        if not keep_recovery:
-            recovery.clear()
         if not self.runs.host.shutdown(2000):
             print("rollout-explorer: the engine is still busy (loading a model?); exiting when it is done",
                   file=sys.stderr)
             keep_until_finished(self.runs.host)
-        recovery.flush()
-        recovery.close()
+        self.files.close()
 
     def closeEvent(self, event) -> None:  # noqa: N802 (Qt override)
         if not self._closed and not self.may_discard("Quit"):
