@@ -18,6 +18,7 @@ from explorer.core.models.discovery import resolve_model
 from explorer.core.remote.servers import server_spec
 from explorer.gui.window.signals import GracefulExit, SignalBridge
 from explorer.gui.run.worker import default_engine_factory, wait_for_lingering
+from explorer.gui.widgets.view_options import BETA_RANGE
 
 ORGANIZATION = "rollout-explorer"
 APPLICATION = "Rollout Explorer"
@@ -74,7 +75,7 @@ def _apply_args(window, args) -> None:
     if _arg(args, "tis_cap") is not None:
         c.reference_box.cap_spin.setValue(float(_arg(args, "tis_cap")))
     if _arg(args, "beta") is not None:
-        window.views.set_beta(float(_arg(args, "beta")))
+        window.views.options.set_beta(float(_arg(args, "beta")))  # ValueError: out of range
 
 
 def _read_reward_and_queries(args):
@@ -262,6 +263,11 @@ def run_gui(args, engine_factory: Callable = default_engine_factory, settings: O
     except ExplorerError as exc:
         print(f"rollout-explorer: {exc}", file=sys.stderr)
         return 2
+    beta = _arg(args, "beta")
+    low, high = BETA_RANGE
+    if beta is not None and not low <= beta <= high:  # NaN too
+        print(f"rollout-explorer: --beta must be between {low:g} and {high:g}, not {beta}", file=sys.stderr)
+        return 2
     session = None
     quit_after = bool(_arg(args, "quit", False))
     # a run started with --run alone is watched by a user: it is autosaved like any other
@@ -275,7 +281,7 @@ def run_gui(args, engine_factory: Callable = default_engine_factory, settings: O
     if reward_fn is not None:
         window.controls.reward_box.set_spec(reward_spec, reward_fn)
     if _arg(args, "shading"):
-        window.views.set_shading(_arg(args, "shading"))
+        window.views.options.set_shading(_arg(args, "shading"))
     if _arg(args, "tree_heights"):
         window.views.tree_view.set_mode(_arg(args, "tree_heights"))
     if _arg(args, "tree_colour"):

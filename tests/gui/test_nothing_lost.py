@@ -70,7 +70,7 @@ def test_a_refused_run_leaves_the_previous_results_on_screen(qtbot, window, fake
 def test_settings_are_saved_when_changed_not_only_on_quit(qtbot, window, gui_settings):
     window.controls.temperature.setValue(0.35)
     qtbot.waitUntil(lambda: '"temperature": 0.35' in (gui_settings.value("controls", "") or ""), timeout=3000)
-    window.views.set_shading("entropy")
+    window.views.options.set_shading("entropy")
     qtbot.waitUntil(lambda: gui_settings.value("view/shading") == "entropy", timeout=3000)
 
 

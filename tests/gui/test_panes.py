@@ -135,16 +135,17 @@ def test_shading_switches_to_entropy(panes):
     cursor.setPosition(2)
     before = cursor.charFormat().background().color().name()
     with_signal = []
-    panes.shading_changed.connect(with_signal.append)
-    panes.set_shading("entropy")
+    panes.options.changed.connect(with_signal.append)
+    panes.shading_box.setCurrentIndex(panes.shading_box.findData("entropy"))  # the box edits the views' option
     cursor = QTextCursor(view.document())
     cursor.setPosition(2)
     after = cursor.charFormat().background().color().name()
-    assert view.mode == "entropy" and panes.legend.mode == "entropy" and with_signal == ["entropy"]
+    assert panes.options.shading == "entropy" and with_signal == ["shading"]
+    assert view.mode == "entropy" and panes.legend.mode == "entropy"
     assert panes.shading_box.currentData() == "entropy"
     assert before != after
     with pytest.raises(ValueError):
-        panes.set_shading("loudness")
+        panes.options.set_shading("loudness")
 
 
 def test_sort_orders_panes_by_logprob_reward_and_back_to_index(panes):

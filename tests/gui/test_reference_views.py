@@ -159,7 +159,7 @@ def views(qtbot):
 def test_show_reference_shades_by_sign_fills_headers_table_and_stats_and_clearing_takes_it_all_back(views):
     session = finished_session(3)
     views.show_session(session)
-    views.set_shading("log_ratio")
+    views.options.set_shading("log_ratio")
     pane = views.panes.panes()[0]
     assert all(background(pane.view, n) is None for n in range(len(WORDS)))  # no facts yet: nothing shaded
     assert views.panes.legend.note() == "no reference policy"
@@ -194,12 +194,12 @@ def test_show_reference_shades_by_sign_fills_headers_table_and_stats_and_clearin
     assert panel.text("same_top_share") == "100.0%" and panel.text("top_disagreement_share") == "0.0%"
     assert not panel.reference.isHidden() and REFERENCE.description in panel.reference.text()
 
-    views.set_beta(0.5)
+    views.options.set_beta(0.5)
     assert table.proxy.index(0, COLUMNS.index("implicit R")).data() == "+1.5"
     assert "implicit R +1.5" in header(views.panes.panes()[0])
     assert views.beta_box.value() == 0.5
     views.beta_box.setValue(0.25)  # the box beside the table: the views take its beta
-    assert views.beta == 0.25 and table.proxy.index(0, COLUMNS.index("implicit R")).data() == "+0.75"
+    assert views.options.beta == 0.25 and table.proxy.index(0, COLUMNS.index("implicit R")).data() == "+0.75"
 
     session.clear_reference_policy()
     views.show_reference()
@@ -231,7 +231,7 @@ def test_an_opened_set_with_reference_facts_shows_them_without_show_reference(vi
     annotate(session, lambda i, n: -0.7)
     model = ModelInfo("m.gguf", "m", "llama", None, None, None, 0, "fp0", False)
     saved = RolloutSet(model, SamplingParams(), session.groups(), reference_policy=REFERENCE)
-    views.set_shading("log_ratio")
+    views.options.set_shading("log_ratio")
     views.show_session(Session.from_set(saved, "set.json"))
     pane = views.panes.panes()[0]
     colour = background(pane.view, 0)
@@ -255,7 +255,7 @@ def test_a_token_hovered_after_annotation_shows_the_reference_card(qtbot, views)
 def test_show_reference_of_a_finished_group_leaves_the_shown_text_in_place(views):
     session = finished_session(2)
     views.show_session(session)
-    views.set_shading("log_ratio")
+    views.options.set_shading("log_ratio")
     pane = views.panes.panes()[0]
     removed = []
     pane.view.document().contentsChange.connect(lambda pos, rem, add: removed.append((rem, add)))
@@ -282,7 +282,7 @@ def test_reference_columns_sort_with_missing_values_last_and_follow_beta(qtbot):
     reward = COLUMNS.index("implicit R")
     table.view.sortByColumn(reward, Qt.SortOrder.DescendingOrder)
     assert table.proxy.index(0, reward).data() == "+0.05"
-    table.set_beta(2.0)
+    table.options.set_beta(2.0)
     assert table.proxy.index(0, reward).data() == "+1"
     table.set_rollouts([plain])
     assert not table.reference_shown()
@@ -333,13 +333,13 @@ def test_the_view_menu_offers_log_ratio_shading_and_says_what_it_shades_against(
     action = window.menu_actions["shade_log_ratio"]
     assert action.isEnabled() and "no reference policy" in action.toolTip()
     action.trigger()
-    assert window.views.shading() == "log_ratio" and action.isChecked()
+    assert window.views.options.shading == "log_ratio" and action.isChecked()
     assert window.views.panes.legend.note() == "no reference policy"
     session = finished_session(1)
     annotate(session, lambda i, n: 0.1)
     window.views.show_session(session)
     assert REFERENCE.description in action.toolTip() and REFERENCE.description in action.statusTip()
-    window.views.set_shading("prob")
+    window.views.options.set_shading("prob")
     assert window.menu_actions["shade_prob"].isChecked()
 
 

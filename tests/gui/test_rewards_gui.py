@@ -162,12 +162,12 @@ def test_stats_panel_follows_the_query_tab(qtbot, window, fake_model):
         assert panel.group_id == gid
         assert panel.value("distinct_responses") == len(set(texts))
         assert panel.text("distinct_responses") == f"{len(set(texts))} of 5"
-        assert panel.text("mean_reward") == "—" and not panel.values["mean_reward"].isEnabled()
+        assert panel.text("mean_reward") == "—" and not panel.value_labels["mean_reward"].isEnabled()
     for name in ("distinct_1", "mean_first_divergence", "branch_mass_coverage"):
-        assert panel.values[name].toolTip() == STAT_DESCRIPTIONS[name]
+        assert panel.value_labels[name].toolTip() == STAT_DESCRIPTIONS[name]
     window.controls.reward_box.set_spec("length")  # re-applied: the panel shows the rewards at once
     assert panel.value("mean_reward") == pytest.approx(statistics.fmean(r.reward for r in rollouts_of(window, "q0")))
-    assert panel.values["mean_reward"].isEnabled()
+    assert panel.value_labels["mean_reward"].isEnabled()
 
 
 def test_sort_by_reward_orders_the_panes(qtbot, window, fake_model):

@@ -84,7 +84,7 @@ def test_scores_show_logprob_probability_share_perplexity_and_shaded_tokens(pane
     assert table.item(1, 1).font().bold() and not table.item(0, 1).font().bold()  # the likelier candidate
     view = table.cellWidget(0, 0)
     assert isinstance(view, TokenTextView) and view.text() == "Atlantic Ocean" and view.token_count == 3
-    panel.set_shading("entropy")
+    panel.options.set_shading("entropy")
     assert view.mode == "entropy"
     panel.set_group("q1", "other", (pacific,))  # the panel shows the scores it is given, keeps none
     assert table.rowCount() == 1 and table.cellWidget(0, 0).text() == "Pacific Ocean"

@@ -130,7 +130,7 @@ def test_view_shades_tokens_finds_them_under_the_mouse_and_switches_to_entropy(q
     for index in range(3):
         assert view.token_at(view.token_rect(index).center()) == index
     assert view.token_at(QPoint(390, 190)) is None  # blank space below the text
-    view.set_shading("entropy")
+    view.options.set_shading("entropy")
     assert _background(view, 0) != sure_bg and _background(view, 6) != odd_bg
     assert view.text() == "sure odd end"
 

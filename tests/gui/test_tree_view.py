@@ -157,7 +157,7 @@ def test_select_token_from_a_pane_selects_its_node(qtbot, view, tree):
 
 
 def test_branch_menu_forces_a_ghost_token_and_keeps_a_real_prefix(qtbot, view, tree):
-    view.set_branch_k(3)
+    view.branch_k = lambda: 3  # as the side panel's k answers
     ghost = next(c for c in tree.children(tree.node_for([1, 2, 4])) if c.is_ghost)
     menu = view.node_menu(ghost.node)
     action = next(a for a in menu.actions() if a.data() == "branch")

@@ -23,7 +23,8 @@ from explorer.core.numbers import (format_implicit_reward, format_kl, format_log
                                    format_probability, sequence_logprob_of)
 from explorer.gui.widgets.style import SHADING_MODES, ShadingLegend, accent, finish_colour, muted_text
 from explorer.core.token_text import decode_pieces, fit_pieces
-from explorer.gui.widgets.tokens import DEFAULT_BETA, TokenTextView
+from explorer.gui.widgets.tokens import TokenTextView
+from explorer.gui.widgets.view_options import ViewOptions
 
 SORT_KEYS = ("index", "logprob", "reward", "advantage")
 COMPACT_ABOVE = 8  # more panes than this: compact mode
@@ -49,8 +50,7 @@ class RolloutPane(QFrame):
     token_clicked = Signal(str, int)
     branch_requested = Signal(str, int, object)  # rollout id, position, forced token id or None
 
-    def __init__(self, session: Session, live, mode: str = "prob", parent: Optional[QWidget] = None,
-                 beta: float = DEFAULT_BETA):
+    def __init__(self, session: Session, live, options: ViewOptions, parent: Optional[QWidget] = None):
         super().__init__(parent)
         self._session = session
         self._live = live
@@ -58,7 +58,8 @@ class RolloutPane(QFrame):
         self._compact = False
         self._highlighted = False
         self._final = None  # the Rollout last rendered, once the rollout finished
-        self._beta = beta  # the implicit reward's beta (RolloutPanes keeps it as the views gave it)
+        self._options = options  # the implicit reward's beta, the shading
+        options.changed.connect(self._on_option_changed)
         self._n_tokens = 0  # tokens of live.tokens already in the view
         self._header_key = None
 
@@ -74,7 +75,7 @@ class RolloutPane(QFrame):
         self.copy_button.setToolTip("Copy this rollout's text to the clipboard")
         self.copy_button.setAutoRaise(True)
         self.copy_button.clicked.connect(self.copy_text)
-        self.view = TokenTextView(self, mode)
+        self.view = TokenTextView(self, options)
         self.view.setFrameShape(QFrame.Shape.NoFrame)
         self.view.token_clicked.connect(lambda index: self.token_clicked.emit(self.rollout_id, index))
         self.view.branch_requested.connect(lambda position, forced: self.branch_requested.emit(
@@ -136,10 +137,9 @@ class RolloutPane(QFrame):
         self._header_key = None
         self._update_header()
 
-    def set_beta(self, beta: float) -> None:
-        """The implicit reward beta * log-ratio the header shows takes this beta."""
-        self._beta = beta
-        self._update_header()
+    def _on_option_changed(self, name: str) -> None:
+        if name == "beta":  # the implicit reward beta * log-ratio the header shows
+            self._update_header()
 
     def set_highlighted(self, on: bool) -> None:
         if on != self._highlighted:
@@ -217,7 +217,8 @@ class RolloutPane(QFrame):
         error = final.reward_error if final is not None else None
         ratio = final.log_ratio if final is not None else None
         mean_kl = final.mean_kl if final is not None else None
-        key = (n, finish, reward, advantage, error, self.logprob, ratio, mean_kl, self._beta if ratio is not None
+        beta = self._options.beta
+        key = (n, finish, reward, advantage, error, self.logprob, ratio, mean_kl, beta if ratio is not None
                else None, self._compact, self.palette().cacheKey())
         if key == self._header_key:
             return False
@@ -252,7 +253,7 @@ class RolloutPane(QFrame):
         if final is not None and final.reward_error:
             facts.append(f'<span style="color:{finish_colour("cancelled").name()}">reward error</span>')
         if ratio is not None:  # against the reference policy
-            implicit = format_implicit_reward(self._beta * ratio)
+            implicit = format_implicit_reward(beta * ratio)
             facts += [f"log π/{_NO_BREAK}π_ref {format_logprob(ratio)}",  # a line may break after "/" otherwise
                       f"KL {format_kl(mean_kl)}/{_NO_BREAK}tok" if self._compact
                       else f"KL {format_kl(mean_kl)} per token",
@@ -266,8 +267,8 @@ class RolloutPane(QFrame):
         if ratio is not None:
             tip += [f"log pi(y|x) - log pi_ref(y|x) = {format_logprob(ratio)}",
                     f"mean KL(pi || pi_ref) per token = {format_kl(mean_kl)} nats",
-                    f"implicit reward beta * log-ratio = {format_implicit_reward(self._beta * ratio)} (DPO's, "
-                    f"beta {self._beta:g})"]
+                    f"implicit reward beta * log-ratio = {format_implicit_reward(beta * ratio)} (DPO's, "
+                    f"beta {beta:g})"]
         if final is not None and final.reward_error:
             tip.append(f"reward error: {final.reward_error}")
         self.stats.setToolTip("\n".join(tip))
@@ -288,24 +289,23 @@ class RolloutPanes(QWidget):
 
     token_clicked = Signal(str, int)  # rollout id, token position
     branch_requested = Signal(str, int, object)  # rollout id, position, forced token id or None (a pane's menu)
-    shading_changed = Signal(str)
     sort_changed = Signal(str)
 
-    def __init__(self, parent: Optional[QWidget] = None):
+    def __init__(self, options: Optional[ViewOptions] = None, parent: Optional[QWidget] = None):
+        """options: the views' shading and beta (panes on their own get options of their own)."""
         super().__init__(parent)
+        self.options = options if options is not None else ViewOptions(self)
         self._session: Optional[Session] = None
         self._group_id: Optional[str] = None
         self._panes: dict[str, RolloutPane] = {}
         self._order: list[str] = []
-        self._mode = "prob"
         self._sort = "index"
         self._highlighted: set[str] = set()
         self._compact_choice: Optional[bool] = None  # None: compact when there are more than COMPACT_ABOVE panes
         self._pane_budget: Optional[int] = None  # most panes made per refresh; None: all at once
         self._shown: Optional[list[str]] = None  # rollouts to show as panes (rows picked in the table); None: all
-        self._beta = DEFAULT_BETA  # as the views gave it (set_beta)
 
-        self.legend = ShadingLegend(self, self._mode)
+        self.legend = ShadingLegend(self.options, self)
         self.shading_box = QComboBox()
         for mode, text in zip(SHADING_MODES, ("Shade by probability", "Shade by entropy",
                                               "Shade by log-ratio π/π_ref")):
@@ -313,7 +313,9 @@ class RolloutPanes(QWidget):
         self.shading_box.setToolTip("Colour tokens by their raw probability, by the entropy at that step, or by how "
                                     "much likelier the policy finds them than a reference policy")
         self.set_reference_policy(None)
-        self.shading_box.currentIndexChanged.connect(lambda _: self.set_shading(self.shading_box.currentData()))
+        # the box is an editor of the views' shading: it shows the option and sets it
+        self.shading_box.currentIndexChanged.connect(lambda _: self.options.set_shading(self.shading_box.currentData()))
+        self.options.changed.connect(self._on_option_changed)
         self.sort_box = QComboBox()
         for label, key in (("Order: index", "index"), ("Order: log π (best first)", "logprob"),
                            ("Order: reward", "reward"), ("Order: advantage", "advantage")):
@@ -354,10 +356,6 @@ class RolloutPanes(QWidget):
         return self._group_id
 
     @property
-    def shading(self) -> str:
-        return self._mode
-
-    @property
     def sort_key(self) -> str:
         return self._sort
 
@@ -395,18 +393,10 @@ class RolloutPanes(QWidget):
         if resort and self._sort != "index":
             self._apply_sort()
 
-    def set_shading(self, mode: str) -> None:
-        if mode not in SHADING_MODES:
-            raise ValueError(f"unknown shading mode {mode!r}; expected one of {', '.join(SHADING_MODES)}")
-        with QSignalBlocker(self.shading_box):
-            self.shading_box.setCurrentIndex(SHADING_MODES.index(mode))
-        if mode == self._mode:
-            return
-        self._mode = mode
-        self.legend.set_mode(mode)
-        for pane in self._panes.values():
-            pane.view.set_shading(mode)
-        self.shading_changed.emit(mode)
+    def _on_option_changed(self, name: str) -> None:
+        if name == "shading":
+            with QSignalBlocker(self.shading_box):
+                self.shading_box.setCurrentIndex(SHADING_MODES.index(self.options.shading))
 
     def set_reference_policy(self, description: Optional[str]) -> None:
         """What the session's reference policy is (None: it has none): the legend and the shading choice say it. The
@@ -415,12 +405,6 @@ class RolloutPanes(QWidget):
         self.legend.set_reference_policy(description)
         tip = reference_shading_tip(description)
         self.shading_box.setItemData(SHADING_MODES.index("log_ratio"), tip, Qt.ItemDataRole.ToolTipRole)
-
-    def set_beta(self, beta: float) -> None:
-        """The beta of the implicit reward beta * log-ratio the headers show."""
-        self._beta = beta
-        for pane in self._panes.values():
-            pane.set_beta(beta)
 
     def set_sort(self, key: str) -> None:
         if key not in SORT_KEYS:
@@ -501,7 +485,7 @@ class RolloutPanes(QWidget):
     def _add_panes(self, lives) -> None:
         new = [live for live in lives if live.id not in self._panes]
         for live in new[:self._pane_budget] if self._pane_budget is not None else new:
-            pane = RolloutPane(self._session, live, self._mode, self._container, self._beta)
+            pane = RolloutPane(self._session, live, self.options, self._container)
             pane.token_clicked.connect(self.token_clicked)
             pane.branch_requested.connect(self.branch_requested)
             pane.set_highlighted(live.id in self._highlighted)

@@ -135,7 +135,7 @@ def node_menu(view, node: int) -> QMenu:
     tree = view.tree
     menu = QMenu(view)
     prefix = tree.branch_prefix(node)
-    k = view.branch_k
+    k = view.branch_k()
     if prefix.forced_token is not None:
         text = f"Branch here ({k} rollouts, forcing “{display_token(tree.text(node))}”)"
     elif node == ROOT:

@@ -27,7 +27,7 @@ token (position = the ghost's depth, forced_token = its id). Branching at the ro
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import pyqtgraph as pg
@@ -79,7 +79,8 @@ class TokenTreeView(QWidget):
     branch_requested = Signal(str, str, int, object)  # group id, rollout id, position, forced token id or None
     tree_refreshed = Signal()  # after a refresh that drew something new, or another tree was set
 
-    def __init__(self, parent: Optional[QWidget] = None):
+    def __init__(self, parent: Optional[QWidget] = None, branch_k: Callable[[], int] = lambda: 4):
+        """branch_k: how many rollouts a branch samples (the side panel's k), asked when a box's menu opens."""
         super().__init__(parent)
         self._tree: Optional[TokenTree] = None
         self._version = -1
@@ -95,7 +96,7 @@ class TokenTreeView(QWidget):
         self._n_rollouts = 0
         self._growing = False
         self._settling = False
-        self.branch_k = 4
+        self.branch_k = branch_k
 
         bar = QHBoxLayout()
         bar.setSpacing(4)
@@ -371,9 +372,6 @@ class TokenTreeView(QWidget):
         self._show_ghosts = show
         self.icicle.show_ghosts = show
         self.icicle.update()
-
-    def set_branch_k(self, k: int) -> None:
-        self.branch_k = max(1, int(k))
 
     def fit(self) -> None:
         """Show the whole tree, and keep following it as it grows until the user zooms or pans."""

@@ -2,8 +2,8 @@
 table, the scoring panel and the statistics panel (tree, table and panes kept in step by ViewLinks), and the turn-taking that keeps their refreshes short while a run streams.
 
 The panel shows a Session and keeps none of its state: the panes and the tree read the session's rollouts and
-trees, the scoring panel shows the session's scores of the selected group. It owns one number of its own: beta, of the
-implicit reward beta * log(pi(y|x) / pi_ref(y|x)) that the panes and the table show against a reference policy.
+trees, the scoring panel shows the session's scores of the selected group. How they show it (the token shading, beta
+of the implicit reward beta * log(pi(y|x) / pi_ref(y|x))) is one ViewOptions the views read.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import time
 from dataclasses import replace
 from typing import Callable, Optional
 
-from PySide6.QtCore import Qt, Signal, Slot
+from PySide6.QtCore import QSignalBlocker, Qt, Signal, Slot
 from PySide6.QtWidgets import (QDoubleSpinBox, QHBoxLayout, QLabel, QSplitter, QStackedWidget, QTabBar, QVBoxLayout,
                                QWidget)
 
@@ -23,7 +23,7 @@ from explorer.gui.views.rollout_table import RolloutTable
 from explorer.gui.views.scoring import ScoringPanel
 from explorer.gui.views.side_plot import SidePlot
 from explorer.gui.views.stats_panel import StatsPanel
-from explorer.gui.widgets.tokens import DEFAULT_BETA
+from explorer.gui.widgets.view_options import BETA_RANGE, ViewOptions
 from explorer.gui.tree.tree_view import TokenTreeView
 from explorer.gui.views.links import ViewLinks
 
@@ -50,13 +50,15 @@ def _hint(text: str) -> QLabel:
 class ViewsPanel(QSplitter):
     """The right-hand side of the window: panes above; tree, side plot, scoring and statistics below."""
 
-    shading_changed = Signal(str)
     group_changed = Signal(object)  # the group id now shown, or None
     reference_changed = Signal(object)  # what the session's reference policy is (its description), or None
 
-    def __init__(self, is_running: Callable[[], bool], parent: Optional[QWidget] = None):
+    def __init__(self, is_running: Callable[[], bool], branch_k: Callable[[], int] = lambda: 4,
+                 parent: Optional[QWidget] = None):
+        """branch_k: how many rollouts a branch from the tree samples (the side panel's k)."""
         super().__init__(Qt.Orientation.Vertical, parent)
         self._is_running = is_running
+        self.options = ViewOptions(self)
         self._session: Optional[Session] = None
         self._tree_drawn_at = 0.0  # time.monotonic() of the last tree refresh
         self._tree_to_show = _NO_TREE_SWITCH  # a tree the tree view switches to on its next refresh
@@ -72,9 +74,8 @@ class ViewsPanel(QSplitter):
         header.addWidget(self.group_tabs, 1)
 
         # The panes bring their own legend, shading and sort choices.
-        self.panes = RolloutPanes()
+        self.panes = RolloutPanes(self.options)
         self.panes.token_clicked.connect(lambda rid, pos: self.tree_view.select_token(rid, pos))
-        self.panes.shading_changed.connect(self._on_shading_changed)
         panes_area = QWidget()
         v = QVBoxLayout(panes_area)
         v.setContentsMargins(0, 0, 0, 0)
@@ -87,24 +88,26 @@ class ViewsPanel(QSplitter):
         self.panes_stack.addWidget(self.empty_hint)
         self.panes_stack.addWidget(panes_area)
 
-        self.tree_view = TokenTreeView()
+        self.tree_view = TokenTreeView(branch_k=branch_k)
         self.tree_view.token_selected.connect(self.panes.scroll_to_token)
-        self.rollout_table = RolloutTable()
+        self.rollout_table = RolloutTable(self.options)
+        # an editor of the views' beta: it shows the option and sets it
         self.beta_box = QDoubleSpinBox()
         self.beta_box.setPrefix("β ")
         self.beta_box.setDecimals(3)
-        self.beta_box.setRange(0.001, 100.0)
+        self.beta_box.setRange(*BETA_RANGE)
         self.beta_box.setSingleStep(0.05)
-        self.beta_box.setValue(DEFAULT_BETA)
+        self.beta_box.setValue(self.options.beta)
         self.beta_box.setToolTip(
             "beta of DPO's implicit reward beta * log(pi(y|x) / pi_ref(y|x)). Up to a constant per query, it is the "
             "reward for which the policy is the best one of RL with the penalty beta * KL(pi || pi_ref) from the "
             "reference: compare it between responses to the same query. DPO is commonly trained with beta 0.1 "
             "(0.01 to 0.5); the implicit R column and the pane headers use this one")
-        self.beta_box.valueChanged.connect(self._take_beta)
+        self.beta_box.valueChanged.connect(self.options.set_beta)
+        self.options.changed.connect(self._on_option_changed)
         self.rollout_table.add_reference_control(self.beta_box)
         self.links = ViewLinks(self.tree_view, self.rollout_table, self.panes)
-        self.scoring = ScoringPanel()
+        self.scoring = ScoringPanel(self.options)
 
         # Under the panes: the token tree (with its per-position plot) beside the scoring panel.
         self.bottom_splitter = QSplitter(Qt.Orientation.Horizontal)
@@ -259,19 +262,10 @@ class ViewsPanel(QSplitter):
         self.panes.set_reference_policy(description)
         self.reference_changed.emit(description)
 
-    @property
-    def beta(self) -> float:
-        """beta of the implicit reward beta * log-ratio the panes and the table show (the box beside the table holds
-        it)."""
-        return self.beta_box.value()
-
-    def set_beta(self, beta: float) -> None:
-        """A new beta (as the box rounds and bounds it): what shows implicit rewards redraws."""
-        self.beta_box.setValue(beta)  # its valueChanged, if the value changes, comes to _take_beta
-
-    def _take_beta(self, beta: float) -> None:
-        self.panes.set_beta(beta)
-        self.rollout_table.set_beta(beta)
+    def _on_option_changed(self, name: str) -> None:
+        if name == "beta" and self.beta_box.value() != self.options.beta:
+            with QSignalBlocker(self.beta_box):
+                self.beta_box.setValue(self.options.beta)
 
     def show_scores(self, group_id: Optional[str]) -> None:
         """The session's scores of this group changed."""
@@ -291,18 +285,7 @@ class ViewsPanel(QSplitter):
             group = replace(group, stats=group_stats(group))
         self.stats_panel.show_group(group, session.reference_policy, session.set_mismatch())
 
-    # -- shading and layout ----------------------------------------------------------------------------------------
-    def set_shading(self, mode: str) -> None:
-        self.panes.set_shading(mode)
-        self._on_shading_changed(mode)
-
-    def shading(self) -> str:
-        return self.panes.shading
-
-    def _on_shading_changed(self, mode: str) -> None:
-        self.scoring.set_shading(mode)
-        self.shading_changed.emit(mode)
-
+    # -- layout ----------------------------------------------------------------------------------------------------
     def set_compact(self, compact: bool) -> None:
         self.panes.set_compact(True if compact else None)  # unchecked: automatic again (compact for k > 8)
 

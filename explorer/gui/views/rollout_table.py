@@ -24,7 +24,7 @@ from explorer.gui.widgets.style import shade_colour, shade_level
 from explorer.core.token_text import decode_pieces
 from explorer.core.numbers import (format_implicit_reward, format_kl, format_logprob, format_perplexity,
                                    format_probability)
-from explorer.gui.widgets.tokens import DEFAULT_BETA
+from explorer.gui.widgets.view_options import ViewOptions
 
 PREVIEW_TOKENS = 48  # tokens of each response drawn in the preview column
 PREVIEW_WIDTH = 260  # px
@@ -51,17 +51,18 @@ PIECES_ROLE = Qt.ItemDataRole.UserRole + 2
 class RolloutTableModel(QAbstractTableModel):
     """The rows (merged responses) of one group."""
 
-    def __init__(self, parent=None):
+    def __init__(self, options: ViewOptions, parent=None):
         super().__init__(parent)
+        self._options = options  # beta of the implicit reward column
+        options.changed.connect(self._on_option_changed)
         self.rows: list[ResponseRow] = []
         self._pieces: list[list[tuple[str, int]]] = []  # per row: (text piece, shade level) of the preview tokens
         # per row: values(row), made when first asked (a view measuring its columns asks every cell in turn)
         self._values: list[Optional[dict]] = []
-        self.beta = DEFAULT_BETA  # as the views gave it (set_beta)
 
-    def set_beta(self, beta: float) -> None:
-        """The implicit reward column takes this beta."""
-        self.beta = beta
+    def _on_option_changed(self, name: str) -> None:
+        if name != "beta":
+            return
         self._values = [None] * len(self.rows)
         if self.rows:
             column = COLUMNS.index("implicit R")
@@ -113,7 +114,7 @@ class RolloutTableModel(QAbstractTableModel):
         referenced = _referenced(row)
         ratio = referenced.log_ratio if referenced is not None else None
         mean_kl = referenced.mean_kl if referenced is not None else None
-        implicit = referenced.implicit_reward(self.beta) if referenced is not None else None
+        implicit = referenced.implicit_reward(self._options.beta) if referenced is not None else None
         return {
             "response": (r.text, r.text),
             "n": (str(row.count), row.count),
@@ -232,9 +233,11 @@ class _PreviewDelegate(QStyledItemDelegate):
 class RolloutTable(QWidget):
     rollouts_selected = Signal(object)  # list of rollout ids behind the selected rows ([] when none)
 
-    def __init__(self, parent: Optional[QWidget] = None):
+    def __init__(self, options: Optional[ViewOptions] = None, parent: Optional[QWidget] = None):
+        """options: the views' beta (a table on its own gets options of its own)."""
         super().__init__(parent)
-        self.model = RolloutTableModel(self)
+        self.options = options if options is not None else ViewOptions(self)
+        self.model = RolloutTableModel(self.options, self)
         self.proxy = _RowFilter(self)
         self.proxy.setSourceModel(self.model)
         self.view = QTableView()
@@ -278,10 +281,6 @@ class RolloutTable(QWidget):
         self._reference_controls.append(widget)
         self.controls.addWidget(widget)
         widget.setVisible(self.model.has_reference())
-
-    def set_beta(self, beta: float) -> None:
-        """The implicit reward column's beta: its values and its sort follow."""
-        self.model.set_beta(beta)
 
     def reference_shown(self) -> bool:
         """Whether the reference columns are shown (some row has a reference's facts)."""

@@ -24,6 +24,7 @@ from PySide6.QtWidgets import (
 
 from explorer.core.types import Score
 from explorer.gui.widgets.style import muted_text
+from explorer.gui.widgets.view_options import ViewOptions
 from explorer.core.token_text import decode_pieces, fit_pieces
 from explorer.core.numbers import format_kl, format_logprob, format_percent, format_perplexity, format_probability
 from explorer.gui.widgets.tokens import TokenTextView
@@ -87,12 +88,13 @@ class ScoringPanel(QWidget):
 
     score_requested = Signal(str, list)  # group id, candidate responses
 
-    def __init__(self, parent: Optional[QWidget] = None):
+    def __init__(self, options: Optional[ViewOptions] = None, parent: Optional[QWidget] = None):
+        """options: the views' shading (a panel on its own gets options of its own)."""
         super().__init__(parent)
+        self.options = options if options is not None else ViewOptions(self)
         self._group_id: Optional[str] = None
         self._query = ""
         self._drafts: dict[tuple[str, str], str] = {}  # typed per (group, query): switching loses nothing
-        self._mode = "prob"
         self._busy = False
 
         self.query_label = QLabel()
@@ -196,13 +198,6 @@ class ScoringPanel(QWidget):
         self.busy_bar.setVisible(busy)
         self._update_enabled()
 
-    def set_shading(self, mode: str) -> None:
-        self._mode = mode
-        for row in range(self.table.rowCount()):
-            view = self.table.cellWidget(row, 0)
-            if isinstance(view, TokenTextView):
-                view.set_shading(mode)
-
     def request_score(self) -> None:
         if self._group_id is None or self._busy:
             return
@@ -229,7 +224,7 @@ class ScoringPanel(QWidget):
         best = max(range(len(scores)), key=lambda i: share[i]) if scores and max(share) > 0 else -1
         line = self.fontMetrics().lineSpacing()
         for row, score in enumerate(scores):
-            view = TokenTextView(None, self._mode)
+            view = TokenTextView(None, self.options)
             view.setFrameShape(QFrame.Shape.NoFrame)
             view.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)
             view.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)

@@ -108,8 +108,7 @@ class StatsPanel(QFrame):
     def __init__(self, parent: Optional[QWidget] = None):
         super().__init__(parent)
         self.setFrameShape(QFrame.Shape.StyledPanel)
-        self._group_id: Optional[str] = None
-        self._values: dict[str, Optional[float]] = {}
+        self._group: Optional[QueryGroup] = None  # the group shown; its stats are what the labels say
         self.title = QLabel()
         self.title.setTextFormat(Qt.TextFormat.RichText)
         self.note = QLabel()
@@ -120,7 +119,7 @@ class StatsPanel(QFrame):
         grid.setHorizontalSpacing(10)
         grid.setVerticalSpacing(1)
         self.labels: dict[str, QLabel] = {}
-        self.values: dict[str, QLabel] = {}
+        self.value_labels: dict[str, QLabel] = {}
         first_reference_row = (len(ROWS) + 1) // 2
         places = [divmod(i, 2) for i in range(len(ROWS))] + [
             (first_reference_row + i // 2, i % 2) for i in range(len(REFERENCE_ROWS))]
@@ -132,7 +131,7 @@ class StatsPanel(QFrame):
                 w.setToolTip(STAT_DESCRIPTIONS[name])
             grid.addWidget(label, row, 2 * col)
             grid.addWidget(value, row, 2 * col + 1)
-            self.labels[name], self.values[name] = label, value
+            self.labels[name], self.value_labels[name] = label, value
         grid.setColumnStretch(1, 1)
         grid.setColumnStretch(3, 1)
         self.mismatch_grid = QWidget()
@@ -210,14 +209,15 @@ class StatsPanel(QFrame):
 
     @property
     def group_id(self) -> Optional[str]:
-        return self._group_id
+        return self._group.id if self._group is not None else None
 
     def value(self, name: str) -> Optional[float]:
         """The statistic shown, as a number (None when undefined or not computed yet)."""
-        return self._values.get(name)
+        group = self._group
+        return dict(group.stats).get(name) if group is not None and group.stats is not None else None
 
     def text(self, name: str) -> str:
-        return self.values[name].text()
+        return self.value_labels[name].text()
 
     def mismatch_text(self, name: str, which: int = 0) -> str:
         """A mismatch row's text: this query's (which 0) or the set's (1)."""
@@ -228,24 +228,23 @@ class StatsPanel(QFrame):
         """Show a group's statistics; reference: the session's reference policy, None when it has none;
         set_mismatch: the mismatch numbers over the whole set (Session.set_mismatch). The reference rows show only
         when the group has their numbers."""
-        self._group_id = group.id if group is not None else None
+        self._group = group
         stats = dict(group.stats) if group is not None and group.stats is not None else {}
-        self._values = stats
         n = len(group.rollouts) if group is not None else None
         self.title.setText(f"{n} rollouts " if group is not None else "")
         has_reward = "mean_reward" in stats
         for name, _ in ROWS:
-            self.values[name].setText(format_stat(name, stats.get(name), n))
+            self.value_labels[name].setText(format_stat(name, stats.get(name), n))
             reward_row = name in ("mean_reward", "reward_std")
-            for w in (self.labels[name], self.values[name]):
+            for w in (self.labels[name], self.value_labels[name]):
                 w.setEnabled(has_reward or not reward_row)
         has_reference = "same_top_share" in stats
         has_kl = reference is None or reference.has_kl
         for name, _ in REFERENCE_ROWS:
             value = stats.get(name)
             unknown = not has_kl and name in ("mean_kl", "kl_p99")
-            self.values[name].setText(UNAVAILABLE if unknown else format_stat(name, value, n))
-            for w in (self.labels[name], self.values[name]):
+            self.value_labels[name].setText(UNAVAILABLE if unknown else format_stat(name, value, n))
+            for w in (self.labels[name], self.value_labels[name]):
                 w.setVisible(has_reference)
         query_mismatch, all_mismatch = mismatch_of(stats), mismatch_of(set_mismatch)
         for name, (mine, every) in self.mismatch_values.items():

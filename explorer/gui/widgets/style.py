@@ -234,20 +234,25 @@ class ShadingLegend(QWidget):
     """A small colour bar saying what the shading means: '<label>  low [gradient] high'. In the log-ratio mode it also
     says when the session has no reference policy (every token is unshaded then, and the reader should know why)."""
 
-    def __init__(self, parent: QWidget | None = None, mode: str = "prob"):
+    def __init__(self, options, parent: QWidget | None = None):
+        """options: the views' ViewOptions (the shading shown)."""
         super().__init__(parent)
-        self._mode = mode
+        self._options = options
         self._reference: Optional[str] = None  # what pi_ref is (its description); None: no reference
+        options.changed.connect(self._on_option_changed)
         self.setToolTip(self._explanation())
+
+    def _on_option_changed(self, name: str) -> None:
+        if name == "shading":
+            self._changed()
+
+    @property
+    def _mode(self) -> str:
+        return self._options.shading
 
     @property
     def mode(self) -> str:
-        return self._mode
-
-    def set_mode(self, mode: str) -> None:
-        _check_mode(mode)
-        self._mode = mode
-        self._changed()
+        return self._options.shading
 
     def set_reference_policy(self, description: Optional[str]) -> None:
         """The reference policy the log-ratios are against (its description), or None when the session has none."""

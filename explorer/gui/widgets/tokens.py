@@ -18,11 +18,8 @@ from PySide6.QtWidgets import QApplication, QMenu, QPlainTextEdit, QTextEdit, QT
 
 from explorer.core.numbers import format_kl, format_logprob, format_percent, format_probability
 from explorer.core.types import TokenInfo
-from explorer.gui.widgets.style import SHADING_MODES, blend, card_colours, is_dark, shade_colour, shade_level
-
-# DPO's usual beta: the implicit reward beta * log(pi(y|x) / pi_ref(y|x)) the panes and the table show until the views
-# give another (ViewsPanel.beta owns it)
-DEFAULT_BETA = 0.1
+from explorer.gui.widgets.style import blend, card_colours, is_dark, shade_colour, shade_level
+from explorer.gui.widgets.view_options import ViewOptions
 
 
 # -- token labels and the tooltip -----------------------------------------------------------------------------------
@@ -171,11 +168,11 @@ class TokenTextView(QPlainTextEdit):
     token_clicked = Signal(int)  # token index
     branch_requested = Signal(int, object)  # position to keep up to (exclusive), forced token id or None
 
-    def __init__(self, parent: Optional[QWidget] = None, mode: str = "prob"):
+    def __init__(self, parent: Optional[QWidget] = None, options: Optional[ViewOptions] = None):
+        """options: the views' (their shading); a view on its own gets options of its own."""
         super().__init__(parent)
-        if mode not in SHADING_MODES:
-            raise ValueError(f"unknown shading mode {mode!r}")
-        self._mode = mode
+        self.options = options if options is not None else ViewOptions(self)
+        self.options.changed.connect(self._on_option_changed)
         self._tokens: list[TokenInfo] = []
         self._starts: list[int] = []  # UTF-16 offset where each token's text begins
         self._levels: list[int] = []
@@ -196,7 +193,7 @@ class TokenTextView(QPlainTextEdit):
     # -- content ----------------------------------------------------------------------------------------------------
     @property
     def mode(self) -> str:
-        return self._mode
+        return self.options.shading
 
     @property
     def token_count(self) -> int:
@@ -258,14 +255,10 @@ class TokenTextView(QPlainTextEdit):
             self.moveCursor(QTextCursor.MoveOperation.Start)
         bar.setValue(bar.maximum() if follow else keep)
 
-    def set_shading(self, mode: str) -> None:
-        if mode not in SHADING_MODES:
-            raise ValueError(f"unknown shading mode {mode!r}; expected one of {', '.join(SHADING_MODES)}")
-        if mode == self._mode:
-            return
-        self._mode = mode
-        self._levels = [self._level(t) for t in self._tokens]
-        self._reformat()
+    def _on_option_changed(self, name: str) -> None:
+        if name == "shading":
+            self._levels = [self._level(t) for t in self._tokens]
+            self._reformat()
 
     def update_tokens(self, tokens: Sequence[TokenInfo]) -> None:
         """The same tokens (the same ids and text) with new facts: a reference policy evaluated them, or its facts were
@@ -286,7 +279,7 @@ class TokenTextView(QPlainTextEdit):
             self._reformat(changed)
 
     def _level(self, token: TokenInfo) -> int:
-        return shade_level(self._mode, token.prob, token.entropy, token.log_ratio)
+        return shade_level(self.options.shading, token.prob, token.entropy, token.log_ratio)
 
     def _palette_key(self):
         pal = self.palette()
@@ -297,13 +290,14 @@ class TokenTextView(QPlainTextEdit):
         if key != self._format_palette_key:
             self._formats.clear()
             self._format_palette_key = key
-        fmt = self._formats.get((self._mode, level))
+        mode = self.options.shading
+        fmt = self._formats.get((mode, level))
         if fmt is None:
             fmt = QTextCharFormat()
-            colour = shade_colour(self._mode, level, self.palette())
+            colour = shade_colour(mode, level, self.palette())
             if colour is not None:
                 fmt.setBackground(colour)
-            self._formats[(self._mode, level)] = fmt
+            self._formats[(mode, level)] = fmt
         return fmt
 
     def _reformat(self, indices: Optional[Sequence[int]] = None) -> None:

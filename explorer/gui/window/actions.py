@@ -72,6 +72,11 @@ class MenuActions(dict):
         """Check the shading entry of the mode the views show."""
         self[next(key for key, _, _, m in SHADING_ACTIONS if m == mode)].setChecked(True)
 
+    def follow_options(self, options) -> None:
+        """The shading entries show the views' shading, whoever changes it."""
+        options.changed.connect(lambda name: name == "shading" and self.show_shading(options.shading))
+        self.show_shading(options.shading)
+
     def show_reference(self, description) -> None:
         """The session's reference policy (its description), or None: the log-ratio entry says what it shades
         against, or why it shades nothing. It stays enabled without a reference: a user may pick it before a run
@@ -115,12 +120,12 @@ def build_menus(window: "MainWindow") -> MenuActions:
     view_menu.setToolTipsVisible(True)
     shading = QActionGroup(window)
     for key, text, shortcut, mode in SHADING_ACTIONS:
-        action = _action(window, text, lambda _=False, m=mode: window.views.set_shading(m), shortcut)
+        action = _action(window, text, lambda _=False, m=mode: window.views.options.set_shading(m), shortcut)
         action.setCheckable(True)
         shading.addAction(action)
         view_menu.addAction(action)
         a[key] = action
-    a["shade_prob"].setChecked(True)
+    a.follow_options(window.views.options)
     a.show_reference(None)
     window.views.reference_changed.connect(a.show_reference)
     a["compact"] = _action(window, "&Compact panes", window.views.set_compact)

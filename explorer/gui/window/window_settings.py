@@ -43,8 +43,7 @@ class WindowSettings:
         """Save when the controls, the shading or a splitter change (after the window is built)."""
         w = self._window
         w.controls.changed.connect(self.changed)
-        w.views.shading_changed.connect(self.changed)
-        w.views.beta_box.valueChanged.connect(self.changed)
+        w.views.options.changed.connect(self.changed)
         w.views.panes.sort_changed.connect(self.changed)
         w.menu_actions["compact"].toggled.connect(self.changed)
         for _key, splitter in self._splitters():
@@ -92,11 +91,12 @@ class WindowSettings:
             state = None
         if isinstance(state, dict):
             w.controls.restore_state(state)
+        options = w.views.options
         shading = s.value("view/shading", "prob")
         if shading in SHADING_MODES:
-            w.views.set_shading(shading)
+            options.set_shading(shading)
         try:
-            w.views.set_beta(float(s.value("view/beta", w.views.beta)))
+            options.set_beta(float(s.value("view/beta", options.beta)))
         except (TypeError, ValueError):  # a settings value another version wrote
             pass
         sort = s.value("view/sort", "index")
@@ -113,8 +113,8 @@ class WindowSettings:
         for key, splitter in self._splitters():
             s.setValue(key, splitter.saveState())
         s.setValue("controls", json.dumps(w.controls.state()))
-        s.setValue("view/shading", w.views.shading())
-        s.setValue("view/beta", w.views.beta)
+        s.setValue("view/shading", w.views.options.shading)
+        s.setValue("view/beta", w.views.options.beta)
         s.setValue("view/sort", w.views.panes.sort_key)
         s.setValue("view/compact", w.menu_actions["compact"].isChecked())
         s.sync()
