@@ -149,6 +149,8 @@ class Session:
         self._rollouts: dict[str, list[LiveRollout]] = {}
         self._by_id: dict[str, LiveRollout] = {}
         self._scores: dict[str, tuple[Score, ...]] = {}
+        # scores made before this session's first run (carry_scores): (query, chat, prompt) -> (header, scores)
+        self._carried: dict[tuple, tuple[GroupHeader, tuple[Score, ...]]] = {}
         self._stats: dict[str, tuple] = {}
         self._reward_fn: Optional[Callable] = None
         self._divide_by_std = True
@@ -287,13 +289,38 @@ class Session:
                 self._rollouts[header.id] = []
                 self._scores.setdefault(header.id, ())
                 new.append(header.id)
+                carried = self._carried.pop((header.query, header.chat, header.prompt), None)
+                if carried is not None:
+                    self._scores[header.id] = carried[1]
         for rh in event.rollouts:
             live = self._start_rollout(rh.group_id, rh.rollout_id, rh.index, rh.seed, rh.parent_id,
                                        rh.branch_position, own, rh.prefix, rh.prefix_text)
             live.value_position = rh.value_position
             run.rollout_ids.append(rh.rollout_id)
         self._feed_trees(event)
+        # scores of queries this run did not sample stay as groups of their own
+        carried, self._carried = self._carried, {}
+        for header, scores in carried.values():
+            new.append(self.add_scored_query(header.query, header.chat, header.prompt, header.prompt_token_ids,
+                                             scores))
         return new
+
+    def carry_scores(self, before: Optional["Session"]) -> int:
+        """Keep the scores of the session shown before this one (typed and computed before a run): each goes to this
+        session's group of the same query and prompt when the run starts, or to a scores-only group of its own. Only
+        scores of the same model are kept (another model's numbers would be wrong); their reference facts only
+        under the same reference policy. Returns how many groups' scores are carried."""
+        if before is None or before is self or not before.same_model(self.model) or before.model is None:
+            return 0
+        for gid in before.group_ids:
+            scores = before.scores(gid)
+            if not scores:
+                continue
+            if before.reference_policy != self.reference_policy:
+                scores = tuple(replace(s, tokens=_without_reference(s.tokens)) for s in scores)
+            header = before.header(gid)
+            self._carried[(header.query, header.chat, header.prompt)] = (header, scores)
+        return len(self._carried)
 
     def _feed_trees(self, event: Event) -> None:
         try:

@@ -273,13 +273,13 @@ def test_settings_persist_to_the_given_location(qtbot, make_window, fake_model, 
     c.stop_edit.setText(r"\n\n,###")
     c.system_edit.setPlainText("Be brief.")
     c.reference_box.set_choice("system", "Answer in French.")  # a draft: kept, used only once Use is pressed
-    first.views.options.set_shading("log_ratio")
+    first.views.options.set_shading("entropy")
     first.views.options.set_beta(0.25)
     first.close()
     second = make_window()
     c2 = second.controls
     assert c2.reference_box.spec() == "system:Answer in French." and second.runs.reference_policy.in_use is None
-    assert second.views.options.shading == "log_ratio" and second.views.options.beta == 0.25
+    assert second.views.options.shading == "entropy" and second.views.options.beta == 0.25
     assert [q.text for q in c2.queries()] == ["alpha", "beta", "gamma"]
     assert c2.k() == 7 and c2.system_prompt() == "Be brief."
     p = c2.sampling_params()

@@ -69,3 +69,99 @@ def test_after_an_export_only_the_rollouts_made_since_count_as_unexported(qtbot,
     assert not window.files.open_rollout_set(str(tmp_path / "set.json"))
     title, question = dialogs.questions[-1]
     assert title == DISCARD and question.startswith("5 rollouts")
+
+
+def test_scores_typed_and_computed_before_a_run_stay_with_their_query(qtbot, window, fake_model):
+    load(qtbot, window, fake_model)
+    window.controls.set_queries(["Which is the largest ocean?", "Name a colour."])
+    editor, scoring = window.controls.query_editor, window.views.scoring
+    editor.list.setCurrentRow(0)
+    scoring.candidates.setPlainText("Atlantic Ocean\nPacific Ocean")
+    with qtbot.waitSignal(window.runs.score_done, timeout=5000):
+        scoring.score_button.click()
+    before = window.session.scores(window.views.current_group_id())
+    assert [s.response for s in before] == ["Atlantic Ocean", "Pacific Ocean"]
+    window.controls.set_queries(["Name a colour.", "Which is the largest ocean?"])  # another order, same query
+    run_to_end(qtbot, window, k=2, max_tokens=6)
+    gid = next(g for g in window.session.group_ids if window.session.header(g).query.startswith("Which"))
+    assert window.session.scores(gid) == before  # kept with their query, in the run's group
+    window.views.select_group(gid)
+    assert scoring.table.rowCount() == 2 and scoring.candidates.toPlainText() == "Atlantic Ocean\nPacific Ocean"
+
+
+def test_scores_of_a_query_the_run_does_not_sample_stay_as_a_group_of_their_own(qtbot, window, fake_model):
+    load(qtbot, window, fake_model)
+    window.controls.set_queries(["Spell 'ocean'.", "Name a colour."])
+    window.controls.query_editor.list.setCurrentRow(0)
+    window.views.scoring.candidates.setPlainText("ocean")
+    with qtbot.waitSignal(window.runs.score_done, timeout=5000):
+        window.views.scoring.score_button.click()
+    window.controls.set_queries(["Name a colour."])
+    run_to_end(qtbot, window, k=2, max_tokens=6)
+    queries = {window.session.header(g).query: g for g in window.session.group_ids}
+    assert set(queries) == {"Name a colour.", "Spell 'ocean'."} and window.views.group_tabs.count() == 2
+    assert [s.response for s in window.session.scores(queries["Spell 'ocean'."])] == ["ocean"]
+
+
+def test_a_box_selected_in_one_tab_never_filters_another_tabs_table(qtbot, window, fake_model):
+    load(qtbot, window, fake_model)
+    run_to_end(qtbot, window, k=6, max_tokens=8)
+    views = window.views
+    tree = views.tree_view.tree
+    box = next(n for n in range(1, len(tree)) if not tree.ghost_mask[n] and tree.counts[n] < 6)
+    views.tree_view.select_node(box)
+    assert views.rollout_table.proxy.allowed is not None  # filtered in the first tab
+    views.group_tabs.setCurrentIndex(1)
+    table = views.rollout_table
+    assert table.proxy.allowed is None and "shown" not in table.summary.text()
+    assert sum(row.count for row in table.visible_rows()) == 6
+
+
+def test_the_side_plot_follows_a_row_selected_in_the_table(qtbot, window, fake_model):
+    load(qtbot, window, fake_model)
+    run_to_end(qtbot, window, k=4, max_tokens=8)
+    views = window.views
+    last = window.session.group("q0").rollouts[-1].id
+    assert views.side_plot.rollout != last
+    views.rollout_table.select_rollouts([last])
+    assert views.side_plot.rollout == last
+
+
+def test_help_fits_the_screen_and_scrolls(qtbot, window):
+    from explorer.gui.window.actions import shortcuts_dialog
+
+    dialog = shortcuts_dialog(window)
+    qtbot.addWidget(dialog)
+    dialog.show()
+    qtbot.waitExposed(dialog)
+    room = window.screen().availableGeometry()
+    assert dialog.frameGeometry().height() <= room.height() and dialog.width() <= room.width()
+    text = dialog.findChild(type(dialog.layout().itemAt(0).widget()))
+    dialog.resize(dialog.width(), 300)  # shorter than its text: the text scrolls
+    qtbot.waitUntil(lambda: text.verticalScrollBar().maximum() > 0, timeout=2000)
+
+
+def test_pasting_lines_into_the_query_list_makes_one_query_per_line(qtbot, window):
+    editor = window.controls.query_editor
+    editor.set_queries(["First"])
+    lines = [f"Query {i}" for i in range(20)]
+    editor.list.setCurrentRow(0)
+    assert editor.paste_lines("\n".join(lines) + "\n\n") == 20
+    assert [q.text for q in editor.queries()] == ["First"] + lines
+    # a query edited into several lines (a paste while editing it) is offered as one query per line
+    editor.set_queries(["First"])
+    editor.list.item(0).setText("a\nb\n\nc")
+    assert editor.split_offer.isVisibleTo(editor) and "3" in editor.split_button.text()
+    editor.split_button.click()
+    assert [q.text for q in editor.queries()] == ["a", "b", "c"] and not editor.split_offer.isVisibleTo(editor)
+    editor.list.item(0).setText("def f():\n    return 1")  # a multi-line query on purpose: kept as one
+    editor.keep_button.click()
+    assert editor.queries()[0].text == "def f():\n    return 1"
+
+
+def test_log_ratio_shading_is_not_restored_at_start_without_a_reference(qtbot, make_window, gui_settings):
+    gui_settings.setValue("view/shading", "log_ratio")
+    window = make_window()
+    assert window.runs.reference is None and window.views.options.shading == "prob"
+    gui_settings.setValue("view/shading", "entropy")
+    assert make_window().views.options.shading == "entropy"

@@ -72,6 +72,7 @@ class RunController(QObject):
         self._starting.choose_reward(reward_fn, divide_by_std)
         # the reference in use follows the run (its facts come with the tokens); the session says so from the start
         follow = self.reference_policy.follow(self._starting)
+        self._starting.carry_scores(self.session)  # scores typed before the run stay with their queries
         self.run_id = self.host.generate(queries, k, params, chat, system, follow)
         self._starting.accept(self.run_id)
         self._begin()

@@ -8,14 +8,17 @@ from pathlib import Path
 from typing import Iterable, Optional
 
 from PySide6.QtCore import Qt, Signal
+from PySide6.QtGui import QAction, QGuiApplication, QKeySequence
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QFileDialog,
+    QFrame,
     QHBoxLayout,
     QLabel,
     QLineEdit,
     QListWidget,
     QListWidgetItem,
+    QPushButton,
     QStyledItemDelegate,
     QToolButton,
     QVBoxLayout,
@@ -39,6 +42,11 @@ def _edited(loaded: Optional[Query], text: str, reference: Optional[str]) -> Que
         last = max(i for i, (role, _) in enumerate(messages) if role == "user")
         messages = messages[:last] + (("user", text),) + messages[last + 1:]
     return replace(loaded, text=text, reference_answer=reference, messages=messages)
+
+
+def query_lines(text: str) -> list[str]:
+    """The non-blank lines of a text, each stripped: one query each."""
+    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 class _ReferenceDelegate(QStyledItemDelegate):
@@ -71,6 +79,31 @@ class QueryListEditor(QWidget):
         self.list.setToolTip("Double-click (or F2) to edit a query; drag to reorder.")
         self.list.model().rowsMoved.connect(lambda *_: self.changed.emit())
         self.list.itemChanged.connect(lambda *_: self.changed.emit())
+        self.list.itemChanged.connect(self._offer_split)
+        # Ctrl+V on the list (not while editing a query): one query per line of the clipboard
+        self.paste_action = QAction("Paste queries, one per line", self.list)
+        self.paste_action.setShortcut(QKeySequence(QKeySequence.StandardKey.Paste))
+        self.paste_action.setShortcutContext(Qt.ShortcutContext.WidgetShortcut)
+        self.paste_action.triggered.connect(lambda: self.paste_lines(QGuiApplication.clipboard().text()))
+        self.list.addAction(self.paste_action)
+        self.list.setContextMenuPolicy(Qt.ContextMenuPolicy.ActionsContextMenu)
+
+        # a query edited (or pasted) into several lines: offered as one query per line, kept as one if the user says so
+        self.split_offer = QFrame()
+        self.split_offer.setFrameShape(QFrame.Shape.StyledPanel)
+        offer = QHBoxLayout(self.split_offer)
+        offer.setContentsMargins(4, 2, 4, 2)
+        self.split_label = QLabel()
+        self.split_label.setWordWrap(True)
+        self.split_button = QPushButton("Split")
+        self.split_button.setToolTip("Make each line of this query a query of its own")
+        self.keep_button = QPushButton("Keep as one")
+        self.split_button.clicked.connect(self.split_offered)
+        self.keep_button.clicked.connect(lambda: self._set_split_item(None))
+        offer.addWidget(self.split_label, 1)
+        offer.addWidget(self.split_button)
+        offer.addWidget(self.keep_button)
+        self._split_item: Optional[QListWidgetItem] = None
 
         row = QHBoxLayout()
         row.setContentsMargins(0, 0, 0, 0)
@@ -105,6 +138,7 @@ class QueryListEditor(QWidget):
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.list, 1)
+        layout.addWidget(self.split_offer)
         reference_row = QHBoxLayout()
         reference_row.setContentsMargins(0, 0, 0, 0)
         label = QLabel("Reference")
@@ -115,6 +149,7 @@ class QueryListEditor(QWidget):
         layout.addLayout(reference_row)
         layout.addLayout(row)
         self._show_answer(None)
+        self._set_split_item(None)
 
     # -- data ------------------------------------------------------------------------------------------------------
     def queries(self) -> list[Query]:
@@ -127,6 +162,7 @@ class QueryListEditor(QWidget):
         return out
 
     def set_queries(self, queries: Iterable[Query | str]) -> None:
+        self._set_split_item(None)
         self.list.blockSignals(True)
         self.list.clear()
         for q in queries:
@@ -138,12 +174,16 @@ class QueryListEditor(QWidget):
         self.changed.emit()
 
     def _append(self, query: Query) -> QListWidgetItem:
+        item = self._item(query)
+        self.list.addItem(item)
+        return item
+
+    def _item(self, query: Query) -> QListWidgetItem:
         item = QListWidgetItem(query.text)
         item.setFlags(item.flags() | Qt.ItemFlag.ItemIsEditable)
         if query.messages or query.columns:
             item.setData(_ROW_ROLE, query)
         self._set_answer(item, query.reference_answer)
-        self.list.addItem(item)
         return item
 
     @staticmethod
@@ -187,8 +227,54 @@ class QueryListEditor(QWidget):
     def remove_selected(self) -> None:
         row = self.list.currentRow()
         if row >= 0:
+            if self.list.item(row) is self._split_item:
+                self._set_split_item(None)
             self.list.takeItem(row)
             self.changed.emit()
+
+    def paste_lines(self, text: str) -> int:
+        """Each non-blank line of `text` a new query, after the selected one (at the end when none is); the first of
+        them is selected. Returns how many were added."""
+        lines = query_lines(text)
+        row = self.list.currentRow() + 1 if self.list.currentRow() >= 0 else self.list.count()
+        self.list.blockSignals(True)
+        for offset, line in enumerate(lines):
+            self.list.insertItem(row + offset, self._item(Query(line)))
+        self.list.blockSignals(False)
+        if lines:
+            self.list.setCurrentRow(row)
+            self.changed.emit()
+        return len(lines)
+
+    def _offer_split(self, item: QListWidgetItem) -> None:
+        if len(query_lines(item.text())) > 1:
+            self._set_split_item(item)
+        elif item is self._split_item:
+            self._set_split_item(None)
+
+    def _set_split_item(self, item: Optional[QListWidgetItem]) -> None:
+        self._split_item = item
+        if item is not None:
+            n = len(query_lines(item.text()))
+            self.split_label.setText(f"This query has {n} lines.")
+            self.split_button.setText(f"Split into {n} queries")
+        self.split_offer.setVisible(item is not None)
+
+    def split_offered(self) -> None:
+        """The query offered for splitting becomes one query per line (its reference answer stays with the first)."""
+        item = self._split_item
+        self._set_split_item(None)
+        row = self.list.row(item) if item is not None else -1
+        if row < 0:
+            return
+        first, *rest = query_lines(item.text())
+        self.list.blockSignals(True)
+        item.setText(first)
+        for offset, line in enumerate(rest, start=1):
+            self.list.insertItem(row + offset, self._item(Query(line)))
+        self.list.blockSignals(False)
+        self.list.setCurrentRow(row)
+        self.changed.emit()
 
     def move_selected(self, delta: int) -> None:
         row = self.list.currentRow()

@@ -106,7 +106,9 @@ class ViewsPanel(QSplitter):
         self.beta_box.valueChanged.connect(self.options.set_beta)
         self.options.changed.connect(self._on_option_changed)
         self.rollout_table.add_reference_control(self.beta_box)
-        self.links = ViewLinks(self.tree_view, self.rollout_table, self.panes)
+        self.side_plot = SidePlot()
+        self.side_plot.follow(self.tree_view)
+        self.links = ViewLinks(self.tree_view, self.rollout_table, self.panes, self.side_plot)
         self.scoring = ScoringPanel(self.options)
 
         # Under the panes: the token tree (with its per-position plot) beside the scoring panel.
@@ -114,8 +116,6 @@ class ViewsPanel(QSplitter):
         self.bottom_splitter.setChildrenCollapsible(False)
         tree_area = QSplitter(Qt.Orientation.Vertical)
         tree_area.addWidget(self.tree_view)
-        self.side_plot = SidePlot()
-        self.side_plot.follow(self.tree_view)
         tree_area.addWidget(self.side_plot)
         tree_area.setSizes([280, 170])
         # the rollout table beside the tree: one row per distinct response; its selection picks the panes
@@ -331,7 +331,7 @@ class ViewsPanel(QSplitter):
     def _show_table(self) -> None:
         gid, session = self.current_group_id(), self._session
         if session is not None and gid in session.group_ids:
-            self.links.show_rollouts(session.group(gid).rollouts)
+            self.links.show_rollouts(gid, session.group(gid).rollouts)
 
     def _draw_tree(self, now: float) -> None:
         self._tree_drawn_at = now

@@ -94,7 +94,7 @@ class ScoringPanel(QWidget):
         self.options = options if options is not None else ViewOptions(self)
         self._group_id: Optional[str] = None
         self._query = ""
-        self._drafts: dict[tuple[str, str], str] = {}  # typed per (group, query): switching loses nothing
+        self._drafts: dict[str, str] = {}  # typed per query: switching groups, or a run starting, loses nothing
         self._busy = False
 
         self.query_label = QLabel()
@@ -164,7 +164,7 @@ class ScoringPanel(QWidget):
     def set_group(self, group_id: Optional[str], query: str, scores: Sequence[Score] = ()) -> None:
         """Show this group's query and its scores (the session keeps them; the panel only shows them)."""
         if self._group_id is not None:
-            self._drafts[(self._group_id, self._query)] = self.candidates.toPlainText()
+            self._drafts[self._query] = self.candidates.toPlainText()
         self._group_id, self._query = group_id, query
         muted = muted_text(self.palette()).name()
         if group_id is None:
@@ -173,7 +173,7 @@ class ScoringPanel(QWidget):
         else:
             escaped = query.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
             self.query_label.setText(f'<span style="color:{muted}">Score responses to</span> <b>{escaped}</b>')
-            draft = self._drafts.get((group_id, query))
+            draft = self._drafts.get(query)
             if draft is None:
                 draft = OCEAN_CANDIDATES if query.strip().lower() == OCEAN_QUERY.lower() else ""
             self.candidates.setPlainText(draft)

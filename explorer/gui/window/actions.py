@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from PySide6.QtGui import QAction, QActionGroup, QKeySequence
-from PySide6.QtWidgets import QMessageBox
+from PySide6.QtCore import Qt
+from PySide6.QtGui import QAction, QActionGroup, QGuiApplication, QKeySequence
+from PySide6.QtWidgets import QDialog, QDialogButtonBox, QMessageBox, QTextBrowser, QVBoxLayout
 
 from explorer.gui.panes.panes import reference_shading_tip
 
@@ -151,8 +152,29 @@ def shortcuts_html() -> str:
             f"<h3>Mouse</h3><table>{_rows(MOUSE)}</table>")
 
 
+def shortcuts_dialog(window) -> QDialog:
+    """The Help: a text that scrolls, in a dialog that fits the screen the window is on (the list is taller than a
+    laptop's screen)."""
+    dialog = QDialog(window)
+    dialog.setWindowTitle("Keys and mouse")
+    text = QTextBrowser()
+    text.setOpenLinks(False)
+    text.setHtml(shortcuts_html())
+    buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Close)
+    buttons.rejected.connect(dialog.reject)
+    layout = QVBoxLayout(dialog)
+    layout.addWidget(text, 1)
+    layout.addWidget(buttons)
+    screen = (window.screen() if window is not None else None) or QGuiApplication.primaryScreen()
+    room = screen.availableGeometry()
+    dialog.resize(min(760, int(room.width() * 0.9)), min(820, int(room.height() * 0.85)))
+    return dialog
+
+
 def show_shortcuts(window) -> None:
-    QMessageBox.information(window, "Keys and mouse", shortcuts_html())
+    dialog = shortcuts_dialog(window)
+    dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+    dialog.show()
 
 
 def show_about(window) -> None:

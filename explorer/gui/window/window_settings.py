@@ -93,7 +93,8 @@ class WindowSettings:
             w.controls.restore_state(state)
         options = w.views.options
         shading = s.value("view/shading", "prob")
-        if shading in SHADING_MODES:
+        # no reference policy is in use at start: shading by log-ratio would shade nothing and say so everywhere
+        if shading in SHADING_MODES and shading != "log_ratio":
             options.set_shading(shading)
         try:
             options.set_beta(float(s.value("view/beta", options.beta)))
