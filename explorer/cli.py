@@ -104,6 +104,19 @@ def _open_reference(spec, args, engine):
                            cached_exact_copy, progress)
 
 
+def _window_size(text: str) -> tuple[int, int]:
+    """'1024x700' -> (1024, 700)."""
+    width, sep, height = text.lower().partition("x")
+    try:
+        size = (int(width), int(height)) if sep else None
+    except ValueError:
+        size = None
+    if size is None or not (320 <= size[0] <= 16384 and 240 <= size[1] <= 16384):
+        raise argparse.ArgumentTypeError(f"{text!r}: a size is WIDTHxHEIGHT in pixels, e.g. 1024x700 "
+                                         "(320x240 to 16384x16384)")
+    return size
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rollout-explorer", description="See a language model as a policy.")
     sub = parser.add_subparsers(dest="command")
@@ -132,6 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     gui.add_argument("--tree-heights", choices=("empirical", "model"), default=None,
                      help="the tree's box heights: the sampled share or the model's pi (the window's choice else)")
     gui.add_argument("--export", default=None, help="save the rollout set (JSON) when the run ends")
+    gui.add_argument("--size", type=_window_size, default=None, metavar="WxH",
+                     help="the window's size (for a screenshot; 1440x900 else)")
     gui.add_argument("--quit", action="store_true", help="exit when done (0 on success)")
 
     gen = sub.add_parser("generate", help="sample k rollouts per query and write a rollout set (JSON)",

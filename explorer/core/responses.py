@@ -51,3 +51,16 @@ def merge_responses(rollouts: Sequence[Rollout]) -> list[ResponseRow]:
         key = tuple(t.id for t in r.tokens) if r.finish_reason is not None else ("streaming", r.id)
         groups.setdefault(key, []).append(r)
     return [ResponseRow(tuple(members), len(members) / total) for members in groups.values()]
+
+
+def shared_prefix_length(rows: Sequence[ResponseRow]) -> int:
+    """How many tokens every row's response starts with (the group's shared prefix, the tree's trunk); 0 when there
+    are fewer than two rows (nothing is shared with another response)."""
+    if len(rows) < 2:
+        return 0
+    sequences = [[t.id for t in row.first.tokens] for row in rows]
+    shortest = min(len(s) for s in sequences)
+    n = 0
+    while n < shortest and all(s[n] == sequences[0][n] for s in sequences):
+        n += 1
+    return n

@@ -288,6 +288,8 @@ def run_gui(args, engine_factory: Callable = default_engine_factory, settings: O
         window.views.tree_view.set_colour_by(_arg(args, "tree_colour"))
     if not model and not scripted:
         model = window.window_settings.startup_model()
+    if _arg(args, "size"):
+        window.resize(*_arg(args, "size"))
     window.show()
     signals = SignalBridge(app)
     GracefulExit(window, app, signals)

@@ -32,3 +32,16 @@ def run_to_end(qtbot, window: MainWindow, k: int = 3, max_tokens: int = 12, quer
 
 def pane_texts(window: MainWindow) -> list[str]:
     return [pane.text() for pane in window.views.panes.panes()]
+
+
+def laid_out(views):
+    """A ViewsPanel's parts in one widget (the window puts them in dock panels), for tests of the views alone."""
+    from PySide6.QtCore import Qt
+    from PySide6.QtWidgets import QSplitter
+
+    splitter = QSplitter(Qt.Orientation.Vertical)
+    for part in views.parts().values():
+        splitter.addWidget(part)
+    splitter.addWidget(views.group_tabs)
+    views.frame = splitter  # qtbot keeps only a weak reference: the views keep their frame alive
+    return splitter

@@ -21,7 +21,7 @@ def wheel(widget, steps: int) -> None:
 def test_the_wheel_over_an_unfocused_spin_box_scrolls_the_panel_not_the_value(qtbot, window):
     temperature = window.controls.temperature
     temperature.setValue(0.7)
-    window.views.setFocus()
+    window.views.tree_view.setFocus()
     wheel(temperature, -5)
     assert temperature.value() == 0.7
     wheel(window.controls.reward_box.combo, -2)

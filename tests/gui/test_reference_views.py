@@ -21,7 +21,7 @@ from explorer.gui.views.scoring import COLUMNS as SCORE_COLUMNS, ScoringPanel
 from explorer.gui.widgets.style import LOG_RATIO_FULL_SCALE, SHADE_LEVELS, shade_colour, shade_level
 from explorer.gui.widgets.tokens import token_tooltip_html
 from explorer.gui.views.panel import ViewsPanel
-from gui_kit import show
+from gui_kit import laid_out, show
 from kit import rollout_finished, run_started, sampled_tok, tok
 
 REFERENCE = ReferenceInfo("system", "tiny with system prompt 'Answer in French.'", "fp0", system="Answer in French.")
@@ -153,7 +153,8 @@ def test_the_card_survives_a_reference_that_gives_the_token_nothing():
 @pytest.fixture
 def views(qtbot):
     panel = ViewsPanel(lambda: False)
-    return show(qtbot, panel, 1400, 900)
+    show(qtbot, laid_out(panel), 1400, 900)
+    return panel
 
 
 def test_show_reference_shades_by_sign_fills_headers_table_and_stats_and_clearing_takes_it_all_back(views):

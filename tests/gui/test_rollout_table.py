@@ -37,7 +37,7 @@ def cell(table, row, name):
 def test_identical_responses_are_one_row_with_count_and_share(table):
     rows = table.visible_rows()
     assert [r.ids for r in rows] == [["q0.r0", "q0.r2"], ["q0.r1"], ["q0.r3"]]
-    assert cell(table, 0, "n") == "2" and cell(table, 0, "share") == "50%"
+    assert cell(table, 0, "n") == "2 · 50%"
     assert cell(table, 0, "tokens") == "2" and cell(table, 0, "finish") == "stop"
     assert cell(table, 0, "log π(y|x)") == f"{2 * math.log(0.9):.3f}".replace("-", "\u2212")
     assert cell(table, 2, "from") == "r0 @2" and cell(table, 2, "reward") == "—"
@@ -86,3 +86,28 @@ def test_new_numbers_for_the_same_rows_keep_the_scroll_and_sort(table):
     table.set_rollouts(grown)
     assert not resets  # updated in place
     assert [r.ids[0] for r in table.visible_rows()] == ["q0.r1", "q0.r3", "q0.r0"]  # re-sorted by the new length
+
+
+def test_the_sorted_column_shows_its_direction_in_its_header(table):
+    column = COLUMNS.index("reward")
+    table.view.sortByColumn(column, Qt.SortOrder.DescendingOrder)
+    assert table.proxy.headerData(column, Qt.Orientation.Horizontal) == "R ▼"
+    table.view.sortByColumn(COLUMNS.index("ppl"), Qt.SortOrder.AscendingOrder)
+    assert table.proxy.headerData(column, Qt.Orientation.Horizontal) == "R"
+    assert table.proxy.headerData(COLUMNS.index("ppl"), Qt.Orientation.Horizontal) == "ppl ▲"
+
+
+def test_the_response_starts_where_it_leaves_the_shared_prefix(table):
+    from explorer.gui.views.rollout_table import ELLIPSIS, PIECES_ROLE
+
+    import dataclasses
+
+    atlantic = rollout(1, ["The", " Atlantic", " Ocean"])
+    atlantic = dataclasses.replace(atlantic, tokens=tuple(dataclasses.replace(t, id=t.id + 100 * (n > 0))
+                                                          for n, t in enumerate(atlantic.tokens)))
+    table.set_rollouts([rollout(0, ["The", " Pacific"]), atlantic])
+    model = table.model
+    assert model.shared == 1 and model.headerData(0, Qt.Orientation.Horizontal) == "response after “The”"
+    assert [p for p, _ in model.data(model.index(1, 0), PIECES_ROLE)] == [ELLIPSIS, " Atlantic", " Ocean"]
+    table.set_rollouts([rollout(0, ["The", " Pacific"])])  # one response: nothing shared with another, all shown
+    assert model.shared == 0 and [p for p, _ in model.data(model.index(0, 0), PIECES_ROLE)] == ["The", " Pacific"]

@@ -367,11 +367,10 @@ def panel(qtbot):
     """The views of a streamed session, as the window shows them (tree, side plot), before the reference ran."""
     from explorer.gui.views.panel import ViewsPanel
 
+    from gui_kit import laid_out, show
+
     views = ViewsPanel(lambda: False)
-    qtbot.addWidget(views)
-    views.resize(1200, 800)
-    views.show()
-    qtbot.waitExposed(views)
+    show(qtbot, laid_out(views), 1200, 800)
     views.show_session(streamed_session())
     views.tree_view.resize(900, 500)
     QApplication.processEvents()

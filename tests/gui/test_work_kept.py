@@ -165,3 +165,17 @@ def test_log_ratio_shading_is_not_restored_at_start_without_a_reference(qtbot, m
     assert window.runs.reference is None and window.views.options.shading == "prob"
     gui_settings.setValue("view/shading", "entropy")
     assert make_window().views.options.shading == "entropy"
+
+
+def test_the_scoring_table_keeps_room_for_the_response(qtbot, window, fake_model):
+    from explorer.gui.views.scoring import RESPONSE_MIN_WIDTH
+
+    load(qtbot, window, fake_model)
+    run_to_end(qtbot, window, k=3, max_tokens=6)
+    with qtbot.waitSignal(window.runs.score_done, timeout=5000):
+        window.request_score("q0", ["Atlantic Ocean", "Pacific Ocean"])
+    table = window.views.scoring.table
+    assert table.rowCount() == 2
+    qtbot.waitUntil(lambda: table.horizontalHeader().sectionSize(0) >= RESPONSE_MIN_WIDTH, timeout=3000)
+    table.resize(240, table.height())  # narrower than the numbers and the response together: it scrolls instead
+    qtbot.waitUntil(lambda: table.horizontalHeader().sectionSize(0) >= RESPONSE_MIN_WIDTH, timeout=3000)

@@ -12,9 +12,8 @@ import time
 from dataclasses import replace
 from typing import Callable, Optional
 
-from PySide6.QtCore import QSignalBlocker, Qt, Signal, Slot
-from PySide6.QtWidgets import (QDoubleSpinBox, QHBoxLayout, QLabel, QSplitter, QStackedWidget, QTabBar, QVBoxLayout,
-                               QWidget)
+from PySide6.QtCore import QObject, QSignalBlocker, Qt, Signal, Slot
+from PySide6.QtWidgets import QDoubleSpinBox, QLabel, QStackedWidget, QTabBar, QWidget
 
 from explorer.core.session import Session
 from explorer.core.rl.stats import group_stats
@@ -47,16 +46,16 @@ def _hint(text: str) -> QLabel:
     return label
 
 
-class ViewsPanel(QSplitter):
-    """The right-hand side of the window: panes above; tree, side plot, scoring and statistics below."""
+class ViewsPanel(QObject):
+    """The views of the session shown and the query tabs that pick its group; the window places them (parts())."""
 
     group_changed = Signal(object)  # the group id now shown, or None
     reference_changed = Signal(object)  # what the session's reference policy is (its description), or None
 
     def __init__(self, is_running: Callable[[], bool], branch_k: Callable[[], int] = lambda: 4,
-                 parent: Optional[QWidget] = None):
+                 parent: Optional[QObject] = None):
         """branch_k: how many rollouts a branch from the tree samples (the side panel's k)."""
-        super().__init__(Qt.Orientation.Vertical, parent)
+        super().__init__(parent)
         self._is_running = is_running
         self.options = ViewOptions(self)
         self._session: Optional[Session] = None
@@ -69,27 +68,22 @@ class ViewsPanel(QSplitter):
         self.group_tabs.setDocumentMode(True)
         self.group_tabs.setElideMode(Qt.TextElideMode.ElideRight)
         self.group_tabs.currentChanged.connect(self._on_tab_changed)
-        header = QHBoxLayout()
-        header.setContentsMargins(4, 2, 4, 0)
-        header.addWidget(self.group_tabs, 1)
 
         # The panes bring their own legend, shading and sort choices.
         self.panes = RolloutPanes(self.options)
         self.panes.token_clicked.connect(lambda rid, pos: self.tree_view.select_token(rid, pos))
-        panes_area = QWidget()
-        v = QVBoxLayout(panes_area)
-        v.setContentsMargins(0, 0, 0, 0)
-        v.setSpacing(2)
-        v.addLayout(header)
-        v.addWidget(self.panes, 1)
         # an empty view says what to do instead of showing bare panes and axes
         self.empty_hint = _hint(EMPTY_PANES)
         self.panes_stack = QStackedWidget()
         self.panes_stack.addWidget(self.empty_hint)
-        self.panes_stack.addWidget(panes_area)
+        self.panes_stack.addWidget(self.panes)
 
         self.tree_view = TokenTreeView(branch_k=branch_k)
         self.tree_view.token_selected.connect(self.panes.scroll_to_token)
+        self.tree_stack = QStackedWidget()
+        self.tree_stack.addWidget(_hint(EMPTY_TREE))
+        self.tree_stack.addWidget(self.tree_view)
+        # one row per distinct response; its selection picks the panes
         self.rollout_table = RolloutTable(self.options)
         # an editor of the views' beta: it shows the option and sets it
         self.beta_box = QDoubleSpinBox()
@@ -110,52 +104,13 @@ class ViewsPanel(QSplitter):
         self.side_plot.follow(self.tree_view)
         self.links = ViewLinks(self.tree_view, self.rollout_table, self.panes, self.side_plot)
         self.scoring = ScoringPanel(self.options)
-
-        # Under the panes: the token tree (with its per-position plot) beside the scoring panel.
-        self.bottom_splitter = QSplitter(Qt.Orientation.Horizontal)
-        self.bottom_splitter.setChildrenCollapsible(False)
-        tree_area = QSplitter(Qt.Orientation.Vertical)
-        tree_area.addWidget(self.tree_view)
-        tree_area.addWidget(self.side_plot)
-        tree_area.setSizes([280, 170])
-        # the rollout table beside the tree: one row per distinct response; its selection picks the panes
-        self.tree_and_table = QSplitter(Qt.Orientation.Horizontal)
-        self.tree_and_table.setChildrenCollapsible(False)
-        self.tree_and_table.addWidget(tree_area)
-        self.tree_and_table.addWidget(self.rollout_table)
-        self.tree_and_table.setStretchFactor(0, 3)  # spare width goes to the tree first
-        self.tree_and_table.setStretchFactor(1, 2)
-        self.tree_and_table.setSizes([620, 380])
-        self.tree_stack = QStackedWidget()
-        self.tree_stack.addWidget(_hint(EMPTY_TREE))
-        self.tree_stack.addWidget(self.tree_and_table)
-        self.bottom_splitter.addWidget(self.tree_stack)
-        # the selected query's statistics sit under the scoring panel, which gets the spare height
         self.stats_panel = StatsPanel()
-        score_side = QWidget()
-        sv = QVBoxLayout(score_side)
-        sv.setContentsMargins(0, 0, 0, 0)
-        sv.setSpacing(4)
-        sv.addWidget(self.scoring, 1)
-        sv.addWidget(self.stats_panel)
-        self.bottom_splitter.addWidget(score_side)
-        self.bottom_splitter.setSizes([760, 320])
-
-        self.addWidget(self.panes_stack)
-        self.addWidget(self.bottom_splitter)
-        self.setStretchFactor(0, 1)
-        self.setStretchFactor(1, 1)
-        self.setChildrenCollapsible(False)
-        self.setSizes([400, 450])
         self._show_empty_hints()
 
-    def default_sizes(self) -> None:
-        """First start: split the space by proportion once the real sizes are known."""
-        h, w = max(self.height(), 400), max(self.bottom_splitter.width(), 600)
-        self.setSizes([int(h * 0.46), h - int(h * 0.46)])
-        self.bottom_splitter.setSizes([int(w * 0.7), w - int(w * 0.7)])
-        inner = self.bottom_splitter.sizes()[0]
-        self.tree_and_table.setSizes([int(inner * 0.64), inner - int(inner * 0.64)])
+    def parts(self) -> dict[str, QWidget]:
+        """The views as the window lays them out, by name: the tree leads; the others are panels around it."""
+        return {"tree": self.tree_stack, "panes": self.panes_stack, "table": self.rollout_table,
+                "scoring": self.scoring, "stats": self.stats_panel, "side_plot": self.side_plot}
 
     # -- what is shown ---------------------------------------------------------------------------------------------
     @property

@@ -1,7 +1,7 @@
 """A sortable table of one group's rollouts, for any k: one row per distinct response, beside the tree.
 
-Columns: the response's start shaded by token probability (as in the panes), how many rollouts drew it and their
-share of the group, tokens, log pi(y|x), pi(y|x), perplexity, finish reason, reward, advantage, and where a branch
+Columns: the response from where it leaves the group's shared prefix, shaded by token probability (as in the panes),
+how many rollouts drew it and their share of the group, tokens, log pi(y|x), pi(y|x), perplexity, finish reason, reward, advantage, and where a branch
 came from; with a reference policy also the log-ratio log pi(y|x) - log pi_ref(y|x), the mean KL per token and DPO's
 implicit reward beta * log-ratio (hidden while no row shown has them). Selecting rows emits rollouts_selected with every rollout behind them (the window shows those as panes);
 set_filter() keeps only the rows of some rollouts (a box selected in the tree).
@@ -18,7 +18,7 @@ from PySide6.QtGui import QFontMetricsF, QPalette
 from PySide6.QtWidgets import (QAbstractItemView, QHBoxLayout, QHeaderView, QLabel, QStyle, QStyledItemDelegate,
                                QTableView, QVBoxLayout, QWidget)
 
-from explorer.core.responses import ResponseRow, merge_responses
+from explorer.core.responses import ResponseRow, merge_responses, shared_prefix_length
 from explorer.core.types import Rollout
 from explorer.gui.widgets.style import shade_colour, shade_level
 from explorer.core.token_text import decode_pieces
@@ -27,14 +27,26 @@ from explorer.core.numbers import (format_implicit_reward, format_kl, format_log
 from explorer.gui.widgets.view_options import ViewOptions
 
 PREVIEW_TOKENS = 48  # tokens of each response drawn in the preview column
-PREVIEW_WIDTH = 260  # px
-COLUMNS = ("response", "n", "share", "tokens", "log π(y|x)", "π(y|x)", "ppl", "finish", "reward", "advantage",
+RESPONSE_MIN_WIDTH = 110  # px: below it the numbers scroll sideways rather than the response vanish
+COLUMNS = ("response", "n", "tokens", "log π(y|x)", "π(y|x)", "ppl", "finish", "reward", "advantage",
            "log π/π_ref", "KL/token", "implicit R", "from")
 REFERENCE_COLUMNS = ("log π/π_ref", "KL/token", "implicit R")  # shown only while a row has a reference's facts
+REWARD_COLUMNS = ("reward", "advantage")  # shown only while a row has a reward (or a reward's error)
+BRANCH_COLUMNS = ("from",)  # shown only while a row is a branch
+# short headers, so that every number fits beside the response (the tooltips say them in full)
+HEADERS = {"tokens": "tok", "log π(y|x)": "log π", "π(y|x)": "π", "reward": "R", "advantage": "A",
+           "log π/π_ref": "log π\n/π_ref", "KL/token": "KL\n/tok", "implicit R": "impl.\nR"}
+ELLIPSIS = "…"
+SORT_ARROWS = (" ▲", " ▼")  # ascending, descending
 _TIPS = {
-    "response": "The start of the response, each token shaded by its probability π(token | prefix)",
-    "n": "Rollouts that drew exactly this response",
-    "share": "Their share of the group's rollouts",
+    "response": "The response from where it leaves the prefix every response shares (…), each token shaded by its "
+                "probability π(token | prefix); hover for the whole text",
+    "tokens": "Tokens in the response",
+    "π(y|x)": "π(y|x): the probability of the whole response",
+    "ppl": "Perplexity exp(−mean token log π)",
+    "reward": "The reward (mean over the row's rollouts)",
+    "advantage": "The advantage (r − mean) / std over the query's i.i.d. rollouts",
+    "n": "Rollouts that drew exactly this response, and their share of the group's rollouts",
     "log π(y|x)": "Sum of the token log-probabilities under the model (temperature 1)",
     "from": "A branch: the rollout it was branched from, @ the position where it parts",
     "log π/π_ref": "log pi(y|x) - log pi_ref(y|x): how much likelier the policy finds the response than the "
@@ -56,6 +68,8 @@ class RolloutTableModel(QAbstractTableModel):
         self._options = options  # beta of the implicit reward column
         options.changed.connect(self._on_option_changed)
         self.rows: list[ResponseRow] = []
+        self.shared = 0  # tokens every row starts with: the preview starts after them
+        self.shared_text = ""
         self._pieces: list[list[tuple[str, int]]] = []  # per row: (text piece, shade level) of the preview tokens
         # per row: values(row), made when first asked (a view measuring its columns asks every cell in turn)
         self._values: list[Optional[dict]] = []
@@ -72,9 +86,22 @@ class RolloutTableModel(QAbstractTableModel):
         """Whether any row carries a reference policy's facts."""
         return any(_referenced(row) is not None for row in self.rows)
 
+    def has_rewards(self) -> bool:
+        """Whether any rollout shown has a reward, an advantage or a reward's error."""
+        return any(r.reward is not None or r.advantage is not None or r.reward_error is not None
+                   for row in self.rows for r in row.rollouts)
+
+    def has_branches(self) -> bool:
+        return any(row.branch for row in self.rows)
+
     def set_rollouts(self, rollouts: Sequence[Rollout]) -> None:
         rows = merge_responses(rollouts)
-        pieces = [self._preview(row) for row in rows]
+        shared = shared_prefix_length(rows)
+        if shared != self.shared:
+            self.shared = shared
+            self.shared_text = "".join(decode_pieces(rows[0].first.tokens[:shared])) if shared else ""
+            self.headerDataChanged.emit(Qt.Orientation.Horizontal, 0, 0)
+        pieces = [self._preview(row, shared) for row in rows]
         if [r.ids for r in rows] == [r.ids for r in self.rows]:
             # the same rows with new numbers (a run streaming): update in place, so the view keeps its selection,
             # sort and scroll position
@@ -87,9 +114,12 @@ class RolloutTableModel(QAbstractTableModel):
         self.endResetModel()
 
     @staticmethod
-    def _preview(row: ResponseRow) -> list[tuple[str, int]]:
-        tokens = row.first.tokens[:PREVIEW_TOKENS]
-        return [(piece, shade_level("prob", t.prob, t.entropy)) for t, piece in zip(tokens, decode_pieces(tokens))]
+    def _preview(row: ResponseRow, shared: int) -> list[tuple[str, int]]:
+        """The row's first tokens after the shared prefix (a response that is only the prefix shows it whole)."""
+        start = shared if len(row.first.tokens) > shared else 0
+        tokens = row.first.tokens[start:start + PREVIEW_TOKENS]
+        pieces = [(piece, shade_level("prob", t.prob, t.entropy)) for t, piece in zip(tokens, decode_pieces(tokens))]
+        return ([(ELLIPSIS, None)] if start else []) + pieces
 
     def rowCount(self, parent=QModelIndex()) -> int:  # noqa: N802 (Qt override)
         return 0 if parent.isValid() else len(self.rows)
@@ -99,10 +129,18 @@ class RolloutTableModel(QAbstractTableModel):
 
     def headerData(self, section, orientation, role=Qt.ItemDataRole.DisplayRole):  # noqa: N802 (Qt override)
         if orientation == Qt.Orientation.Horizontal:
+            name = COLUMNS[section]
             if role == Qt.ItemDataRole.DisplayRole:
-                return COLUMNS[section]
+                if name == "response" and self.shared_text.strip():
+                    prefix = self.shared_text.strip()
+                    prefix = prefix if len(prefix) <= 28 else ELLIPSIS + prefix[-27:]
+                    return f"response after “{prefix}”"
+                return HEADERS.get(name, name)
             if role == Qt.ItemDataRole.ToolTipRole:
-                return _TIPS.get(COLUMNS[section])
+                tip = _TIPS.get(name, name)
+                if name == "response" and self.shared_text:
+                    tip += f"\nEvery response starts with: {self.shared_text}"
+                return tip
         return None
 
     def values(self, row: ResponseRow) -> dict:
@@ -117,8 +155,7 @@ class RolloutTableModel(QAbstractTableModel):
         implicit = referenced.implicit_reward(self._options.beta) if referenced is not None else None
         return {
             "response": (r.text, r.text),
-            "n": (str(row.count), row.count),
-            "share": (f"{row.share:.0%}", row.share),
+            "n": (f"{row.count} · {row.share:.0%}", row.count),
             "tokens": (str(n), n),
             "log π(y|x)": (format_logprob(lp), lp),
             "π(y|x)": (format_probability(lp), lp),
@@ -171,6 +208,22 @@ class _RowFilter(QSortFilterProxyModel):
         self.allowed: Optional[set[str]] = None
         self.setSortRole(SORT_ROLE)
 
+    def headerData(self, section, orientation, role=Qt.ItemDataRole.DisplayRole):  # noqa: N802 (Qt override)
+        """The sorted column says so with an arrow in its text (the header keeps no room for a sort indicator: the
+        numbers need it)."""
+        text = super().headerData(section, orientation, role)
+        if (role == Qt.ItemDataRole.DisplayRole and orientation == Qt.Orientation.Horizontal and text
+                and section == self.sortColumn() >= 0):
+            text += SORT_ARROWS[self.sortOrder() == Qt.SortOrder.DescendingOrder]
+        return text
+
+    def sort(self, column, order=Qt.SortOrder.AscendingOrder) -> None:
+        before = self.sortColumn()
+        super().sort(column, order)
+        for section in {before, column}:
+            if section >= 0:
+                self.headerDataChanged.emit(Qt.Orientation.Horizontal, section, section)
+
     def set_allowed(self, allowed: Optional[set[str]]) -> None:
         self.beginFilterChange()
         self.allowed = allowed
@@ -213,20 +266,24 @@ class _PreviewDelegate(QStyledItemDelegate):
         text_colour = pal.color(QPalette.ColorRole.HighlightedText if selected else QPalette.ColorRole.Text)
         x = float(option.rect.left() + 3)
         top, height = float(option.rect.top() + 2), float(option.rect.height() - 4)
-        right = option.rect.right()
-        for piece, level in pieces:
+        right = float(option.rect.right() - 2)
+        ellipsis_width = fm.horizontalAdvance(ELLIPSIS)
+        for index, (piece, level) in enumerate(pieces):
             shown = piece.replace("\n", "\u21b5")
             width = fm.horizontalAdvance(shown)
             if not shown:
                 continue
-            colour = None if selected else shade_colour("prob", level, pal)
+            last = index == len(pieces) - 1
+            if x + width > right - (0 if last else ellipsis_width):  # elided: what does not fit ends in "…"
+                painter.setPen(text_colour)
+                painter.drawText(QRectF(x, top, ellipsis_width + 1, height), Qt.AlignmentFlag.AlignVCenter, ELLIPSIS)
+                break
+            colour = None if selected or level is None else shade_colour("prob", level, pal)
             if colour is not None:
                 painter.fillRect(QRectF(x, top, width, height), colour)
             painter.setPen(text_colour)
             painter.drawText(QRectF(x, top, width + 1, height), Qt.AlignmentFlag.AlignVCenter, shown)
             x += width
-            if x > right:
-                break
         painter.restore()
 
 
@@ -251,22 +308,25 @@ class RolloutTable(QWidget):
         self.view.verticalHeader().setDefaultSectionSize(int(self.fontMetrics().height() * 1.5))
         self.view.setWordWrap(False)
         header = self.view.horizontalHeader()
+        # the numbers as wide as they need, the response the rest (elided): every number in sight
         for column in range(1, len(COLUMNS)):
             header.setSectionResizeMode(column, QHeaderView.ResizeMode.ResizeToContents)
-        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Interactive)
-        header.resizeSection(0, PREVIEW_WIDTH)  # the numbers scroll in from the right when the table is narrow
-        header.setStretchLastSection(True)
+        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        header.setMinimumSectionSize(24)
+        header.setStretchLastSection(False)
+        header.setTextElideMode(Qt.TextElideMode.ElideMiddle)
+        header.setSortIndicatorShown(False)  # its room in every header would push the numbers out of sight
         self.view.selectionModel().selectionChanged.connect(self._on_selection)
         self.summary = QLabel("")
         self.summary.setStyleSheet("color: palette(mid);")
         self.summary.setWordWrap(True)  # its text must not set the table's minimum width
-        self.view.setMinimumWidth(100)
+        self.view.setMinimumWidth(RESPONSE_MIN_WIDTH)
         # the table's controls beside its summary; those for the reference columns show only with them
         self.controls = QHBoxLayout()
         self.controls.setContentsMargins(0, 0, 0, 0)
         self.controls.addWidget(self.summary, 1)
         self._reference_controls: list[QWidget] = []
-        self._reference_shown: Optional[bool] = None  # whether the reference columns show; None: not decided yet
+        self._shown: dict[tuple, bool] = {}  # per group of optional columns: whether it shows
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.setSpacing(2)
@@ -274,7 +334,7 @@ class RolloutTable(QWidget):
         layout.addWidget(self.view, 1)
         self._quiet = False
         self._update_summary()
-        self._show_reference_columns()
+        self._show_columns()
 
     def add_reference_control(self, widget: QWidget) -> None:
         """A control of the reference columns (the views' beta), beside the summary, shown only with those columns."""
@@ -284,19 +344,27 @@ class RolloutTable(QWidget):
 
     def reference_shown(self) -> bool:
         """Whether the reference columns are shown (some row has a reference's facts)."""
-        return bool(self._reference_shown)
+        return self._shown.get(REFERENCE_COLUMNS, False)
 
-    def _show_reference_columns(self) -> None:
-        shown = self.model.has_reference()
-        if shown == self._reference_shown:
+    def _show_columns(self) -> None:
+        """The optional columns show while some row has their numbers: a reference policy's, a reward's, a branch's."""
+        wanted = {REFERENCE_COLUMNS: self.model.has_reference(), REWARD_COLUMNS: self.model.has_rewards(),
+                  BRANCH_COLUMNS: self.model.has_branches()}
+        changed = {names: shown for names, shown in wanted.items() if self._shown.get(names) != shown}
+        if not changed:
             return  # hiding or showing a column re-measures every column sized to its contents: only on a change
-        self._reference_shown = shown
+        self._shown.update(changed)
         self.view.setUpdatesEnabled(False)  # the columns re-measure once, when drawn, not once per column
-        for name in REFERENCE_COLUMNS:
-            self.view.setColumnHidden(COLUMNS.index(name), not shown)
+        for names, shown in changed.items():
+            for name in names:
+                self.view.setColumnHidden(COLUMNS.index(name), not shown)
         self.view.setUpdatesEnabled(True)
-        for widget in self._reference_controls:
-            widget.setVisible(shown)
+        if REFERENCE_COLUMNS in changed:
+            for widget in self._reference_controls:
+                widget.setVisible(changed[REFERENCE_COLUMNS])
+
+    def visible_columns(self) -> list[str]:
+        return [name for i, name in enumerate(COLUMNS) if not self.view.isColumnHidden(i)]
 
     # -- feeding -----------------------------------------------------------------------------------------------------
     def set_rollouts(self, rollouts: Sequence[Rollout]) -> None:
@@ -308,7 +376,7 @@ class RolloutTable(QWidget):
             self._select_ids(keep)
         finally:
             self._quiet = False
-        self._show_reference_columns()
+        self._show_columns()
         if self.selected_rollouts() != keep:
             self.rollouts_selected.emit(self.selected_rollouts())
         self._update_summary()

@@ -33,6 +33,9 @@ OCEAN_QUERY = "Which is the largest ocean?"
 OCEAN_CANDIDATES = "Atlantic Ocean\nPacific Ocean"
 COLUMNS = ("Response", "log π(y|x)", "π(y|x)", "share", "perplexity", "tokens", "log π/π_ref", "KL/token")
 REFERENCE_COLUMNS = ("log π/π_ref", "KL/token")  # shown only while a score has a reference policy's facts
+# short headers, so that the response keeps the width (the tooltips say them in full)
+HEADERS = {"log π(y|x)": "log π", "π(y|x)": "π", "perplexity": "ppl", "tokens": "tok", "KL/token": "KL/tok"}
+RESPONSE_MIN_WIDTH = 160  # px: the response column never gets less (the panel is at least this much wider)
 _TIPS = (
     "The response as the model tokenised it, each token shaded as in the panes; hover a token for its "
     "probability and the alternatives",
@@ -104,6 +107,8 @@ class ScoringPanel(QWidget):
         self.candidates.setPlaceholderText("Candidate responses, one per line")
         self.candidates.setTabChangesFocus(True)
         self.candidates.setMaximumHeight(self.fontMetrics().lineSpacing() * 5 + 12)
+        # a short panel (a tab under the tree) keeps two lines of candidates and the table's first row
+        self.candidates.setMinimumHeight(self.fontMetrics().lineSpacing() * 2 + 12)
         self._filter = _SubmitFilter(self.request_score, self)
         self.candidates.installEventFilter(self._filter)
         self.score_button = QPushButton("Score")
@@ -122,7 +127,8 @@ class ScoringPanel(QWidget):
         self.exactness.hide()
 
         self.table = QTableWidget(0, len(COLUMNS))
-        self.table.setHorizontalHeaderLabels(COLUMNS)
+        self.table.setMinimumHeight(self.fontMetrics().lineSpacing() * 3)
+        self.table.setHorizontalHeaderLabels([HEADERS.get(name, name) for name in COLUMNS])
         for col, tip in enumerate(_TIPS):
             self.table.horizontalHeaderItem(col).setToolTip(tip)
         self.table.verticalHeader().hide()
@@ -130,11 +136,12 @@ class ScoringPanel(QWidget):
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.NoSelection)
         self.table.setFocusPolicy(Qt.FocusPolicy.NoFocus)
         header = self.table.horizontalHeader()
-        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
-        # The response column takes what the numbers leave; never a sideways scroll that hides its start.
-        self.table.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Fixed)  # the rest of the width (_fit_columns)
+        header.setStretchLastSection(False)
         for col in range(1, len(COLUMNS)):
             header.setSectionResizeMode(col, QHeaderView.ResizeMode.ResizeToContents)
+        header.sectionResized.connect(lambda col, _old, _new: col and self._fit_columns())
+        self.table.installEventFilter(self)
 
         buttons = QVBoxLayout()
         buttons.addWidget(self.score_button)
@@ -254,3 +261,18 @@ class ScoringPanel(QWidget):
         for name in REFERENCE_COLUMNS:
             self.table.setColumnHidden(COLUMNS.index(name), not referenced)
         self.table.horizontalScrollBar().setValue(0)  # a new cell widget may have scrolled the table to show itself
+        self._fit_columns()
+
+    def _fit_columns(self) -> None:
+        """The numbers take what they need and the response the rest, never less than RESPONSE_MIN_WIDTH: a panel too
+        narrow for both scrolls sideways (the response first) rather than squeeze the response to a few letters."""
+        header = self.table.horizontalHeader()
+        numbers = sum(header.sectionSize(col) for col in range(1, len(COLUMNS)) if not self.table.isColumnHidden(col))
+        width = max(RESPONSE_MIN_WIDTH, self.table.viewport().width() - numbers)
+        if header.sectionSize(0) != width:
+            header.resizeSection(0, width)
+
+    def eventFilter(self, obj, event) -> bool:  # noqa: N802 (Qt override)
+        if obj is self.table and event.type() == QEvent.Type.Resize:
+            self._fit_columns()
+        return False

@@ -21,6 +21,10 @@ SHORTCUTS = (
     ("Ctrl+Shift+O", "Open a model (.gguf)"),
     ("Ctrl+R", "New seed"),
     ("Ctrl+1 / Ctrl+2 / Ctrl+3", "Shade tokens by probability / by entropy / by log-ratio to the reference policy"),
+    ("Ctrl+T", "Tree focus: hide every panel so that the token tree takes the window; again to bring them back"),
+    ("Alt+0 … Alt+5", "Show or hide a panel: queries and settings, rollout panes, rollout table, scoring, "
+                      "statistics, per-position plot (View > Panels; drag a panel's title to move it, tab it or "
+                      "float it; View > Reset layout puts them back)"),
     ("Ctrl+Q", "Quit"),
     ("Drop a file", ".gguf loads a model, .json opens a rollout set"),
 )
@@ -133,6 +137,16 @@ def build_menus(window: "MainWindow") -> MenuActions:
     a["compact"].setCheckable(True)
     a["compact"].setToolTip("Narrow panes (automatic for k > 8)")
     view_menu.addAction(a["compact"])
+    view_menu.addSeparator()
+    panels_menu = view_menu.addMenu("&Panels")
+    for dock in window.panels.docks.values():
+        panels_menu.addAction(dock.toggleViewAction())
+    a["tree_focus"] = _action(window, "&Tree focus", window.panels.toggle_tree_focus, "Ctrl+T",
+                              "Hide every panel so that the tree takes the window; again to bring them back")
+    a["reset_layout"] = _action(window, "&Reset layout", window.panels.reset, None,
+                                "Put every panel back where it starts, at its first size")
+    view_menu.addAction(a["tree_focus"])
+    view_menu.addAction(a["reset_layout"])
 
     help_menu = bar.addMenu("&Help")
     a["shortcuts"] = _action(window, "&Keys and mouse", lambda: show_shortcuts(window), "F1")

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from PySide6.QtCore import QSettings, QStandardPaths, Qt, QTimer, Signal, Slot
-from PySide6.QtWidgets import QInputDialog, QMainWindow, QMessageBox, QSplitter
+from PySide6.QtWidgets import QInputDialog, QMainWindow, QMessageBox
 
 from explorer.core.errors import SamplingParamsError
 from explorer.core.models.discovery import discover_models
@@ -26,6 +26,7 @@ from explorer.core.types import ModelInfo, RolloutSet
 from explorer.gui.window.actions import build_menus
 from explorer.gui.side_panel.controls import ControlPanel
 from explorer.gui.window.file_actions import FileActions, dropped_path
+from explorer.gui.window.panel_layout import PanelLayout
 from explorer.gui.window.reward_status import RewardStatus
 from explorer.gui.run.run_controller import RunController
 from explorer.gui.window.status import StatusPanel
@@ -107,7 +108,6 @@ class MainWindow(QMainWindow):
         self.model_info: Optional[ModelInfo] = None
         self.model_loading = False
         self._closed = False
-        self._sized = False
         self._status_shown_at = 0.0
         self._answer_timer = QTimer(self)  # typing a reference answer rewards once the typing pauses
         self._answer_timer.setSingleShot(True)
@@ -117,9 +117,8 @@ class MainWindow(QMainWindow):
         self.files = FileActions(self, self.settings, self, recovery_dir, persist)
         self.window_settings = WindowSettings(self, self.settings, persist)
         self.controls = ControlPanel()
-        self.views = ViewsPanel(self.is_running, self.controls.k)
-        self.main_splitter = QSplitter(Qt.Orientation.Horizontal)
-        self._build_layout()
+        self.views = ViewsPanel(self.is_running, self.controls.k, self)
+        self.panels = self._build_layout()
         self.menu_actions = build_menus(self)
         self.status = StatusPanel(self.statusBar())
         self.reward_status = RewardStatus("")
@@ -128,6 +127,7 @@ class MainWindow(QMainWindow):
 
         if persist:  # a scripted run starts from the defaults and its arguments, whatever the user last used
             self.window_settings.restore()
+        self.panels.show_for(self.controls.k())
         self.window_settings.watch()
         self.files.refresh_recent_menu()
         self._set_running(False)
@@ -138,16 +138,12 @@ class MainWindow(QMainWindow):
         collect_garbage_on_the_gui_thread()
 
     # -- construction ----------------------------------------------------------------------------------------------
-    def _build_layout(self) -> None:
+    def _build_layout(self) -> PanelLayout:
         # the side panel scrolls its own folding sections; the queries, k, temperature and Run stay in sight
         self.controls.setMinimumWidth(self.controls.sections["sampling"].minimumSizeHint().width() + 36)
-        self.main_splitter.addWidget(self.controls)
-        self.main_splitter.addWidget(self.views)
-        self.main_splitter.setStretchFactor(0, 0)
-        self.main_splitter.setStretchFactor(1, 1)
-        self.main_splitter.setSizes([300, 1140])
-        self.setCentralWidget(self.main_splitter)
+        panels = PanelLayout(self, {**self.views.parts(), "controls": self.controls}, self.views.group_tabs)
         self.resize(1440, 900)
+        return panels
 
     def _wire(self) -> None:
         host = self.runs.host  # its signals arrive on this (the GUI) thread
@@ -196,9 +192,7 @@ class MainWindow(QMainWindow):
 
     def showEvent(self, event) -> None:  # noqa: N802 (Qt override)
         super().showEvent(event)
-        if not self.window_settings.splitters_restored and not self._sized:
-            self._sized = True
-            QTimer.singleShot(0, self.views.default_sizes)  # sizes given before the window shows are not kept
+        self.panels.window_shown()
 
     # -- what the parts ask the window -----------------------------------------------------------------------------
     @property
@@ -380,6 +374,7 @@ class MainWindow(QMainWindow):
             return None
         if not self.may_discard("Run again"):
             return None
+        self.panels.show_for(self.controls.k())
         box = self.controls.reward_box
         run_id = self.runs.generate(self.model_info, queries, self.controls.k(), params, self.controls.chat(),
                                     self.controls.system_prompt(), box.reward_fn(), box.normalize_std())
@@ -469,6 +464,7 @@ class MainWindow(QMainWindow):
         session.choose_reward(box.reward_fn(), box.normalize_std())
         n = session.reward_opened()
         self._set_running(False)
+        self.panels.show_for(max((len(g.rollouts) for g in rollout_set.groups), default=0))
         self.runs.show_session(session)
         self._update_reward_status()
         if n:

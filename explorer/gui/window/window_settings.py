@@ -1,5 +1,5 @@
-"""What the window keeps between sessions in QSettings: geometry, splitters, the side panel's controls, shading,
-and the model to open at start."""
+"""What the window keeps between sessions in QSettings: geometry, the panels' layout, the side panel's controls,
+shading, and the model to open at start."""
 
 from __future__ import annotations
 
@@ -27,7 +27,6 @@ class WindowSettings:
         self._window = window
         self.settings = settings
         self._persist = persist
-        self.splitters_restored = False  # restore() found saved splitter states: keep them over the defaults
         self._restoring = False
         self.save_timer = QTimer(window)
         self.save_timer.setSingleShot(True)
@@ -40,19 +39,13 @@ class WindowSettings:
             self.save_timer.start()
 
     def watch(self) -> None:
-        """Save when the controls, the shading or a splitter change (after the window is built)."""
+        """Save when the controls, the view options or the panels change (after the window is built)."""
         w = self._window
         w.controls.changed.connect(self.changed)
         w.views.options.changed.connect(self.changed)
         w.views.panes.sort_changed.connect(self.changed)
         w.menu_actions["compact"].toggled.connect(self.changed)
-        for _key, splitter in self._splitters():
-            splitter.splitterMoved.connect(self.changed)
-
-    def _splitters(self):
-        w = self._window
-        return (("window/main_splitter", w.main_splitter), ("window/right_splitter", w.views),
-                ("window/bottom_splitter", w.views.bottom_splitter))
+        w.panels.changed.connect(self.changed)
 
     def startup_model(self) -> Optional[str]:
         """The model to open at start: the last one used if it is still there, else the default model."""
@@ -81,10 +74,7 @@ class WindowSettings:
         geometry = s.value("window/geometry")
         if isinstance(geometry, QByteArray) and not geometry.isEmpty():
             w.restoreGeometry(geometry)
-        for key, splitter in self._splitters():
-            state = s.value(key)
-            if isinstance(state, QByteArray) and not state.isEmpty():
-                self.splitters_restored |= splitter.restoreState(state)
+        w.panels.restore(s)
         try:
             state = json.loads(s.value("controls", "") or "null")
         except (TypeError, ValueError):  # a settings value another version wrote
@@ -111,8 +101,7 @@ class WindowSettings:
         self.save_timer.stop()
         s, w = self.settings, self._window
         s.setValue("window/geometry", w.saveGeometry())
-        for key, splitter in self._splitters():
-            s.setValue(key, splitter.saveState())
+        w.panels.save(s)
         s.setValue("controls", json.dumps(w.controls.state()))
         s.setValue("view/shading", w.views.options.shading)
         s.setValue("view/beta", w.views.options.beta)
