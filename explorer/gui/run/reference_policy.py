@@ -33,7 +33,7 @@ class ReferencePolicyController(QObject):
     evaluation_failed = Signal(object)  # Failure: an evaluation under the reference in use failed
     facts_changed = Signal()  # the shown session's reference facts changed (a group evaluated, facts cleared)
     evaluating = Signal(str)  # an evaluation was asked of the reference in use (its description)
-    other_model = Signal(str)  # the set shown was made with another model (its name): it cannot be evaluated
+    other_model = Signal(object)  # the set shown was made with another model (its ModelInfo): it cannot be evaluated
     evaluation_done = Signal()  # no evaluation is left (done, cancelled or failed)
 
     def __init__(self, host: EngineHost, shown: Callable[[], Optional[Session]], running: Callable[[], bool],
@@ -90,7 +90,7 @@ class ReferencePolicyController(QObject):
         if self.pending or session is None or reference is None or self._running():
             return None
         if not session.same_model(self._policy):
-            self.other_model.emit(session.model.name)
+            self.other_model.emit(session.model)
             return None
         if self._evaluations and not again:
             self._evaluate_after = True

@@ -35,6 +35,7 @@ from PySide6.QtWidgets import (
 from explorer.core.errors import SamplingParamsError
 from explorer.core.models.discovery import ModelEntry, format_params, format_size
 from explorer.core.files.queries import SEED_QUERIES
+from explorer.gui.widgets.combo import keep_texts_whole
 from explorer.core.types import ModelInfo, Query, SamplingParams
 from explorer.gui.side_panel.query_list import QueryListEditor
 from explorer.gui.side_panel.reference_box import ReferenceBox
@@ -225,6 +226,7 @@ class ControlPanel(QWidget):
         self.model_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
         self.model_combo.setMinimumContentsLength(12)
         self.model_combo.setPlaceholderText("No model")
+        keep_texts_whole(self.model_combo)  # the list shows whole names (the box elides them; its tooltip too)
         self.model_combo.activated.connect(self._combo_activated)
         self.open_button = QToolButton()
         self.open_button.setText("Open…")

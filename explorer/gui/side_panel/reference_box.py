@@ -30,23 +30,26 @@ from explorer.core.errors import ExplorerError
 from explorer.core.reference.policy import ReferenceSpec
 from explorer.core.rl.stats import DEFAULT_TIS_CAP
 from explorer.core.types import ReferenceInfo
+from explorer.gui.widgets.combo import keep_texts_whole
 
 NONE = "none"
 # (label, kind, what the value field holds, a default value, tooltip)
 KINDS = (
     ("No reference", NONE, "", "", "Show the policy alone"),
-    ("Exact float copy of the model", "exact", "GGUF to copy (empty: the loaded model; a server's: its GGUF here)", "",
+    ("Exact float copy", "exact", "GGUF to copy (empty: the loaded model; a server's: its GGUF here)", "",
      "A float32 copy of the loaded quantized GGUF (or of the GGUF named), written once to the app's data folder: "
      "what you see is what quantization does to the policy. With a policy on a server, name a local GGUF of the "
      "served weights"),
-    ("Another GGUF with the same vocabulary", "model", "path of a .gguf file", "",
-     "A base vs an instruct model, another quantization of the same model: it must have the same tokens. With a "
-     "policy on a server: a local GGUF of the served weights (the KL over the vocabulary is then unavailable)"),
-    ("Same model, another system prompt", "system", "the reference's system prompt", "",
-     "The policy conditioned on another system prompt (chat template on)"),
-    ("Same model at another temperature", "temperature", "temperature, e.g. 0.7", "0.7",
-     "The sampler is itself a transformation of the policy: softmax(logits / T)"),
-    ("Same model under top-p", "top_p", "top-p, e.g. 0.9", "0.9",
+    ("Another GGUF", "model", "path of a .gguf file", "",
+     "Another GGUF with the same vocabulary: a base vs an instruct model, another quantization of the same model. "
+     "With a policy on a server: a local GGUF of the served weights (the KL over the vocabulary is then "
+     "unavailable)"),
+    ("Another system prompt", "system", "the reference's system prompt", "",
+     "The same model conditioned on another system prompt (chat template on)"),
+    ("Another temperature", "temperature", "temperature, e.g. 0.7", "0.7",
+     "The same model at another temperature: the sampler is itself a transformation of the policy, "
+     "softmax(logits / T)"),
+    ("Under top-p", "top_p", "top-p, e.g. 0.9", "0.9",
      "The nucleus of the policy renormalised: tokens outside it have pi_ref = 0, so their KL is infinite"),
 )
 
@@ -91,9 +94,10 @@ class ReferenceBox(QGroupBox):
         # each kind keeps its own draft value: a temperature typed is not offered as a GGUF path
         self._drafts: dict[str, str] = {kind: default for _l, kind, _h, default, _t in KINDS}
         self.combo = QComboBox()
-        # the labels are long: the combo must not widen the side panel (it elides; each entry's tooltip says more)
+        # short labels that fit the side panel (each entry's tooltip says more); the combo never widens the panel
         self.combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
         self.combo.setMinimumContentsLength(10)
+        keep_texts_whole(self.combo)
         for label, kind, _hint, _default, tip in KINDS:
             self.combo.addItem(label, kind)
             self.combo.setItemData(self.combo.count() - 1, tip, Qt.ItemDataRole.ToolTipRole)

@@ -14,6 +14,7 @@ from PySide6.QtWidgets import QCheckBox, QComboBox, QFileDialog, QGroupBox, QLab
 
 from explorer.core.errors import RewardError
 from explorer.core.rl.rewards import RewardFn, load_reward
+from explorer.gui.widgets.combo import keep_texts_whole
 
 NONE = "none"
 PICK = "__pick_file__"  # the "Python file…" entry: opens the file dialog, is never the current choice
@@ -52,6 +53,7 @@ class RewardBox(QGroupBox):
         self.combo.setToolTip("Scores each rollout once its query's rollouts have finished; advantages are "
                               "group-relative (GRPO). Pick a reward again to re-score what is shown.")
         self._fill_combo()
+        keep_texts_whole(self.combo)
         # activated: every user pick, also of the current entry (a re-pick re-scores, e.g. an opened set);
         # programmatic changes go through set_spec()
         self.combo.activated.connect(self._on_activated)

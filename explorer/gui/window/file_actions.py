@@ -58,6 +58,9 @@ class FileHost(Protocol):
     def message(self, text: str) -> None:
         """A line in the status bar."""
 
+    def model_name(self, model: ModelInfo) -> str:
+        """The one name the window gives a model."""
+
 
 class FileActions(QObject):
     """Owns the recent files, the set loader and the recovery journal with its autosave timer. The window tells it
@@ -316,7 +319,7 @@ class FileActions(QObject):
             return False
         n = sum(len(g.rollouts) for g in rollout_set.groups)
         if self._host.ask("Recover the last run?", f"The last session ended during a run. Show its {n} rollouts "
-                          f"({len(rollout_set.groups)} queries, {rollout_set.model.name})? Export them to keep "
+                          f"({len(rollout_set.groups)} queries, {self._host.model_name(rollout_set.model)})? Export them to keep "
                           "them."):
             self._host.show_rollout_set(rollout_set, RECOVERED, in_a_file=False)
             return True

@@ -176,8 +176,9 @@ class MainWindow(QMainWindow):
             lambda failure: self.report_failure("Comparing with the reference policy failed", failure))
         reference.facts_changed.connect(self._on_reference_facts_changed)
         reference.evaluating.connect(lambda description: self.status.message(f"Comparing with {description}…"))
-        reference.other_model.connect(lambda name: self.status.message(
-            f"This set was made with {name}: load that model to compare it with the reference", MESSAGE_MS))
+        reference.other_model.connect(lambda model: self.status.message(
+            f"This set was made with {self.model_name(model)}: load that model to compare it with the reference",
+            MESSAGE_MS))
         reference.evaluation_done.connect(self._on_evaluation_done)
         self.controls.reference_box.tis_cap_changed.connect(self._on_tis_cap_changed)
         self._answer_timer.timeout.connect(self._reward_new_answers)
@@ -219,6 +220,11 @@ class MainWindow(QMainWindow):
 
     def message(self, text: str) -> None:
         self.status.message(text)
+
+    def model_name(self, model: ModelInfo) -> str:
+        """A model's one name in the window: the one the model picker lists it under (its file's name), whichever
+        name its GGUF gives itself (that one is in the status bar's tooltip)."""
+        return self.controls.model_name(model.path) if model.path else model.name
 
     # -- dialogs and errors ----------------------------------------------------------------------------------------
     def show_error(self, title: str, message: str) -> None:
@@ -345,7 +351,7 @@ class MainWindow(QMainWindow):
             self.status.set_model(None, "No model loaded")
         else:
             self.controls.select_model_path(self.model_info.path)
-        kept = f"\n\n{self.model_info.name} is still loaded." if self.model_info is not None else ""
+        kept = f"\n\n{self.model_name(self.model_info)} is still loaded." if self.model_info is not None else ""
         self.report_failure("Cannot load the model", failure, kept)
         self.model_load_failed.emit(str(failure))
 
@@ -471,7 +477,7 @@ class MainWindow(QMainWindow):
             self._report_reward_errors()
         name = Path(source).name
         self.setWindowTitle(f"{name} — Rollout Explorer")
-        self.status.show_file(f"{name}, made with {rollout_set.model.name}")
+        self.status.show_file(f"{name}, made with {self.model_name(rollout_set.model)}")
         self.evaluate_reference()  # a set without reference facts, of the model loaded, is compared too
 
     # -- scoring ---------------------------------------------------------------------------------------------------
@@ -489,7 +495,7 @@ class MainWindow(QMainWindow):
         if session is None or group_id not in session.group_ids:
             return None
         if not session.same_model(self.model_info):
-            self.show_error("Different model", f"This rollout set was made with {session.model.name}; load "
+            self.show_error("Different model", f"This rollout set was made with {self.model_name(session.model)}; load "
                             "that model to score responses against it (what you typed is kept).")
             return None
         request = self.runs.score(group_id, list(responses), self.controls.system_prompt(),

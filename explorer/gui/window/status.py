@@ -85,7 +85,7 @@ class StatusPanel:
         size = format_params(info.n_params)
         self.model_label.setText(f"{name or info.name} · {size}" + (f" · {note}" if note else ""))
         # the name may show elided; the file's own name for the model is in the tooltip
-        self.model_label.setToolTip(f"{self.model_label.text()}\n{info.name}\n{info.path}")
+        self.model_label.setToolTip(f"{self.model_label.text()}\nthe GGUF names itself: {info.name}\n{info.path}")
         layers = f", {info.n_gpu_layers} layers on GPU" if info.n_gpu_layers else ""
         self.backend_label.setText(f"{info.backend or 'CPU'}{layers}")
         self.backend_label.setToolTip(info.system_info or "")
