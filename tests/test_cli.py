@@ -213,7 +213,7 @@ def test_score_with_a_reference_prints_and_writes_the_ratio(tiny_gguf, tmp_path)
     proc = run_cli("score", "--model", str(tiny_gguf), "-q", "Hello", "-r", "Atlantic Ocean",
                    "--reference", "temperature:0.5", "-o", str(out))
     assert proc.returncode == 0, proc.stderr
-    assert "reference: tiny-test at temperature 0.5" in proc.stdout and "log ratio" in proc.stdout
+    assert "reference: tiny at temperature 0.5" in proc.stdout and "log ratio" in proc.stdout
     (score,) = export.load(out).groups[0].scores
     assert score.mean_kl > 0 and score.log_ratio == pytest.approx(score.logprob - score.ref_logprob)
 

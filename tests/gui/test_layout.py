@@ -9,6 +9,7 @@ import dataclasses
 import pytest
 from PySide6.QtCore import Qt
 
+from explorer.gui.views.panel import on_screen
 from explorer.gui.views.rollout_table import COLUMNS, ELLIPSIS, PIECES_ROLE, RESPONSE_MIN_WIDTH
 from explorer.gui.window.main_window import MainWindow
 from explorer.gui.window.panel_layout import PANES_LEAD_K
@@ -170,3 +171,34 @@ def test_every_number_of_the_table_fits_without_a_sideways_scroll(qtbot, sized_w
     shown = "".join(piece for piece, _ in pieces[1:])
     assert first.text[len(model.shared_text):].startswith(shown[:10]) and model.shared_text
     assert model.shared_text == "".join(t.token for t in first.tokens[:model.shared])
+
+
+def test_panes_behind_the_table_wait_while_a_run_streams_and_catch_up_when_shown(qtbot, make_window, fake_factory,
+                                                                                 fake_model):
+    fake_factory.configure = lambda e: (setattr(e, "step_delay", 0.005), setattr(e, "hold_at_step", 6))
+    window = make_window()
+    load(qtbot, window, fake_model)
+    window.controls.set_queries([OCEAN])
+    window.controls.k_spin.setValue(K)
+    window.controls.max_tokens.setValue(12)
+    window.run()
+    qtbot.waitUntil(fake_factory.engine.held.is_set, timeout=5000)
+    views, docks = window.views, window.panels.docks
+    qtbot.waitUntil(lambda: bool(views.panes.panes()), timeout=5000)
+    assert not on_screen(views.panes)  # a tab behind the table: the tree leads
+
+    def behind() -> int:
+        window.drain()
+        return sum(len(live.tokens) for live in window.session.live_rollouts("q0")[:len(views.panes.panes())]) - sum(
+            pane.view.token_count for pane in views.panes.panes())
+
+    for _ in range(12):  # the engine is held: a dozen refresh ticks would have drawn everything into shown panes
+        with qtbot.waitSignal(window.runs.ticked, timeout=2000):
+            pass
+    assert behind() > 0  # what streamed is not drawn into hidden panes
+    docks["panes"].raise_()
+    qtbot.waitUntil(lambda: on_screen(views.panes) and behind() == 0, timeout=5000)  # shown: they catch up
+    with qtbot.waitSignal(window.run_done, timeout=10000):
+        fake_factory.engine.release.set()
+    docks["table"].raise_()
+    assert behind() == 0  # the run's end draws everything

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Optional
+from urllib.parse import urlsplit
 
 from gguf import GGUFValueType, LlamaFileType
 
@@ -67,6 +68,15 @@ class ModelEntry:
     source: str
     info: Optional[GGUFInfo] = None
     error: Optional[str] = None  # the reason alone (the path is in `path`)
+
+
+def model_label(path: str) -> str:
+    """The name a user knows a model by: its GGUF file's name without .gguf (several quantizations of one model carry
+    the same name inside), a server's host:port (Path(url).stem would cut "http://127.0.0.1:8000" to "127.0.0")."""
+    if "://" in str(path):
+        parts = urlsplit(str(path))
+        return parts.netloc + (parts.path.rstrip("/") if parts.path not in ("", "/") else "")
+    return Path(path).stem
 
 
 # ---------------------------------------------------------------------------------------------------------------

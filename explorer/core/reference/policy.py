@@ -29,7 +29,7 @@ import numpy as np
 from explorer.core.errors import ExplorerError
 from explorer.core.engine.kv_cache import Prefix
 from explorer.core.engine.sampling import top_indices
-from explorer.core.models.discovery import fingerprint, resolve_model
+from explorer.core.models.discovery import fingerprint, model_label, resolve_model
 from explorer.core.types import QueryGroup, ReferenceInfo, RolloutSet, Score, TokenInfo, TopLogprob
 
 ROW_BUDGET = 256  # logits rows per side held at once (256 x 49k vocabulary x 4 bytes = 50 MB)
@@ -272,23 +272,23 @@ class ReferencePolicy:
                     self.engine.close()
                     raise
                 ref = self.engine.info
-            if spec.kind == "exact":
-                of = info.name if not spec.value else Path(spec.value).name
+            if spec.kind == "exact":  # the policy as the window names it (its file's), or the GGUF named
+                of = model_label(info.path) if not spec.value else Path(spec.value).name
                 what = f"exact float copy of {of}" + (f" ({ref.quantization})" if not spec.value else "")
             else:  # the file: two quantizations of one model carry the same name
                 what = f"{Path(path).name} ({ref.name}, {ref.quantization or 'unknown type'})"
             self.info = ReferenceInfo(spec.kind, what, ref.fingerprint, path=path,
                                       kl_kind="unavailable" if self.remote else "exact")
         elif spec.kind == "system":
-            self.info = ReferenceInfo("system", f"{info.name} with system prompt {spec.value!r}", info.fingerprint,
-                                      system=spec.value)
+            self.info = ReferenceInfo("system", f"{model_label(info.path)} with system prompt {spec.value!r}",
+                                      info.fingerprint, system=spec.value)
         elif spec.kind == "temperature":
             t = float(spec.value)
-            self.info = ReferenceInfo("temperature", f"{info.name} at temperature {t:g}", info.fingerprint,
+            self.info = ReferenceInfo("temperature", f"{model_label(info.path)} at temperature {t:g}", info.fingerprint,
                                       temperature=t)
         elif spec.kind == "top_p":
             p = float(spec.value)
-            self.info = ReferenceInfo("top_p", f"{info.name} under top-p {p:g}", info.fingerprint, top_p=p)
+            self.info = ReferenceInfo("top_p", f"{model_label(info.path)} under top-p {p:g}", info.fingerprint, top_p=p)
         else:
             raise ExplorerError(f"unknown reference kind {spec.kind!r}")
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import random
 from pathlib import Path
 from typing import Iterable, Optional
-from urllib.parse import urlsplit
 
 from PySide6.QtCore import QEvent, QObject, Qt, Signal
 from PySide6.QtWidgets import (
@@ -33,7 +32,7 @@ from PySide6.QtWidgets import (
 )
 
 from explorer.core.errors import SamplingParamsError
-from explorer.core.models.discovery import ModelEntry, format_params, format_size
+from explorer.core.models.discovery import ModelEntry, format_params, format_size, model_label
 from explorer.core.files.queries import SEED_QUERIES
 from explorer.gui.widgets.combo import keep_texts_whole
 from explorer.core.types import ModelInfo, Query, SamplingParams
@@ -82,15 +81,6 @@ def gpu_offload_support() -> tuple[bool, str]:
         return False, "This llama.cpp build has no GPU offload (CPU only); rebuild with CUDA or Metal to use a GPU."
     except Exception as exc:  # noqa: BLE001 -- a missing or broken library is reported when a model loads
         return False, f"llama.cpp is not available ({type(exc).__name__})"
-
-
-def listed_name(path: str) -> str:
-    """A model's name in the picker when discovery did not list it: a GGUF's file name without .gguf, a server's
-    host:port (Path(url).stem would cut "http://127.0.0.1:8000" to "127.0.0")."""
-    if "://" in str(path):
-        parts = urlsplit(str(path))
-        return parts.netloc + (parts.path.rstrip("/") if parts.path not in ("", "/") else "")
-    return Path(path).stem
 
 
 class CollapsibleSection(QWidget):
@@ -372,7 +362,7 @@ class ControlPanel(QWidget):
         """Show `path` as the current model, adding it to the list when discovery did not find it."""
         index = self.model_combo.findData(str(path))
         if index < 0:
-            name = listed_name(path)
+            name = model_label(path)
             self.model_combo.addItem(name, str(path))
             index = self.model_combo.count() - 1
             self.model_combo.setItemData(index, name, NAME_ROLE)
@@ -383,7 +373,7 @@ class ControlPanel(QWidget):
         """The name the picker lists this model under (the status bar shows the same)."""
         index = self.model_combo.findData(str(path))
         entry_name = self.model_combo.itemData(index, NAME_ROLE) if index >= 0 else None
-        return entry_name or listed_name(path)
+        return entry_name or model_label(path)
 
     def current_model_path(self) -> Optional[str]:
         return self.model_combo.currentData()

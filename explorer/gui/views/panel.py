@@ -37,6 +37,11 @@ PANES_PER_TICK = 2  # while a run streams, panes made per refresh tick (each cos
 _NO_TREE_SWITCH = object()
 
 
+def on_screen(widget: QWidget) -> bool:
+    """Whether any of the widget is on screen (a dock panel in a tab behind another stays "visible", off screen)."""
+    return widget.isVisible() and not widget.visibleRegion().isEmpty()
+
+
 def _hint(text: str) -> QLabel:
     label = QLabel(text)
     label.setWordWrap(True)
@@ -261,21 +266,23 @@ class ViewsPanel(QObject):
         """Bring the panes, the tree and its side plot up to date. spread (the refresh timer while a run streams):
         one of them per tick -- the tree at most every TREE_INTERVAL_S, the side plot on the next tick, the panes
         on the others, none when busy (the tick already made new tabs and their first panes) -- so that one tick's
-        work and the repaint it causes stay short and the window keeps answering. True when the panes took this turn
-        (or everything was refreshed)."""
+        work and the repaint it causes stay short and the window keeps answering. A panel out of sight (a tab behind
+        another) is left until it is shown or the run ends. True when the panes took this turn (or everything was
+        refreshed)."""
         view, side = self.tree_view, self.side_plot
         now = time.monotonic()
         if spread:
             if busy:
                 return False
-            if side.is_stale():
+            if side.is_stale() and on_screen(side):  # like the panes: drawn when in sight, and at the run's end
                 side.refresh()
                 return False
             if now - self._tree_drawn_at >= TREE_INTERVAL_S and (
                     self._tree_to_show is not _NO_TREE_SWITCH or view.is_stale()):
                 self._draw_tree(now)
                 return False
-            self.panes.refresh()
+            if on_screen(self.panes):  # panes in a tab behind the table catch up when shown, or at the run's end
+                self.panes.refresh()
             return True
         self.panes.refresh()
         self._draw_tree(now)

@@ -314,7 +314,7 @@ class RolloutTable(QWidget):
         header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
         header.setMinimumSectionSize(24)
         header.setStretchLastSection(False)
-        header.setTextElideMode(Qt.TextElideMode.ElideMiddle)
+        header.setTextElideMode(Qt.TextElideMode.ElideNone)  # two-line headers: an elided one read "lo…ef"
         header.setSortIndicatorShown(False)  # its room in every header would push the numbers out of sight
         self.view.selectionModel().selectionChanged.connect(self._on_selection)
         self.summary = QLabel("")

@@ -52,8 +52,8 @@ class PanelLayout(QObject):
         self._window = window
         window.setCentralWidget(parts["tree"])
         window.setDockNestingEnabled(True)
-        window.setDockOptions(QMainWindow.DockOption.AnimatedDocks | QMainWindow.DockOption.AllowNestedDocks
-                              | QMainWindow.DockOption.AllowTabbedDocks)
+        # no AnimatedDocks: its animations ran (and were deleted) on the window's thread in the middle of runs
+        window.setDockOptions(QMainWindow.DockOption.AllowNestedDocks | QMainWindow.DockOption.AllowTabbedDocks)
         # the side panel runs the full height on the left; the panes, when above the tree, reach the right edge
         window.setCorner(Qt.Corner.TopLeftCorner, Qt.DockWidgetArea.LeftDockWidgetArea)
         window.setCorner(Qt.Corner.BottomLeftCorner, Qt.DockWidgetArea.LeftDockWidgetArea)
