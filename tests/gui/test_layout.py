@@ -157,8 +157,8 @@ def test_every_number_of_the_table_fits_without_a_sideways_scroll(qtbot, sized_w
     table = window.views.rollout_table
     assert set(table.visible_columns()) == set(COLUMNS)  # rewards, branch and reference columns all shown
     header = table.view.horizontalHeader()
-    qtbot.waitUntil(lambda: table.view.horizontalScrollBar().maximum() == 0 and header.sectionSize(0) >= RESPONSE_MIN_WIDTH,
-                    timeout=3000)
+    qtbot.waitUntil(lambda: table.view.horizontalScrollBar().maximum() == 0
+                    and header.sectionSize(0) >= RESPONSE_MIN_WIDTH, timeout=3000)
     for name in COLUMNS[1:]:
         column = COLUMNS.index(name)
         assert header.sectionSize(column) >= table.view.sizeHintForColumn(column), name  # never cut

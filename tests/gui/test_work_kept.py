@@ -162,7 +162,7 @@ def test_pasting_lines_into_the_query_list_makes_one_query_per_line(qtbot, windo
 def test_log_ratio_shading_is_not_restored_at_start_without_a_reference(qtbot, make_window, gui_settings):
     gui_settings.setValue("view/shading", "log_ratio")
     window = make_window()
-    assert window.runs.reference is None and window.views.options.shading == "prob"
+    assert window.runs.reference_policy.in_use is None and window.views.options.shading == "prob"
     gui_settings.setValue("view/shading", "entropy")
     assert make_window().views.options.shading == "entropy"
 

@@ -253,8 +253,8 @@ class ReferencePolicy:
         self.remote = info.server_url is not None
         if self.remote and (spec.kind not in ("model", "exact") or (spec.kind == "exact" and not spec.value)):
             raise ExplorerError(
-                f"{info.name} runs on a server, which sends no full rows of logits: its reference is a local GGUF of "
-                "the same weights, PATH or exact:PATH (the float copy of that GGUF)"
+                f"{model_label(info.path)} runs on a server, which sends no full rows of logits: its reference is a "
+                "local GGUF of the same weights, PATH or exact:PATH (the float copy of that GGUF)"
                 + (", not 'exact' alone (the server's file is not here)" if spec.kind == "exact" else ""))
         if spec.kind in ("model", "exact"):
             path = self._reference_path(spec, info, exact_path, progress)

@@ -1,9 +1,11 @@
-"""A sortable table of one group's rollouts, for any k: one row per distinct response, beside the tree.
+"""A sortable table of one group's rollouts, for any k: one row per distinct response, under the tree.
 
 Columns: the response from where it leaves the group's shared prefix, shaded by token probability (as in the panes),
-how many rollouts drew it and their share of the group, tokens, log pi(y|x), pi(y|x), perplexity, finish reason, reward, advantage, and where a branch
-came from; with a reference policy also the log-ratio log pi(y|x) - log pi_ref(y|x), the mean KL per token and DPO's
-implicit reward beta * log-ratio (hidden while no row shown has them). Selecting rows emits rollouts_selected with every rollout behind them (the window shows those as panes);
+how many rollouts drew it and their share of the group, tokens, log pi(y|x), pi(y|x), perplexity, finish reason,
+reward and advantage (shown once a row has a reward), where a branch came from (once a row is a branch); with a
+reference policy also the log-ratio log pi(y|x) - log pi_ref(y|x), the mean KL per token and DPO's implicit reward
+beta * log-ratio (hidden while no row shown has them). The numbers take the width they need and the response the
+rest. Selecting rows emits rollouts_selected with every rollout behind them (the window shows those as panes);
 set_filter() keeps only the rows of some rollouts (a box selected in the tree).
 """
 

@@ -318,9 +318,9 @@ class FileActions(QObject):
             self._host.show_error("Cannot recover the last run", str(exc))
             return False
         n = sum(len(g.rollouts) for g in rollout_set.groups)
+        name = self._host.model_name(rollout_set.model)
         if self._host.ask("Recover the last run?", f"The last session ended during a run. Show its {n} rollouts "
-                          f"({len(rollout_set.groups)} queries, {self._host.model_name(rollout_set.model)})? Export them to keep "
-                          "them."):
+                          f"({len(rollout_set.groups)} queries, {name})? Export them to keep them."):
             self._host.show_rollout_set(rollout_set, RECOVERED, in_a_file=False)
             return True
         self.recovery.clear()
