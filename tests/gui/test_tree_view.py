@@ -688,7 +688,7 @@ def test_panes_and_tree_give_the_same_colour_for_the_same_value(qtbot, view, tre
     qtbot.addWidget(pane)
     pane.append_tokens(list(rollout.tokens), [t.token for t in rollout.tokens])
     for mode in ("prob", "entropy"):
-        pane.set_shading(mode)
+        pane.options.set_shading(mode)
         view.set_colour_by(mode)
         compared = 0
         for position, token in enumerate(rollout.tokens):
