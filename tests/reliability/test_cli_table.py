@@ -184,8 +184,8 @@ def test_ten_thousand_queries_run_with_progress(tiny_gguf, tmp_path):
     out = tmp_path / "o.json"
     proc = generate(tiny_gguf, out, "--queries", str(queries), "-k", "1", "--max-tokens", "2", timeout=600)
     assert proc.returncode == 0, proc.stderr
-    progress = [line.split("%")[0] for line in proc.stderr.splitlines() if line.endswith("tokens)")]
-    assert progress[-1] == "100" and len(progress) >= 4
+    progress = [line.split("%")[0].strip() for line in proc.stderr.splitlines() if " prompts x 1" in line]
+    assert progress[-1] == "100" and len(progress) >= 4 and "10000 groups" in proc.stderr
     assert len(export.load(out).groups) == 10_000
 
 
